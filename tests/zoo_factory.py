@@ -53,7 +53,7 @@ def make_run(root: Path, run_id: str, *, state: str = "done", model: str = "wrn2
     return d
 
 
-def power_law_zoo(n: int = 400, alpha: float = 0.05, C: float = 12.0, noise: float = 0.02,
+def power_law_zoo(n: int = 400, alpha: float = 0.05, C: float = 5.0, noise: float = 0.02,
                   seed: int = 0, with_collapsed: int = 0) -> pd.DataFrame:
     """A zoo whose envelope follows autoattack = C * FLOPs^alpha (runs fall below it by noise).
 

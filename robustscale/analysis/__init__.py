@@ -1,0 +1,16 @@
+"""Analysis of a zoo table: predictor, envelope scaling laws, target costs, figures, report.
+
+``analyze_zoo(df, out_dir)`` runs all of it; the pieces (``fit_power_law``,
+``envelope_index``, ``fit_predictor``, ``cost_of_target``, ...) are plain functions.
+"""
+
+from robustscale.analysis.analyze import Analysis, analyze_zoo, fit_zoo, split_runs
+from robustscale.analysis.forecast import forecast_recipe_outcome
+from robustscale.analysis.predictor import FEATURES, Predictor, fit_predictor
+from robustscale.analysis.scaling import N_BINS, PowerLaw, envelope_index, fit_power_law
+from robustscale.analysis.target import cost_of_target
+
+__all__ = [
+    "Analysis", "analyze_zoo", "fit_zoo", "split_runs", "forecast_recipe_outcome", "FEATURES", "Predictor",
+    "fit_predictor", "N_BINS", "PowerLaw", "envelope_index", "fit_power_law", "cost_of_target",
+]

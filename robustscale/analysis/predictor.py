@@ -1,0 +1,136 @@
+"""The predictor: gradient-boosted regression of AutoAttack accuracy from a recipe's choices.
+
+As in the paper: scikit-learn ``GradientBoostingRegressor`` (50 estimators, max depth 5) on
+six features (parameters, synthetic data, activation, loss, attack steps, EMA) with a 70:30
+split. One split can be lucky, so the split is repeated with other seeds and the scores are
+given as mean ± std; the repeated models also give a new recipe's prediction interval.
+Categorical features are ordinal codes (trees need no one-hot, and each feature keeps one
+importance).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from robustscale.errors import RobustscaleError
+
+log = logging.getLogger(__name__)
+
+FEATURES = ["params", "synthetic_data", "activation", "loss", "attack_steps", "ema"]
+CATEGORICAL = ["activation", "loss"]
+MIN_RUNS = 10
+
+
+@dataclass
+class Predictor:
+    """A fitted predictor with its held-out scores and the models of the repeated splits."""
+
+    categories: dict[str, list[str]]
+    r2: float
+    mae: float
+    r2_mean: float
+    r2_std: float
+    mae_mean: float
+    mae_std: float
+    importance: dict[str, float]
+    permutation_importance: dict[str, float]
+    n_train: int
+    n_test: int
+    test_true: np.ndarray = field(repr=False)
+    test_pred: np.ndarray = field(repr=False)
+    test_run_ids: list[str] = field(repr=False)
+    models: list[Any] = field(repr=False)  # one per split, the first is the reported split's
+    rmses: list[float] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"r2": self.r2, "mae": self.mae, "r2_mean": self.r2_mean, "r2_std": self.r2_std,
+                "mae_mean": self.mae_mean, "mae_std": self.mae_std, "n_splits": len(self.models),
+                "n_train": self.n_train, "n_test": self.n_test, "features": FEATURES,
+                "importance": self.importance, "permutation_importance": self.permutation_importance}
+
+    def predict(self, rows: Any) -> dict[str, np.ndarray]:
+        """Mean prediction over the split models and a 95% interval for each row of features.
+
+        The interval's spread combines the disagreement between split models and their held-out
+        error: ``mean ± 1.96 * sqrt(var(model predictions) + mean(held-out MSE))``.
+        """
+        X = encode(rows, self.categories)
+        preds = np.stack([m.predict(X) for m in self.models])
+        mean = preds.mean(axis=0)
+        spread = 1.96 * np.sqrt(preds.var(axis=0) + float(np.mean(np.square(self.rmses))))
+        return {"mean": mean, "low": mean - spread, "high": mean + spread}
+
+
+def category_codes(df: Any) -> dict[str, list[str]]:
+    """The sorted values seen for each categorical feature."""
+    return {c: sorted(str(v) for v in df[c].dropna().unique()) for c in CATEGORICAL}
+
+
+def encode(df: Any, categories: dict[str, list[str]]) -> np.ndarray:
+    """The feature matrix (float) of a frame with the FEATURES columns."""
+    cols = []
+    for name in FEATURES:
+        values = df[name]
+        if name in CATEGORICAL:
+            known = categories[name]
+            unknown = sorted({str(v) for v in values.dropna()} - set(known))
+            if unknown:
+                raise RobustscaleError(f"{name}={unknown[0]!r} does not occur in the zoo; the predictor "
+                                       f"knows: {', '.join(known)}")
+            cols.append(np.array([known.index(str(v)) for v in values], dtype=float))
+        else:
+            cols.append(np.asarray(values, dtype=float))
+    return np.column_stack(cols)
+
+
+def _model(seed: int) -> Any:
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    return GradientBoostingRegressor(n_estimators=50, max_depth=5, random_state=seed)
+
+
+def _split_fit(X: np.ndarray, y: np.ndarray, seed: int, test_size: float) -> tuple[Any, np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed)
+    model = _model(seed).fit(X[idx_train], y[idx_train])
+    return model, idx_test, model.predict(X[idx_test])
+
+
+def fit_predictor(df: Any, seed: int = 0, n_splits: int = 10, test_size: float = 0.3,
+                  target: str = "autoattack_acc") -> Predictor:
+    """Fit and score the predictor on runs with all features and a ``target`` value.
+
+    The reported R², MAE and importances are those of the split seeded with ``seed``; the
+    ``*_mean``/``*_std`` scores come from ``n_splits`` splits seeded ``seed, seed+1, ...``.
+    Raises :class:`RobustscaleError` with fewer than 10 usable runs.
+    """
+    from sklearn.inspection import permutation_importance
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    data = df.dropna(subset=FEATURES + [target])
+    if len(data) < MIN_RUNS:
+        raise RobustscaleError(f"the predictor needs at least {MIN_RUNS} runs with {target} and all of "
+                               f"{', '.join(FEATURES)}; the zoo has {len(data)}")
+    categories = category_codes(data)
+    X, y = encode(data, categories), data[target].to_numpy(dtype=float)
+    fits = [_split_fit(X, y, seed + r, test_size) for r in range(max(1, n_splits))]
+    r2s = [r2_score(y[i], p) for _, i, p in fits]
+    maes = [mean_absolute_error(y[i], p) for _, i, p in fits]
+    model, idx_test, pred = fits[0]
+    perm = permutation_importance(model, X[idx_test], y[idx_test], n_repeats=5, random_state=seed)
+    return Predictor(
+        categories=categories, r2=float(r2s[0]), mae=float(maes[0]),
+        r2_mean=float(np.mean(r2s)), r2_std=float(np.std(r2s)),
+        mae_mean=float(np.mean(maes)), mae_std=float(np.std(maes)),
+        importance=dict(zip(FEATURES, map(float, model.feature_importances_))),
+        permutation_importance=dict(zip(FEATURES, map(float, perm.importances_mean))),
+        n_train=len(y) - len(idx_test), n_test=len(idx_test), test_true=y[idx_test], test_pred=pred,
+        test_run_ids=[str(v) for v in data["run_id"].to_numpy()[idx_test]],
+        models=[f[0] for f in fits],
+        rmses=[float(np.sqrt(np.mean((y[i] - p) ** 2))) for _, i, p in fits],
+    )

@@ -1,0 +1,100 @@
+"""`robustscale analyze ZOO` (fits, figures, report) and `robustscale predict RECIPE --zoo ZOO`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "analyze", help="scaling laws, predictor, figures and report from a zoo table",
+        description="Check a zoo table (ours or anyone's), fit the predictor and the envelope power laws, "
+        "and write report.html, fits.json and the figures into REPORT_DIR.")
+    p.add_argument("zoo", help="zoo table, .csv or .parquet")
+    p.add_argument("-o", "--output", default="report", help="report folder (default ./report)")
+    p.add_argument("--target-acc", type=float, default=None, metavar="X",
+                   help="also give the FLOPs, kWh, USD and kg CO2 the laws say X%% AutoAttack accuracy takes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the bootstrap (default 0)")
+    p.add_argument("--collapse-threshold", type=float, default=10.0, metavar="PCT",
+                   help="runs with AutoAttack accuracy at or below this are collapsed and left out (default 10)")
+    p.set_defaults(func=run_analyze)
+
+    q = subparsers.add_parser(
+        "predict", help="predict AutoAttack accuracy and cost of a recipe not yet trained",
+        description="Predict the AutoAttack accuracy of RECIPE (with an interval from repeated splits) "
+        "and forecast its FLOPs, kWh, USD and kg CO2 from the zoo's laws.")
+    q.add_argument("recipe", help="recipe YAML")
+    q.add_argument("--zoo", required=True, help="zoo table, .csv or .parquet")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
+    q.set_defaults(func=run_predict)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from robustscale.analysis import analyze_zoo
+    from robustscale.analysis.target import describe_target
+    from robustscale.zoo import read_zoo
+
+    fits = analyze_zoo(read_zoo(args.zoo), args.output, target_acc=args.target_acc, seed=args.seed,
+                       collapse_threshold=args.collapse_threshold)
+    acc = fits["scaling"]["accuracy"]
+    print(f"{fits['n_runs']} runs, {fits['n_fitted']} fitted, {len(fits['collapsed_runs'])} collapsed")
+    if acc.get("alpha") is not None:
+        print(f"accuracy = {acc['C']:.4g} * FLOPs^{acc['alpha']:.4g}  (R2 {acc['r2']:.3f}, "
+              f"alpha 95% CI [{acc['alpha_ci'][0]:.4g}, {acc['alpha_ci'][1]:.4g}], {acc['n_bins']} bins)")
+    pred = fits["predictor"]
+    if "error" not in pred:
+        print(f"predictor: R2 {pred['r2']:.3f}, MAE {pred['mae']:.2f} on held-out runs "
+              f"(repeated: R2 {pred['r2_mean']:.3f} +- {pred['r2_std']:.3f})")
+    if "target" in fits:
+        print(describe_target(fits["target"]))
+    print(f"report: {Path(args.output) / 'report.html'}")
+    return 0
+
+
+def _read_recipe(path: str) -> dict:
+    import yaml
+
+    from robustscale.errors import RobustscaleError
+
+    p = Path(path)
+    if not p.is_file():
+        raise RobustscaleError(f"recipe file {path!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise RobustscaleError(f"recipe file {path!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise RobustscaleError(f"recipe file {path!r} must hold a mapping of key: value")
+    return data
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from robustscale.analysis import fit_zoo, forecast_recipe_outcome
+    from robustscale.errors import RobustscaleError
+    from robustscale.zoo import read_zoo
+
+    recipe = _read_recipe(args.recipe)
+    a = fit_zoo(read_zoo(args.zoo), seed=args.seed)
+    if isinstance(a.predictor, str):
+        raise RobustscaleError(f"zoo {args.zoo!r}: predictor {a.predictor}")
+    out = forecast_recipe_outcome(recipe, a.zoo, a.predictor, a.laws)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    lo, hi = out["autoattack_acc_ci"]
+    print(f"predicted AutoAttack accuracy: {out['autoattack_acc']:.1f}% (95% interval {lo:.1f}-{hi:.1f}%)")
+    if out["flops"] is None:
+        print(out["flops_source"])
+        return 0
+    print(f"forecast FLOPs: {out['flops']:.3g}" + ("" if out["flops_in_zoo_range"] else " (outside the zoo's range)"))
+    for key, unit in (("kwh", "kWh"), ("usd", "USD"), ("kg_co2", "kg CO2")):
+        v = out[key]
+        if v["value"] is None:
+            print(f"{unit}: unavailable ({v.get('note')})")
+        else:
+            ci = f" (95% interval {v['ci'][0]:.3g}-{v['ci'][1]:.3g})" if v["ci"][0] is not None else ""
+            print(f"{unit}: {v['value']:.3g}{ci}")
+    return 0

@@ -1,0 +1,122 @@
+"""The predictor, the report and figures, `robustscale analyze` and `robustscale predict`."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+
+import numpy as np
+import pytest
+import yaml
+from zoo_factory import planted_zoo, power_law_zoo
+
+from robustscale.analysis import analyze_zoo, fit_predictor
+from robustscale.cli import main
+from robustscale.zoo import write_zoo
+
+FIGURES = ["1a", "1b", "1c", "2", "3a", "3b", "3c"]
+
+
+def test_predictor_learns_a_planted_dependence_and_ranks_it_first():
+    p = fit_predictor(planted_zoo(n=600), seed=0, n_splits=3)
+    assert p.r2 > 0.95 and p.mae < 1.5
+    assert max(p.importance, key=p.importance.get) == "attack_steps"
+    assert max(p.permutation_importance, key=p.permutation_importance.get) == "attack_steps"
+    assert p.r2_mean > 0.95 and p.r2_std < 0.05
+    assert p.n_test == 180 and p.n_train == 420
+    # a new recipe's prediction follows the planted law 20 + 4*steps (+1 with synthetic data)
+    row = {"params": 36_479_194, "synthetic_data": 0.0, "activation": "relu", "loss": "pgd",
+           "attack_steps": 10.0, "ema": 0.0}
+    import pandas as pd
+
+    pred = p.predict(pd.DataFrame([row]))
+    assert pred["mean"][0] == pytest.approx(60, abs=1.5)
+    assert pred["low"][0] < pred["mean"][0] < pred["high"][0]
+
+
+def test_report_and_every_figure_are_produced(tmp_path):
+    df = power_law_zoo(n=300, with_collapsed=4)
+    df.loc[4:30, "loss"] = "standard"  # standard training: fitted on clean accuracy, beside the robust law
+    fits = analyze_zoo(df, tmp_path / "rep", target_acc=40.0, n_boot=200, n_splits=3)
+    rep = tmp_path / "rep"
+    for name in FIGURES:
+        png = rep / "figures" / fits["figures"][name]
+        assert png.stat().st_size > 1000 and png.with_suffix(".svg").stat().st_size > 1000
+    html = (rep / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= len(FIGURES)
+    assert "Collapsed runs (4)" in html and "run00000" in html and "standard training" in html
+    saved = json.loads((rep / "fits.json").read_text())
+    assert saved["n_runs"] == 300 and sorted(saved["collapsed_runs"]) == [f"run{i:05d}" for i in range(4)]
+    for law in ("accuracy", "electricity", "co2"):
+        assert set(saved["scaling"][law]) >= {"alpha", "C", "r2", "alpha_ci", "C_ci", "n_bins"}
+    assert saved["scaling"]["standard_accuracy"]["alpha"] is not None
+    assert set(saved["predictor"]) >= {"r2", "mae", "importance", "permutation_importance"}
+    assert saved["target"]["flops"] > 0 and saved["target"]["kwh"] > 0
+
+
+def _zoo_file(tmp_path, df, name="zoo.csv"):
+    path = tmp_path / name
+    write_zoo(df, path)
+    return path
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d.drop(columns=["autoattack_acc"]), "lacks column(s) autoattack_acc"),
+    (lambda d: d.assign(autoattack_acc=d["autoattack_acc"] / 100), "fractions"),
+    (lambda d: d.assign(train_flops=np.where(d.index == 5, -1e18, d["train_flops"])), "negative"),
+])
+def test_bad_zoo_gives_one_clear_line(tmp_path, capsys, change, words):
+    path = tmp_path / "bad.csv"
+    change(power_law_zoo(n=30)).to_csv(path, index=False)
+    assert main(["analyze", str(path), "-o", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err
+    assert not (tmp_path / "rep").exists()
+
+
+def test_cli_analyze_prints_the_law_and_writes_the_report(tmp_path, capsys):
+    path = _zoo_file(tmp_path, power_law_zoo(n=200), "zoo.parquet")
+    assert main(["analyze", str(path), "-o", str(tmp_path / "rep"), "--target-acc", "45", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy = " in out and "predictor: R2" in out and "target 45% AutoAttack" in out
+    assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def _recipe(tmp_path, **overrides):
+    recipe = {"dataset": "cifar10", "model": "wrn28_10", "activation": "relu", "loss": "pgd", "attack_steps": 10,
+              "epochs": 100, "ema_decay": None, "synthetic_data": None, "synthetic_fraction": 0.0, "eps": "8/255"}
+    recipe.update(overrides)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_cli_predict_without_flops_forecast(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "robustscale.cost", types.ModuleType("robustscale.cost"))
+    zoo = _zoo_file(tmp_path, planted_zoo(n=300))
+    assert main(["predict", str(_recipe(tmp_path)), "--zoo", str(zoo), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["autoattack_acc"] == pytest.approx(60, abs=2)
+    assert out["autoattack_acc_ci"][0] < 60 < out["autoattack_acc_ci"][1]
+    assert out["flops"] is None and "FLOPs forecast unavailable" in out["flops_source"]
+
+
+def test_cli_predict_with_flops_forecast(tmp_path, capsys, monkeypatch):
+    fake = types.ModuleType("robustscale.cost")
+    fake.forecast_recipe = lambda recipe: {"train_flops_total": 1e18}
+    monkeypatch.setitem(sys.modules, "robustscale.cost", fake)
+    zoo = _zoo_file(tmp_path, planted_zoo(n=300))  # energy_kwh = 1e-17 x FLOPs
+    assert main(["predict", str(_recipe(tmp_path, attack_steps=2)), "--zoo", str(zoo)]) == 0
+    out = capsys.readouterr().out
+    predicted = float(re.search(r"predicted AutoAttack accuracy: ([0-9.]+)%", out).group(1))
+    assert predicted == pytest.approx(28, abs=1.5)
+    assert "forecast FLOPs: 1e+18" in out and "kWh: 10 " in out
+
+
+def test_cli_predict_unknown_activation_is_one_line(tmp_path, capsys):
+    zoo = _zoo_file(tmp_path, planted_zoo(n=100))
+    assert main(["predict", str(_recipe(tmp_path, activation="swish")), "--zoo", str(zoo)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "swish" in err and "relu" in err
