@@ -1,0 +1,131 @@
+"""Batches from resident tensors: seeded order, exact synthetic mixing, augmentation as tensor ops.
+
+The order of an epoch is a pure function of (seed, epoch): resuming at step ``s`` of epoch
+``e`` replays exactly the batches an uninterrupted run would have seen, without storing a
+sampler. Following Gowal et al., an epoch is defined over the *original* data: it has
+``len(real) // real_per_batch`` batches, each with ``batch_size - syn_per_batch`` real and
+``syn_per_batch = round(batch_size * synthetic_fraction)`` extra examples (the last,
+incomplete batch is dropped so that every batch has the same mix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from robustscale.data import to_float
+from robustscale.errors import RobustscaleError
+
+
+def seeded_generator(seed: int, *salt: int, device: torch.device | str = "cpu") -> torch.Generator:
+    # A fresh generator per purpose: results depend on (seed, salt) only, never on global RNG state.
+    g = torch.Generator(device=device)
+    mixed = seed
+    for s in salt:
+        mixed = (mixed * 1_000_003 + s + 0x9E3779B9) % (2**63 - 1)
+    g.manual_seed(mixed)
+    return g
+
+
+@dataclass
+class BatchPlan:
+    """How each epoch is cut into batches."""
+
+    n_real: int
+    n_syn: int
+    batch_size: int
+    synthetic_fraction: float
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        self.syn_per_batch = int(round(self.batch_size * self.synthetic_fraction)) if self.n_syn else 0
+        self.real_per_batch = self.batch_size - self.syn_per_batch
+        if self.real_per_batch < 1:
+            raise RobustscaleError(
+                f"synthetic_fraction={self.synthetic_fraction} leaves no real example in a batch of "
+                f"{self.batch_size}; allowed: a fraction below {1 - 1 / self.batch_size:.4f}"
+            )
+        self.steps_per_epoch = self.n_real // self.real_per_batch
+        if self.steps_per_epoch < 1:
+            raise RobustscaleError(
+                f"batch_size={self.batch_size} is larger than the {self.n_real} training examples; "
+                f"allowed: at most {self.n_real}"
+            )
+        if self.batch_size % self.world_size:
+            raise RobustscaleError(
+                f"batch_size={self.batch_size} (global) does not split over {self.world_size} processes; "
+                "allowed: a multiple of the number of processes"
+            )
+
+    @property
+    def examples_per_epoch(self) -> int:
+        return self.steps_per_epoch * self.batch_size
+
+    def epoch_indices(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(real, synthetic) index tensors of shape (steps, per_batch) for ``epoch`` (this rank's share)."""
+        g = seeded_generator(self.seed, epoch, 1)
+        real = torch.randperm(self.n_real, generator=g)[: self.steps_per_epoch * self.real_per_batch]
+        real = real.view(self.steps_per_epoch, self.real_per_batch)
+        syn = None
+        if self.syn_per_batch:
+            need = self.steps_per_epoch * self.syn_per_batch
+            reps = -(-need // self.n_syn)  # without replacement until the extra set is used up
+            syn = torch.cat([torch.randperm(self.n_syn, generator=g) for _ in range(reps)])[:need]
+            syn = syn.view(self.steps_per_epoch, self.syn_per_batch)
+        if self.world_size > 1:
+            real = real[:, self.rank :: self.world_size]
+            syn = syn[:, self.rank :: self.world_size] if syn is not None else None
+        return real, syn
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with ``pad`` zero-padding and random horizontal flip, per example, as tensor ops."""
+    b, c, h, w = x.shape
+    dev = x.device
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
+    flip = torch.rand(b, 1, device=dev, generator=generator) < 0.5
+    rows = oy + torch.arange(h, device=dev)  # b x h
+    cols = torch.arange(w, device=dev).expand(b, w)
+    cols = torch.where(flip, w - 1 - cols, cols) + ox  # b x w
+    bi = torch.arange(b, device=dev).view(b, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[bi, rows.view(b, h, 1), cols.view(b, 1, w)]  # b x h x w x c
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+class BatchStream:
+    """Yields (x in [0, 1] float32, y) training batches of one epoch from resident tensors."""
+
+    def __init__(
+        self,
+        plan: BatchPlan,
+        real: tuple[torch.Tensor, torch.Tensor],
+        synthetic: tuple[torch.Tensor, torch.Tensor] | None,
+        augment: bool,
+        device: torch.device,
+    ):
+        self.plan = plan
+        self.x, self.y = real[0].to(device), real[1].to(device)
+        self.sx, self.sy = (synthetic[0].to(device), synthetic[1].to(device)) if synthetic else (None, None)
+        self.augment = augment
+        self.device = device
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        """Batches ``start_step..`` of ``epoch``: the same tensors whether or not the run was resumed."""
+        real_idx, syn_idx = self.plan.epoch_indices(epoch)
+        real_idx = real_idx.to(self.device)
+        syn_idx = syn_idx.to(self.device) if syn_idx is not None else None
+        for step in range(start_step, self.plan.steps_per_epoch):
+            xb, yb = self.x[real_idx[step]], self.y[real_idx[step]]
+            if syn_idx is not None:
+                xb = torch.cat([xb, self.sx[syn_idx[step]]])
+                yb = torch.cat([yb, self.sy[syn_idx[step]]])
+            xb = to_float(xb)
+            if self.augment:
+                g = seeded_generator(self.plan.seed, epoch, step, 2 + self.plan.rank, device=self.device)
+                xb = random_crop_flip(xb, 4, g)
+            yield step, xb, yb

@@ -1,0 +1,146 @@
+"""Writing files so that a kill at any instant leaves either the old or the new version.
+
+Whole files are written to a temporary file in the same folder, flushed, fsynced and renamed
+over the target (rename is atomic within a filesystem). ``metrics.csv`` grows by whole rows:
+each row is written with one ``write`` call, flushed and fsynced, and a torn last line left
+by a kill mid-write is dropped on the next read. Disk-full and permission errors become
+:class:`RobustscaleError` naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from robustscale.errors import RobustscaleError
+
+
+def _fs_error(path: Path, exc: OSError) -> RobustscaleError:
+    if exc.errno == errno.ENOSPC:
+        return RobustscaleError(f"no space left on the device while writing {str(path)!r}; the previous version is kept")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RobustscaleError(f"cannot write {str(path)!r}: {exc.strerror}; choose a writable output folder")
+    return RobustscaleError(f"cannot write {str(path)!r}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[io.IOBase]:
+    """Open a temporary sibling of ``path``; on success fsync and rename it over ``path``."""
+    path = Path(path)
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise _fs_error(path, exc) from None
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    """JSON (NaN/inf written as null, so every file is valid JSON), atomically."""
+    atomic_write_text(path, json.dumps(_clean(data), indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_save(path: str | Path, write: Callable[[io.IOBase], None]) -> None:
+    """Binary variant: ``write(file)`` fills the temporary file (e.g. ``torch.save(obj, f)``)."""
+    with atomic_open(path, "wb") as f:
+        write(f)
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RobustscaleError(f"{str(path)!r} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RobustscaleError(f"{str(path)!r} is not valid JSON: {exc}") from None
+
+
+def append_csv_row(path: str | Path, columns: list[str], row: dict[str, Any]) -> None:
+    """Append one row (header first if the file is new) with a single write, then fsync."""
+    path = Path(path)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    new = not path.exists() or path.stat().st_size == 0
+    if new:
+        writer.writeheader()
+    writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+    try:
+        with open(path, "a") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise _fs_error(path, exc) from None
+
+
+def _csv_value(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return repr(v)  # shortest exact form: a re-read value is bit-identical
+    return v
+
+
+def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV written by :func:`append_csv_row`; a torn final line (no newline) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def rewrite_csv(path: str | Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """Replace a CSV atomically with ``rows`` (used to drop rows past a resumed checkpoint)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k)) if not isinstance(row.get(k), str) else row.get(k) for k in columns})
+    atomic_write_text(path, buf.getvalue())

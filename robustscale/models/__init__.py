@@ -1,0 +1,70 @@
+"""Models: CIFAR WideResNets in timm's registry, and any timm model, behind one input contract.
+
+Every model robustscale builds takes images in [0, 1] and normalises inside
+(:class:`Normalized`), so attack libraries see the threat model's own input space.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import timm
+import torch
+from torch import nn
+
+from robustscale.errors import RobustscaleError
+from robustscale.models import wrn as _wrn  # noqa: F401  (registers the WideResNets with timm)
+from robustscale.models.wrn import WRN_VARIANTS, WideResNet
+
+__all__ = ["Normalized", "build_model", "count_params", "WideResNet", "WRN_VARIANTS"]
+
+
+class Normalized(nn.Module):
+    """``net((x - mean) / std)``: a classifier of [0, 1] images. ``net`` holds the weights."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.net = net
+        c = len(mean)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    activation: str = "relu",
+    drop_rate: float = 0.0,
+) -> Normalized:
+    """Create ``name`` from timm's registry with the dataset's classes and channels, normalising inside."""
+    if not timm.is_model(name):
+        raise RobustscaleError(
+            f"model={name!r} is not a registered timm model; use one of {', '.join(WRN_VARIANTS)} "
+            "or any name from timm.list_models()"
+        )
+    kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans}
+    if name in WRN_VARIANTS:
+        kwargs.update(act_layer=activation, drop_rate=drop_rate)
+    else:
+        if drop_rate:
+            kwargs["drop_rate"] = drop_rate
+        if activation != "relu":
+            kwargs["act_layer"] = activation
+    try:
+        net = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise RobustscaleError(f"model={name!r} does not accept {sorted(kwargs)}: {exc}") from None
+    return Normalized(net, mean, std)
+
+
+def count_params(name: str, num_classes: int = 10, in_chans: int = 3, activation: str = "relu") -> int:
+    """Trainable parameters of ``name`` built for the given classes and channels."""
+    with torch.device("meta"):
+        model = build_model(name, num_classes, in_chans, [0.0] * in_chans, [1.0] * in_chans, activation)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,155 @@
+"""CIFAR WideResNets (Zagoruyko & Komodakis), registered in timm's model registry.
+
+Pre-activation basic blocks, three groups of widths 16k, 32k, 64k with (depth - 4) / 6 blocks
+each, as in the TRADES, Rice et al. and Gowal et al. code the paper builds on. After
+``import robustscale.models`` they are ordinary timm models: ``timm.create_model("wrn28_10")``.
+The activation is a constructor argument because the paper's grid varies it (ReLU vs GELU).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from timm.models import register_model
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def _act(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is not one of {sorted(ACTIVATIONS)}")
+    cls = ACTIVATIONS[name]
+    return cls(inplace=True) if cls is not nn.GELU else cls()
+
+
+class BasicBlock(nn.Module):
+    """Pre-activation block: BN-act-conv3x3-BN-act-(dropout)-conv3x3 plus a (projected) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, act: str, drop_rate: float):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.act1 = _act(act)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.act2 = _act(act)
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.equal = c_in == c_out and stride == 1
+        self.shortcut = None if self.equal else nn.Conv2d(c_in, c_out, 1, stride, 0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = self.act1(self.bn1(x))
+        y = self.conv1(o)
+        y = self.conv2(self.drop(self.act2(self.bn2(y))))
+        # The projection shortcut takes the pre-activated input, as in the reference WRN code.
+        return y + (x if self.equal else self.shortcut(o))
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-width for small images (CIFAR 32x32, digits 8x8). Inputs as the caller normalises them."""
+
+    def __init__(
+        self,
+        depth: int = 28,
+        width: int = 10,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        act: str = "relu",
+        drop_rate: float = 0.0,
+        **_: object,
+    ):
+        super().__init__()
+        if (depth - 4) % 6 != 0 or depth < 10:
+            raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1, got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * width, 32 * width, 64 * width]
+        self.num_classes = num_classes
+        self.num_features = widths[3]
+        self.stem = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+        blocks = []
+        for g, stride in enumerate((1, 2, 2)):
+            for i in range(n):
+                c_in = widths[g] if i == 0 else widths[g + 1]
+                blocks.append(BasicBlock(c_in, widths[g + 1], stride if i == 0 else 1, act, drop_rate))
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(widths[3])
+        self.act = _act(act)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[3], num_classes)
+        self._init()
+
+    def _init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.blocks(self.stem(x))))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+
+def _wrn(depth: int, width: int, pretrained: bool = False, **kwargs: object) -> WideResNet:
+    if pretrained:
+        raise ValueError("robustscale WideResNets have no pretrained weights")
+    act = kwargs.pop("act_layer", None) or kwargs.pop("activation", "relu")
+    return WideResNet(depth=depth, width=width, act=str(act), **kwargs)  # type: ignore[arg-type]
+
+
+# (depth, width) of every registered variant: the paper's four and small ones for tests/digits.
+WRN_VARIANTS = {
+    "wrn10_1": (10, 1),
+    "wrn16_1": (16, 1),
+    "wrn16_4": (16, 4),
+    "wrn28_10": (28, 10),
+    "wrn34_10": (34, 10),
+    "wrn34_20": (34, 20),
+    "wrn70_16": (70, 16),
+}
+
+
+@register_model
+def wrn10_1(pretrained: bool = False, **kwargs: object) -> WideResNet:
+    return _wrn(10, 1, pretrained, **kwargs)
+
+
+@register_model
+def wrn16_1(pretrained: bool = False, **kwargs: object) -> WideResNet:
+    return _wrn(16, 1, pretrained, **kwargs)
+
+
+@register_model
+def wrn16_4(pretrained: bool = False, **kwargs: object) -> WideResNet:
+    return _wrn(16, 4, pretrained, **kwargs)
+
+
+@register_model
+def wrn28_10(pretrained: bool = False, **kwargs: object) -> WideResNet:
+    return _wrn(28, 10, pretrained, **kwargs)
+
+
+@register_model
+def wrn34_10(pretrained: bool = False, **kwargs: object) -> WideResNet:
+    return _wrn(34, 10, pretrained, **kwargs)
+
+
+@register_model
+def wrn34_20(pretrained: bool = False, **kwargs: object) -> WideResNet:
+    return _wrn(34, 20, pretrained, **kwargs)
+
+
+@register_model
+def wrn70_16(pretrained: bool = False, **kwargs: object) -> WideResNet:
+    return _wrn(70, 16, pretrained, **kwargs)

@@ -1,0 +1,108 @@
+"""Checkpoints: everything for an exact continuation, written atomically, loaded without pickle code.
+
+``last.pt`` holds model, EMA, optimizer, scheduler position, grad scaler, epoch and step, the
+partial-epoch accumulators, the cost totals and every RNG state. Before a new ``last.pt``
+replaces the old one, the old one becomes ``last-prev.pt``, so a truncated or corrupt
+``last.pt`` still leaves an intact checkpoint to resume from. ``best.pt`` holds the selected
+weights (the EMA weights when EMA is on) and the score that selected them.
+
+Loading always uses ``torch.load(..., weights_only=True)``: a checkpoint file can never run
+code. Python and NumPy RNG states are stored as tensors and lists for that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustscale.errors import RobustscaleError
+from robustscale.files import atomic_save
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+    """Write ``state`` atomically; with ``keep_previous`` the old file survives as ``<stem>-prev.pt``."""
+    path = Path(path)
+    state = {"format_version": FORMAT_VERSION, **state}
+    if keep_previous and path.exists():
+        tmp = path.with_name(f".{path.name}.next")
+        atomic_save(tmp, lambda f: torch.save(state, f))
+        path.replace(path.with_name(f"{path.stem}-prev{path.suffix}"))
+        tmp.replace(path)
+    else:
+        atomic_save(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely; a missing, truncated, corrupt or foreign file is one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RobustscaleError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise RobustscaleError(f"checkpoint {str(path)!r} is truncated, corrupt or unsafe to load ({reason})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise RobustscaleError(f"checkpoint {str(path)!r} is not a robustscale checkpoint (no 'model' entry)")
+    return state
+
+
+def load_resume_checkpoint(ckpt_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The newest intact resume checkpoint (``last.pt``, else ``last-prev.pt``), with a warning when
+    falling back. Returns (None, None) when there is none at all."""
+    candidates = [ckpt_dir / "last.pt", ckpt_dir / "last-prev.pt"]
+    for i, path in enumerate(candidates):
+        if not path.exists():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except RobustscaleError as exc:
+            log.warning("warning: %s; falling back to an older checkpoint", exc)
+            continue
+        if i > 0:
+            log.warning("warning: resuming from the intact older checkpoint %s", path)
+        return state, path
+    if any(p.exists() for p in candidates):
+        raise RobustscaleError(f"no intact checkpoint in {str(ckpt_dir)!r}; delete the run folder to start over")
+    return None, None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the engine may touch (dropout uses torch's global generator)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _py_state_to_list(random.getstate()),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_py_state_from_list(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _py_state_to_list(s: tuple) -> list:
+    version, internal, gauss = s
+    return [version, torch.tensor(internal, dtype=torch.int64), gauss]
+
+
+def _py_state_from_list(s: list) -> tuple:
+    version, internal, gauss = s
+    return (int(version), tuple(int(v) for v in internal.tolist()), gauss)

@@ -1,0 +1,412 @@
+"""The training engine: ``train(recipe)`` runs one recipe end to end into a run directory.
+
+One epoch is: for each batch, the recipe's loss (attack included), backward, SGD step, EMA
+update; then validation (clean and PGD-40 accuracy of the EMA weights when EMA is on) on the
+held-out examples, a metrics row, ``last.pt``, ``best.pt`` when the PGD-40 accuracy improved,
+``status.json`` and ``cost.json``. Hot-loop statistics stay on the device and are read only at
+log intervals and checkpoints. A run directory that already holds a checkpoint is resumed
+exactly; see ``robustscale/train/checkpoint.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustscale.attacks.pgd import pgd
+from robustscale.data.batches import seeded_generator
+from robustscale.errors import RobustscaleError
+from robustscale.files import append_csv_row, atomic_write_json, read_csv_rows, rewrite_csv
+from robustscale.losses import compute_loss
+from robustscale.recipe import Recipe
+from robustscale.runs import RunDir, read_recipe, read_status
+from robustscale.train import checkpoint as ckpt
+from robustscale.train.setup import (
+    Forward, check_precision, make_ema, make_optimizer, make_scheduler, prepare_data, resolve_device,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = [
+    "epoch", "lr", "train_loss", "train_clean_acc", "train_robust_acc", "val_clean_acc", "val_pgd40_acc",
+    "epoch_flops", "val_flops", "epoch_energy_kwh", "seconds", "examples",
+]
+LOG_EVERY = 25  # steps between host syncs (finite-loss check, progress-bar postfix)
+
+
+class TrainingDiverged(RobustscaleError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Progress:
+    """Where the run is and what it has spent; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed in the current epoch
+    best_score: float = -math.inf
+    best_epoch: int | None = None
+    best_val_pgd40: float | None = None
+    cost: dict[str, Any] = field(default_factory=lambda: {
+        "train_flops": 0.0, "train_flops_paper": 0.0, "val_flops": 0.0, "examples_seen": 0,
+        "device_seconds": 0.0, "energy_joules": None})
+    # partial-epoch accumulators, so a resumed epoch reports the same numbers
+    acc: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "clean": 0.0, "adv": 0.0, "n": 0.0,
+                                                           "seconds": 0.0, "joules": 0.0})
+
+
+def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | Path = "runs",
+          progress: bool = True, final_eval: str | None = None) -> Path:
+    """Train ``recipe`` into ``run_dir`` (default ``<out_root>/<run_id>``), resuming it if it holds
+    a checkpoint; returns the run directory. A finished run is left as it is."""
+    run = RunDir(Path(run_dir) if run_dir is not None else Path(out_root) / recipe.run_id)
+    if _prepare_run_dir(run, recipe):
+        return run.path
+    try:
+        _Engine(recipe, run, progress).fit()
+    except BaseException as exc:  # record why, keep the last good checkpoint, then re-raise
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
+            str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}")
+        _write_status(run, recipe, "failed", reason=reason)
+        raise
+    if final_eval:
+        from robustscale.evaluate import evaluate_run
+
+        evaluate_run(run.path, attack=final_eval, checkpoint="best")
+    return run.path
+
+
+def _prepare_run_dir(run: RunDir, recipe: Recipe) -> bool:
+    """Create or check the run directory; True when the run is already done."""
+    if run.recipe.exists():
+        previous = read_recipe(run.path)
+        diff = recipe.diff(previous)
+        if diff:
+            key, (new, old) = next(iter(diff.items()))
+            more = f" (and {len(diff) - 1} more keys)" if len(diff) > 1 else ""
+            raise RobustscaleError(
+                f"{str(run.path)!r} was trained with {key}={old!r}, not {new!r}{more}; "
+                "resume with the same recipe or choose another --run-dir")
+        status = read_status(run.path) or {}
+        if status.get("state") == "done":
+            log.info("run %s is already done; nothing to train", run.path)
+            return True
+    try:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RobustscaleError(f"cannot create run directory {str(run.path)!r}: {exc.strerror}") from None
+    from robustscale.files import atomic_write_text
+
+    atomic_write_text(run.recipe, recipe.to_yaml())
+    return False
+
+
+def _write_status(run: RunDir, recipe: Recipe, state: str, progress: Progress | None = None,
+                  reason: str | None = None) -> None:
+    previous = read_status(run.path) if run.status.exists() and progress is None else None
+    p = progress
+    atomic_write_json(run.status, {
+        "run_id": recipe.run_id,
+        "state": state,
+        "reason": reason,
+        "epoch": p.epoch if p else (previous or {}).get("epoch", 0),
+        "epochs": recipe.epochs,
+        "best_epoch": p.best_epoch if p else (previous or {}).get("best_epoch"),
+        "best_val_pgd40_acc": p.best_val_pgd40 if p else (previous or {}).get("best_val_pgd40_acc"),
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    })
+
+
+class _Engine:
+    """The state of one run while it trains (few fields; the loop itself is ``fit``)."""
+
+    def __init__(self, recipe: Recipe, run: RunDir, show_progress: bool):
+        from robustscale.cost import measure_step_flops, open_meter
+
+        self.r, self.run, self.show_progress = recipe, run, show_progress
+        self.device = resolve_device(recipe.device)
+        check_precision(recipe.precision, self.device)
+        seed_everything(recipe.seed)
+        self.data = prepare_data(recipe, self.device)
+        from robustscale.models import build_model
+
+        info = self.data.info
+        model = build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
+                            recipe.activation, recipe.drop_rate).to(self.device)
+        if recipe.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.forward = Forward(model, recipe.precision, recipe.channels_last, recipe.compile, self.device)
+        self.ema = make_ema(model, recipe.ema_decay)
+        eval_net = self.ema.module if self.ema is not None else model
+        self.eval_forward = Forward(eval_net, recipe.precision, recipe.channels_last, False, self.device)
+        self.opt = make_optimizer(model, recipe.lr, recipe.momentum, recipe.nesterov, recipe.weight_decay, self.device)
+        self.sched = make_scheduler(self.opt, recipe.schedule, recipe.epochs, recipe.warmup_epochs, recipe.lr,
+                                    self.data.plan.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type) if recipe.precision == "fp16" else None
+        self.flops = measure_step_flops(model, recipe.loss, info.shape, info.num_classes, eps=recipe.eps,
+                                        step_size=recipe.step_size, attack_steps=recipe.attack_steps,
+                                        trades_beta=recipe.trades_beta, val_steps=recipe.val_attack_steps)
+        self.meter = open_meter(self.device, interval=recipe.power_sample_interval, power_watts=recipe.power_watts)
+        self.p = Progress()
+        self._resume()
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.opt.state_dict(),
+            # timm's schedulers are a pure function of the update count, which is all they need.
+            "scheduler": {"num_updates": self.p.epoch * self.data.plan.steps_per_epoch + self.p.step},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "progress": {k: getattr(self.p, k) for k in Progress.__dataclass_fields__},
+            "rng": ckpt.rng_state(),
+            "recipe": self.r.to_dict(),
+        }
+
+    def _save_last(self) -> None:
+        ckpt.save_checkpoint(self.run.checkpoints / "last.pt", self._state(), keep_previous=True)
+
+    def _resume(self) -> None:
+        state, path = ckpt.load_resume_checkpoint(self.run.checkpoints)
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        for k, v in state["progress"].items():
+            setattr(self.p, k, v)
+        ckpt.set_rng_state(state["rng"])
+        # metrics rows written after this checkpoint are replayed by the resumed run
+        rows = [row for row in read_csv_rows(self.run.metrics) if int(row["epoch"]) <= self.p.epoch]
+        rewrite_csv(self.run.metrics, METRIC_COLUMNS, rows)
+        log.info("resuming %s from %s at epoch %d step %d", self.run.path, path.name, self.p.epoch + 1, self.p.step)
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        r = self.r
+        _write_status(self.run, r, "running", self.p)
+        log.info("run %s: %s, %d params, %d steps/epoch, %.3g training FLOPs/example", self.run.path,
+                 r.model, sum(p.numel() for p in self.model.parameters()), self.data.plan.steps_per_epoch,
+                 self.flops.train)
+        for epoch in range(self.p.epoch, r.epochs):
+            self._train_epoch(epoch)
+            self._end_epoch(epoch)
+        _write_status(self.run, r, "done", self.p)
+        self._write_cost()
+        self.meter.close()
+
+    def _train_epoch(self, epoch: int) -> None:
+        r, plan, p = self.r, self.data.plan, self.p
+        dev = self.device
+        acc = {k: torch.tensor(p.acc[k], dtype=torch.float64, device=dev) for k in ("loss", "clean", "adv", "n")}
+        bad = torch.tensor(-1, device=dev)
+        t0, j0 = time.perf_counter(), self._joules()
+        self.forward.train()
+        bar = self._bar(epoch, p.step)
+        for step, x, y in self.data.stream.epoch(epoch, p.step):
+            self.sched.step_update(epoch * plan.steps_per_epoch + step)
+            g = seeded_generator(r.seed, epoch, step, 7, device=dev)
+            out = compute_loss(r.loss, self.forward, x, y, eps=r.eps, step_size=r.step_size,
+                               steps=r.attack_steps, beta=r.trades_beta, generator=g)
+            if self.scaler is not None:
+                self.scaler.scale(out.loss).backward()
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                out.loss.backward()
+                self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.model, step=epoch * plan.steps_per_epoch + step)
+            loss = out.loss.detach()
+            bad = torch.where((bad < 0) & ~torch.isfinite(loss), step, bad)
+            acc["loss"] += loss * len(y)
+            acc["n"] += len(y)
+            if out.logits_clean is not None:
+                acc["clean"] += (out.logits_clean.argmax(1) == y).sum()
+            if out.logits_adv is not None:
+                acc["adv"] += (out.logits_adv.argmax(1) == y).sum()
+            p.step = step + 1
+            if bar is not None:
+                bar.update(len(y))
+            if p.step % LOG_EVERY == 0 or p.step == plan.steps_per_epoch:
+                self._check_finite(bad, epoch)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{acc['loss'].item() / max(acc['n'].item(), 1):.4f}")
+            if r.checkpoint_every_steps and p.step % r.checkpoint_every_steps == 0 and p.step < plan.steps_per_epoch:
+                self._check_finite(bad, epoch)
+                self._stash(acc, t0, j0)
+                self._save_last()
+                t0, j0 = time.perf_counter(), self._joules()
+        if bar is not None:
+            bar.close()
+        self._check_finite(bad, epoch)
+        self._stash(acc, t0, j0)
+
+    def _check_finite(self, bad: torch.Tensor, epoch: int) -> None:
+        b = int(bad.item())
+        if b >= 0:
+            raise TrainingDiverged(f"{self.r.loss} training loss is not finite at epoch {epoch + 1}, step {b + 1}; "
+                                   "the last good checkpoint is kept")
+
+    def _stash(self, acc: dict[str, torch.Tensor], t0: float, j0: float | None) -> None:
+        """Move device accumulators and elapsed time/energy into the checkpointable progress."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        for k, v in acc.items():
+            self.p.acc[k] = float(v.item())
+        self.p.acc["seconds"] += time.perf_counter() - t0
+        j1 = self._joules()
+        if j0 is not None and j1 is not None:
+            self.p.acc["joules"] += j1 - j0
+
+    def _joules(self) -> float | None:
+        return self.meter.read_joules()
+
+    def _bar(self, epoch: int, start_step: int):
+        if not self.show_progress:
+            return None
+        from tqdm import tqdm
+
+        plan = self.data.plan
+        return tqdm(total=plan.examples_per_epoch, initial=start_step * plan.batch_size, unit="img",
+                    unit_scale=True, desc=f"epoch {epoch + 1}/{self.r.epochs}", leave=False, dynamic_ncols=True)
+
+    def _end_epoch(self, epoch: int) -> None:
+        r, p, plan = self.r, self.p, self.data.plan
+        t0, j0 = time.perf_counter(), self._joules()
+        val_clean, val_pgd = self._validate()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = p.acc["seconds"] + time.perf_counter() - t0
+        j1 = self._joules()
+        joules = p.acc["joules"] + (j1 - j0 if j0 is not None and j1 is not None else 0.0)
+        n = max(p.acc["n"], 1.0)
+        examples = plan.examples_per_epoch
+        val_n = 0 if self.data.val is None else len(self.data.val[1])
+        row = {
+            "epoch": epoch + 1,
+            "lr": self.opt.param_groups[0]["lr"],
+            "train_loss": p.acc["loss"] / n,
+            "train_clean_acc": 100.0 * p.acc["clean"] / n,
+            "train_robust_acc": 100.0 * p.acc["adv"] / n if r.adversarial else None,
+            "val_clean_acc": val_clean,
+            "val_pgd40_acc": val_pgd,
+            "epoch_flops": self.flops.train * examples,
+            "val_flops": self.flops.val * val_n,
+            "epoch_energy_kwh": self._kwh(joules) if self.meter.measured else None,
+            "seconds": seconds,
+            "examples": examples,
+        }
+        c = p.cost
+        c["train_flops"] += self.flops.train * examples
+        c["train_flops_paper"] += self.flops.train_paper * examples
+        c["val_flops"] += self.flops.val * val_n
+        c["examples_seen"] += examples
+        c["device_seconds"] += seconds * self.meter.num_devices
+        if self.meter.measured:
+            c["energy_joules"] = (c["energy_joules"] or 0.0) + joules
+        score = val_pgd if (r.adversarial and val_pgd is not None) else val_clean
+        improved = score is None or score > p.best_score
+        p.epoch, p.step = epoch + 1, 0
+        p.acc = {k: 0.0 for k in p.acc}
+        if improved:
+            p.best_score = score if score is not None else p.best_score
+            p.best_epoch, p.best_val_pgd40 = epoch + 1, val_pgd
+            eval_net = self.ema.module if self.ema is not None else self.model
+            ckpt.save_checkpoint(self.run.checkpoints / "best.pt", {
+                "model": eval_net.state_dict(), "epoch": epoch + 1, "val_clean_acc": val_clean,
+                "val_pgd40_acc": val_pgd, "recipe": r.to_dict()})
+        append_csv_row(self.run.metrics, METRIC_COLUMNS, row)
+        self._save_last()
+        self._write_cost()
+        _write_status(self.run, r, "running", p)
+        log.info("epoch %d/%d  loss %.4f  train clean %.1f%s  |  val clean %s  pgd%d %s  |  %.1fs",
+                 epoch + 1, r.epochs, row["train_loss"], row["train_clean_acc"],
+                 f" robust {row['train_robust_acc']:.1f}" if row["train_robust_acc"] is not None else "",
+                 _fmt(val_clean), r.val_attack_steps, _fmt(val_pgd), seconds)
+
+    @torch.no_grad()
+    def _accuracy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (self.eval_forward(x).argmax(1) == y).sum()
+
+    def _validate(self) -> tuple[float | None, float | None]:
+        """Clean and PGD-k accuracy (step eps/4, fixed seed) of the weights being selected."""
+        if self.data.val is None:
+            return None, None
+        r = self.r
+        vx, vy = self.data.val
+        self.eval_forward.eval()
+        g = seeded_generator(r.seed, 99_991, device=self.device)
+        clean = torch.zeros((), device=self.device)
+        robust = torch.zeros((), device=self.device)
+        bs = max(r.batch_size, 256)
+        for i in range(0, len(vy), bs):
+            xb, yb = vx[i:i + bs].float(), vy[i:i + bs]
+            if vx.dtype == torch.uint8:
+                xb = xb / 255.0
+            clean += self._accuracy(xb, yb)
+            if r.eps > 0:
+                xa = pgd(self.eval_forward, xb, yb, r.eps, r.val_attack_steps, r.eps / 4, generator=g)
+                robust += self._accuracy(xa, yb)
+            else:
+                robust += self._accuracy(xb, yb)
+        n = len(vy)
+        return 100.0 * clean.item() / n, 100.0 * robust.item() / n
+
+    def _kwh(self, joules: float) -> float:
+        return joules / 3.6e6 * self.r.pue
+
+    def _write_cost(self) -> None:
+        from robustscale.cost import bill
+
+        c, r = self.p.cost, self.r
+        money = bill(c["energy_joules"], pue=r.pue, usd_per_kwh=r.usd_per_kwh, gco2_per_kwh=r.gco2_per_kwh)
+        atomic_write_json(self.run.cost, {
+            "params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "forward_flops": self.flops.forward,
+            "train_flops_per_example": self.flops.train,
+            "train_flops_paper_per_example": self.flops.train_paper,
+            "val_flops_per_example": self.flops.val,
+            "train_flops": c["train_flops"],
+            "train_flops_paper": c["train_flops_paper"],
+            "val_flops": c["val_flops"],
+            "examples_seen": c["examples_seen"],
+            "synthetic_size": self.data.synthetic_size,
+            "device_seconds": c["device_seconds"],
+            "device_hours": c["device_seconds"] / 3600.0,
+            **money,
+            "energy_measured": self.meter.measured and self.meter.source != "estimated",
+            "energy_source": self.meter.source,
+            "pue": r.pue,
+            "usd_per_kwh": r.usd_per_kwh,
+            "gco2_per_kwh": r.gco2_per_kwh,
+            "devices": self.meter.device_names,
+            "num_devices": self.meter.num_devices,
+        })
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+__all__ = ["train", "METRIC_COLUMNS", "TrainingDiverged"]

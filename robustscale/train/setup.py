@@ -1,0 +1,141 @@
+"""Assembling a run from its recipe: device, data, model, precision, optimizer, schedule, EMA.
+
+Functions take the few recipe values they need; the engine passes them in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustscale.data import DatasetInfo, dataset_info, load_split, load_synthetic, split_holdout
+from robustscale.data.batches import BatchPlan, BatchStream
+from robustscale.errors import RobustscaleError
+from robustscale.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+# The validation split is held out with a fixed seed, so that runs of different seeds select
+# their checkpoints on the same examples and stay comparable.
+HOLDOUT_SEED = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RobustscaleError("device='cuda' but no CUDA GPU is visible; allowed here: auto, cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class RunData:
+    info: DatasetInfo
+    plan: BatchPlan
+    stream: BatchStream
+    val: tuple[torch.Tensor, torch.Tensor] | None
+    synthetic_size: int
+
+
+def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0, world_size: int = 1) -> RunData:
+    info = dataset_info(recipe.dataset)
+    x, y = load_split(recipe.dataset, "train", recipe.data_dir)
+    val = None
+    if recipe.val_size:
+        if recipe.val_source == "train":
+            (x, y), val = split_holdout(x, y, recipe.val_size, HOLDOUT_SEED)
+        else:
+            tx, ty = load_split(recipe.dataset, "test", recipe.data_dir)
+            if recipe.val_size > len(tx):
+                raise RobustscaleError(f"val_size={recipe.val_size} exceeds the {len(tx)} test examples")
+            val = (tx[: recipe.val_size], ty[: recipe.val_size])
+    syn = load_synthetic(recipe.synthetic_data, info) if recipe.synthetic_data else None
+    if syn is not None and syn[0].dtype != x.dtype:
+        syn = (syn[0].to(x.dtype), syn[1])
+    plan = BatchPlan(len(x), len(syn[0]) if syn else 0, recipe.batch_size, recipe.synthetic_fraction,
+                     recipe.seed, rank, world_size)
+    stream = BatchStream(plan, (x, y), syn, recipe.augment and info.crop_flip, device)
+    if val is not None:
+        val = (val[0].to(device), val[1].to(device))
+    return RunData(info, plan, stream, val, len(syn[0]) if syn else 0)
+
+
+class Forward(nn.Module):
+    """How the engine calls a model: channels_last inputs and autocast around the model only.
+
+    The attack's image, perturbation and projection stay fp32 outside this module; logits
+    come back as fp32.
+    """
+
+    def __init__(self, model: nn.Module, precision: str, channels_last: bool, compile: bool, device: torch.device):
+        super().__init__()
+        self.model = model
+        self.fn = torch.compile(model) if compile else model
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.device_type = device.type
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        ctx = torch.autocast(self.device_type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+        with ctx:
+            return self.fn(x).float()
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type == "cpu":
+        raise RobustscaleError("precision='fp16' needs a CUDA GPU; allowed on CPU: fp32, bf16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RobustscaleError("precision='bf16' is not supported by this GPU; allowed: fp32, fp16")
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float,
+                   device: torch.device) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+
+    # Weight decay on every parameter (BN and biases included), as the adversarial-training
+    # reference code does; timm's default would exempt them.
+    return create_optimizer_v2(
+        model, opt="sgd" if nesterov else "momentum", lr=lr, momentum=momentum,
+        weight_decay=weight_decay, filter_bias_and_bn=False, foreach=device.type == "cuda" or None,
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int, warmup_epochs: int,
+                   lr: float, steps_per_epoch: int):
+    """timm's cosine or multi-step schedule, updated every optimizer step. Step decay divides the
+    learning rate by 10 at 50% and 75% of training (Madry et al.'s CIFAR milestones)."""
+    from timm.scheduler import create_scheduler_v2
+
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine" if schedule == "cosine" else "multistep", num_epochs=epochs,
+        decay_milestones=[max(1, epochs // 2), max(1, (3 * epochs) // 4)], decay_rate=0.1,
+        warmup_epochs=warmup_epochs, warmup_lr=lr * 0.01 if warmup_epochs else lr, min_lr=0.0,
+        warmup_prefix=True, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
+    )
+    return scheduler
+
+
+def make_ema(model: nn.Module, decay: float | None):
+    if decay is None:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay)
