@@ -76,10 +76,11 @@ def _cifar(info: DatasetInfo, split: str, data_dir: Path) -> tuple[torch.Tensor,
     base = CIFAR10 if info.name == "cifar10" else CIFAR100
 
     class _Local(base):  # type: ignore[misc, valid-type]
-        # torchvision checks each file's md5 against the official release; we only require the
-        # files to exist (and parse), so that subsets in the same on-disk format load too.
-        def _check_integrity(self) -> bool:
-            return _files_present(Path(self.root) / self.base_folder, base)
+        # torchvision checks each file's md5 against the official release; with md5 None it only
+        # requires the files to exist (and parse), so subsets in the same on-disk format load too.
+        train_list = [[f, None] for f, _ in base.train_list]
+        test_list = [[f, None] for f, _ in base.test_list]
+        meta = {**base.meta, "md5": None}
 
     folder = data_dir / base.base_folder
     if not _files_present(folder, base):
