@@ -1,0 +1,210 @@
+"""What a recipe will cost, before training it: FLOPs always; hours, kWh, USD and CO2 given a
+throughput and a power draw (stated, or measured here by a short calibration run).
+
+FLOPs come from :func:`measure_step_flops` on a meta-device model (free for any size) and the
+recipe's :class:`BatchPlan`, so examples per epoch match what the engine will process (real +
+synthetic, last incomplete batch dropped). Training set sizes are constants, so no data files
+are needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from robustscale.cost.accounting import bill
+from robustscale.cost.flops import StepFlops, measure_step_flops
+from robustscale.errors import RobustscaleError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TRAIN_SPLIT_SIZES", "forecast_recipe", "calibrate", "train_examples", "recipe_model"]
+
+# Size of each dataset's train split (digits: the fixed 80% split of sklearn's 1797 images).
+TRAIN_SPLIT_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1437}
+
+
+def train_examples(recipe: Any) -> int:
+    """Real training examples: the train split minus the validation hold-out when it comes from it."""
+    n = TRAIN_SPLIT_SIZES[recipe.dataset]
+    if recipe.val_source == "train":
+        if recipe.val_size >= n:
+            raise RobustscaleError(f"val_size={recipe.val_size} leaves no training data; allowed: fewer than {n}")
+        n -= recipe.val_size
+    return n
+
+
+def recipe_model(recipe: Any, device: torch.device | str = "meta") -> torch.nn.Module:
+    """The recipe's model for its dataset (on ``meta`` by default: shapes only, no memory)."""
+    from robustscale.data import dataset_info
+    from robustscale.models import build_model
+
+    info = dataset_info(recipe.dataset)
+    with torch.device(device):
+        return build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
+                           recipe.activation, recipe.drop_rate)
+
+
+def recipe_step_flops(recipe: Any, model: torch.nn.Module | None = None) -> StepFlops:
+    from robustscale.data import dataset_info
+
+    info = dataset_info(recipe.dataset)
+    model = model if model is not None else recipe_model(recipe)
+    return measure_step_flops(
+        model, recipe.loss, info.shape, info.num_classes, eps=recipe.eps, step_size=recipe.step_size,
+        attack_steps=recipe.attack_steps, trades_beta=recipe.trades_beta, val_steps=recipe.val_attack_steps,
+        batch_size=recipe.batch_size,
+    )
+
+
+def forecast_recipe(
+    recipe: Any,
+    *,
+    throughput: float | None = None,
+    power_watts: float | None = None,
+    power_source: str = "given",
+) -> dict[str, Any]:
+    """FLOPs of ``recipe`` per example, per epoch and in total (measured and paper convention),
+    plus validation FLOPs (excluded from training FLOPs).
+
+    With ``throughput`` (training examples per second on one device) it adds a ``forecast``
+    with device-hours (validation time scaled from training time by FLOPs); with
+    ``power_watts`` too (average draw of that device; ``power_source`` says where it came
+    from), energy, cost and CO2 with the recipe's PUE, price and carbon intensity.
+    """
+    from robustscale.data.batches import BatchPlan
+
+    model = recipe_model(recipe)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    sf = recipe_step_flops(recipe, model)
+    plan = BatchPlan(train_examples(recipe), 1 if recipe.synthetic_data else 0, recipe.batch_size,
+                     recipe.synthetic_fraction, recipe.seed)
+    per_epoch = plan.examples_per_epoch
+    val_epoch = sf.val * recipe.val_size
+    out: dict[str, Any] = {
+        "model": recipe.model,
+        "dataset": recipe.dataset,
+        "loss": recipe.loss,
+        "attack_steps": recipe.attack_steps if recipe.adversarial else 0,
+        "params": params,
+        "forward_flops": sf.forward,
+        "train_flops_per_example": sf.train,
+        "train_flops_per_epoch": sf.train * per_epoch,
+        "train_flops_total": sf.train * per_epoch * recipe.epochs,
+        "paper_convention": {
+            "forward_flops": sf.forward,
+            "train_flops_per_example": sf.train_paper,
+            "train_flops_per_epoch": sf.train_paper * per_epoch,
+            "train_flops_total": sf.train_paper * per_epoch * recipe.epochs,
+        },
+        "val_flops_per_example": sf.val,
+        "val_flops_per_epoch": val_epoch,
+        "val_flops_total": val_epoch * recipe.epochs,
+        "examples_per_epoch": per_epoch,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "epochs": recipe.epochs,
+    }
+    if throughput is not None:
+        out["forecast"] = _forecast(out, recipe, throughput, power_watts, power_source)
+    return out
+
+
+def _forecast(fl: dict[str, Any], recipe: Any, throughput: float, power_watts: float | None,
+              power_source: str) -> dict[str, Any]:
+    if not throughput > 0:
+        raise RobustscaleError(f"throughput={throughput!r} is not allowed; give examples per second > 0")
+    if power_watts is not None and not power_watts > 0:
+        raise RobustscaleError(f"power_watts={power_watts!r} is not allowed; give watts > 0")
+    train_s = fl["examples_per_epoch"] * fl["epochs"] / throughput
+    # Validation runs at about the same FLOP rate as training: scale its time by its FLOPs.
+    val_s = fl["val_flops_total"] / fl["train_flops_per_example"] / throughput
+    seconds = train_s + val_s
+    joules = power_watts * seconds if power_watts is not None else None
+    return {
+        "throughput_examples_per_s": throughput,
+        "power_watts": power_watts,
+        "power_source": power_source if power_watts is not None else None,
+        "energy_estimated": power_watts is not None and power_source == "given",
+        "device_hours_train": train_s / 3600,
+        "device_hours_val": val_s / 3600,
+        "device_hours": seconds / 3600,
+        **bill(joules, pue=recipe.pue, usd_per_kwh=recipe.usd_per_kwh, gco2_per_kwh=recipe.gco2_per_kwh),
+        "pue": recipe.pue,
+        "usd_per_kwh": recipe.usd_per_kwh,
+        "gco2_per_kwh": recipe.gco2_per_kwh,
+    }
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RobustscaleError("device='cuda' but no CUDA device is available; allowed here: cpu, auto")
+    return torch.device(name)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def calibrate(recipe: Any, *, steps: int = 3, warmup: int = 1, batch_size: int | None = None) -> dict[str, Any]:
+    """Time ``steps`` real training steps (after ``warmup``) of the recipe's model and loss on random
+    data of the recipe's shape on the recipe's device, and measure the power drawn meanwhile.
+
+    Returns ``throughput_examples_per_s``, ``power_watts`` (None unless a meter measured it;
+    the draw of every metered device together), ``energy_source``, ``device``,
+    ``device_names``, ``seconds``, ``batch_size``. Power from a sampling meter over a window of
+    a few seconds is rough (NVML power is a 1 s average); prefer more steps on a GPU.
+    """
+    from robustscale.cost.energy import open_meter
+    from robustscale.data import dataset_info
+    from robustscale.losses import compute_loss
+
+    if steps < 1 or warmup < 0:
+        raise RobustscaleError(f"calibration steps={steps}, warmup={warmup}; allowed: steps >= 1, warmup >= 0")
+    device = _resolve_device(recipe.device)
+    info = dataset_info(recipe.dataset)
+    bs = batch_size or recipe.batch_size
+    model = recipe_model(recipe, device).train()
+    fmt = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    g = torch.Generator(device=device).manual_seed(recipe.seed)
+    x = torch.rand(bs, *info.shape, device=device, generator=g).contiguous(memory_format=fmt)
+    y = torch.randint(0, info.num_classes, (bs,), device=device, generator=g)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
+    amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
+
+    def step() -> None:
+        with amp:
+            out = compute_loss(recipe.loss, model, x, y, eps=recipe.eps, step_size=recipe.step_size,
+                               steps=recipe.attack_steps, beta=recipe.trades_beta, generator=g)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with open_meter(device, interval=recipe.power_sample_interval) as meter:
+        for _ in range(warmup):
+            step()
+        _sync(device)
+        j0, t0 = meter.read_joules(), time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        j1, t1 = meter.read_joules(), time.perf_counter()
+    seconds = t1 - t0
+    power = (j1 - j0) / seconds if j0 is not None and j1 is not None and seconds > 0 else None
+    return {
+        "throughput_examples_per_s": steps * bs / seconds,
+        "power_watts": power,
+        "energy_source": meter.source,
+        "device": str(device),
+        "device_names": meter.device_names,
+        "seconds": seconds,
+        "steps": steps,
+        "batch_size": bs,
+    }
