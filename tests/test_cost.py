@@ -1,0 +1,409 @@
+"""Cost: FLOP counting against analytic formulas and the paper's numbers, energy meters with
+fake NVML / RAPL / power traces, the accounting arithmetic, the recipe forecast and the CLI."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from robustscale.cost import bill, forward_flops, measure_step_flops, open_meter
+from robustscale.cost.energy import EstimatedMeter, RaplMeter, SamplingMeter
+from robustscale.cost.forecast import calibrate, forecast_recipe
+from robustscale.data.batches import BatchPlan
+from robustscale.models import build_model, count_params
+from robustscale.recipe import Recipe
+
+EPS, STEP = 8 / 255, 2 / 255
+
+
+def _wrn(name: str = "wrn10_1", meta: bool = True) -> nn.Module:
+    with torch.device("meta" if meta else "cpu"):
+        return build_model(name, 10, 3, [0.5] * 3, [0.25] * 3)
+
+
+def _step(model: nn.Module, loss: str, k: int, exact: bool = True, val_steps: int = 2):
+    return measure_step_flops(model, loss, (3, 32, 32), 10, eps=EPS, step_size=STEP, attack_steps=k,
+                              trades_beta=6.0, val_steps=val_steps, exact=exact)
+
+
+_WRN10 = _wrn()
+
+
+@functools.lru_cache(maxsize=None)
+def _counted(loss: str, k: int):
+    """Full (exact) counts on one shared meta wrn10_1, cached across tests."""
+    return _step(_WRN10, loss, k)
+
+
+def _stem_flops(model: nn.Module) -> int:
+    """Forward FLOPs of the stem conv: its input gradient is the one the update step skips."""
+    stem = model.net.stem
+    return 2 * stem.in_channels * stem.out_channels * 9 * 32 * 32
+
+
+# ---- FLOPs ----------------------------------------------------------------------------------
+
+
+def test_linear_flops_match_formula():
+    assert forward_flops(nn.Linear(64, 10), (64,)) == 2 * 64 * 10
+
+
+@pytest.mark.parametrize("stride,groups", [(1, 1), (2, 1), (1, 4)])
+def test_conv2d_flops_match_formula(stride, groups):
+    conv = nn.Conv2d(8, 16, kernel_size=3, stride=stride, padding=1, groups=groups)
+    h_out = (20 + 2 - 3) // stride + 1
+    expected = 2 * (8 // groups) * 16 * 3 * 3 * h_out * h_out
+    assert forward_flops(conv, (8, 20, 20)) == expected
+
+
+@pytest.mark.parametrize("name,params_m,gflops", [("wrn28_10", 36.5, 10.5), ("wrn70_16", 266.8, 77.6)])
+def test_wrn_params_and_forward_flops_match_paper(name, params_m, gflops):
+    assert count_params(name) / 1e6 == pytest.approx(params_m, rel=0.02)
+    assert forward_flops(_wrn(name), (3, 32, 32)) / 1e9 == pytest.approx(gflops, rel=0.02)
+
+
+def test_training_flops_exact_relations():
+    """Measured: an attack step = forward + input-gradient backward = exactly 2F; the update's
+    backward skips only the stem's input gradient (s). Paper: every backward = 2x its forward."""
+    f = forward_flops(_WRN10, (3, 32, 32))
+    s = _stem_flops(_WRN10)
+    for k in (1, 2, 3, 5):
+        pgd, trades = _counted("pgd", k), _counted("trades", k)
+        assert pgd.forward == f
+        assert pgd.train == (2 * k + 4) * f - s  # no-grad clean forward + attack + update
+        assert trades.train == (2 * k + 7) * f - 2 * s  # clean target + attack + two updates
+        assert trades.train - pgd.train == 3 * f - s
+        assert pgd.train_paper == (3 * k + 4) * f
+        assert trades.train_paper == (3 * k + 7) * f
+    std = _counted("standard", 0)
+    assert std.train == 3 * f - s and std.train_paper == 3 * f
+
+
+def test_training_flops_linear_in_attack_steps():
+    f = forward_flops(_WRN10, (3, 32, 32))
+    for loss in ("pgd", "trades"):
+        counts = [_counted(loss, k) for k in (1, 2, 3, 4, 5)]
+        assert np.diff([c.train for c in counts]).tolist() == [2 * f] * 4
+        assert np.diff([c.train_paper for c in counts]).tolist() == [3 * f] * 4
+
+
+def test_step_extension_equals_full_count():
+    """The default counts 1 and 2 iterations and extends linearly; it must equal counting all K."""
+    for loss in ("standard", "pgd", "trades"):
+        full = _step(_WRN10, loss, 5, exact=True, val_steps=6)
+        fast = _step(_WRN10, loss, 5, exact=False, val_steps=6)
+        assert fast == full
+
+
+def test_validation_flops_are_pgd40_in_eval_mode():
+    f = forward_flops(_WRN10, (3, 32, 32))
+    v = _step(_WRN10, "pgd", 10, exact=False, val_steps=40).val
+    assert v == 82 * f  # clean forward + 40 x (forward + input gradient) + final forward
+
+
+def test_measure_step_flops_leaves_model_untouched():
+    torch.manual_seed(0)
+    model = _wrn(meta=False)
+    model.train()
+    model(torch.rand(4, 3, 32, 32)).sum().backward()  # real grads and BN statistics to protect
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad.clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    for mode in (True, False):
+        model.train(mode)
+        _step(model, "trades", 3)
+        assert model.training is mode
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_step_flops_ignore_batch_size():
+    model = _WRN10
+    a = measure_step_flops(model, "pgd", (3, 32, 32), 10, eps=EPS, step_size=STEP, attack_steps=3,
+                           trades_beta=6.0, batch_size=2)
+    b = measure_step_flops(model, "pgd", (3, 32, 32), 10, eps=EPS, step_size=STEP, attack_steps=3,
+                           trades_beta=6.0, batch_size=128)
+    assert a == b
+
+
+# ---- accounting -----------------------------------------------------------------------------
+
+
+def test_bill_uses_paper_constants():
+    b = bill(3.6e6, pue=1.58, usd_per_kwh=0.12, gco2_per_kwh=566.3)  # 1 kWh at the device
+    assert b["energy_kwh"] == pytest.approx(1.58)
+    assert b["electricity_cost_usd"] == pytest.approx(1.58 * 0.12)
+    assert b["co2_kg"] == pytest.approx(1.58 * 0.5663)
+    assert bill(7.2e6) == pytest.approx({"energy_kwh": 3.16, "electricity_cost_usd": 0.3792, "co2_kg": 1.789508})
+
+
+def test_bill_custom_constants_and_unmeasured():
+    b = bill(1.8e6, pue=1.0, usd_per_kwh=0.3, gco2_per_kwh=100.0)
+    assert b == pytest.approx({"energy_kwh": 0.5, "electricity_cost_usd": 0.15, "co2_kg": 0.05})
+    assert bill(None, pue=1.58, usd_per_kwh=0.12, gco2_per_kwh=566.3) == {
+        "energy_kwh": None, "electricity_cost_usd": None, "co2_kg": None}
+    assert bill(0.0)["energy_kwh"] == 0.0  # a measured zero stays a number
+
+
+# ---- energy meters --------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_sampling_meter_integrates_fake_trace():
+    clock = FakeClock()
+    trace = lambda: 100.0 + 10.0 * clock.t  # a ramp: the trapezoid rule is exact  # noqa: E731
+    meter = SamplingMeter(trace, 0.1, ["fake"], clock=clock, start=False)
+    for _ in range(10):
+        clock.t += 1.0
+        meter.sample()
+    assert meter.read_joules() == pytest.approx(100 * 10 + 0.5 * 10 * 10**2)  # 1500 J
+    # uneven intervals and a step change
+    clock2 = FakeClock()
+    watts = {"p": 200.0}
+    m2 = SamplingMeter(lambda: watts["p"], 0.1, ["a", "b"], clock=clock2, start=False)
+    clock2.t = 0.5
+    m2.sample()
+    watts["p"] = 0.0
+    clock2.t = 2.5
+    m2.close()  # the close reading is included: 200*0.5 + (200+0)/2*2
+    assert m2.read_joules() == pytest.approx(300.0)
+    assert m2.num_devices == 2 and m2.measured and m2.source == "nvml-power"
+
+
+def test_sampling_meter_thread_and_failed_reading():
+    calls = {"n": 0}
+
+    def power() -> float:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("transient")
+        return 50.0
+
+    t0 = time.monotonic()
+    with SamplingMeter(power, 0.01, ["fake"]) as meter:
+        time.sleep(0.2)
+    elapsed = time.monotonic() - t0
+    assert meter.samples > 5
+    assert meter.read_joules() == pytest.approx(50.0 * elapsed, rel=0.2)
+    assert meter.read_joules() == meter.read_joules()  # frozen after close
+
+
+class FakeNVMLError(Exception):
+    pass
+
+
+class FakeNVML:
+    """The slice of pynvml the meter uses; energy in mJ, power in mW."""
+
+    def __init__(self, n: int = 2, energy: bool = True, power_mw: float = 300_000.0):
+        self.n, self.energy, self.power_mw = n, energy, power_mw
+        self.counters = [1_000_000 * (i + 1) for i in range(n)]
+        self.shutdown = False
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        self.shutdown = True
+
+    def nvmlDeviceGetCount(self):
+        return self.n
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        if i >= self.n:
+            raise FakeNVMLError("invalid index")
+        return i
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return int(uuid.split("-")[-1])
+
+    def nvmlDeviceGetName(self, h):
+        return b"NVIDIA H100 80GB HBM3" if h == 0 else "NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        if not self.energy:
+            raise FakeNVMLError("Not Supported")
+        return self.counters[h]
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return self.power_mw
+
+
+def test_nvml_energy_counter(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvml = FakeNVML(n=2)
+    meter = open_meter("cuda", nvml=nvml)
+    assert meter.source == "nvml-energy" and meter.measured and meter.num_devices == 2
+    assert meter.device_names == ["NVIDIA H100 80GB HBM3"] * 2
+    assert meter.read_joules() == 0.0
+    nvml.counters[0] += 1500  # mJ
+    nvml.counters[1] += 2500
+    assert meter.read_joules() == pytest.approx(4.0)
+    meter.close()
+    nvml.counters[0] += 10_000
+    assert meter.read_joules() == pytest.approx(4.0) and nvml.shutdown
+
+
+def test_nvml_respects_cuda_visible_devices(monkeypatch):
+    nvml = FakeNVML(n=4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-fake-3")
+    meter = open_meter(torch.device("cuda", 0), nvml=nvml)
+    nvml.counters[2] += 1000
+    nvml.counters[3] += 1000
+    nvml.counters[0] += 99_000  # not visible: not counted
+    assert meter.num_devices == 2 and meter.read_joules() == pytest.approx(2.0)
+    meter.close()
+
+
+def test_nvml_power_fallback(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvml = FakeNVML(n=2, energy=False, power_mw=150_000.0)
+    t0 = time.monotonic()
+    with open_meter("cuda", nvml=nvml, interval=0.01) as meter:
+        assert meter.source == "nvml-power" and meter.measured
+        time.sleep(0.1)
+    elapsed = time.monotonic() - t0
+    assert meter.read_joules() == pytest.approx(300.0 * elapsed, rel=0.25)  # 2 x 150 W
+    assert nvml.shutdown
+
+
+def test_no_nvml_no_rapl_is_unmeasured(tmp_path):
+    for meter in (open_meter("cuda", nvml=None), open_meter("cpu", rapl_root=tmp_path)):
+        with meter:
+            assert meter.source == "none" and not meter.measured
+            assert meter.read_joules() is None
+        assert meter.read_joules() is None
+    broken = FakeNVML()
+    broken.nvmlInit = lambda: (_ for _ in ()).throw(FakeNVMLError("Driver Not Loaded"))
+    assert open_meter("cuda", nvml=broken).source == "none"
+
+
+def test_estimated_only_when_asked(tmp_path):
+    meter = open_meter("cpu", rapl_root=tmp_path, power_watts=65.0)
+    assert meter.source == "estimated" and not meter.measured
+    assert meter.read_joules() >= 0.0
+    clock = FakeClock()
+    est = EstimatedMeter(250.0, ["gpu0", "gpu1"], clock=clock)
+    clock.t = 10.0
+    assert est.read_joules() == pytest.approx(250.0 * 10.0 * 2)
+    # a measurement wins over a configured power
+    assert open_meter("cuda", nvml=FakeNVML(), power_watts=100.0).source == "nvml-energy"
+
+
+def _rapl_zone(root: Path, name: str, label: str, energy: int, max_range: int) -> Path:
+    z = root / name
+    z.mkdir()
+    (z / "name").write_text(label + "\n")
+    (z / "energy_uj").write_text(f"{energy}\n")
+    (z / "max_energy_range_uj").write_text(f"{max_range}\n")
+    return z
+
+
+def test_rapl_packages_and_wrap(tmp_path):
+    p0 = _rapl_zone(tmp_path, "intel-rapl:0", "package-0", 900_000, 1_000_000)
+    _rapl_zone(tmp_path, "intel-rapl:0:0", "core", 5, 1_000_000)  # inside package-0
+    _rapl_zone(tmp_path, "intel-rapl:1", "psys", 5, 1_000_000)  # platform: would double count
+    meter = open_meter("cpu", rapl_root=tmp_path)
+    assert isinstance(meter, RaplMeter) and meter.source == "rapl" and meter.num_devices == 1
+    (p0 / "energy_uj").write_text("950000\n")
+    assert meter.read_joules() == pytest.approx(0.05)
+    (p0 / "energy_uj").write_text("100000\n")  # wrapped past 1e6
+    assert meter.read_joules() == pytest.approx(0.05 + 0.15)
+    meter.close()
+
+
+# ---- forecast and CLI -----------------------------------------------------------------------
+
+
+def test_forecast_arithmetic_cifar():
+    r = Recipe(dataset="cifar10", model="wrn28_10", loss="pgd", attack_steps=10, epochs=100,
+               batch_size=128, val_size=512)
+    fc = forecast_recipe(r, throughput=1000.0, power_watts=500.0)
+    f = fc["forward_flops"]
+    assert fc["params"] == count_params("wrn28_10")
+    assert fc["examples_per_epoch"] == (50_000 - 512) // 128 * 128 == 49_408
+    assert fc["train_flops_per_example"] == pytest.approx(24 * f, rel=1e-4)
+    assert fc["paper_convention"]["train_flops_per_example"] == 34 * f
+    assert fc["train_flops_per_epoch"] == fc["train_flops_per_example"] * 49_408
+    assert fc["train_flops_total"] == fc["train_flops_per_epoch"] * 100
+    assert fc["paper_convention"]["train_flops_total"] == 34 * f * 49_408 * 100
+    assert fc["val_flops_per_epoch"] == 82 * f * 512
+    fo = fc["forecast"]
+    train_s = 49_408 * 100 / 1000.0
+    val_s = 82 * f * 512 * 100 / fc["train_flops_per_example"] / 1000.0
+    assert fo["device_hours"] == pytest.approx((train_s + val_s) / 3600)
+    assert fo["energy_kwh"] == pytest.approx(500.0 * (train_s + val_s) / 3.6e6 * 1.58)
+    assert fo["energy_estimated"] is True
+    assert forecast_recipe(r, throughput=1000.0)["forecast"]["energy_kwh"] is None
+
+
+def test_forecast_counts_synthetic_examples(tmp_path):
+    npz = tmp_path / "syn.npz"
+    np.savez(npz, image=np.zeros((10, 8, 8, 1), np.uint8), label=np.zeros(10, np.int64))
+    r = Recipe(dataset="digits", model="wrn10_1", loss="trades", attack_steps=2, epochs=3, batch_size=128,
+               val_size=256, synthetic_data=str(npz), synthetic_fraction=0.5)
+    fc = forecast_recipe(r)
+    plan = BatchPlan(1437 - 256, 10, 128, 0.5, 0)
+    assert fc["examples_per_epoch"] == plan.examples_per_epoch == 18 * 128  # 64 real + 64 synthetic
+    assert fc["train_flops_total"] == fc["train_flops_per_example"] * 18 * 128 * 3
+    assert fc["epochs"] == 3 and "forecast" not in fc
+
+
+def test_calibrate_runs_on_cpu():
+    r = Recipe(dataset="digits", model="wrn10_1", loss="pgd", attack_steps=1, batch_size=16, device="cpu")
+    cal = calibrate(r, steps=1, warmup=0)
+    assert cal["throughput_examples_per_s"] > 0 and cal["batch_size"] == 16
+    assert (cal["power_watts"] is None) == (cal["energy_source"] == "none")
+
+
+def test_cli_model_json(capsys):
+    from robustscale.cli import main
+
+    assert main(["flops", "wrn28_10", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["params"] == 36_479_194
+    assert out["forward_flops"] / 1e9 == pytest.approx(10.5, rel=0.02)
+    assert main(["flops", "wrn10_1", "--dataset", "digits"]) == 0
+    assert "params" in capsys.readouterr().out
+
+
+def test_cli_recipe_json_and_forecast(tmp_path, capsys):
+    from robustscale.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text("dataset: digits\nmodel: wrn10_1\nloss: pgd\nattack_steps: 3\nepochs: 2\n")
+    assert main(["flops", str(path), "--set", "epochs=4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    per = ("forward_flops", "train_flops_per_example", "train_flops_per_epoch", "train_flops_total")
+    assert all(k in out for k in ("params", "examples_per_epoch", "epochs", *per))
+    assert all(k in out["paper_convention"] for k in per)
+    assert out["epochs"] == 4
+    assert main(["flops", str(path), "--throughput", "100", "--power-watts", "200"]) == 0
+    text = capsys.readouterr().out
+    assert "kWh" in text and "estimated" in text
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from robustscale.cli import main
+
+    assert main(["flops", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["flops", "not_a_model"]) == 2
+    assert main(["flops", "wrn10_1", "--throughput", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("robustscale: error:") for line in err)
