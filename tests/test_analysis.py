@@ -16,7 +16,7 @@ from robustscale.analysis import analyze_zoo, fit_predictor
 from robustscale.cli import main
 from robustscale.zoo import write_zoo
 
-FIGURES = ["1a", "1b", "1c", "2", "3a", "3b", "3c"]
+FIGURES = ["1a", "1b", "1c", "2", "3a", "3b", "3c", "4a", "4b", "4c"]
 
 
 def test_predictor_learns_a_planted_dependence_and_ranks_it_first():
@@ -47,6 +47,7 @@ def test_report_and_every_figure_are_produced(tmp_path):
     html = (rep / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= len(FIGURES)
     assert "Collapsed runs (4)" in html and "run00000" in html and "standard training" in html
+    assert "Compute-optimal robustness" in html and "asymptote" in html
     saved = json.loads((rep / "fits.json").read_text())
     assert saved["n_runs"] == 300 and sorted(saved["collapsed_runs"]) == [f"run{i:05d}" for i in range(4)]
     for law in ("accuracy", "electricity", "co2"):
@@ -54,6 +55,7 @@ def test_report_and_every_figure_are_produced(tmp_path):
     assert saved["scaling"]["standard_accuracy"]["alpha"] is not None
     assert set(saved["predictor"]) >= {"r2", "mae", "importance", "permutation_importance"}
     assert saved["target"]["flops"] > 0 and saved["target"]["kwh"] > 0
+    assert set(saved["joint"]["law"]) >= {"E", "A", "alpha", "B", "beta", "ci", "r2_heldout"}
 
 
 def _zoo_file(tmp_path, df, name="zoo.csv"):

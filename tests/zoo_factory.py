@@ -109,3 +109,31 @@ def planted_zoo(n: int = 600, seed: int = 0) -> pd.DataFrame:
     df["electricity_cost_usd"] = df["energy_kwh"] * 0.12
     df["co2_kg"] = df["energy_kwh"] * 0.5663
     return df[COLUMN_NAMES]
+
+
+JOINT_THETA = (35.0, 1000.0, 0.35, 2000.0, 0.30)  # E, A, alpha, B, beta: robust error in percent
+JOINT_K = 66.0  # FLOPs per parameter per example (PGD-10: 11 forward-backward passes x 6)
+
+
+def joint_zoo(n: int = 300, noise: float = 0.01, seed: int = 0, theta=JOINT_THETA, k: float = JOINT_K) -> pd.DataFrame:
+    """A zoo whose robust error follows L(N, D) = E + A/N^alpha + B/D^beta times lognormal noise."""
+    rng = np.random.default_rng(seed)
+    E, A, alpha, B, beta = theta
+    N = np.round(10 ** rng.uniform(5, 8.5, n))
+    D = np.round(10 ** rng.uniform(6.5, 8.5, n))
+    err = (E + A / N**alpha + B / D**beta) * np.exp(noise * rng.standard_normal(n))
+    df = _features(rng, n)
+    synthetic = rng.random(n) < 0.5
+    df = df.assign(params=N.astype(int), examples_seen=D.astype(int), loss="pgd", attack_steps=10,
+                   epochs=np.maximum(1, np.round(D / 50_000)).astype(int), synthetic_data=synthetic,
+                   synthetic_fraction=np.where(synthetic, 0.7, 0.0),
+                   synthetic_size=np.where(synthetic, 1_000_000, 0))
+    df["train_flops"] = k * N * D
+    df["autoattack_acc"] = 100 - err
+    df["pgd40_acc"] = 100 - err + 2
+    df["clean_acc"] = np.minimum(100, 100 - err + 30)
+    df["energy_kwh"] = 1e-16 * df["train_flops"]
+    df["device_hours"] = df["energy_kwh"] * 2
+    df["electricity_cost_usd"] = df["energy_kwh"] * 0.12
+    df["co2_kg"] = df["energy_kwh"] * 0.5663
+    return df[COLUMN_NAMES]

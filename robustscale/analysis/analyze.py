@@ -44,6 +44,7 @@ class Analysis:
     standard_law: PowerLaw | str | None = None
     predictor: Predictor | str | None = None
     collapse_threshold: float = COLLAPSE_THRESHOLD
+    joint: Any = None  # frontier.JointFit when the joint law L(N, D) could be fitted
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -183,9 +184,7 @@ def analyze_zoo(df: Any, out_dir: str | Path, target_acc: float | None = None, s
 
 
 def _add_joint(a: Analysis, seed: int) -> None:
-    """Fit the joint law L(N, D) when the joint module is present and the zoo allows it."""
-    try:
-        from robustscale.analysis.joint import joint_summary
-    except ImportError:
-        return
+    """Fit the joint law L(N, D) (its section says why not when the zoo does not allow it)."""
+    from robustscale.analysis.frontier import joint_summary
+
     a.extra["joint"] = joint_summary(a, seed=seed)

@@ -42,11 +42,10 @@ def draw_figures(a: Analysis, out_dir: Path) -> dict[str, Path]:
         out[f"3{letter}"] = F.fig_3(law, env["train_flops"].to_numpy(float, na_value=np.nan),
                                     env[col].to_numpy(float, na_value=np.nan), f"fig3{letter}_{name}_law",
                                     ylabel, title, out_dir, extra)
-    joint = a.extra.get("joint_fit")
-    if joint is not None:
+    if a.joint is not None:
         from robustscale.analysis.joint_figures import draw_joint_figures
 
-        out.update(draw_joint_figures(joint, a.kept, out_dir))
+        out.update(draw_joint_figures(a.joint, out_dir))
     return out
 
 

@@ -1,0 +1,75 @@
+"""Figures of the joint law: iso-FLOP curves (4a), the compute-optimal frontier N*(C), D*(C)
+(4b) and the robust-accuracy asymptote (4c)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from robustscale.analysis.figures import plt, save
+from robustscale.analysis.frontier import JointFit
+from robustscale.analysis.joint import robust_error
+from robustscale.analysis.scaling import PowerLaw
+
+
+def _compute_grid(jf: JointFit, n: int = 60) -> np.ndarray:
+    flops = jf.runs["train_flops"].to_numpy(float)
+    return np.logspace(np.log10(flops.min()), np.log10(flops.max()) + 1, n)
+
+
+def fig_iso_flop(jf: JointFit, out_dir: Path) -> Path:
+    """Predicted robust accuracy along N * D = C / k for a few compute levels, optimum marked."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    params = jf.runs["params"].to_numpy(float)
+    n_grid = np.logspace(np.log10(params.min()) - 1, np.log10(params.max()) + 1, 200)
+    levels = np.logspace(*np.log10(jf.runs["train_flops"].quantile([0.05, 0.95]).to_numpy(float)), 5)
+    for c in levels:
+        acc = 100 - jf.law.error(n_grid, c / (jf.k * n_grid))
+        line, = ax.plot(n_grid, acc, label=f"C = {c:.2g} FLOPs")
+        n_opt, d_opt = jf.law.optimum(c, jf.k)
+        ax.plot([n_opt], [100 - jf.law.error(n_opt, d_opt)], "o", color=line.get_color())
+    ax.axhline(100 - jf.law.E, color="k", ls="--", lw=1, label=f"asymptote 100 - E = {100 - jf.law.E:.1f}%")
+    ax.set(xscale="log", xlabel="parameters N", ylabel="predicted robust accuracy (%)",
+           title="4a  iso-FLOP curves of L(N, D)")
+    ax.set_ylim(max(0, ax.get_ylim()[0]), None)
+    ax.legend(fontsize=7)
+    return save(fig, out_dir, "fig4a_iso_flop")
+
+
+def fig_frontier(jf: JointFit, out_dir: Path) -> Path:
+    """N*(C) and D*(C) from the law, with the frontier runs and their empirical power laws."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    grid = _compute_grid(jf)
+    n_opt, d_opt = jf.law.optimum(grid, jf.k)
+    rows = jf.frontier.rows
+    for y, emp, col, color, name in [(n_opt, jf.frontier.n_law, "params", "tab:blue", "N*"),
+                                      (d_opt, jf.frontier.d_law, "examples_seen", "tab:orange", "D*")]:
+        ax.plot(grid, y, color=color, label=f"{name}(C) from L(N, D)")
+        ax.scatter(rows["train_flops"], rows[col], color=color, s=16, label=f"best run per FLOP bin ({col})")
+        if isinstance(emp, PowerLaw):
+            ax.plot(grid, emp.predict(grid), color=color, ls=":", label=f"fit: ∝ C^{emp.alpha:.2f}")
+    ax.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="parameters / examples",
+           title="4b  compute-optimal frontier")
+    ax.legend(fontsize=7)
+    return save(fig, out_dir, "fig4b_frontier")
+
+
+def fig_asymptote(jf: JointFit, out_dir: Path) -> Path:
+    """Best predicted robust accuracy per compute, the runs, and the asymptote 100 - E."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    grid = _compute_grid(jf)
+    n_opt, d_opt = jf.law.optimum(grid, jf.k)
+    ax.scatter(jf.runs["train_flops"], 100 - robust_error(jf.runs), s=8, alpha=0.4, color="grey",
+               rasterized=True, label="runs")
+    ax.plot(grid, 100 - jf.law.error(n_opt, d_opt), label="compute-optimal prediction")
+    ax.axhline(100 - jf.law.E, color="k", ls="--", lw=1, label=f"asymptote {100 - jf.law.E:.1f}%")
+    ax.set(xscale="log", xlabel="training FLOPs C", ylabel="robust accuracy (%)",
+           title="4c  compute-optimal robust accuracy and its asymptote")
+    ax.legend(fontsize=7)
+    return save(fig, out_dir, "fig4c_asymptote")
+
+
+def draw_joint_figures(jf: JointFit, out_dir: Path) -> dict[str, Path]:
+    """All joint-law figures; name -> PNG path."""
+    return {"4a": fig_iso_flop(jf, out_dir), "4b": fig_frontier(jf, out_dir), "4c": fig_asymptote(jf, out_dir)}

@@ -1,0 +1,65 @@
+"""`robustscale plan`: the compute-optimal model size and data for a budget, or for a target."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plan", help="compute-optimal model size, data and bill for a budget or a target accuracy",
+        description="Fit L(N, D) = E + A/N^alpha + B/D^beta to the zoo's robust error and recommend the model "
+        "(nearest existing WideResNet), examples, epochs and synthetic data that a budget should buy, with the "
+        "predicted AutoAttack accuracy and the bill; or, with --target-acc, the cheapest plan reaching it.")
+    p.add_argument("--zoo", required=True, help="zoo table, .csv or .parquet")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--budget", type=float, help="compute budget, in --unit")
+    goal.add_argument("--target-acc", type=float, metavar="X", help="cheapest plan predicted to reach X%% AutoAttack")
+    p.add_argument("--unit", default="flops", choices=["flops", "usd", "kwh", "kgco2"],
+                   help="unit of --budget (default flops); converted with the zoo's cost laws")
+    p.add_argument("--loss", default=None, help="fit on runs with this loss only (e.g. trades)")
+    p.add_argument("--attack-steps", type=int, default=None, help="fit on runs with these attack steps only")
+    p.add_argument("--synthetic-data", default=None, metavar="PATH.npz",
+                   help="synthetic data to put in the recipe when the plan recommends it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default=None, metavar="RECIPE.yaml", help="write the recipe here")
+    p.set_defaults(func=run)
+
+
+def _fmt_bill(bill: dict) -> str:
+    parts = [f"{bill['flops']:.3g} FLOPs"]
+    for key, unit in (("kwh", "kWh"), ("usd", "USD"), ("kg_co2", "kg CO2")):
+        parts.append(f"{bill[key]:.3g} {unit}" if bill.get(key) is not None else f"{unit} unavailable")
+    return ", ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from robustscale.analysis.planner import plan, recipe_yaml
+    from robustscale.zoo import read_zoo
+
+    out = plan(read_zoo(args.zoo), budget=args.budget, unit=args.unit, target_acc=args.target_acc,
+               loss=args.loss, attack_steps=args.attack_steps, seed=args.seed, synthetic_data=args.synthetic_data)
+    law, opt = out["law"], out["optimal"]
+    print(f"law: robust error = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3g} + {law['B']:.3g}/D^{law['beta']:.3g}"
+          f"  (held-out R2 {law['r2_heldout']:.3f}; asymptote {out['asymptote_acc']:.1f}% robust accuracy)")
+    print(f"k = {out['k_flops_per_param_example']:.3g} FLOPs per parameter per example ({out['k_source']})")
+    print(f"optimum: N* = {opt['N']:.3g} parameters, D* = {opt['D']:.3g} examples "
+          f"(predicted {opt['predicted_acc']:.1f}%)")
+    ci = out["predicted_acc_ci"]
+    band = f" (95% interval {ci[0]:.1f}-{ci[1]:.1f}%)" if ci else ""
+    print(f"plan: {out['model']} ({out['params'] / 1e6:.3g}M parameters), {out['examples']:.3g} examples "
+          f"= {out['epochs']} epochs; predicted AutoAttack accuracy {out['predicted_acc']:.1f}%{band}")
+    syn = out["synthetic"]
+    if syn["recommended"]:
+        print(f"synthetic data: {syn['fraction']:.0%} of each batch ({syn['examples']:.3g} synthetic examples seen, "
+              f"from {syn['unique_images'] or 'unknown'} unique images)")
+    else:
+        print("synthetic data: none (the best runs at this compute used none)")
+    print(f"bill: {_fmt_bill(out['bill'])}")
+    for warning in out["warnings"]:
+        print(f"warning: {warning}")
+    if args.output:
+        Path(args.output).write_text(recipe_yaml(out["recipe"]))
+        print(f"recipe: {args.output}")
+    return 0

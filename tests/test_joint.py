@@ -1,0 +1,90 @@
+"""The joint law L(N, D) = E + A/N^alpha + B/D^beta, its optimum and the compute frontier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from zoo_factory import JOINT_K, JOINT_THETA, joint_zoo
+
+from robustscale.analysis.frontier import config_frontier, fit_joint_zoo
+from robustscale.analysis.joint import fit_joint, flops_per_param_example, law_error, optimum, robust_error
+from robustscale.errors import RobustscaleError
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    df = joint_zoo(n=300, noise=0.01, seed=0)
+    return fit_joint_zoo(df, seed=0, n_boot=40)
+
+
+def test_fit_recovers_alpha_beta_and_E(fitted):
+    law = fitted.law
+    E, A, alpha, B, beta = JOINT_THETA
+    assert law.alpha == pytest.approx(alpha, abs=0.015)
+    assert law.beta == pytest.approx(beta, abs=0.015)
+    assert law.E == pytest.approx(E, abs=1.0)
+    ci = law.ci()
+    for name, width in (("E", 4.0), ("alpha", 0.06), ("beta", 0.06)):  # bootstrap intervals: real and narrow
+        lo, hi = ci[name]
+        assert lo < getattr(law, name) < hi and hi - lo < width, name
+    assert law.r2_heldout > 0.95
+    assert law.to_dict()["asymptote_acc"] == pytest.approx(100 - law.E)
+
+
+def test_fit_ignores_outliers_huber():
+    df = joint_zoo(n=300, noise=0.01, seed=1)
+    err = robust_error(df)
+    err[:10] = 99.0  # ten wild runs; a squared loss would be dragged, Huber is not
+    law = fit_joint(df["params"], df["examples_seen"], err, n_boot=0)
+    assert law.alpha == pytest.approx(JOINT_THETA[2], abs=0.02)
+    assert law.E == pytest.approx(JOINT_THETA[0], abs=1.5)
+
+
+def test_analytic_optimum_is_the_minimum_on_the_iso_flop_line():
+    theta = np.array(JOINT_THETA)
+    for c in (1e15, 1e17, 1e19):
+        n_opt, d_opt = optimum(theta, c, JOINT_K)
+        assert n_opt * d_opt * JOINT_K == pytest.approx(c)
+        n_grid = np.logspace(3, 11, 20001)
+        loss = law_error(theta, n_grid, c / (JOINT_K * n_grid))
+        assert n_opt == pytest.approx(n_grid[np.argmin(loss)], rel=0.01)
+
+
+def test_frontier_keeps_best_run_per_bin_and_fits_allocation(fitted):
+    rows = fitted.frontier.rows
+    assert 10 <= len(rows) <= 19 and rows["train_flops"].is_monotonic_increasing
+    runs = fitted.runs
+    acc = 100 - robust_error(runs)
+    for _, row in rows.iterrows():  # no run in the same bin beats the frontier's
+        same = np.isclose(runs["train_flops"], row["train_flops"])
+        assert acc[same].max() == pytest.approx(row["robust_acc"])
+    assert 0 < fitted.frontier.n_law.alpha < 1.5 and 0 < fitted.frontier.d_law.alpha < 1.5
+
+
+def test_k_is_the_zoo_median_for_the_configuration():
+    df = joint_zoo(n=60)
+    df.loc[:29, "attack_steps"] = 5
+    df.loc[:29, "train_flops"] = 36.0 * df.loc[:29, "params"] * df.loc[:29, "examples_seen"]
+    assert flops_per_param_example(df, "pgd", 5)[0] == pytest.approx(36.0)
+    assert flops_per_param_example(df, "pgd", 10)[0] == pytest.approx(JOINT_K)
+    k, source = flops_per_param_example(df, "trades", 10)
+    assert source.startswith("median of all") and 36.0 <= k <= JOINT_K
+
+
+def test_robust_error_falls_back_to_pgd40():
+    df = joint_zoo(n=5)
+    df.loc[0, "autoattack_acc"] = np.nan
+    err = robust_error(df)
+    assert err[0] == pytest.approx(100 - df.loc[0, "pgd40_acc"])
+    assert err[1] == pytest.approx(100 - df.loc[1, "autoattack_acc"])
+
+
+def test_too_few_runs_or_sizes_is_a_clear_error():
+    df = joint_zoo(n=5)
+    with pytest.raises(RobustscaleError, match="at least 8 runs"):
+        fit_joint_zoo(df, n_boot=0)
+    df = joint_zoo(n=40).assign(params=1000)
+    with pytest.raises(RobustscaleError, match="2 model sizes"):
+        fit_joint_zoo(df, n_boot=0)
+    with pytest.raises(RobustscaleError, match="no usable adversarial run with loss=trades"):
+        fit_joint_zoo(joint_zoo(n=40), loss="trades", n_boot=0)
