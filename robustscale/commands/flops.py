@@ -109,8 +109,8 @@ def _recipe(args: argparse.Namespace) -> int:
 def _fl(x: float) -> str:
     for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
         if abs(x) >= scale:
-            return f"{x / scale:.3g} {unit}FLOPs"
-    return f"{x:.3g} FLOPs"
+            return f"{x / scale:.4g} {unit}FLOPs"
+    return f"{x:.4g} FLOPs"
 
 
 def _table(o: dict[str, Any], recipe: Any) -> str:
