@@ -9,6 +9,7 @@ are needed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -21,7 +22,7 @@ from robustscale.errors import RobustscaleError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TRAIN_SPLIT_SIZES", "forecast_recipe", "calibrate", "train_examples", "recipe_model"]
+__all__ = ["TRAIN_SPLIT_SIZES", "forecast_recipe", "calibrate", "train_examples", "recipe_model", "recipe_step_flops"]
 
 # Size of each dataset's train split (digits: the fixed 80% split of sklearn's 1797 images).
 TRAIN_SPLIT_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1437}
@@ -48,16 +49,28 @@ def recipe_model(recipe: Any, device: torch.device | str = "meta") -> torch.nn.M
                            recipe.activation, recipe.drop_rate)
 
 
-def recipe_step_flops(recipe: Any, model: torch.nn.Module | None = None) -> StepFlops:
+@functools.lru_cache(maxsize=256)
+def _model_flops(dataset: str, model: str, activation: str, drop_rate: float, loss: str, attack_steps: int,
+                 val_steps: int) -> tuple[int, StepFlops]:
+    # eps, step size, beta and batch size change no FLOP count; a sweep of hundreds of recipes
+    # shares a handful of these keys.
     from robustscale.data import dataset_info
+    from robustscale.models import build_model
 
-    info = dataset_info(recipe.dataset)
-    model = model if model is not None else recipe_model(recipe)
-    return measure_step_flops(
-        model, recipe.loss, info.shape, info.num_classes, eps=recipe.eps, step_size=recipe.step_size,
-        attack_steps=recipe.attack_steps, trades_beta=recipe.trades_beta, val_steps=recipe.val_attack_steps,
-        batch_size=recipe.batch_size,
-    )
+    info = dataset_info(dataset)
+    with torch.device("meta"):
+        net = build_model(model, info.num_classes, info.shape[0], info.mean, info.std, activation, drop_rate)
+    params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    sf = measure_step_flops(net, loss, info.shape, info.num_classes, eps=8 / 255, step_size=2 / 255,
+                            attack_steps=attack_steps, trades_beta=6.0, val_steps=val_steps)
+    return params, sf
+
+
+def recipe_step_flops(recipe: Any) -> tuple[int, StepFlops]:
+    """(trainable parameters, per-example :class:`StepFlops`) of the recipe's model and loss."""
+    steps = recipe.attack_steps if recipe.adversarial else 0
+    return _model_flops(recipe.dataset, recipe.model, recipe.activation, recipe.drop_rate, recipe.loss, steps,
+                        recipe.val_attack_steps)
 
 
 def forecast_recipe(
@@ -77,9 +90,7 @@ def forecast_recipe(
     """
     from robustscale.data.batches import BatchPlan
 
-    model = recipe_model(recipe)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    sf = recipe_step_flops(recipe, model)
+    params, sf = recipe_step_flops(recipe)
     plan = BatchPlan(train_examples(recipe), 1 if recipe.synthetic_data else 0, recipe.batch_size,
                      recipe.synthetic_fraction, recipe.seed)
     per_epoch = plan.examples_per_epoch
