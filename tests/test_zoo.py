@@ -125,3 +125,18 @@ def test_cli_zoo_import_checks_external_table(tmp_path, capsys):
     assert main(["zoo", "--import", str(bad), "-o", str(tmp_path / "z.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pgd40_acc" in err and "fractions" in err
+
+
+def test_only_the_best_checkpoint_at_the_recipe_eps_counts(tmp_path):
+    import json
+
+    d = make_run(tmp_path, "h", autoattack=None)
+    (d / "eval" / "autoattack-4-255.json").write_text(json.dumps(
+        {"attack": "autoattack", "eps": 4 / 255, "clean_acc": 90.0, "robust_acc": 70.0, "checkpoint": "best"}))
+    (d / "eval" / "autoattack-8-255.json").write_text(json.dumps(
+        {"attack": "autoattack", "eps": 8 / 255, "clean_acc": 88.0, "robust_acc": 48.0, "checkpoint": "last"}))
+    (d / "eval" / "pgd-8-255.json").write_text(json.dumps(
+        {"attack": "pgd", "eps": 8 / 255, "clean_acc": 84.2, "robust_acc": 52.0, "checkpoint": "best"}))
+    df, skipped = gather_zoo(tmp_path)
+    row = df.set_index("run_id").loc["h"]
+    assert not skipped and pd.isna(row["autoattack_acc"]) and row["clean_acc"] == 84.2
