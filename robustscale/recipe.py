@@ -118,6 +118,12 @@ class Recipe(BaseModel):
     power_watts: Optional[float] = None  # only for an explicitly *estimated* energy
     power_sample_interval: float = 0.1
 
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise RobustscaleError(_one_line(exc, data)) from None
+
     @field_validator("eps", "step_size", mode="before")
     @classmethod
     def _fraction(cls, v: Any, info: Any) -> float:
@@ -183,10 +189,7 @@ class Recipe(BaseModel):
         """Validate a plain dict; raise RobustscaleError with one line on any problem."""
         if not isinstance(data, dict):
             raise RobustscaleError(f"a recipe must be a mapping of key: value, got {type(data).__name__}")
-        try:
-            return cls(**data)
-        except ValidationError as exc:
-            raise RobustscaleError(_one_line(exc, data)) from None
+        return cls(**data)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "Recipe":
@@ -262,7 +265,7 @@ def _one_line(exc: ValidationError, data: dict[str, Any]) -> str:
     msg = err.get("msg", "invalid value")
     if err.get("type") == "extra_forbidden":
         allowed = ", ".join(Recipe.model_fields)
-        return f"unknown recipe key {loc!r}; allowed keys: {allowed}"
+        return f"unknown recipe key {loc!r} (value {err.get('input')!r}); allowed keys: {allowed}"
     if err.get("type") == "literal_error":
         return f"{loc}={data.get(loc)!r} is not allowed; {msg[0].lower() + msg[1:]}"
     if msg.startswith("Value error, "):

@@ -1,0 +1,49 @@
+"""WideResNets in timm's registry: the paper's parameter counts, activations, the [0, 1] input contract."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from robustscale import RobustscaleError
+from robustscale.models import build_model, count_params
+
+# The paper's counts for CIFAR-10 (10 classes, 3 channels).
+PAPER_PARAMS = {"wrn28_10": 36.5e6, "wrn34_10": 46.2e6, "wrn34_20": 184.5e6, "wrn70_16": 266.8e6}
+
+
+@pytest.mark.parametrize("name,expected", PAPER_PARAMS.items())
+def test_wrn_parameter_counts_match_the_paper(name, expected):
+    assert abs(count_params(name, 10, 3) - expected) / expected < 0.01
+
+
+def test_wrns_are_ordinary_timm_models():
+    import robustscale.models  # noqa: F401  (registration)
+
+    net = timm.create_model("wrn16_1", num_classes=7, in_chans=1)
+    assert net(torch.rand(2, 1, 8, 8)).shape == (2, 7)
+    assert "wrn28_10" in timm.list_models("wrn*")
+
+
+@pytest.mark.parametrize("act,cls", [("relu", torch.nn.ReLU), ("gelu", torch.nn.GELU), ("silu", torch.nn.SiLU)])
+def test_activation_is_used(act, cls):
+    model = build_model("wrn10_1", 10, 1, [0.5], [0.5], activation=act)
+    kinds = {type(m) for m in model.modules()}
+    assert cls in kinds and all(k not in kinds for k in {torch.nn.ReLU, torch.nn.GELU, torch.nn.SiLU} - {cls})
+
+
+def test_normalisation_is_inside_the_model():
+    model = build_model("wrn10_1", 10, 1, [0.3], [0.4]).eval()
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(model(x), model.net((x - 0.3) / 0.4))
+
+
+def test_any_timm_model_builds_for_the_dataset():
+    model = build_model("resnet18", 10, 1, [0.3], [0.4])
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(RobustscaleError, match="not_a_net"):
+        build_model("not_a_net", 10, 3, [0] * 3, [1] * 3)

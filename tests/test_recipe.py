@@ -1,0 +1,93 @@
+"""The recipe: validation with one-line errors, overrides, fractions, stable run ids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from robustscale import Recipe, RobustscaleError
+from robustscale.cli import main
+from robustscale.recipe import parse_fraction
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("dataset: digits\nmodel: wrn10_1\nloss: pgd\nepochs: 1\neps: 0.2\n")
+    return path
+
+
+BAD = [
+    ("colour=red", "colour"),  # unknown key
+    ("epochs=many", "epochs"),  # wrong type
+    ("eps=-0.1", "eps"),  # out of range
+    ("eps=8/zz", "eps"),  # not a number or fraction
+    ("synthetic_fraction=1.0", "synthetic_fraction"),
+    ("attack_steps=0", "attack_steps"),  # adversarial loss needs >= 1 step
+    ("synthetic_data=/nonexistent/extra.npz", "synthetic_data"),
+    ("loss=fgsm", "loss"),
+    ("model=not_a_model", "model"),
+]
+
+
+@pytest.mark.parametrize("override,key", BAD)
+def test_bad_recipe_gives_one_line_naming_key_and_value(recipe_file, tmp_path, capsys, override, key):
+    run_dir = tmp_path / "run"
+    rc = main(["train", str(recipe_file), "--set", override, "--run-dir", str(run_dir), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert key in err
+    value = override.split("=", 1)[1]
+    assert value.split("/")[0].lstrip("-") in err or value in err
+    assert "Traceback" not in err
+    if key != "model":  # model names are checked when the model is built, after the run folder exists
+        assert not run_dir.exists(), "nothing may be written before the recipe validates"
+
+
+def test_bad_recipe_in_a_real_process_has_no_traceback(recipe_file, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "robustscale", "train", str(recipe_file), "--set", "eps=-1",
+                           "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "eps" in proc.stderr and "-1" in proc.stderr
+
+
+def test_missing_recipe_file(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_fractions_and_overrides(recipe_file):
+    r = Recipe.from_yaml(recipe_file, ["eps=8/255", "step_size=2/255", "ema_decay=null", "nesterov=true"])
+    assert r.eps == pytest.approx(8 / 255) and r.step_size == pytest.approx(2 / 255)
+    assert r.ema_decay is None and r.nesterov is True
+    assert parse_fraction("0.5/2") == 0.25
+    with pytest.raises(RobustscaleError):
+        parse_fraction("8/0")
+
+
+def test_run_id_is_stable_and_ignores_execution_settings(recipe_file):
+    a = Recipe.from_yaml(recipe_file)
+    b = Recipe.from_yaml(recipe_file)
+    assert a.run_id == b.run_id
+    assert a.with_overrides({"device": "cpu", "data_dir": "/elsewhere", "pue": 1.1}).run_id == a.run_id
+    assert a.with_overrides({"seed": 1}).run_id != a.run_id
+    assert a.with_overrides({"eps": 0.1}).run_id != a.run_id
+
+
+def test_yaml_round_trip(recipe_file, tmp_path):
+    a = Recipe.from_yaml(recipe_file, ["eps=8/255"])
+    out = tmp_path / "again.yaml"
+    out.write_text(a.to_yaml())
+    assert Recipe.from_yaml(out) == a
+
+
+def test_synthetic_npz_must_exist_and_fraction_needs_data(tmp_path):
+    with pytest.raises(RobustscaleError, match="synthetic_fraction"):
+        Recipe(synthetic_fraction=0.5)
+    npz = tmp_path / "extra.npz"
+    np.savez(npz, image=np.zeros((4, 8, 8, 1), np.uint8), label=np.zeros(4, np.int64))
+    assert Recipe(synthetic_data=str(npz), synthetic_fraction=0.5).synthetic_fraction == 0.5
