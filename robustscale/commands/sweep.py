@@ -1,0 +1,159 @@
+"""`robustscale sweep SPEC.yaml --out DIR` and `robustscale status DIR` (docs/sweeps.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep", help="run a grid of recipes (local or Slurm), skipping done runs and resuming interrupted ones",
+        description="Expand a sweep file (a base recipe, axes and zipped axes) and work through it. The "
+        "ledger DIR/ledger.sqlite records every run's state, so starting the same command again skips "
+        "done runs, resumes interrupted ones from last.pt and retries failed ones; several launchers may "
+        "share one DIR. See docs/sweeps.md.")
+    p.add_argument("spec", metavar="SPEC.yaml", help="sweep file (e.g. recipes/sweeps/digits-small.yaml)")
+    p.add_argument("--out", metavar="DIR", help="sweep folder: ledger.sqlite, recipes/, runs/<run_id>/, logs/")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs (run id, varying keys, forecast training FLOPs) without training; "
+                   "a synthetic_data file missing on this machine is allowed here")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print JSON")
+    p.add_argument("--no-flops", action="store_true", help="with --dry-run: skip the FLOP forecast")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key in every run (repeatable; applied after the axes)")
+    p.add_argument("--backend", choices=["local", "slurm"], default="local", help="where runs train (default local)")
+    p.add_argument("--max-attempts", type=int, default=3, metavar="N", help="tries per run before it stays failed (default 3)")
+    p.add_argument("--nproc-per-run", type=int, metavar="N",
+                   help="processes (GPUs) per run; > 1 trains each run with DDP under torchrun (default 1; Slurm: "
+                   "the sweep file's slurm.gpus_per_run)")
+    p.add_argument("--sync-bn", action="store_true", help="with DDP: SyncBatchNorm across the processes of a run (CUDA)")
+    p.add_argument("--final-eval", choices=["pgd", "autoattack"], help="evaluate each run's best checkpoint at the end")
+    loc = p.add_argument_group("local backend")
+    loc.add_argument("--max-parallel", type=int, metavar="N",
+                     help="runs at once (default: visible GPUs / nproc-per-run, or 1 on a CPU)")
+    loc.add_argument("--lease-timeout", type=float, default=300.0, metavar="S",
+                     help="seconds without a heartbeat before another launcher takes a run over (default 300)")
+    loc.add_argument("--heartbeat", type=float, default=30.0, metavar="S", help="seconds between heartbeats (default 30)")
+    slurm = p.add_argument_group("slurm backend (flags override the sweep file's slurm: section)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--qos")
+    slurm.add_argument("--time-min", type=int, metavar="MIN", help="time limit per job; runs requeue and resume past it")
+    slurm.add_argument("--gpus-per-run", type=int, metavar="N")
+    slurm.add_argument("--cpus-per-task", type=int, metavar="N")
+    slurm.add_argument("--mem-gb", type=int, metavar="GB")
+    slurm.add_argument("--array-parallelism", type=int, metavar="N", help="runs of the job array at once")
+    slurm.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm",
+                       help="submitit executor (local/debug: this machine, for trying a sweep out)")
+    p.set_defaults(func=run_sweep)
+
+    s = sub.add_parser("status", help="the state of a sweep: each run's progress, and what failed and why",
+                       description="Print the ledger of a sweep folder: state, attempts and epoch/epochs of each "
+                       "run, then what failed and why.")
+    s.add_argument("dir", metavar="DIR", help="sweep folder (holds ledger.sqlite)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=run_status)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from robustscale.errors import RobustscaleError
+    from robustscale.recipe import parse_overrides
+    from robustscale.sweep.spec import load_sweep
+
+    overrides = parse_overrides(args.overrides)
+    if args.dry_run:
+        return _dry_run(load_sweep(args.spec, overrides, check_files=False), args)
+    if not args.out:
+        raise RobustscaleError("--out DIR is required to run a sweep (it holds the ledger and the runs)")
+    for flag in ("max_attempts", "nproc_per_run", "max_parallel", "gpus_per_run", "array_parallelism"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise RobustscaleError(f"--{flag.replace('_', '-')}={value}; allowed: an integer >= 1")
+    sweep = load_sweep(args.spec, overrides)
+    if args.backend == "slurm":
+        return _slurm(sweep, args)
+    from robustscale.sweep.launch import LaunchOptions, launch_local
+
+    opts = LaunchOptions(max_parallel=args.max_parallel, nproc_per_run=args.nproc_per_run or 1,
+                         max_attempts=args.max_attempts, lease_timeout=args.lease_timeout,
+                         heartbeat=min(args.heartbeat, args.lease_timeout / 3), final_eval=args.final_eval,
+                         sync_bn=args.sync_bn)
+    t0 = time.time()
+    counts = launch_local(sweep, args.out, opts)
+    print(f"sweep {sweep.name}: {_counts(counts)} in {time.time() - t0:.0f}s; see: robustscale status {args.out}")
+    return 1 if counts["failed"] else 0
+
+
+def _slurm(sweep: Any, args: argparse.Namespace) -> int:
+    from robustscale.sweep.slurm import SlurmOptions, launch_slurm
+
+    flags = {k: getattr(args, k) for k in ("partition", "account", "qos", "time_min", "gpus_per_run",
+                                           "cpus_per_task", "mem_gb", "array_parallelism")}
+    if args.nproc_per_run:
+        flags["gpus_per_run"] = args.nproc_per_run
+    opts = SlurmOptions.from_sources(sweep.slurm, {k: v for k, v in flags.items() if v is not None})
+    jobs = launch_slurm(sweep, args.out, opts, max_attempts=args.max_attempts, cluster=args.cluster,
+                        final_eval=args.final_eval, sync_bn=args.sync_bn)
+    ids = sorted({j.job_id.split("_")[0] for j in jobs})
+    print(f"sweep {sweep.name}: submitted {len(jobs)} run(s) as job(s) {', '.join(ids) or '-'}; "
+          f"see: robustscale status {args.out}")
+    return 0
+
+
+def _dry_run(sweep: Any, args: argparse.Namespace) -> int:
+    from robustscale.sweep.spec import forecast_flops
+
+    flops = None if args.no_flops else forecast_flops(sweep.runs)
+    note = (f"not checked in a dry run (missing here): {', '.join(sweep.unchecked_files)}"
+            if sweep.unchecked_files else None)
+    if args.json:
+        print(json.dumps({
+            "name": sweep.name, "count": len(sweep.runs), "unchecked_files": sweep.unchecked_files,
+            "runs": [{"index": r.index, "run_id": r.run_id, "varying": r.varying,
+                      "train_flops": flops[i] if flops else None, "recipe": r.recipe.to_dict()}
+                     for i, r in enumerate(sweep.runs)]}, indent=1, default=str))
+        return 0
+    width = max(len(r.run_id) for r in sweep.runs) if sweep.runs else 6
+    print(f"{'#':>4}  {'run_id':<{width}}  {'train FLOPs' if flops else '':>11}  varying")
+    for i, r in enumerate(sweep.runs):
+        f = f"{flops[i]:.3g}" if flops and flops[i] is not None else ""
+        print(f"{i + 1:>4}  {r.run_id:<{width}}  {f:>11}  {r.label}")
+    total = f"; {sum(flops):.3g} training FLOPs in all" if flops else ""
+    print(f"{len(sweep.runs)} runs in sweep {sweep.name}{total}")
+    if note:
+        print(f"note: synthetic_data {note}")
+    return 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no runs"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from robustscale.sweep.status import sweep_status
+
+    rows = sweep_status(args.dir)
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    width = max([len(r["run_id"]) for r in rows] + [6])
+    print(f"{'#':>4}  {'run_id':<{width}}  {'state':<15} {'tries':>5}  {'epoch':>9}  where")
+    for r in rows:
+        progress = f"{r['epoch']}/{r['epochs']}" if r["epochs"] else "-"
+        print(f"{r['idx'] + 1:>4}  {r['run_id']:<{width}}  {r['shown_state']:<15} {r['attempts']:>5}  "
+              f"{progress:>9}  {r['where']}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    print(f"{len(rows)} runs: {_counts(counts)}")
+    failed = [r for r in rows if r["state"] == "failed"]
+    if failed:
+        print("failed:")
+        for r in failed:
+            print(f"  {r['run_id']} (after {r['attempts']} attempt{'s' if r['attempts'] != 1 else ''}): "
+                  f"{r['last_error']}")
+    return 0
