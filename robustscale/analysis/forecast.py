@@ -62,11 +62,11 @@ def forecast_flops(recipe: dict[str, Any]) -> tuple[float | None, str]:
     arg: Any = recipe
     try:
         from robustscale.recipe import Recipe
-
-        arg = Recipe.from_dict(dict(recipe))
-    except (ImportError, RobustscaleError) as exc:
-        log.debug("recipe not validated (%s); passing the plain dict", exc)
+    except ImportError:
+        Recipe = None  # noqa: N806
     try:
+        if Recipe is not None:
+            arg = Recipe.from_dict(dict(recipe))
         result = forecast_recipe(arg)
     except RobustscaleError as exc:
         return None, f"FLOPs forecast unavailable: {exc}"
