@@ -122,3 +122,11 @@ def test_cli_predict_unknown_activation_is_one_line(tmp_path, capsys):
     assert main(["predict", str(_recipe(tmp_path, activation="swish")), "--zoo", str(zoo)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "swish" in err and "relu" in err
+
+
+def test_report_says_why_when_the_joint_law_cannot_be_fitted(tmp_path):
+    df = power_law_zoo(n=60).assign(model="wrn28_10", params=36_479_194)  # one model size only
+    fits = analyze_zoo(df, tmp_path / "rep", n_boot=100, n_splits=2)
+    assert "2 model sizes" in fits["joint"]["error"]
+    assert "4a" not in fits["figures"]
+    assert "Not fitted: the joint law" in (tmp_path / "rep" / "report.html").read_text()
