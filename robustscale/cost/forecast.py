@@ -22,7 +22,8 @@ from robustscale.errors import RobustscaleError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TRAIN_SPLIT_SIZES", "forecast_recipe", "calibrate", "train_examples", "recipe_model", "recipe_step_flops"]
+__all__ = ["TRAIN_SPLIT_SIZES", "forecast_recipe", "calibrate", "train_examples", "recipe_model", "recipe_step_flops",
+           "recipe_params"]
 
 # Size of each dataset's train split (digits: the fixed 80% split of sklearn's 1797 images).
 TRAIN_SPLIT_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1437}
@@ -66,9 +67,18 @@ def _model_flops(dataset: str, model: str, activation: str, drop_rate: float, lo
     return params, sf
 
 
-def recipe_step_flops(recipe: Any) -> tuple[int, StepFlops]:
-    """(trainable parameters, per-example :class:`StepFlops`) of the recipe's model and loss."""
-    steps = recipe.attack_steps if recipe.adversarial else 0
+def recipe_step_flops(recipe: Any) -> StepFlops:
+    """Per-example :class:`StepFlops` of the recipe's model and loss (cached; used by sweeps)."""
+    return _recipe_key_flops(recipe)[1]
+
+
+def recipe_params(recipe: Any) -> int:
+    """Trainable parameters of the recipe's model for its dataset."""
+    return _recipe_key_flops(recipe)[0]
+
+
+def _recipe_key_flops(recipe: Any) -> tuple[int, StepFlops]:
+    steps = recipe.attack_steps if recipe.loss != "standard" else 0
     return _model_flops(recipe.dataset, recipe.model, recipe.activation, recipe.drop_rate, recipe.loss, steps,
                         recipe.val_attack_steps)
 
@@ -90,7 +100,7 @@ def forecast_recipe(
     """
     from robustscale.data.batches import BatchPlan
 
-    params, sf = recipe_step_flops(recipe)
+    params, sf = _recipe_key_flops(recipe)
     plan = BatchPlan(train_examples(recipe), 1 if recipe.synthetic_data else 0, recipe.batch_size,
                      recipe.synthetic_fraction, recipe.seed)
     per_epoch = plan.examples_per_epoch
