@@ -15,7 +15,8 @@ from torch import nn
 
 from robustscale.cost import bill, forward_flops, measure_step_flops, open_meter
 from robustscale.cost.energy import EstimatedMeter, RaplMeter, SamplingMeter
-from robustscale.cost.forecast import calibrate, forecast_recipe
+from robustscale.cost import StepFlops
+from robustscale.cost.forecast import calibrate, forecast_recipe, recipe_step_flops
 from robustscale.data.batches import BatchPlan
 from robustscale.models import build_model, count_params
 from robustscale.recipe import Recipe
@@ -271,6 +272,17 @@ def test_nvml_respects_cuda_visible_devices(monkeypatch):
     meter.close()
 
 
+def test_nvml_meters_only_chosen_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    nvml = FakeNVML(n=4)
+    meter = open_meter("cuda:1", nvml=nvml, devices=[1])  # torch's cuda:1 is physical GPU 3
+    nvml.counters[3] += 2000
+    nvml.counters[1] += 5000
+    assert meter.num_devices == 1 and meter.read_joules() == pytest.approx(2.0)
+    meter.close()
+    assert open_meter("cuda", nvml=None, devices=[0], power_watts=10.0).num_devices == 1
+
+
 def test_nvml_power_fallback(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     nvml = FakeNVML(n=2, energy=False, power_mw=150_000.0)
@@ -351,6 +363,8 @@ def test_forecast_arithmetic_cifar():
     assert fo["energy_kwh"] == pytest.approx(500.0 * (train_s + val_s) / 3.6e6 * 1.58)
     assert fo["energy_estimated"] is True
     assert forecast_recipe(r, throughput=1000.0)["forecast"]["energy_kwh"] is None
+    sf = recipe_step_flops(r)  # the sweep forecast reads .train from this
+    assert isinstance(sf, StepFlops) and sf.train == fc["train_flops_per_example"]
 
 
 def test_forecast_counts_synthetic_examples(tmp_path):

@@ -14,8 +14,9 @@ One meter per run, opened for the training device with :func:`open_meter`:
 * ``none``: nothing measurable and no estimate asked for: ``read_joules()`` is ``None``
   (never 0, never a silent guess).
 
-GPU meters cover every GPU visible to the process (``CUDA_VISIBLE_DEVICES``). Under DDP each
-process sees its own GPUs only when launched that way; otherwise meter in one process only.
+GPU meters cover every GPU visible to the process (``CUDA_VISIBLE_DEVICES``) unless
+``devices`` picks some: under DDP, pass ``devices=[local_rank]`` in each process (or meter in
+one process only) so that no GPU is counted twice.
 """
 
 from __future__ import annotations
@@ -279,7 +280,7 @@ def _name(nvml: Any, handle: Any) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def _open_nvml(nvml: Any, interval: float) -> EnergyMeter | None:
+def _open_nvml(nvml: Any, interval: float, devices: Sequence[int] | None) -> EnergyMeter | None:
     try:
         nvml.nvmlInit()
     except Exception as exc:
@@ -287,6 +288,8 @@ def _open_nvml(nvml: Any, interval: float) -> EnergyMeter | None:
         return None
     try:
         handles = _visible_handles(nvml)
+        if devices is not None:
+            handles = [handles[i] for i in devices]
         names = [_name(nvml, h) for h in handles]
     except Exception as exc:
         log.debug("NVML device query failed: %s", exc)
@@ -343,10 +346,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _cuda_names() -> list[str]:
+def _cuda_names(devices: Sequence[int] | None) -> list[str]:
     if torch.cuda.is_available():
-        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return ["cuda"]
+        idx = range(torch.cuda.device_count()) if devices is None else devices
+        return [torch.cuda.get_device_name(i) for i in idx]
+    return ["cuda"] * (1 if devices is None else len(devices))
 
 
 def _import_nvml() -> Any:
@@ -362,21 +366,24 @@ def open_meter(
     *,
     interval: float = 0.1,
     power_watts: float | None = None,
+    devices: Sequence[int] | None = None,
     nvml: Any = "auto",
     rapl_root: str | Path = "/sys/class/powercap",
 ) -> EnergyMeter:
     """The best meter for ``device``: NVML (GPU) or RAPL (CPU) when readable, else an estimate
     from ``power_watts`` when given, else ``none``. A measurement always wins over ``power_watts``.
 
+    A GPU meter covers every GPU visible to the process, or only ``devices`` (CUDA indices as
+    torch numbers them, e.g. ``[local_rank]`` under DDP so that no GPU is counted twice).
     ``nvml`` (a pynvml-like module, or None for "no NVML") and ``rapl_root`` exist for tests.
     """
     device = torch.device(device)
     if device.type == "cuda":
         lib = _import_nvml() if nvml == "auto" else nvml
-        meter = _open_nvml(lib, interval) if lib is not None else None
+        meter = _open_nvml(lib, interval, devices) if lib is not None else None
         if meter is not None:
             return meter
-        names = _cuda_names()
+        names = _cuda_names(devices)
     elif device.type == "cpu":
         zones = _rapl_zones(Path(rapl_root))
         names = [f"{_cpu_name()} (package {i})" for i in range(len(zones))] if zones else [_cpu_name()]
