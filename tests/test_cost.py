@@ -13,9 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from robustscale.cost import bill, forward_flops, measure_step_flops, open_meter
+from robustscale.cost import StepFlops, bill, forward_flops, measure_step_flops, open_meter
 from robustscale.cost.energy import EstimatedMeter, RaplMeter, SamplingMeter
-from robustscale.cost import StepFlops
 from robustscale.cost.forecast import calibrate, forecast_recipe, recipe_step_flops
 from robustscale.data.batches import BatchPlan
 from robustscale.models import build_model, count_params
