@@ -10,7 +10,6 @@ are needed.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from typing import Any
 
@@ -20,7 +19,6 @@ from robustscale.cost.accounting import bill
 from robustscale.cost.flops import StepFlops, measure_step_flops
 from robustscale.errors import RobustscaleError
 
-log = logging.getLogger(__name__)
 
 __all__ = ["TRAIN_SPLIT_SIZES", "forecast_recipe", "calibrate", "train_examples", "recipe_model", "recipe_step_flops",
            "recipe_params"]
