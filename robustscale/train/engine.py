@@ -30,6 +30,7 @@ from robustscale.losses import compute_loss
 from robustscale.recipe import Recipe
 from robustscale.runs import RunDir, read_recipe, read_status
 from robustscale.train import checkpoint as ckpt
+from robustscale.train import distributed
 from robustscale.train.setup import (
     Forward, check_precision, make_ema, make_optimizer, make_scheduler, prepare_data, resolve_device,
     seed_everything,
@@ -70,15 +71,26 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
     """Train ``recipe`` into ``run_dir`` (default ``<out_root>/<run_id>``), resuming it if it holds
     a checkpoint; returns the run directory. A finished run is left as it is."""
     run = RunDir(Path(run_dir) if run_dir is not None else Path(out_root) / recipe.run_id)
-    if _prepare_run_dir(run, recipe):
+    dist = distributed.init_from_env(recipe.device)  # torchrun: one run, several processes
+    done = _prepare_run_dir(run, recipe) if dist.is_main else False
+    distributed.barrier(dist)
+    if not dist.is_main:
+        done = (read_status(run.path) or {}).get("state") == "done"
+    if done:
+        distributed.shutdown(dist)
         return run.path
     try:
-        _Engine(recipe, run, progress).fit()
+        _Engine(recipe, run, progress, dist).fit()
     except BaseException as exc:  # record why, keep the last good checkpoint, then re-raise
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
             str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}")
-        _write_status(run, recipe, "failed", reason=reason)
+        if dist.is_main:
+            _write_status(run, recipe, "failed", reason=reason)
         raise
+    finally:
+        distributed.shutdown(dist)
+    if not dist.is_main:
+        return run.path
     if final_eval:
         from robustscale.evaluate import evaluate_run
 
@@ -132,14 +144,16 @@ def _write_status(run: RunDir, recipe: Recipe, state: str, progress: Progress | 
 class _Engine:
     """The state of one run while it trains (few fields; the loop itself is ``fit``)."""
 
-    def __init__(self, recipe: Recipe, run: RunDir, show_progress: bool):
+    def __init__(self, recipe: Recipe, run: RunDir, show_progress: bool,
+                 dist: distributed.DistEnv = distributed.DistEnv()):
         from robustscale.cost import measure_step_flops, open_meter
 
-        self.r, self.run, self.show_progress = recipe, run, show_progress
+        self.dist, self.main = dist, dist.is_main  # only the main process writes files
+        self.r, self.run, self.show_progress = recipe, run, show_progress and dist.is_main
         self.device = resolve_device(recipe.device)
         check_precision(recipe.precision, self.device)
         seed_everything(recipe.seed)
-        self.data = prepare_data(recipe, self.device)
+        self.data = prepare_data(recipe, self.device, dist.rank, dist.world_size)
         from robustscale.models import build_model
 
         info = self.data.info
@@ -147,8 +161,10 @@ class _Engine:
                             recipe.activation, recipe.drop_rate).to(self.device)
         if recipe.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.forward = Forward(model, recipe.precision, recipe.channels_last, recipe.compile, self.device)
+        plain = model  # FLOPs are counted on a meta copy of this one (SyncBatchNorm needs a GPU)
+        self.model = model = distributed.prepare_model(model, dist, self.device)
+        self.forward = Forward(model, recipe.precision, recipe.channels_last, recipe.compile, self.device,
+                               ddp=distributed.wrap(model, dist, self.device))
         self.ema = make_ema(model, recipe.ema_decay)
         eval_net = self.ema.module if self.ema is not None else model
         self.eval_forward = Forward(eval_net, recipe.precision, recipe.channels_last, False, self.device)
@@ -156,7 +172,7 @@ class _Engine:
         self.sched = make_scheduler(self.opt, recipe.schedule, recipe.epochs, recipe.warmup_epochs, recipe.lr,
                                     self.data.plan.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type) if recipe.precision == "fp16" else None
-        self.flops = measure_step_flops(model, recipe.loss, info.shape, info.num_classes, eps=recipe.eps,
+        self.flops = measure_step_flops(plain, recipe.loss, info.shape, info.num_classes, eps=recipe.eps,
                                         step_size=recipe.step_size, attack_steps=recipe.attack_steps,
                                         trades_beta=recipe.trades_beta, val_steps=recipe.val_attack_steps)
         self.meter = open_meter(self.device, interval=recipe.power_sample_interval, power_watts=recipe.power_watts)
@@ -179,6 +195,8 @@ class _Engine:
         }
 
     def _save_last(self) -> None:
+        if not self.main:
+            return
         ckpt.save_checkpoint(self.run.checkpoints / "last.pt", self._state(), keep_previous=True)
 
     def _resume(self) -> None:
@@ -193,38 +211,46 @@ class _Engine:
             self.scaler.load_state_dict(state["scaler"])
         for k, v in state["progress"].items():
             setattr(self.p, k, v)
+        if not self.main:  # energy stashed mid-epoch was the main process's own
+            self.p.acc["joules"] = 0.0
         ckpt.set_rng_state(state["rng"])
         # metrics rows written after this checkpoint are replayed by the resumed run
-        rows = [row for row in read_csv_rows(self.run.metrics) if int(row["epoch"]) <= self.p.epoch]
-        rewrite_csv(self.run.metrics, METRIC_COLUMNS, rows)
+        if self.main:
+            rows = [row for row in read_csv_rows(self.run.metrics) if int(row["epoch"]) <= self.p.epoch]
+            rewrite_csv(self.run.metrics, METRIC_COLUMNS, rows)
         log.info("resuming %s from %s at epoch %d step %d", self.run.path, path.name, self.p.epoch + 1, self.p.step)
 
     # ---- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> None:
         r = self.r
-        _write_status(self.run, r, "running", self.p)
+        if self.main:
+            _write_status(self.run, r, "running", self.p)
         log.info("run %s: %s, %d params, %d steps/epoch, %.3g training FLOPs/example", self.run.path,
                  r.model, sum(p.numel() for p in self.model.parameters()), self.data.plan.steps_per_epoch,
                  self.flops.train)
         for epoch in range(self.p.epoch, r.epochs):
             self._train_epoch(epoch)
             self._end_epoch(epoch)
-        _write_status(self.run, r, "done", self.p)
-        self._write_cost()
+        if self.main:
+            _write_status(self.run, r, "done", self.p)
+            self._write_cost()
         self.meter.close()
 
     def _train_epoch(self, epoch: int) -> None:
         r, plan, p = self.r, self.data.plan, self.p
         dev = self.device
-        acc = {k: torch.tensor(p.acc[k], dtype=torch.float64, device=dev) for k in ("loss", "clean", "adv", "n")}
+        # Under DDP the saved sums are global: the main process carries them, the others start at 0.
+        acc = {k: torch.tensor(p.acc[k] if self.main else 0.0, dtype=torch.float64, device=dev)
+               for k in ("loss", "clean", "adv", "n")}
+        rank_salt = (self.dist.rank,) if self.dist.enabled else ()
         bad = torch.tensor(-1, device=dev)
         t0, j0 = time.perf_counter(), self._joules()
         self.forward.train()
         bar = self._bar(epoch, p.step)
         for step, x, y in self.data.stream.epoch(epoch, p.step):
             self.sched.step_update(epoch * plan.steps_per_epoch + step)
-            g = seeded_generator(r.seed, epoch, step, 7, device=dev)
+            g = seeded_generator(r.seed, epoch, step, 7, *rank_salt, device=dev)
             out = compute_loss(r.loss, self.forward, x, y, eps=r.eps, step_size=r.step_size,
                                steps=r.attack_steps, beta=r.trades_beta, generator=g)
             if self.scaler is not None:
@@ -272,12 +298,20 @@ class _Engine:
         """Move device accumulators and elapsed time/energy into the checkpointable progress."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        if self.dist.enabled:  # sums over the processes; the loop keeps its own (local) tensors
+            acc = {k: v.clone() for k, v in acc.items()}
+            distributed.all_reduce_sum(self.dist, list(acc.values()))
         for k, v in acc.items():
             self.p.acc[k] = float(v.item())
         self.p.acc["seconds"] += time.perf_counter() - t0
         j1 = self._joules()
         if j0 is not None and j1 is not None:
             self.p.acc["joules"] += j1 - j0
+
+    @property
+    def _metered(self) -> bool:
+        """Energy is known: measured, or estimated from power_watts because the user asked (labelled so)."""
+        return self.meter.source != "none"
 
     def _joules(self) -> float | None:
         return self.meter.read_joules()
@@ -294,12 +328,13 @@ class _Engine:
     def _end_epoch(self, epoch: int) -> None:
         r, p, plan = self.r, self.p, self.data.plan
         t0, j0 = time.perf_counter(), self._joules()
-        val_clean, val_pgd = self._validate()
+        val_clean, val_pgd = self._validate() if self.main else (None, None)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = p.acc["seconds"] + time.perf_counter() - t0
         j1 = self._joules()
         joules = p.acc["joules"] + (j1 - j0 if j0 is not None and j1 is not None else 0.0)
+        joules = distributed.sum_float(self.dist, joules, self.device)  # every process's devices
         n = max(p.acc["n"], 1.0)
         examples = plan.examples_per_epoch
         val_n = 0 if self.data.val is None else len(self.data.val[1])
@@ -313,7 +348,7 @@ class _Engine:
             "val_pgd40_acc": val_pgd,
             "epoch_flops": self.flops.train * examples,
             "val_flops": self.flops.val * val_n,
-            "epoch_energy_kwh": self._kwh(joules) if self.meter.measured else None,
+            "epoch_energy_kwh": self._kwh(joules) if self._metered else None,
             "seconds": seconds,
             "examples": examples,
         }
@@ -322,24 +357,25 @@ class _Engine:
         c["train_flops_paper"] += self.flops.train_paper * examples
         c["val_flops"] += self.flops.val * val_n
         c["examples_seen"] += examples
-        c["device_seconds"] += seconds * self.meter.num_devices
-        if self.meter.measured:
+        c["device_seconds"] += seconds * self.meter.num_devices * self.dist.world_size
+        if self._metered:
             c["energy_joules"] = (c["energy_joules"] or 0.0) + joules
         score = val_pgd if (r.adversarial and val_pgd is not None) else val_clean
         improved = score is None or score > p.best_score
         p.epoch, p.step = epoch + 1, 0
         p.acc = {k: 0.0 for k in p.acc}
-        if improved:
+        if improved and self.main:
             p.best_score = score if score is not None else p.best_score
             p.best_epoch, p.best_val_pgd40 = epoch + 1, val_pgd
             eval_net = self.ema.module if self.ema is not None else self.model
             ckpt.save_checkpoint(self.run.checkpoints / "best.pt", {
                 "model": eval_net.state_dict(), "epoch": epoch + 1, "val_clean_acc": val_clean,
                 "val_pgd40_acc": val_pgd, "recipe": r.to_dict()})
-        append_csv_row(self.run.metrics, METRIC_COLUMNS, row)
-        self._save_last()
-        self._write_cost()
-        _write_status(self.run, r, "running", p)
+        if self.main:
+            append_csv_row(self.run.metrics, METRIC_COLUMNS, row)
+            self._save_last()
+            self._write_cost()
+            _write_status(self.run, r, "running", p)
         log.info("epoch %d/%d  loss %.4f  train clean %.1f%s  |  val clean %s  pgd%d %s  |  %.1fs",
                  epoch + 1, r.epochs, row["train_loss"], row["train_clean_acc"],
                  f" robust {row['train_robust_acc']:.1f}" if row["train_robust_acc"] is not None else "",
@@ -395,7 +431,7 @@ class _Engine:
             "device_seconds": c["device_seconds"],
             "device_hours": c["device_seconds"] / 3600.0,
             **money,
-            "energy_measured": self.meter.measured and self.meter.source != "estimated",
+            "energy_measured": self.meter.measured,
             "energy_source": self.meter.source,
             "pue": r.pue,
             "usd_per_kwh": r.usd_per_kwh,
