@@ -84,10 +84,16 @@ class Forward(nn.Module):
     come back as fp32.
     """
 
-    def __init__(self, model: nn.Module, precision: str, channels_last: bool, compile: bool, device: torch.device):
+    def __init__(self, model: nn.Module, precision: str, channels_last: bool, compile: bool, device: torch.device,
+                 ddp: nn.Module | None = None):
         super().__init__()
         self.model = model
         self.fn = torch.compile(model) if compile else model
+        # Under DDP, forwards whose parameter gradients are wanted (grad on, input not requiring
+        # grad: the update) go through the wrapper, whose backward averages them over processes.
+        # The attack's forwards (input requires grad; only input gradients are taken) and no-grad
+        # forwards use the bare model: they must not arm DDP's gradient reduction.
+        self.ddp = ddp
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.device_type = device.type
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -95,8 +101,9 @@ class Forward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=self.memory_format)
         ctx = torch.autocast(self.device_type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+        fn = self.ddp if self.ddp is not None and torch.is_grad_enabled() and not x.requires_grad else self.fn
         with ctx:
-            return self.fn(x).float()
+            return fn(x).float()
 
 
 def check_precision(precision: str, device: torch.device) -> None:
