@@ -192,6 +192,11 @@ class Ledger:
                               (note, claim.run_id, claim.token))
             return cur.rowcount == 1
 
+    def record_jobs(self, jobs: list[tuple[str, str]]) -> None:
+        """Note the scheduler job id of each (run_id, job_id) just submitted."""
+        with self._transaction() as con:
+            con.executemany("UPDATE runs SET job_id = ? WHERE run_id = ?", [(j, r) for r, j in jobs])
+
     def unsettled(self, run_ids: list[str], *, max_attempts: int, lease_timeout: float) -> dict[str, int]:
         """Counts of runs that are not settled yet: ``claimable`` now, or ``held`` under a live
         lease by someone (maybe this launcher). A sweep is over when both are zero."""

@@ -35,6 +35,8 @@ def sweep_status(folder: str | Path) -> list[dict[str, Any]]:
             where += f", heartbeat {age:.0f}s ago"
             if age > timeout:
                 shown = "running (stale)"
+        elif row["job_id"] and row["state"] == "pending":
+            where = f"submitted as job {row['job_id']}"
         out.append({**row, "shown_state": shown, "where": where, "epoch": status.get("epoch", 0),
                     "epochs": status.get("epochs"), "run_state": status.get("state"),
                     "best_val_pgd40_acc": status.get("best_val_pgd40_acc")})
