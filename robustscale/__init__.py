@@ -21,11 +21,7 @@ from robustscale.errors import RobustscaleError  # noqa: E402
 from robustscale.recipe import Recipe  # noqa: E402
 from robustscale.train import train  # noqa: E402
 
-try:  # the evaluation module lands separately
-    from robustscale.evaluate import evaluate, evaluate_run, load_split  # noqa: E402,F401
-except ModuleNotFoundError as _exc:  # pragma: no cover
-    if _exc.name != "robustscale.evaluate":
-        raise
+from robustscale.evaluate import evaluate, evaluate_run, load_split  # noqa: E402,F401
 
 _EXPORTS = {
     "load": "robustscale.runs",

@@ -1,0 +1,219 @@
+"""AutoAttack through its reference implementation (PyPI ``pyautoattack``), resumable and exact.
+
+We do not re-implement any attack: ``pyautoattack.AutoAttack.run_standard_evaluation`` runs
+APGD-CE, APGD-T, FAB-T and Square exactly as a direct call would (same batches, same seeds), so
+our numbers equal the library's. This adapter adds three things the library leaves to its
+caller, all read from the library's own logger (``auto-attack``) and state file:
+
+* **Per-attack accuracy.** The library keeps the robust accuracy after each attack in a local
+  dict; it only *logs* it. At each such log line the robust flags are read back from the
+  state file the library has just written (exact counts, not the rounded percentage).
+* **Exact resume.** The library's state file records robust flags after every batch, but the
+  list of finished attacks is saved at most once a minute, and an attack interrupted half-way
+  would be rerun on a re-batched remainder, which gives slightly different numbers. So at
+  every attack boundary a snapshot (finished attacks, robust flags) is written atomically
+  beside the state file, and before a run the state file is rewritten from the last snapshot:
+  a killed evaluation resumes at the start of the attack it was in and ends with exactly the
+  result of an uninterrupted run. A snapshot is only reused when model weights, examples,
+  eps, norm, version, seed and batch size are all the same (a digest of each).
+* **Warnings.** The library's checks (randomised or dynamic defence, softmax output, too few
+  classes, zero gradients, Square beating the white-box attacks) log warnings; they are
+  collected and returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from robustscale.files import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+AA_LOGGER = "auto-attack"
+_AFTER = re.compile(r"^robust accuracy after (\S+): ")
+
+
+@dataclass
+class AutoAttackOutcome:
+    """What one AutoAttack evaluation found. Accuracies are percent 0-100."""
+
+    clean_acc: float
+    robust_acc: float
+    robust: torch.Tensor  # bool per example: still correctly classified after every attack
+    per_attack: dict[str, float]  # robust accuracy after each attack, in the order run
+    warnings: list[str] = field(default_factory=list)
+    resumed_after: list[str] = field(default_factory=list)  # attacks finished by earlier sessions
+    seconds_before: float = 0.0  # time spent by earlier sessions
+
+
+def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **settings: object) -> str:
+    """A digest of weights, examples and settings: a snapshot is only reused for the same evaluation."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for t in (x, y):
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class _Snapshots:
+    """The boundary snapshots of one evaluation: ``<state>.progress.json`` beside the state file."""
+
+    def __init__(self, state_path: Path, key: str, n: int, attacks: list[str]):
+        self.state_path, self.key, self.n, self.attacks = state_path, key, n, attacks
+        self.path = state_path.with_name(state_path.name + ".progress.json")
+        self.done: list[tuple[str, int]] = []  # (attack, robust count after it)
+        self.clean: int | None = None
+        self.seconds_before = 0.0
+        self.started = time.perf_counter()
+
+    def prepare(self) -> list[str]:
+        """Put the library's state file back at the last attack boundary; returns the attacks done."""
+        from pyautoattack.state import EvaluationState
+
+        snap = read_json(self.path) if self.path.is_file() else None
+        if snap is None or snap.get("key") != self.key:
+            if snap is not None or self.state_path.exists():
+                log.info("AutoAttack state in %s belongs to another evaluation; starting over", self.state_path)
+            self.clear()
+            return []
+        self.clean, self.seconds_before = snap["clean"], snap["seconds"]
+        self.done = [(a, c) for a, c in snap["done"]]
+        flags = torch.tensor(snap["flags"], dtype=torch.bool)
+        state = EvaluationState(set(self.attacks), path=self.state_path, _run_attacks={a for a, _ in self.done},
+                                _robust_flags=flags, _clean_accuracy=self.clean / self.n)
+        state.to_disk(force=True)
+        return [a for a, _ in self.done]
+
+    def boundary(self, attack: str | None) -> None:
+        """Called when the library reports clean accuracy (attack None) or finishes an attack."""
+        from pyautoattack.state import EvaluationState
+
+        flags = EvaluationState.from_disk(self.state_path).robust_flags
+        count = int(flags.sum())
+        if attack is None:
+            self.clean = count
+        else:
+            self.done.append((attack, count))
+        atomic_write_json(self.path, {
+            "key": self.key, "n": self.n, "attacks": self.attacks, "clean": self.clean,
+            "done": self.done, "flags": flags.to(torch.uint8).tolist(),
+            "seconds": self.seconds_before + time.perf_counter() - self.started,
+        })
+
+    def clear(self) -> None:
+        for p in (self.state_path, self.path):
+            p.unlink(missing_ok=True)
+
+
+class _Listener(logging.Handler):
+    """Reads the library's log: boundaries go to the snapshots, warnings are collected."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.snapshots: _Snapshots | None = None
+        self.warnings: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:  # errors propagate: a lost snapshot must not pass silently
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+                log.warning("warning (AutoAttack check): %s", msg)
+        elif self.snapshots is not None and msg.startswith("initial accuracy:"):
+            self.snapshots.boundary(None)
+        elif self.snapshots is not None and (m := _AFTER.match(msg)) is not None:
+            self.snapshots.boundary(m.group(1).lower())
+        else:
+            log.debug("autoattack: %s", msg)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # pragma: no cover - emit raises instead
+        raise
+
+
+@contextlib.contextmanager
+def _listening(listener: _Listener) -> Iterator[None]:
+    logger = logging.getLogger(AA_LOGGER)
+    saved = (logger.level, logger.propagate)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # its debug chatter must not reach the user's root handlers
+    logger.addHandler(listener)
+    try:
+        yield
+    finally:
+        logger.removeHandler(listener)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
+                   version: str = "standard", attacks: list[str] | None = None, seed: int = 0,
+                   batch_size: int = 256, device: torch.device | str = "cpu",
+                   state_path: str | Path | None = None) -> AutoAttackOutcome:
+    """Run pyautoattack on (x, y) (CPU tensors, x in [0, 1]) and read back per-attack accuracy.
+
+    ``attacks`` runs a custom list (version ``custom``) with the version's settings otherwise
+    unchanged: for plumbing tests. With ``state_path`` a killed run resumes at the attack it was
+    in (the state and its snapshot are removed once the run finishes); without, a temporary
+    state file is used. The model must already be in eval mode with frozen parameters.
+    """
+    from pyautoattack import AutoAttack
+
+    listener = _Listener()
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_listening(listener))
+        aa = AutoAttack(model, eps=eps, norm=norm, version=version, seed=seed, device=device)
+        if attacks is not None:  # the version's settings, a custom list of attacks
+            aa.version, aa.attacks_to_run = "custom", list(attacks)
+        order = list(aa.attacks_to_run)
+        if state_path is None:
+            state_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "autoattack.state"
+        state_path = Path(state_path)
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        key = fingerprint(model, x, y, eps=eps, norm=norm, version=version, attacks=order, seed=seed,
+                          batch_size=batch_size, pyautoattack=_library_version())
+        listener.snapshots = snaps = _Snapshots(state_path, key, len(y), order)
+        resumed = snaps.prepare()
+        if resumed:
+            log.info("resuming AutoAttack after %s (state %s)", ", ".join(resumed), state_path)
+        # the attacks reseed torch's global RNG; fork it so the caller's stream is left as it was
+        stack.enter_context(torch.random.fork_rng(devices=devices, device_type="cuda"))
+        aa.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
+        return _outcome(snaps, listener, resumed, order, len(y))
+
+
+def _outcome(snaps: _Snapshots, listener: _Listener, resumed: list[str], order: list[str], n: int) -> AutoAttackOutcome:
+    from pyautoattack.state import EvaluationState
+
+    robust = EvaluationState.from_disk(snaps.state_path).robust_flags.bool()
+    per_attack = {a: 100.0 * c / n for a, c in snaps.done}
+    last = per_attack[snaps.done[-1][0]] if snaps.done else 100.0 * (snaps.clean or 0) / n
+    for a in order:  # attacks the library skipped because nothing robust was left
+        per_attack.setdefault(a, last)
+    outcome = AutoAttackOutcome(
+        clean_acc=100.0 * (snaps.clean or 0) / n, robust_acc=100.0 * int(robust.sum()) / n, robust=robust,
+        per_attack={a: per_attack[a] for a in order}, warnings=listener.warnings, resumed_after=resumed,
+        seconds_before=snaps.seconds_before)
+    snaps.clear()
+    return outcome
+
+
+def _library_version() -> str:
+    import pyautoattack
+
+    return getattr(pyautoattack, "__version__", "unknown")

@@ -1,0 +1,350 @@
+"""Robust evaluation: PGD-k (ours, the one training uses) and AutoAttack (the reference code).
+
+Three doors, one result dict (docs/run-directory.md, "eval/<attack>-<eps>.json"):
+
+* ``load_split(run_dir_or_dataset, split="test", n=None)`` gives the exact examples an
+  evaluation uses, as float32 [0, 1] tensors in a fixed order, so any other attack library can
+  be run on the same inputs;
+* ``evaluate(model, x, y, attack=..., eps=...)`` attacks any classifier taking [0, 1] images;
+* ``evaluate_run(run_dir, ...)`` loads a run's checkpoint, evaluates it on the first ``n`` test
+  examples, adds the run-level sanity checks and writes ``eval/<attack>-<eps>.json``.
+
+AutoAttack is imported lazily (robustscale.attacks.autoattack) so importing robustscale stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from robustscale.errors import RobustscaleError
+from robustscale.recipe import format_eps, parse_fraction
+
+log = logging.getLogger(__name__)
+
+ATTACKS = ("pgd", "autoattack")
+NORMS = ("linf", "l2")
+VERSIONS = ("standard", "rand", "plus")
+STANDARD_MASKING_PCT = 10.0  # a standard-trained model above this robust accuracy is suspicious
+
+
+def load_split(run_dir_or_dataset: str | Path, split: str = "test", n: int | None = None,
+               data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` examples of ``split`` (all when None) as ``(x float32 in [0, 1], y int64)``.
+
+    ``run_dir_or_dataset`` is a run directory (its recipe names the dataset and data_dir) or a
+    dataset name (``digits``, ``cifar10``, ``cifar100``). These are exactly, and in the same
+    order, the examples ``robustscale eval --n N`` attacks.
+    """
+    from robustscale.data import DATASETS, load_split as load_all, to_float
+
+    target = Path(run_dir_or_dataset)
+    if (target / "recipe.yaml").is_file():
+        from robustscale.runs import read_recipe
+
+        recipe = read_recipe(target)
+        name, folder = recipe.dataset, data_dir if data_dir is not None else recipe.data_dir
+    elif str(run_dir_or_dataset) in DATASETS:
+        name, folder = str(run_dir_or_dataset), data_dir if data_dir is not None else "data"
+    else:
+        raise RobustscaleError(f"{str(run_dir_or_dataset)!r} is neither a run directory (no recipe.yaml) "
+                               f"nor a dataset; allowed datasets: {', '.join(DATASETS)}")
+    x, y = load_all(name, split, folder)
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(y):
+            raise RobustscaleError(f"n={n!r} does not fit the {len(y)} examples of the {name} {split} split; "
+                                   f"allowed: 1 to {len(y)}")
+        x, y = x[:n], y[:n]
+    return to_float(x).contiguous(), y.long()
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str = "pgd", eps: float | str,
+             norm: str = "linf", steps: int = 40, step_size: float | str | None = None, restarts: int = 1,
+             version: str = "standard", attacks: list[str] | None = None, seed: int = 0, batch_size: int = 256,
+             device: str | torch.device = "auto", state_path: str | Path | None = None) -> dict[str, Any]:
+    """Clean and robust accuracy (percent) of ``model`` on (x, y) under ``attack``.
+
+    ``pgd``: our PGD with a random start, CE loss, ``restarts`` restarts (an example counts as
+    broken if any restart breaks it); step size eps/4 (L-inf) or 2.5·eps/steps (L2) unless given.
+    ``autoattack``: pyautoattack ``version`` (L-inf); ``attacks`` runs a custom subset instead;
+    ``state_path`` makes a killed run resume (see robustscale.attacks.autoattack). The model is
+    evaluated in eval mode with frozen parameters and put back as it was. With
+    ``device="auto"`` the model stays where it is. Returns the dict written to eval JSONs.
+    """
+    cfg = _check_settings(attack, eps, norm, steps, step_size, restarts, version, seed, batch_size)
+    if attacks is not None and cfg["attack"] != "autoattack":
+        raise RobustscaleError("attacks= selects AutoAttack's attacks; it needs attack='autoattack'")
+    if x.dim() != 4 or len(x) != len(y) or len(y) == 0:
+        raise RobustscaleError(f"x must be N x C x H x W and y N labels with N >= 1; got {tuple(x.shape)} and {tuple(y.shape)}")
+    x, y = x.detach().float().cpu(), y.detach().long().cpu()
+    if x.min() < 0 or x.max() > 1:
+        raise RobustscaleError(f"x must hold images in [0, 1]; got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
+    t0 = time.perf_counter()
+    with _frozen(model, device) as dev:
+        if cfg["attack"] == "pgd":
+            result = _evaluate_pgd(model, x, y, cfg, dev)
+        else:
+            result = _evaluate_autoattack(model, x, y, cfg, dev, attacks, state_path)
+    result["seconds"] = round(result.pop("seconds_before", 0.0) + time.perf_counter() - t0, 3)
+    result["device"] = str(dev)
+    return result
+
+
+def _check_settings(attack: str, eps: float | str, norm: str, steps: int, step_size: float | str | None,
+                    restarts: int, version: str, seed: int, batch_size: int) -> dict[str, Any]:
+    if attack not in ATTACKS:
+        raise RobustscaleError(f"attack={attack!r} is not known; allowed: {', '.join(ATTACKS)}")
+    if norm not in NORMS:
+        raise RobustscaleError(f"norm={norm!r} is not known; allowed: {', '.join(NORMS)}")
+    if attack == "autoattack" and norm != "linf":
+        raise RobustscaleError(f"norm={norm!r} with attack='autoattack' is not offered; AutoAttack here runs the "
+                               "paper's L-inf threat model (use --attack pgd --norm l2 for L2)")
+    if version not in VERSIONS:
+        raise RobustscaleError(f"version={version!r} is not known; allowed: {', '.join(VERSIONS)}")
+    eps_f = parse_fraction(eps, "eps")
+    if not 0 < eps_f <= 1:
+        raise RobustscaleError(f"eps={eps!r} is outside the allowed range; allowed: a number in (0, 1] (input units)")
+    for key, value in (("steps", steps), ("restarts", restarts), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RobustscaleError(f"{key}={value!r} is not allowed; allowed: an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise RobustscaleError(f"seed={seed!r} is not allowed; allowed: an integer")
+    if step_size is None:
+        step_size_f, rule = (eps_f / 4, "eps/4") if norm == "linf" else (2.5 * eps_f / steps, "2.5*eps/steps")
+    else:
+        step_size_f, rule = parse_fraction(step_size, "step_size"), "given"
+        if step_size_f <= 0:
+            raise RobustscaleError(f"step_size={step_size!r} is not allowed; allowed: a number > 0")
+    pgd = attack == "pgd"
+    return {"attack": "pgd-l2" if pgd and norm == "l2" else attack, "eps": eps_f, "norm": norm,
+            "steps": steps if pgd else None, "restarts": restarts if pgd else None,
+            "step_size": step_size_f if pgd else None, "step_size_rule": rule if pgd else None,
+            "version": None if pgd else version, "seed": seed, "batch_size": batch_size}
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module, device: str | torch.device) -> Iterator[torch.device]:
+    """Eval mode and parameters' requires_grad off (AutoAttack's FAB calls .backward(); PGD needs
+    input gradients only), restored on exit."""
+    first = next(iter(model.parameters()), None)
+    home = first.device if first is not None else torch.device("cpu")
+    dev = home if str(device) == "auto" else _resolve_device(device)
+    was_training = model.training
+    grads = [p.requires_grad for p in model.parameters()]
+    model.eval().to(dev)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield dev
+    finally:
+        for p, g in zip(model.parameters(), grads):
+            p.requires_grad_(g)
+        model.train(was_training).to(home)
+
+
+def _evaluate_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any], dev: torch.device) -> dict[str, Any]:
+    from robustscale.attacks.pgd import pgd_worst_case
+    from robustscale.data.batches import seeded_generator
+
+    warnings = _library_checks(model, x[: cfg["batch_size"]].to(dev), y[: cfg["batch_size"]].to(dev))
+    clean = torch.zeros((), device=dev, dtype=torch.long)
+    robust = torch.zeros((), device=dev, dtype=torch.long)
+    for b, i in enumerate(range(0, len(y), cfg["batch_size"])):
+        xb, yb = x[i:i + cfg["batch_size"]].to(dev), y[i:i + cfg["batch_size"]].to(dev)
+        with torch.no_grad():
+            clean += (model(xb).argmax(1) == yb).sum()
+        g = seeded_generator(cfg["seed"], 4_001, b, device=dev)  # per batch: fixed whatever ran before
+        _, ok = pgd_worst_case(model, xb, yb, cfg["eps"], cfg["steps"], cfg["step_size"],
+                               restarts=cfg["restarts"], norm=cfg["norm"], generator=g)
+        robust += ok.sum()
+    n = len(y)
+    return _result(cfg, n, 100.0 * clean.item() / n, 100.0 * robust.item() / n, None, warnings)
+
+
+def _library_checks(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> list[str]:
+    """AutoAttack's own checks (randomness, softmax output, dynamic defence) for a PGD evaluation;
+    an AutoAttack evaluation runs them itself."""
+    from pyautoattack import checks
+
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.append(record.getMessage())
+
+    checker = logging.getLogger("robustscale.evaluate.checks")
+    checker.propagate, handler = False, _Collect()
+    checker.addHandler(handler)
+    try:
+        checks.check_randomized(model, xb, yb, bs=len(yb), logger=checker)
+        checks.check_range_output(model, xb, logger=checker)
+        checks.check_dynamic(model, xb, False, logger=checker)
+    finally:
+        checker.removeHandler(handler)
+    for msg in found:
+        log.warning("warning (AutoAttack check): %s", msg)
+    return found
+
+
+def _evaluate_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any], dev: torch.device,
+                         attacks: list[str] | None, state_path: str | Path | None) -> dict[str, Any]:
+    from robustscale.attacks.autoattack import run_autoattack
+
+    out = run_autoattack(model, x, y, eps=cfg["eps"], norm="Linf", version=cfg["version"], attacks=attacks,
+                         seed=cfg["seed"], batch_size=cfg["batch_size"], device=dev, state_path=state_path)
+    result = _result(cfg, len(y), out.clean_acc, out.robust_acc, out.per_attack, out.warnings)
+    if attacks is not None:
+        result["version"] = f"custom:{'+'.join(attacks)}"
+    result["resumed_after"] = out.resumed_after
+    result["seconds_before"] = out.seconds_before
+    return result
+
+
+def _result(cfg: dict[str, Any], n: int, clean: float, robust: float, per_attack: dict[str, float] | None,
+            warnings: list[str]) -> dict[str, Any]:
+    keys = ("attack", "eps", "norm", "steps", "restarts", "step_size", "step_size_rule", "version", "seed", "batch_size")
+    return {**{k: cfg[k] for k in keys[:3]}, "n": n, "clean_acc": clean, "robust_acc": robust,
+            "per_attack": per_attack, **{k: cfg[k] for k in keys[3:]}, "warnings": list(warnings)}
+
+
+def eval_filename(attack: str, eps: float) -> str:
+    """``<attack>-<eps>.json``: eps as ``8-255`` when a whole number of 255ths, else the decimal."""
+    return f"{attack}-{format_eps(eps).replace('/', '-')}.json"
+
+
+def evaluate_run(run_dir: str | Path, *, attack: str = "pgd", checkpoint: str = "best", eps: float | str | None = None,
+                 n: int | None = None, steps: int = 40, restarts: int = 1, norm: str = "linf", batch_size: int = 256,
+                 version: str = "standard", seed: int = 0, device: str = "auto",
+                 attacks: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate a run's ``checkpoint`` on the first ``n`` test examples (all when None) and write
+    ``<run_dir>/eval/<attack>-<eps>.json``; eps defaults to the recipe's. Returns the result dict.
+    An AutoAttack evaluation keeps its state in ``eval/.autoattack-<eps>.state`` and resumes
+    from it when killed."""
+    from robustscale.runs import RunDir, load, read_recipe
+
+    run = RunDir(Path(run_dir))
+    recipe = read_recipe(run.path)
+    settings = dict(attack=attack, eps=recipe.eps if eps is None else eps, norm=norm, steps=steps, restarts=restarts,
+                    version=version, attacks=attacks, seed=seed, batch_size=batch_size)
+    _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
+    dev = _resolve_device(device)
+    x, y = load_split(run.path, "test", n)
+    model = load(run.path, checkpoint, dev)
+    return _evaluate_into(model, x, y, run.eval, settings, dev, checkpoint=checkpoint, recipe=recipe, run_id=run.path.name)
+
+
+def evaluate_checkpoint(path: str | Path, *, model: str, dataset: str = "cifar10", data_dir: str | Path = "data",
+                        out_dir: str | Path | None = None, attack: str = "pgd", eps: float | str = 8 / 255,
+                        n: int | None = None, steps: int = 40, restarts: int = 1, norm: str = "linf",
+                        batch_size: int = 256, version: str = "standard", seed: int = 0,
+                        device: str = "auto") -> dict[str, Any]:
+    """Evaluate weights trained elsewhere: ``path`` holds a state dict for ``model`` (a robustscale
+    or timm model name, built as robustscale builds it: [0, 1] inputs, the dataset's
+    normalisation inside), plain or under a ``model`` / ``state_dict`` key. Results go to
+    ``out_dir`` (default: ``eval/`` beside the checkpoint)."""
+    from robustscale.recipe import Recipe
+    from robustscale.runs import model_from_state
+
+    settings = dict(attack=attack, eps=eps, norm=norm, steps=steps, restarts=restarts, version=version,
+                    attacks=None, seed=seed, batch_size=batch_size)
+    _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
+    dev = _resolve_device(device)
+    x, y = load_split(dataset, "test", n, data_dir=data_dir)
+    net = model_from_state(Recipe(dataset=dataset, model=model), _read_weights(Path(path)), dev)
+    out = Path(out_dir) if out_dir is not None else Path(path).parent / "eval"
+    return _evaluate_into(net, x, y, out, settings, dev, checkpoint=str(path), recipe=None, run_id=None)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    import pickle
+    import zipfile
+
+    if not path.is_file():
+        raise RobustscaleError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise RobustscaleError(f"checkpoint {str(path)!r} is truncated, corrupt or unsafe to load ({reason})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RobustscaleError(f"checkpoint {str(path)!r} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved weights too
+
+
+def _evaluate_into(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eval_dir: Path, settings: dict[str, Any],
+                   dev: torch.device, *, checkpoint: str, recipe: Any, run_id: str | None) -> dict[str, Any]:
+    from robustscale.files import atomic_write_json
+
+    eps_name = format_eps(parse_fraction(settings["eps"], "eps")).replace("/", "-")
+    state = eval_dir / f".autoattack-{eps_name}.state" if settings["attack"] == "autoattack" else None
+    result = evaluate(model, x, y, **settings, device=dev, state_path=state)
+    result.update(checkpoint=checkpoint, split="test", run_id=run_id)
+    result["warnings"] += run_warnings(result, recipe, eval_dir)
+    atomic_write_json(eval_dir / eval_filename(result["attack"], result["eps"]), result)
+    return result
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise RobustscaleError(f"device={device!r} is not known; allowed: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RobustscaleError(f"device={device!r} is not available on this machine; allowed: auto, cpu")
+    return dev
+
+
+def run_warnings(result: dict[str, Any], recipe: Any, eval_dir: Path) -> list[str]:
+    """Sanity checks that need the run: gradient masking on a standard model, PGD weaker than
+    AutoAttack's result on the same examples, and model selection on the test examples."""
+    found = []
+    if recipe is not None and recipe.loss == "standard" and result["robust_acc"] > STANDARD_MASKING_PCT:
+        found.append(f"a standard-trained model keeps {result['robust_acc']:.1f}% robust accuracy at eps "
+                     f"{format_eps(result['eps'])}: expected near 0; suspect gradient masking or a broken attack")
+    if result["robust_acc"] >= result["clean_acc"] > 0:
+        found.append(f"{result['attack']} changed no prediction (robust = clean = {result['clean_acc']:.1f}%): "
+                     "suspect zero or masked gradients")
+    other = _comparable(result, eval_dir)
+    if other is not None:
+        pgd, aa = (result, other) if result["attack"] == "pgd" else (other, result)
+        if pgd["robust_acc"] < aa["robust_acc"]:
+            found.append(f"PGD-{pgd['steps']} robust accuracy {pgd['robust_acc']:.2f}% is below AutoAttack's "
+                         f"{aa['robust_acc']:.2f}% on the same {result['n']} examples: AutoAttack missed examples "
+                         "PGD breaks, so its number is not trustworthy")
+    if recipe is not None and recipe.val_size and recipe.val_source == "test":
+        found.append(f"model selection used the first {recipe.val_size} test examples (val_source=test): "
+                     "accuracy on them is optimistically biased")
+    for msg in found:
+        log.warning("warning: %s", msg)
+    return found
+
+
+def _comparable(result: dict[str, Any], eval_dir: Path) -> dict[str, Any] | None:
+    """The other L-inf attack's eval JSON for the same checkpoint, eps, n and split, if any."""
+    if result["attack"] not in ("pgd", "autoattack"):
+        return None
+    other = "autoattack" if result["attack"] == "pgd" else "pgd"
+    path = eval_dir / eval_filename(other, result["eps"])
+    if not path.is_file():
+        return None
+    from robustscale.files import read_json
+
+    try:
+        data = read_json(path)
+    except RobustscaleError as exc:
+        log.warning("warning: ignoring %s", exc)
+        return None
+    same = all(data.get(k) == result.get(k) for k in ("checkpoint", "n", "split")) and \
+        abs(float(data.get("eps", -1)) - result["eps"]) < 1e-12
+    return data if same else None
