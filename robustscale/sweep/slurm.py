@@ -88,6 +88,8 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
         import submitit
 
         env = submitit.JobEnvironment()
+        if not logging.getLogger().handlers:  # the run's log lines go to the job's log file
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
         if env.num_tasks > 1:  # one run on several GPUs: join the tasks into one process group
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             if self.sync_bn:
