@@ -167,6 +167,8 @@ class LocalLauncher:
         """Work until every run is done or failed for good; returns the ledger's counts by state."""
         slots = self.slots()
         self.n_slots = len(slots)
+        if threading.current_thread() is threading.main_thread():  # SIGTERM stops like Ctrl-C
+            signal.signal(signal.SIGTERM, _raise_interrupt)
         log.info("sweep %s: %d runs, %d slot(s) %s, ledger %s", self.sweep.name, len(self.run_ids), len(slots),
                  [",".join(s) if s else "cpu" for s in slots], self.folder.ledger)
         with Heartbeat(self.ledger, self.opt.heartbeat, on_lost=self._on_lost) as self.beat:
@@ -273,6 +275,10 @@ class LocalLauncher:
                 child.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _run_done(run_dir: Path) -> bool:

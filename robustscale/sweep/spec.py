@@ -209,10 +209,11 @@ def forecast_flops(runs: list[SweepRun]) -> list[float | None] | None:
     out: list[float | None] = []
     for run in runs:
         r = run.recipe
-        key = (r.dataset, r.model, r.activation, r.drop_rate, r.loss, r.trades_beta, r.batch_size, r.val_attack_steps)
-        if key not in cache:
-            k1 = recipe_step_flops(r.model_copy(update={"attack_steps": 1})).train
-            k2 = recipe_step_flops(r.model_copy(update={"attack_steps": 2})).train if r.adversarial else k1
+        key = (r.dataset, r.model, r.activation, r.drop_rate, r.loss, r.trades_beta, r.batch_size)
+        if key not in cache:  # validation FLOPs are not training FLOPs: count them with 1 step (cheap)
+            k1 = recipe_step_flops(r.model_copy(update={"attack_steps": 1, "val_attack_steps": 1})).train
+            k2 = recipe_step_flops(r.model_copy(update={"attack_steps": 2, "val_attack_steps": 1})).train \
+                if r.adversarial else k1
             cache[key] = (k1, k2 - k1)
         k1, per_step = cache[key]
         per_example = k1 + per_step * (r.attack_steps - 1) if r.adversarial else k1
