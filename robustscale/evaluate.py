@@ -87,7 +87,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str 
         raise RobustscaleError(f"x must hold images in [0, 1]; got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
     t0 = time.perf_counter()
     with _frozen(model, device) as dev:
-        if cfg["attack"] == "pgd":
+        if attack == "pgd":
             result = _evaluate_pgd(model, x, y, cfg, dev)
         else:
             result = _evaluate_autoattack(model, x, y, cfg, dev, attacks, state_path)

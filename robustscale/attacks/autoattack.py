@@ -8,14 +8,17 @@ caller, all read from the library's own logger (``auto-attack``) and state file:
 * **Per-attack accuracy.** The library keeps the robust accuracy after each attack in a local
   dict; it only *logs* it. At each such log line the robust flags are read back from the
   state file the library has just written (exact counts, not the rounded percentage).
-* **Exact resume.** The library's state file records robust flags after every batch, but the
-  list of finished attacks is saved at most once a minute, and an attack interrupted half-way
-  would be rerun on a re-batched remainder, which gives slightly different numbers. So at
-  every attack boundary a snapshot (finished attacks, robust flags) is written atomically
-  beside the state file, and before a run the state file is rewritten from the last snapshot:
-  a killed evaluation resumes at the start of the attack it was in and ends with exactly the
-  result of an uninterrupted run. A snapshot is only reused when model weights, examples,
-  eps, norm, version, seed and batch size are all the same (a digest of each).
+* **Exact resume.** The library's state file records robust flags after every batch, but its
+  restore is unusable in pyautoattack 0.2.0 (the set of attacks is saved as the text of a
+  Python set, so restoring always fails with "different set of attacks"), and an attack
+  interrupted half-way would be rerun on a re-batched remainder, giving slightly different
+  numbers. So at every attack boundary a snapshot (finished attacks, robust flags) is written
+  atomically beside the state file. A killed evaluation resumes at the start of the attack it
+  was in: the library runs the remaining attacks on the examples still robust at that
+  boundary, which it cuts into exactly the batches an uninterrupted run would have (each
+  attack reseeds per batch), so the result is the uninterrupted one. A snapshot is only
+  reused when model weights, examples, eps, norm, version, attacks, seed and batch size all
+  match (a digest of each).
 * **Warnings.** The library's checks (randomised or dynamic defence, softmax output, too few
   classes, zero gradients, Square beating the white-box attacks) log warnings; they are
   collected and returned.
@@ -71,44 +74,46 @@ def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **settings: 
 
 
 class _Snapshots:
-    """The boundary snapshots of one evaluation: ``<state>.progress.json`` beside the state file."""
+    """Attack-boundary snapshots of one evaluation: ``<state>.progress.json`` beside the state file."""
 
     def __init__(self, state_path: Path, key: str, n: int, attacks: list[str]):
         self.state_path, self.key, self.n, self.attacks = state_path, key, n, attacks
         self.path = state_path.with_name(state_path.name + ".progress.json")
         self.done: list[tuple[str, int]] = []  # (attack, robust count after it)
         self.clean: int | None = None
+        self.flags: torch.Tensor | None = None  # robust flags (all n examples) at the last boundary
+        self.index = torch.arange(n)  # which examples the library is attacking now
         self.seconds_before = 0.0
         self.started = time.perf_counter()
 
-    def prepare(self) -> list[str]:
-        """Put the library's state file back at the last attack boundary; returns the attacks done."""
-        from pyautoattack.state import EvaluationState
-
+    def load(self) -> list[str]:
+        """Read the last boundary of an earlier session; returns the attacks it had finished."""
         snap = read_json(self.path) if self.path.is_file() else None
         if snap is None or snap.get("key") != self.key:
-            if snap is not None or self.state_path.exists():
+            if snap is not None:
                 log.info("AutoAttack state in %s belongs to another evaluation; starting over", self.state_path)
             self.clear()
             return []
+        self.state_path.unlink(missing_ok=True)  # the library's own file is never read back
         self.clean, self.seconds_before = snap["clean"], snap["seconds"]
         self.done = [(a, c) for a, c in snap["done"]]
-        flags = torch.tensor(snap["flags"], dtype=torch.bool)
-        state = EvaluationState(set(self.attacks), path=self.state_path, _run_attacks={a for a, _ in self.done},
-                                _robust_flags=flags, _clean_accuracy=self.clean / self.n)
-        state.to_disk(force=True)
+        self.flags = torch.tensor(snap["flags"], dtype=torch.bool)
         return [a for a, _ in self.done]
 
     def boundary(self, attack: str | None) -> None:
-        """Called when the library reports clean accuracy (attack None) or finishes an attack."""
+        """The library reported clean accuracy (attack None) or finished an attack: the robust flags
+        it has just saved are exact; map them back to all n examples and snapshot them."""
         from pyautoattack.state import EvaluationState
 
-        flags = EvaluationState.from_disk(self.state_path).robust_flags
-        count = int(flags.sum())
+        if attack is None and self.clean is not None:
+            return  # a resumed session: clean accuracy on the subset means nothing
+        flags = torch.zeros(self.n, dtype=torch.bool)
+        flags[self.index] = EvaluationState.from_disk(self.state_path).robust_flags.bool()
+        self.flags = flags
         if attack is None:
-            self.clean = count
+            self.clean = int(flags.sum())
         else:
-            self.done.append((attack, count))
+            self.done.append((attack, int(flags.sum())))
         atomic_write_json(self.path, {
             "key": self.key, "n": self.n, "attacks": self.attacks, "clean": self.clean,
             "done": self.done, "flags": flags.to(torch.uint8).tolist(),
@@ -188,25 +193,29 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         key = fingerprint(model, x, y, eps=eps, norm=norm, version=version, attacks=order, seed=seed,
                           batch_size=batch_size, pyautoattack=_library_version())
         listener.snapshots = snaps = _Snapshots(state_path, key, len(y), order)
-        resumed = snaps.prepare()
-        if resumed:
-            log.info("resuming AutoAttack after %s (state %s)", ", ".join(resumed), state_path)
-        # the attacks reseed torch's global RNG; fork it so the caller's stream is left as it was
-        stack.enter_context(torch.random.fork_rng(devices=devices, device_type="cuda"))
-        aa.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
+        resumed = snaps.load()
+        todo = order[len(resumed):]
+        if snaps.flags is not None:  # resume: the remaining attacks on the examples still robust
+            snaps.index = snaps.flags.nonzero().flatten()
+            aa.attacks_to_run = todo
+            log.info("resuming AutoAttack after %s: %d of %d examples left for %s",
+                     ", ".join(resumed) or "the clean pass", len(snaps.index), len(y), ", ".join(todo) or "nothing")
+        if todo and len(snaps.index):
+            # the attacks reseed torch's global RNG; fork it so the caller's stream is left as it was
+            stack.enter_context(torch.random.fork_rng(devices=devices, device_type="cuda"))
+            aa.run_standard_evaluation(x[snaps.index], y[snaps.index], batch_size=batch_size, state_path=state_path)
         return _outcome(snaps, listener, resumed, order, len(y))
 
 
 def _outcome(snaps: _Snapshots, listener: _Listener, resumed: list[str], order: list[str], n: int) -> AutoAttackOutcome:
-    from pyautoattack.state import EvaluationState
-
-    robust = EvaluationState.from_disk(snaps.state_path).robust_flags.bool()
+    if snaps.flags is None or snaps.clean is None:  # pragma: no cover - the library always reports clean accuracy
+        raise RuntimeError("pyautoattack reported no clean accuracy; its log format may have changed")
     per_attack = {a: 100.0 * c / n for a, c in snaps.done}
-    last = per_attack[snaps.done[-1][0]] if snaps.done else 100.0 * (snaps.clean or 0) / n
+    last = 100.0 * int(snaps.flags.sum()) / n
     for a in order:  # attacks the library skipped because nothing robust was left
         per_attack.setdefault(a, last)
     outcome = AutoAttackOutcome(
-        clean_acc=100.0 * (snaps.clean or 0) / n, robust_acc=100.0 * int(robust.sum()) / n, robust=robust,
+        clean_acc=100.0 * snaps.clean / n, robust_acc=last, robust=snaps.flags,
         per_attack={a: per_attack[a] for a in order}, warnings=listener.warnings, resumed_after=resumed,
         seconds_before=snaps.seconds_before)
     snaps.clear()

@@ -1,0 +1,256 @@
+"""Robust evaluation: the numbers (ordering, agreement with pyautoattack, determinism), resume of a
+killed AutoAttack run, the sanity checks, the library API and the CLI's errors.
+
+AutoAttack runs on the first N digits test examples with batch size 32, so the adversarial
+model's APGD-T works on two batches and a kill can land between them. One torch thread: on a
+shared 2-core machine two threads oversubscribe and AutoAttack runs 20x slower.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import robustscale
+from conftest import DIGITS_EPS
+from robustscale.cli import main
+from robustscale.evaluate import eval_filename, evaluate, evaluate_run, run_warnings
+from robustscale.files import read_json
+from robustscale.runs import load, read_recipe
+
+N = 100
+BS = 32
+STATE = ".autoattack-51-255.state"  # eps 0.2 is exactly 51/255
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _copy(run: Path, tmp_path_factory) -> Path:
+    """A private copy of a session run: eval files written here do not leak into other tests."""
+    return Path(shutil.copytree(run, tmp_path_factory.mktemp("eval") / run.name))
+
+
+@pytest.fixture(scope="module")
+def adv(adversarial_run, tmp_path_factory) -> Path:
+    return _copy(adversarial_run, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def aa_adv(adv) -> dict:
+    return evaluate_run(adv, attack="autoattack", n=N, batch_size=BS)
+
+
+@pytest.fixture(scope="module")
+def pgd_adv(adv, aa_adv) -> dict:
+    return evaluate_run(adv, attack="pgd", n=N, steps=40)
+
+
+def test_autoattack_below_pgd40_below_clean(adv, aa_adv, pgd_adv):
+    assert aa_adv["clean_acc"] == pgd_adv["clean_acc"] > 90
+    assert 20 < aa_adv["robust_acc"] <= pgd_adv["robust_acc"] <= pgd_adv["clean_acc"]
+    assert list(aa_adv["per_attack"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    after = list(aa_adv["per_attack"].values())
+    assert after == sorted(after, reverse=True) and after[-1] == aa_adv["robust_acc"]
+    assert aa_adv["warnings"] == [] and pgd_adv["warnings"] == []
+    for result in (aa_adv, pgd_adv):
+        on_disk = read_json(adv / "eval" / eval_filename(result["attack"], DIGITS_EPS))
+        assert on_disk == result
+        assert {"attack", "eps", "n", "clean_acc", "robust_acc", "per_attack", "seconds", "checkpoint", "version",
+                "norm", "steps", "restarts", "seed", "split", "warnings"} <= set(on_disk)
+    assert (adv / "eval" / "autoattack-51-255.json").is_file() and (adv / "eval" / "pgd-51-255.json").is_file()
+    assert pgd_adv["step_size"] == pytest.approx(DIGITS_EPS / 4) and pgd_adv["step_size_rule"] == "eps/4"
+    assert not (adv / "eval" / STATE).exists()  # a finished run leaves no state behind
+
+
+def test_standard_model_autoattack_near_zero(standard_run, tmp_path_factory):
+    run = _copy(standard_run, tmp_path_factory)
+    r = evaluate_run(run, attack="autoattack", n=N, batch_size=BS)
+    assert r["clean_acc"] > 90 and r["robust_acc"] <= 3
+    assert not any("gradient masking" in w for w in r["warnings"])
+
+
+def test_numbers_equal_pyautoattack_called_directly(adv, aa_adv):
+    from pyautoattack import AutoAttack
+
+    model = load(adv, "best")
+    x, y = robustscale.load_split(adv, n=N)
+    _, y_adv = AutoAttack(model, eps=DIGITS_EPS, norm="Linf", version="standard", seed=0).run_standard_evaluation(
+        x, y, batch_size=BS)
+    assert 100.0 * (y_adv == y).sum().item() / N == aa_adv["robust_acc"]
+    assert 100.0 * (model(x).argmax(1) == y).sum().item() / N == aa_adv["clean_acc"]
+
+
+def test_same_seed_same_numbers(adversarial_run):
+    model = load(adversarial_run)
+    x, y = robustscale.load_split(adversarial_run, n=N)
+    a = evaluate(model, x, y, attack="pgd", eps=DIGITS_EPS, steps=10, restarts=2, seed=3)
+    b = evaluate(model, x, y, attack="pgd", eps=DIGITS_EPS, steps=10, restarts=2, seed=3)
+    assert (a["clean_acc"], a["robust_acc"]) == (b["clean_acc"], b["robust_acc"])
+    rng = torch.random.get_rng_state()
+    c = evaluate(model, x[:50], y[:50], attack="autoattack", eps=DIGITS_EPS, attacks=["apgd-ce", "apgd-t"], seed=3)
+    d = evaluate(model, x[:50], y[:50], attack="autoattack", eps=DIGITS_EPS, attacks=["apgd-ce", "apgd-t"], seed=3)
+    assert c["per_attack"] == d["per_attack"] and c["version"] == "custom:apgd-ce+apgd-t"
+    assert torch.equal(rng, torch.random.get_rng_state())  # AutoAttack's reseeding does not leak out
+
+
+def test_killed_autoattack_resumes_with_the_same_result(adv, aa_adv, tmp_path_factory):
+    """A real kill: SIGKILL the CLI once APGD-CE is done and APGD-T has written partial progress
+    (or, failing that, once two attacks are done); the rerun resumes and matches the uninterrupted run."""
+    run = _copy(adv, tmp_path_factory)
+    shutil.rmtree(run / "eval")
+    state, snap = run / "eval" / STATE, run / "eval" / (STATE + ".progress.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "robustscale", "eval", str(run), "--attack", "autoattack", "--n", str(N),
+           "--batch-size", str(BS)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial, deadline = False, time.monotonic() + 300
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            done = _read(snap, "done") or []
+            flags = _read(state, "_robust_flags")
+            partial = len(done) == 1 and flags is not None and sum(flags) < done[0][1]
+            if partial or len(done) >= 2:
+                break
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (run / "eval" / "autoattack-51-255.json").exists() and state.exists()
+    resumed = evaluate_run(run, attack="autoattack", n=N, batch_size=BS)
+    assert resumed["resumed_after"] and resumed["resumed_after"] == list(aa_adv["per_attack"])[: len(resumed["resumed_after"])]
+    for key in ("clean_acc", "robust_acc", "per_attack"):
+        assert resumed[key] == aa_adv[key], (key, partial)
+    assert not state.exists()
+
+
+def _read(path: Path, key: str):
+    try:
+        return read_json(path).get(key)
+    except robustscale.RobustscaleError:  # absent, or caught half-written by the library
+        return None
+
+
+def test_state_of_another_evaluation_is_not_reused(adversarial_run, tmp_path):
+    model = load(adversarial_run)
+    x, y = robustscale.load_split(adversarial_run, n=40)
+    state = tmp_path / "aa.state"
+    kw = dict(attack="autoattack", eps=DIGITS_EPS, attacks=["apgd-ce"], state_path=state)
+    first = evaluate(model, x, y, seed=1, **kw)
+    (tmp_path / "aa.state.progress.json").write_text('{"key": "other", "done": [["apgd-ce", 0]]}')
+    again = evaluate(model, x, y, seed=1, **kw)
+    assert again["resumed_after"] == [] and again["robust_acc"] == first["robust_acc"]
+
+
+def test_evaluate_restores_the_model(adversarial_run):
+    model = load(adversarial_run).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    x, y = robustscale.load_split(adversarial_run, n=20)
+    evaluate(model, x, y, attack="pgd", eps=DIGITS_EPS, steps=2)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_load_split_is_the_evaluated_examples(adversarial_run):
+    x, y = robustscale.load_split(adversarial_run, n=50)
+    xd, yd = robustscale.load_split("digits")
+    assert x.dtype == torch.float32 and y.dtype == torch.int64 and 0 <= x.min() and x.max() <= 1
+    assert len(yd) == 360 and torch.equal(x, xd[:50]) and torch.equal(y, yd[:50])
+    with pytest.raises(robustscale.RobustscaleError, match="n=361"):
+        robustscale.load_split("digits", n=361)
+
+
+def test_l2_pgd(adversarial_run, tmp_path_factory):
+    run = _copy(adversarial_run, tmp_path_factory)
+    r = evaluate_run(run, attack="pgd", norm="l2", eps=0.5, steps=10, n=50)
+    assert r["attack"] == "pgd-l2" and r["step_size"] == pytest.approx(2.5 * 0.5 / 10)
+    assert r["robust_acc"] <= r["clean_acc"] and (run / "eval" / "pgd-l2-0.5.json").is_file()
+
+
+class _Rounded(nn.Module):
+    """Input quantisation: zero gradients everywhere, the classic source of false robustness."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.round(x * 2) / 2)
+
+
+def test_gradient_masking_on_a_standard_model_is_flagged(standard_run, tmp_path):
+    model = _Rounded(load(standard_run))
+    x, y = robustscale.load_split(standard_run, n=N)
+    r = evaluate(model, x, y, attack="pgd", eps=DIGITS_EPS, steps=10)
+    warnings = run_warnings(r, read_recipe(standard_run), tmp_path)
+    assert any("gradient masking" in w for w in warnings), (r, warnings)
+
+
+def test_softmax_output_is_flagged(standard_run):
+    model = nn.Sequential(load(standard_run), nn.Softmax(dim=1))
+    x, y = robustscale.load_split(standard_run, n=20)
+    r = evaluate(model, x, y, attack="pgd", eps=DIGITS_EPS, steps=2)
+    assert any("probability distribution" in w for w in r["warnings"])
+
+
+def test_pgd_below_autoattack_is_flagged(standard_run, tmp_path):
+    pgd = {"attack": "pgd", "eps": DIGITS_EPS, "n": N, "checkpoint": "best", "split": "test", "steps": 40,
+           "clean_acc": 97.0, "robust_acc": 5.0}
+    aa = {**pgd, "attack": "autoattack", "robust_acc": 9.0}
+    robustscale.files.atomic_write_json(tmp_path / eval_filename("autoattack", DIGITS_EPS), aa)
+    warnings = run_warnings(pgd, read_recipe(standard_run), tmp_path)
+    assert any("below AutoAttack" in w for w in warnings)
+    robustscale.files.atomic_write_json(tmp_path / eval_filename("autoattack", DIGITS_EPS), {**aa, "n": 50})
+    assert not any("below AutoAttack" in w for w in run_warnings(pgd, read_recipe(standard_run), tmp_path))
+
+
+def test_cli_checkpoint_file_and_json(standard_run, tmp_path, capsys):
+    ckpt = tmp_path / "weights.pt"
+    shutil.copy(standard_run / "checkpoints" / "best.pt", ckpt)
+    rc = main(["eval", str(ckpt), "--model", "wrn10_1", "--dataset", "digits", "--eps", "0.2", "--n", "30",
+               "--steps", "5", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["checkpoint"] == str(ckpt) and out["n"] == 30 and out["clean_acc"] > 80
+    assert read_json(tmp_path / "eval" / "pgd-51-255.json") == out
+
+
+@pytest.mark.parametrize("args, says", [
+    (["eval", "{missing}"], "does not exist"),
+    (["eval", "{run}", "--eps", "8/25x"], "eps='8/25x'"),
+    (["eval", "{run}", "--n", "1000"], "n=1000"),
+    (["eval", "{run}", "--n", "abc"], "--n"),
+    (["eval", "{run}", "--attack", "fgsm"], "attack='fgsm'"),
+    (["eval", "{run}", "--attack", "autoattack", "--norm", "l2"], "norm='l2'"),
+    (["eval", "{run}", "--checkpoint", "middle"], "checkpoint='middle'"),
+    (["eval", "{ckpt}"], "--model"),
+])
+def test_cli_bad_input_is_one_line(adversarial_run, tmp_path, capsys, args, says):
+    fill = {"missing": str(tmp_path / "no-run"), "run": str(adversarial_run),
+            "ckpt": str(adversarial_run / "checkpoints" / "best.pt")}
+    rc = _cli([a.format(**fill) for a in args])
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def _cli(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's own errors (a non-integer --n)
+        return exc.code
