@@ -8,8 +8,12 @@ The activation is a constructor argument because the paper's grid varies it (ReL
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from timm.models import register_model
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -20,6 +24,23 @@ def _act(name: str) -> nn.Module:
         raise ValueError(f"activation {name!r} is not one of {sorted(ACTIVATIONS)}")
     cls = ACTIVATIONS[name]
     return cls(inplace=True) if cls is not nn.GELU else cls()
+
+
+@contextlib.contextmanager
+def _bn_stats_untouched(module: nn.Module) -> Iterator[None]:
+    """While a checkpointed block is recomputed for backward its BatchNorms run again; their
+    running statistics (and batch counters) are restored afterwards so that they are updated
+    once per forward, as without checkpointing. The recomputed output is the same: in train
+    mode BatchNorm normalises with the batch statistics."""
+    bufs = [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    saved = [b.clone() for b in bufs]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(bufs, saved):
+                b.copy_(s)
 
 
 class BasicBlock(nn.Module):
@@ -76,6 +97,7 @@ class WideResNet(nn.Module):
         self.act = _act(act)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
+        self.grad_checkpointing = False
         self._init()
 
     def _init(self) -> None:
@@ -88,8 +110,27 @@ class WideResNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: when training with autograd on, keep only each block's input and
+        recompute the block in backward (about one more forward of the blocks per backward,
+        for activation memory of one block). Used to fit WRN-70-16 TRADES at large batches."""
+        self.grad_checkpointing = enable
+
+    def _blocks(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
+            return self.blocks(x)
+        compiling = torch.compiler.is_compiling()
+        for blk in self.blocks:
+            if compiling:  # traced once: the recomputation replays no buffer mutation
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = checkpoint(blk, x, use_reentrant=False,
+                               context_fn=lambda blk=blk: (contextlib.nullcontext(), _bn_stats_untouched(blk)))
+        return x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.blocks(self.stem(x))))
+        return self.act(self.bn(self._blocks(self.stem(x))))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(x), 1))
