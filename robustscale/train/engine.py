@@ -175,7 +175,10 @@ class _Engine:
         self.flops = measure_step_flops(plain, recipe.loss, info.shape, info.num_classes, eps=recipe.eps,
                                         step_size=recipe.step_size, attack_steps=recipe.attack_steps,
                                         trades_beta=recipe.trades_beta, val_steps=recipe.val_attack_steps)
-        self.meter = open_meter(self.device, interval=recipe.power_sample_interval, power_watts=recipe.power_watts)
+        # Meter the GPU this process trains on, not every visible one: under DDP each process
+        # meters its own and the sums are all-reduced, so no device is counted twice.
+        self.meter = open_meter(self.device, interval=recipe.power_sample_interval, power_watts=recipe.power_watts,
+                                devices=[self.device.index] if self.device.type == "cuda" else None)
         self.p = Progress()
         self._resume()
 
@@ -309,6 +312,11 @@ class _Engine:
             self.p.acc["joules"] += j1 - j0
 
     @property
+    def _num_devices(self) -> int:
+        """Devices the run occupies: each process's GPU under DDP; CPU processes share one machine."""
+        return self.meter.num_devices * (self.dist.world_size if self.device.type == "cuda" else 1)
+
+    @property
     def _metered(self) -> bool:
         """Energy is known: measured, or estimated from power_watts because the user asked (labelled so)."""
         return self.meter.source != "none"
@@ -334,6 +342,8 @@ class _Engine:
         seconds = p.acc["seconds"] + time.perf_counter() - t0
         j1 = self._joules()
         joules = p.acc["joules"] + (j1 - j0 if j0 is not None and j1 is not None else 0.0)
+        if self.device.type == "cpu" and not self.main:
+            joules = 0.0  # CPU processes share the package(s) rank 0 meters
         joules = distributed.sum_float(self.dist, joules, self.device)  # every process's devices
         n = max(p.acc["n"], 1.0)
         examples = plan.examples_per_epoch
@@ -357,7 +367,7 @@ class _Engine:
         c["train_flops_paper"] += self.flops.train_paper * examples
         c["val_flops"] += self.flops.val * val_n
         c["examples_seen"] += examples
-        c["device_seconds"] += seconds * self.meter.num_devices * self.dist.world_size
+        c["device_seconds"] += seconds * self._num_devices
         if self._metered:
             c["energy_joules"] = (c["energy_joules"] or 0.0) + joules
         score = val_pgd if (r.adversarial and val_pgd is not None) else val_clean
@@ -437,7 +447,7 @@ class _Engine:
             "usd_per_kwh": r.usd_per_kwh,
             "gco2_per_kwh": r.gco2_per_kwh,
             "devices": self.meter.device_names,
-            "num_devices": self.meter.num_devices,
+            "num_devices": self._num_devices,
         })
 
 
