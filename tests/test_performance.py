@@ -227,3 +227,15 @@ def test_train_step_benchmark_writes_json_lines(tmp_path, capsys):
         assert key in rs
     assert rows[0]["executed_flops_per_example"] > rs["executed_flops_per_example"] == rs["flops_per_example"]
     assert capsys.readouterr().out.count("\n") == 4
+
+
+def test_eval_benchmark_writes_json_lines(adversarial_run, tmp_path):
+    from benchmarks import eval as eval_bench
+
+    out = tmp_path / "e.jsonl"
+    eval_bench.main(["--run", str(adversarial_run), "--n", "32", "--attacks", "pgd40", "--repeats", "1",
+                     "--out", str(out)])
+    rows = {r["impl"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"robustscale", "peer-pgd", "apgd-ce", "robustscale-bf16"}
+    assert {"speedup_vs_peer-pgd", "speedup_vs_apgd-ce"} <= set(rows["robustscale"])
+    assert all(0 <= r["robust_acc"] <= r["clean_acc"] for r in rows.values())
