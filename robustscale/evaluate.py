@@ -220,18 +220,18 @@ def eval_filename(attack: str, eps: float) -> str:
 
 def evaluate_run(run_dir: str | Path, *, attack: str = "pgd", checkpoint: str = "best", eps: float | str | None = None,
                  n: int | None = None, steps: int = 40, restarts: int = 1, norm: str = "linf", batch_size: int = 256,
-                 version: str = "standard", seed: int = 0, device: str = "auto",
-                 attacks: list[str] | None = None) -> dict[str, Any]:
+                 version: str = "standard", seed: int = 0, device: str = "auto") -> dict[str, Any]:
     """Evaluate a run's ``checkpoint`` on the first ``n`` test examples (all when None) and write
     ``<run_dir>/eval/<attack>-<eps>.json``; eps defaults to the recipe's. Returns the result dict.
     An AutoAttack evaluation keeps its state in ``eval/.autoattack-<eps>.state`` and resumes
-    from it when killed."""
+    from it when killed. (No custom attack subsets here: the zoo reads ``autoattack-<eps>.json``
+    as the final number; use :func:`evaluate` for those.)"""
     from robustscale.runs import RunDir, load, read_recipe
 
     run = RunDir(Path(run_dir))
     recipe = read_recipe(run.path)
     settings = dict(attack=attack, eps=recipe.eps if eps is None else eps, norm=norm, steps=steps, restarts=restarts,
-                    version=version, attacks=attacks, seed=seed, batch_size=batch_size)
+                    version=version, attacks=None, seed=seed, batch_size=batch_size)
     _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
     dev = _resolve_device(device)
     x, y = load_split(run.path, "test", n)

@@ -103,8 +103,8 @@ def test_same_seed_same_numbers(adversarial_run):
     b = evaluate(model, x, y, attack="pgd", eps=DIGITS_EPS, steps=10, restarts=2, seed=3)
     assert (a["clean_acc"], a["robust_acc"]) == (b["clean_acc"], b["robust_acc"])
     rng = torch.random.get_rng_state()
-    c = evaluate(model, x[:50], y[:50], attack="autoattack", eps=DIGITS_EPS, attacks=["apgd-ce", "apgd-t"], seed=3)
-    d = evaluate(model, x[:50], y[:50], attack="autoattack", eps=DIGITS_EPS, attacks=["apgd-ce", "apgd-t"], seed=3)
+    c = evaluate(model, x[:30], y[:30], attack="autoattack", eps=DIGITS_EPS, attacks=["apgd-ce", "apgd-t"], seed=3)
+    d = evaluate(model, x[:30], y[:30], attack="autoattack", eps=DIGITS_EPS, attacks=["apgd-ce", "apgd-t"], seed=3)
     assert c["per_attack"] == d["per_attack"] and c["version"] == "custom:apgd-ce+apgd-t"
     assert torch.equal(rng, torch.random.get_rng_state())  # AutoAttack's reseeding does not leak out
 
@@ -254,3 +254,13 @@ def _cli(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:  # argparse's own errors (a non-integer --n)
         return exc.code
+
+
+def test_train_final_eval_writes_the_zoo_file(tmp_path):
+    from conftest import tiny
+
+    run = robustscale.train(tiny(loss="standard", attack_steps=0, epochs=1, val_size=0), out_root=tmp_path,
+                            progress=False, final_eval="autoattack")
+    result = read_json(run / "eval" / "autoattack-51-255.json")
+    assert result["checkpoint"] == "best" and result["n"] == 360 and result["version"] == "standard"
+    assert result["robust_acc"] <= result["clean_acc"]
