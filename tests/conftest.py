@@ -7,13 +7,22 @@ trained one keeps about half.
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One intra-op thread, here and in every subprocess a test starts: the test models are tiny, and on
+# a 2-core machine with anything else running, two spinning OpenMP threads made a 2-epoch digits
+# run 7x slower (tests/test_train.py::test_ema_weights_are_validated_and_saved: 34 s vs 4.7 s).
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from robustscale import Recipe, train
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from robustscale import Recipe, train  # noqa: E402
+
+torch.set_num_threads(1)
 
 DIGITS_EPS = 0.2
 
