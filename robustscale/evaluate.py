@@ -213,9 +213,11 @@ def _result(cfg: dict[str, Any], n: int, clean: float, robust: float, per_attack
             "per_attack": per_attack, **{k: cfg[k] for k in keys[3:]}, "warnings": list(warnings)}
 
 
-def eval_filename(attack: str, eps: float) -> str:
-    """``<attack>-<eps>.json``: eps as ``8-255`` when a whole number of 255ths, else the decimal."""
-    return f"{attack}-{format_eps(eps).replace('/', '-')}.json"
+def eval_filename(attack: str, eps: float, checkpoint: str = "best") -> str:
+    """``<attack>-<eps>[-last].json``: eps as ``8-255`` when a whole number of 255ths, else the
+    decimal. The zoo reads the ``best`` (unsuffixed) files; ``last`` evaluations never overwrite them."""
+    suffix = "-last" if checkpoint == "last" else ""
+    return f"{attack}-{format_eps(eps).replace('/', '-')}{suffix}.json"
 
 
 def evaluate_run(run_dir: str | Path, *, attack: str = "pgd", checkpoint: str = "best", eps: float | str | None = None,
@@ -289,7 +291,7 @@ def _evaluate_into(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eval_dir:
     result = evaluate(model, x, y, **settings, device=dev, state_path=state)
     result.update(checkpoint=checkpoint, split="test", run_id=run_id)
     result["warnings"] += run_warnings(result, recipe, eval_dir)
-    atomic_write_json(eval_dir / eval_filename(result["attack"], result["eps"]), result)
+    atomic_write_json(eval_dir / eval_filename(result["attack"], result["eps"], checkpoint), result)
     return result
 
 
@@ -335,7 +337,7 @@ def _comparable(result: dict[str, Any], eval_dir: Path) -> dict[str, Any] | None
     if result["attack"] not in ("pgd", "autoattack"):
         return None
     other = "autoattack" if result["attack"] == "pgd" else "pgd"
-    path = eval_dir / eval_filename(other, result["eps"])
+    path = eval_dir / eval_filename(other, result["eps"], result.get("checkpoint", "best"))
     if not path.is_file():
         return None
     from robustscale.files import read_json

@@ -39,6 +39,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[io.IOBase]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -52,6 +53,12 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[io.IOBase]:
         if tmp_name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -264,3 +264,12 @@ def test_train_final_eval_writes_the_zoo_file(tmp_path):
     result = read_json(run / "eval" / "autoattack-51-255.json")
     assert result["checkpoint"] == "best" and result["n"] == 360 and result["version"] == "standard"
     assert result["robust_acc"] <= result["clean_acc"]
+
+
+def test_last_checkpoint_evaluation_never_overwrites_the_best_one(tmp_path, adversarial_run):
+    run = tmp_path / "run"
+    shutil.copytree(adversarial_run, run)
+    best = evaluate_run(run, attack="pgd", checkpoint="best", n=40, steps=2)
+    last = evaluate_run(run, attack="pgd", checkpoint="last", n=20, steps=2)
+    assert read_json(run / "eval" / eval_filename("pgd", DIGITS_EPS))["n"] == best["n"] == 40
+    assert read_json(run / "eval" / eval_filename("pgd", DIGITS_EPS, "last"))["n"] == last["n"] == 20

@@ -72,7 +72,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(format_table(result))
         from robustscale.evaluate import eval_filename
 
-        print(f"wrote {where / eval_filename(result['attack'], result['eps'])}")
+        print(f"wrote {where / eval_filename(result['attack'], result['eps'], result['checkpoint'])}")
     return 0
 
 
