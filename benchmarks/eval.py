@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 from statistics import median
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -140,7 +140,7 @@ def plain_autoattack(model, x, y, eps, bs, device) -> dict:
     model.eval()
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device=device)
-    adv = aa.run_standard_evaluation(x.to(device), y.to(device), bs=bs)
+    adv, _ = aa.run_standard_evaluation(x.to(device), y.to(device), batch_size=bs)
     with torch.no_grad():
         robust = sum((model(adv[i:i + bs]).max(1)[1] == y[i:i + bs].to(device)).sum().item()
                      for i in range(0, len(y), bs))
@@ -156,7 +156,7 @@ AUTOATTACK = {"robustscale": rs_autoattack, "pyautoattack": plain_autoattack}
 
 # ---- the benchmark -------------------------------------------------------------------------------
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace) -> Iterator[dict]:
     from robustscale.evaluate import load_split
     from robustscale.runs import load, read_recipe
 
@@ -169,7 +169,6 @@ def run(args: argparse.Namespace) -> list[dict]:
     common = {"bench": "eval", **device_info(device), "torch": torch.__version__, "run": str(run_dir),
               "model": recipe.model, "dataset": recipe.dataset, "n": len(y), "eps": eps,
               "batch_size": args.batch_size}
-    records = []
     for attack, impls, repeats in (("pgd40", PGD, args.repeats), ("autoattack", AUTOATTACK, 1)):
         if attack not in args.attacks:
             continue
@@ -181,6 +180,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     for p in model.parameters():
                         p.requires_grad_(True)
                 results[name].append(timed(lambda: fn(model, x, y, eps, args.batch_size, device), device))
+        records = []
         for name, rs in results.items():
             secs = [r["seconds"] for r in rs]
             rec = {**common, "attack": attack, "impl": name, **{k: v for k, v in rs[0].items() if k != "seconds"},
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 r["robust_acc_minus_fp32"] = r["robust_acc"] - ours["robust_acc"]
             else:
                 ours[f"speedup_vs_{r['impl']}"] = r["seconds"] / ours["seconds"]
-    return records
+        yield from records
 
 
 def main(argv: list[str] | None = None) -> None:
