@@ -270,7 +270,9 @@ def measure(args: argparse.Namespace, device: torch.device, loss: str, k: int, b
         opts["baseline"] = (b_model, b_opt)
 
         def b_step() -> None:
-            torch.backends.cudnn.benchmark = False  # PyTorch's default, as in the reference code
+            if device.type == "cuda":  # PyTorch's defaults, as in the reference code
+                torch.backends.cudnn.benchmark = False
+                torch.backends.cuda.matmul.allow_tf32 = False
             baseline_step(b_model, b_opt, x, y, beta=args.beta, **kw)
 
         fns["baseline"] = b_step

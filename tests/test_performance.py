@@ -155,14 +155,21 @@ def test_grad_checkpointing_gives_the_same_loss_gradients_and_bn_statistics(loss
         torch.testing.assert_close(a, b)
 
 
-def test_grad_checkpointing_is_off_in_eval_and_no_grad():
+def test_grad_checkpointing_applies_only_when_training_with_autograd(monkeypatch):
+    from robustscale.models import wrn
+
+    calls = []
+    real = wrn.checkpoint
+    monkeypatch.setattr(wrn, "checkpoint", lambda fn, *a, **kw: calls.append(fn) or real(fn, *a, **kw))
     model = _model()
     model.net.set_grad_checkpointing(True)
     x, _ = _batch()
     with torch.no_grad():
-        train_out = model(x)
-    model.eval()
-    assert torch.isfinite(model(x)).all() and torch.isfinite(train_out).all()
+        model(x)  # train mode, no autograd (PGD-AT's clean forward, TRADES' target)
+    model.eval()(x)  # eval mode with autograd (validation PGD)
+    assert calls == []
+    model.train()(x)
+    assert len(calls) == len(model.net.blocks)
 
 
 # ---- bf16 does not weaken the attack ------------------------------------------------------------
