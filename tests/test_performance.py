@@ -33,17 +33,6 @@ from conftest import DIGITS_EPS  # noqa: E402
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread for these tests. On a 2-core machine shared with other processes,
-    OpenMP's two spinning threads ran the bf16 digits training 9x slower (112 s vs 13 s) and
-    the fp32 one 19x slower (354 s vs 18 s); results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(seed: int = 0, name: str = "wrn10_1") -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_model(name, 10, 1, [0.3], [0.4]).train()
