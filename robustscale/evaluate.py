@@ -149,20 +149,12 @@ def _frozen(model: nn.Module, device: str | torch.device) -> Iterator[torch.devi
 
 
 def _evaluate_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any], dev: torch.device) -> dict[str, Any]:
-    from robustscale.attacks.pgd import pgd_worst_case
-    from robustscale.data.batches import seeded_generator
+    from robustscale.attacks.pgd import pgd_accuracy
 
     warnings = _library_checks(model, x[: cfg["batch_size"]].to(dev), y[: cfg["batch_size"]].to(dev))
-    clean = torch.zeros((), device=dev, dtype=torch.long)
-    robust = torch.zeros((), device=dev, dtype=torch.long)
-    for b, i in enumerate(range(0, len(y), cfg["batch_size"])):
-        xb, yb = x[i:i + cfg["batch_size"]].to(dev), y[i:i + cfg["batch_size"]].to(dev)
-        with torch.no_grad():
-            clean += (model(xb).argmax(1) == yb).sum()
-        g = seeded_generator(cfg["seed"], 4_001, b, device=dev)  # per batch: fixed whatever ran before
-        _, ok = pgd_worst_case(model, xb, yb, cfg["eps"], cfg["steps"], cfg["step_size"],
-                               restarts=cfg["restarts"], norm=cfg["norm"], generator=g)
-        robust += ok.sum()
+    clean, robust = pgd_accuracy(model, x.to(dev), y.to(dev), cfg["eps"], cfg["steps"], cfg["step_size"],
+                                 batch_size=cfg["batch_size"], restarts=cfg["restarts"], norm=cfg["norm"],
+                                 seed=cfg["seed"])
     n = len(y)
     return _result(cfg, n, 100.0 * clean.item() / n, 100.0 * robust.item() / n, None, warnings)
 

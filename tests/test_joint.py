@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from zoo_factory import JOINT_K, JOINT_THETA, joint_zoo
 
-from robustscale.analysis.frontier import config_frontier, fit_joint_zoo
+from robustscale.analysis.frontier import fit_joint_zoo
 from robustscale.analysis.joint import fit_joint, flops_per_param_example, law_error, optimum, robust_error
 from robustscale.errors import RobustscaleError
 

@@ -7,7 +7,6 @@ The benchmarks themselves (``benchmarks/``) are run by hand; only tiny smoke run
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from pathlib import Path

@@ -124,12 +124,13 @@ def pgd_worst_case(
     restarts: int = 1,
     norm: Literal["linf", "l2"] = "linf",
     generator: torch.Generator | None = None,
+    clean: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PGD with random restarts for evaluation: per example, the first restart that fools the
     model is kept. Returns (x_adv, robust mask). Examples already misclassified clean count
-    as not robust."""
+    as not robust and are not attacked; pass their ``clean`` mask when it is already known."""
     x_adv = x.detach().clone().float()
-    robust = _correct(model, x_adv, y)
+    robust = _correct(model, x_adv, y) if clean is None else clean.clone()
     for r in range(max(1, restarts)):
         idx = robust.nonzero().flatten()
         if idx.numel() == 0:
@@ -140,3 +141,38 @@ def pgd_worst_case(
         x_adv[idx[fooled]] = cand[fooled]
         robust[idx[fooled]] = False
     return x_adv, robust
+
+
+def pgd_accuracy(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    *,
+    batch_size: int,
+    restarts: int = 1,
+    norm: Literal["linf", "l2"] = "linf",
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean and PGD-robust correct counts (device tensors) over ``x`` in batches; one clean
+    forward per example, robust a subset of clean. Each batch's random start depends only on
+    ``(seed, batch index)``, so the numbers do not depend on what ran before. This is the
+    evaluation both model selection during training and ``robustscale eval`` use."""
+    from robustscale.data import to_float
+    from robustscale.data.batches import seeded_generator
+
+    dev = y.device
+    clean = torch.zeros((), device=dev, dtype=torch.long)
+    robust = torch.zeros((), device=dev, dtype=torch.long)
+    for b, i in enumerate(range(0, len(y), batch_size)):
+        xb, yb = to_float(x[i:i + batch_size]), y[i:i + batch_size]
+        ok = _correct(model, xb, yb)
+        clean += ok.sum()
+        if eps > 0 and steps > 0:
+            g = seeded_generator(seed, 4_001, b, device=dev)
+            _, ok = pgd_worst_case(model, xb, yb, eps, steps, step_size, restarts=restarts, norm=norm,
+                                   generator=g, clean=ok)
+        robust += ok.sum()
+    return clean, robust

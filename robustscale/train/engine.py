@@ -12,24 +12,22 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from robustscale.attacks.pgd import pgd
+from robustscale.attacks.pgd import pgd_accuracy
 from robustscale.data.batches import seeded_generator
 from robustscale.errors import RobustscaleError
 from robustscale.files import append_csv_row, atomic_write_json, read_csv_rows, rewrite_csv
 from robustscale.losses import compute_loss
 from robustscale.recipe import Recipe
-from robustscale.runs import RunDir, read_recipe, read_status
+from robustscale.runs import RunDir, read_status
 from robustscale.train import checkpoint as ckpt
+from robustscale.train.records import METRIC_COLUMNS, prepare_run_dir, write_status
 from robustscale.train import distributed
 from robustscale.train.setup import (
     Forward, check_precision, make_ema, make_optimizer, make_scheduler, prepare_data, resolve_device,
@@ -38,10 +36,6 @@ from robustscale.train.setup import (
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = [
-    "epoch", "lr", "train_loss", "train_clean_acc", "train_robust_acc", "val_clean_acc", "val_pgd40_acc",
-    "epoch_flops", "val_flops", "epoch_energy_kwh", "seconds", "examples",
-]
 LOG_EVERY = 25  # steps between host syncs (finite-loss check, progress-bar postfix)
 
 
@@ -72,7 +66,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
     a checkpoint; returns the run directory. A finished run is left as it is."""
     run = RunDir(Path(run_dir) if run_dir is not None else Path(out_root) / recipe.run_id)
     dist = distributed.init_from_env(recipe.device)  # torchrun: one run, several processes
-    done = _prepare_run_dir(run, recipe) if dist.is_main else False
+    done = prepare_run_dir(run, recipe) if dist.is_main else False
     distributed.barrier(dist)
     if not dist.is_main:
         done = (read_status(run.path) or {}).get("state") == "done"
@@ -85,7 +79,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
             str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}")
         if dist.is_main:
-            _write_status(run, recipe, "failed", reason=reason)
+            write_status(run, recipe, "failed", reason=reason)
         raise
     finally:
         distributed.shutdown(dist)
@@ -96,49 +90,6 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
 
         evaluate_run(run.path, attack=final_eval, checkpoint="best")
     return run.path
-
-
-def _prepare_run_dir(run: RunDir, recipe: Recipe) -> bool:
-    """Create or check the run directory; True when the run is already done."""
-    if run.recipe.exists():
-        previous = read_recipe(run.path)
-        diff = recipe.diff(previous)
-        if diff:
-            key, (new, old) = next(iter(diff.items()))
-            more = f" (and {len(diff) - 1} more keys)" if len(diff) > 1 else ""
-            raise RobustscaleError(
-                f"{str(run.path)!r} was trained with {key}={old!r}, not {new!r}{more}; "
-                "resume with the same recipe or choose another --run-dir")
-        status = read_status(run.path) or {}
-        if status.get("state") == "done":
-            log.info("run %s is already done; nothing to train", run.path)
-            return True
-    try:
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RobustscaleError(f"cannot create run directory {str(run.path)!r}: {exc.strerror}") from None
-    from robustscale.files import atomic_write_text
-
-    atomic_write_text(run.recipe, recipe.to_yaml())
-    return False
-
-
-def _write_status(run: RunDir, recipe: Recipe, state: str, progress: Progress | None = None,
-                  reason: str | None = None) -> None:
-    previous = read_status(run.path) if run.status.exists() and progress is None else None
-    p = progress
-    atomic_write_json(run.status, {
-        "run_id": recipe.run_id,
-        "state": state,
-        "reason": reason,
-        "epoch": p.epoch if p else (previous or {}).get("epoch", 0),
-        "epochs": recipe.epochs,
-        "best_epoch": p.best_epoch if p else (previous or {}).get("best_epoch"),
-        "best_val_pgd40_acc": p.best_val_pgd40 if p else (previous or {}).get("best_val_pgd40_acc"),
-        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    })
 
 
 class _Engine:
@@ -228,7 +179,7 @@ class _Engine:
     def fit(self) -> None:
         r = self.r
         if self.main:
-            _write_status(self.run, r, "running", self.p)
+            write_status(self.run, r, "running", self.p)
         log.info("run %s: %s, %d params, %d steps/epoch, %.3g training FLOPs/example", self.run.path,
                  r.model, sum(p.numel() for p in self.model.parameters()), self.data.plan.steps_per_epoch,
                  self.flops.train)
@@ -236,7 +187,7 @@ class _Engine:
             self._train_epoch(epoch)
             self._end_epoch(epoch)
         if self.main:
-            _write_status(self.run, r, "done", self.p)
+            write_status(self.run, r, "done", self.p)
             self._write_cost()
         self.meter.close()
 
@@ -385,15 +336,11 @@ class _Engine:
             append_csv_row(self.run.metrics, METRIC_COLUMNS, row)
             self._save_last()
             self._write_cost()
-            _write_status(self.run, r, "running", p)
+            write_status(self.run, r, "running", p)
         log.info("epoch %d/%d  loss %.4f  train clean %.1f%s  |  val clean %s  pgd%d %s  |  %.1fs",
                  epoch + 1, r.epochs, row["train_loss"], row["train_clean_acc"],
                  f" robust {row['train_robust_acc']:.1f}" if row["train_robust_acc"] is not None else "",
                  _fmt(val_clean), r.val_attack_steps, _fmt(val_pgd), seconds)
-
-    @torch.no_grad()
-    def _accuracy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (self.eval_forward(x).argmax(1) == y).sum()
 
     def _validate(self) -> tuple[float | None, float | None]:
         """Clean and PGD-k accuracy (step eps/4, fixed seed) of the weights being selected."""
@@ -402,20 +349,8 @@ class _Engine:
         r = self.r
         vx, vy = self.data.val
         self.eval_forward.eval()
-        g = seeded_generator(r.seed, 99_991, device=self.device)
-        clean = torch.zeros((), device=self.device)
-        robust = torch.zeros((), device=self.device)
-        bs = max(r.batch_size, 256)
-        for i in range(0, len(vy), bs):
-            xb, yb = vx[i:i + bs].float(), vy[i:i + bs]
-            if vx.dtype == torch.uint8:
-                xb = xb / 255.0
-            clean += self._accuracy(xb, yb)
-            if r.eps > 0:
-                xa = pgd(self.eval_forward, xb, yb, r.eps, r.val_attack_steps, r.eps / 4, generator=g)
-                robust += self._accuracy(xa, yb)
-            else:
-                robust += self._accuracy(xb, yb)
+        clean, robust = pgd_accuracy(self.eval_forward, vx, vy, r.eps, r.val_attack_steps, r.eps / 4,
+                                     batch_size=max(r.batch_size, 256), seed=r.seed)
         n = len(vy)
         return 100.0 * clean.item() / n, 100.0 * robust.item() / n
 

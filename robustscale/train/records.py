@@ -1,0 +1,67 @@
+"""What the engine writes besides checkpoints: the run directory's set-up, status.json, metrics columns.
+
+See docs/run-directory.md for the contract these files keep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import datetime, timezone
+from typing import Any
+
+from robustscale.errors import RobustscaleError
+from robustscale.files import atomic_write_json, atomic_write_text
+from robustscale.recipe import Recipe
+from robustscale.runs import RunDir, read_recipe, read_status
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = [
+    "epoch", "lr", "train_loss", "train_clean_acc", "train_robust_acc", "val_clean_acc", "val_pgd40_acc",
+    "epoch_flops", "val_flops", "epoch_energy_kwh", "seconds", "examples",
+]
+
+
+def prepare_run_dir(run: RunDir, recipe: Recipe) -> bool:
+    """Create or check the run directory; True when the run is already done."""
+    if run.recipe.exists():
+        previous = read_recipe(run.path)
+        diff = recipe.diff(previous)
+        if diff:
+            key, (new, old) = next(iter(diff.items()))
+            more = f" (and {len(diff) - 1} more keys)" if len(diff) > 1 else ""
+            raise RobustscaleError(
+                f"{str(run.path)!r} was trained with {key}={old!r}, not {new!r}{more}; "
+                "resume with the same recipe or choose another --run-dir")
+        status = read_status(run.path) or {}
+        if status.get("state") == "done":
+            log.info("run %s is already done; nothing to train", run.path)
+            return True
+    try:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RobustscaleError(f"cannot create run directory {str(run.path)!r}: {exc.strerror}") from None
+    atomic_write_text(run.recipe, recipe.to_yaml())
+    return False
+
+
+def write_status(run: RunDir, recipe: Recipe, state: str, progress: Any = None,
+                 reason: str | None = None) -> None:
+    """Rewrite status.json; without ``progress`` (epoch, best_epoch, best_val_pgd40) the previous
+    values are kept, so a failure after a kill still says how far the run got."""
+    previous = read_status(run.path) if run.status.exists() and progress is None else None
+    p = progress
+    atomic_write_json(run.status, {
+        "run_id": recipe.run_id,
+        "state": state,
+        "reason": reason,
+        "epoch": p.epoch if p else (previous or {}).get("epoch", 0),
+        "epochs": recipe.epochs,
+        "best_epoch": p.best_epoch if p else (previous or {}).get("best_epoch"),
+        "best_val_pgd40_acc": p.best_val_pgd40 if p else (previous or {}).get("best_val_pgd40_acc"),
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    })
