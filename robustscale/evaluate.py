@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from robustscale.device import resolve_device
 from robustscale.errors import RobustscaleError
 from robustscale.recipe import format_eps, parse_fraction
 
@@ -134,7 +135,7 @@ def _frozen(model: nn.Module, device: str | torch.device) -> Iterator[torch.devi
     input gradients only), restored on exit."""
     first = next(iter(model.parameters()), None)
     home = first.device if first is not None else torch.device("cpu")
-    dev = home if str(device) == "auto" else _resolve_device(device)
+    dev = home if str(device) == "auto" else resolve_device(device)
     was_training = model.training
     grads = [p.requires_grad for p in model.parameters()]
     model.eval().to(dev)
@@ -227,7 +228,7 @@ def evaluate_run(run_dir: str | Path, *, attack: str = "pgd", checkpoint: str = 
     settings = dict(attack=attack, eps=recipe.eps if eps is None else eps, norm=norm, steps=steps, restarts=restarts,
                     version=version, attacks=None, seed=seed, batch_size=batch_size)
     _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     x, y = load_split(run.path, "test", n)
     model = load(run.path, checkpoint, dev)
     return _evaluate_into(model, x, y, run.eval, settings, dev, checkpoint=checkpoint, recipe=recipe, run_id=run.path.name)
@@ -248,7 +249,7 @@ def evaluate_checkpoint(path: str | Path, *, model: str, dataset: str = "cifar10
     settings = dict(attack=attack, eps=eps, norm=norm, steps=steps, restarts=restarts, version=version,
                     attacks=None, seed=seed, batch_size=batch_size)
     _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     x, y = load_split(dataset, "test", n, data_dir=data_dir)
     net = model_from_state(Recipe(dataset=dataset, model=model), _read_weights(Path(path)), dev)
     out = Path(out_dir) if out_dir is not None else Path(path).parent / "eval"
@@ -285,18 +286,6 @@ def _evaluate_into(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eval_dir:
     result["warnings"] += run_warnings(result, recipe, eval_dir)
     atomic_write_json(eval_dir / eval_filename(result["attack"], result["eps"], checkpoint), result)
     return result
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise RobustscaleError(f"device={device!r} is not known; allowed: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RobustscaleError(f"device={device!r} is not available on this machine; allowed: auto, cpu")
-    return dev
 
 
 def run_warnings(result: dict[str, Any], recipe: Any, eval_dir: Path) -> list[str]:

@@ -17,6 +17,7 @@ import torch
 
 from robustscale.cost.accounting import bill
 from robustscale.cost.flops import StepFlops, measure_step_flops
+from robustscale.device import resolve_device
 from robustscale.errors import RobustscaleError
 
 
@@ -157,14 +158,6 @@ def _forecast(fl: dict[str, Any], recipe: Any, throughput: float, power_watts: f
     }
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RobustscaleError("device='cuda' but no CUDA device is available; allowed here: cpu, auto")
-    return torch.device(name)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -185,7 +178,7 @@ def calibrate(recipe: Any, *, steps: int = 3, warmup: int = 1, batch_size: int |
 
     if steps < 1 or warmup < 0:
         raise RobustscaleError(f"calibration steps={steps}, warmup={warmup}; allowed: steps >= 1, warmup >= 0")
-    device = _resolve_device(recipe.device)
+    device = resolve_device(recipe.device)
     info = dataset_info(recipe.dataset)
     bs = batch_size or recipe.batch_size
     model = recipe_model(recipe, device).train()

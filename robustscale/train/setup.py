@@ -16,6 +16,7 @@ from torch import nn
 
 from robustscale.data import DatasetInfo, dataset_info, load_split, load_synthetic, split_holdout
 from robustscale.data.batches import BatchPlan, BatchStream
+from robustscale.device import resolve_device as _resolve
 from robustscale.errors import RobustscaleError
 from robustscale.recipe import Recipe
 
@@ -27,16 +28,13 @@ HOLDOUT_SEED = 0
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RobustscaleError("device='cuda' but no CUDA GPU is visible; allowed here: auto, cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
+    """The recipe's device, with cuDNN autotuning and TF32 matmuls on for CUDA training."""
+    device = _resolve(name)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    return device
 
 
 def seed_everything(seed: int) -> None:
