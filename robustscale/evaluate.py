@@ -257,16 +257,9 @@ def evaluate_checkpoint(path: str | Path, *, model: str, dataset: str = "cifar10
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    import pickle
-    import zipfile
+    from robustscale.train.checkpoint import safe_load
 
-    if not path.is_file():
-        raise RobustscaleError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise RobustscaleError(f"checkpoint {str(path)!r} is truncated, corrupt or unsafe to load ({reason})") from None
+    state = safe_load(path)  # never runs code from the file
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

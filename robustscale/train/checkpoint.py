@@ -42,16 +42,22 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool
         atomic_save(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely; a missing, truncated, corrupt or foreign file is one clear line."""
+def safe_load(path: str | Path) -> Any:
+    """``torch.load`` that never runs code from the file; a missing, truncated, corrupt or unsafe
+    file is one clear line naming it."""
     path = Path(path)
     if not path.is_file():
         raise RobustscaleError(f"checkpoint {str(path)!r} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise RobustscaleError(f"checkpoint {str(path)!r} is truncated, corrupt or unsafe to load ({reason})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A robustscale checkpoint (a dict with a ``model`` state dict), loaded safely."""
+    state = safe_load(path)
     if not isinstance(state, dict) or "model" not in state:
         raise RobustscaleError(f"checkpoint {str(path)!r} is not a robustscale checkpoint (no 'model' entry)")
     return state
