@@ -91,3 +91,23 @@ def test_synthetic_npz_must_exist_and_fraction_needs_data(tmp_path):
     npz = tmp_path / "extra.npz"
     np.savez(npz, image=np.zeros((4, 8, 8, 1), np.uint8), label=np.zeros(4, np.int64))
     assert Recipe(synthetic_data=str(npz), synthetic_fraction=0.5).synthetic_fraction == 0.5
+
+
+def test_every_shipped_recipe_validates(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    assert len(recipes) == 35  # 32 paper set-ups + 3 digits
+    npz = tmp_path / "synthetic.npz"
+    np.savez(npz, image=np.zeros((2, 32, 32, 3), np.uint8), label=np.zeros(2, np.int64))
+    for path in recipes:
+        data = yaml.safe_load(path.read_text())
+        if data.get("synthetic_data"):
+            assert data["synthetic_fraction"] == 0.7
+            data["synthetic_data"] = str(npz)  # the 1M-image file is not shipped
+        r = Recipe.from_dict(data)
+        if r.dataset == "cifar10":
+            assert r.eps == pytest.approx(8 / 255) and r.attack_steps == 10
+            assert (r.epochs, r.ema_decay) in {(100, None), (400, 0.995)}
