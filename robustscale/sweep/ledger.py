@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import sqlite3
 import threading
@@ -80,12 +81,26 @@ class Ledger:
         self.host = socket.gethostname()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as con:
-                if wal:
-                    con.execute("PRAGMA journal_mode=WAL")
-                con.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+            self._init_schema(wal)
+        except (sqlite3.Error, OSError) as exc:
             raise RobustscaleError(f"cannot open the sweep ledger {str(self.path)!r}: {exc}") from None
+
+    def _init_schema(self, wal: bool) -> None:
+        # Two launchers starting together can both try to switch the journal mode or create the
+        # tables; SQLite then reports "database is locked" at once, without waiting on the busy
+        # handler (a lock-upgrade deadlock between readers). Retry until the busy timeout.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                with self._connect() as con:
+                    if wal and con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        con.execute("PRAGMA journal_mode=WAL")
+                    con.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05 + random.random() * 0.2)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
