@@ -106,6 +106,26 @@ def read_json(path: str | Path) -> Any:
         raise RobustscaleError(f"{str(path)!r} is not valid JSON: {exc}") from None
 
 
+def read_yaml_mapping(path: str | Path, what: str = "recipe file") -> dict[str, Any]:
+    """A YAML file holding a mapping (an empty file is an empty mapping); a missing file, invalid
+    YAML or another top-level type is one line naming ``what`` and the path."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise RobustscaleError(f"{what} {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+        raise RobustscaleError(f"{what} {str(path)!r} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RobustscaleError(f"{what} {str(path)!r} must hold a mapping of key: value")
+    return data
+
+
 def append_csv_row(path: str | Path, columns: list[str], row: dict[str, Any]) -> None:
     """Append one row (header first if the file is new) with a single write, then fsync."""
     path = Path(path)

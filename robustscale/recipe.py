@@ -194,16 +194,9 @@ class Recipe(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "Recipe":
         """Load a YAML recipe file, apply ``key=value`` overrides, validate."""
-        path = Path(path)
-        if not path.is_file():
-            raise RobustscaleError(f"recipe file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
-            raise RobustscaleError(f"recipe file {str(path)!r} is not valid YAML: {first}") from None
-        if not isinstance(data, dict):
-            raise RobustscaleError(f"recipe file {str(path)!r} must hold a mapping of key: value")
+        from robustscale.files import read_yaml_mapping
+
+        data = read_yaml_mapping(path, "recipe file")
         data.update(parse_overrides(overrides or []))
         return cls.from_dict(data)
 

@@ -55,20 +55,9 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def _read_recipe(path: str) -> dict:
-    import yaml
+    from robustscale.files import read_yaml_mapping
 
-    from robustscale.errors import RobustscaleError
-
-    p = Path(path)
-    if not p.is_file():
-        raise RobustscaleError(f"recipe file {path!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise RobustscaleError(f"recipe file {path!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise RobustscaleError(f"recipe file {path!r} must hold a mapping of key: value")
-    return data
+    return read_yaml_mapping(path, "recipe file")
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from robustscale.errors import RobustscaleError
+from robustscale.files import read_yaml_mapping
 from robustscale.recipe import Recipe, format_eps
 
 TOP_KEYS = ("name", "base", "set", "axes", "zip", "slurm", "local")
@@ -133,10 +134,7 @@ def _base(base: Any, base_dir: Path) -> dict[str, Any]:
         path = (base_dir / base) if not Path(base).is_absolute() else Path(base)
         if not path.is_file():
             raise RobustscaleError(f"sweep base recipe {str(path)!r} does not exist (base is relative to the sweep file)")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise RobustscaleError(f"sweep base recipe {str(path)!r} must hold a mapping of key: value")
-        return data
+        return read_yaml_mapping(path, "sweep base recipe")
     raise RobustscaleError(f"sweep base={base!r} is not allowed; give a recipe file path or a mapping of keys")
 
 
