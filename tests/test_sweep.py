@@ -57,6 +57,17 @@ def metric_epochs(run_dir: Path) -> list[int]:
 # ---- the sweep file ----------------------------------------------------------------------------
 
 
+
+def wait_for_first_epoch(run_dir, seconds: float = 240):
+    """The run's status once it has finished an epoch, or None after ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        status = read_status(run_dir) if (run_dir / "status.json").exists() else None
+        if status and status["epoch"] >= 1:
+            return status
+        time.sleep(0.05)
+    return None
+
 def test_paper_grid_expands_to_320_distinct_runs_with_the_paper_values():
     sweep = load_sweep(PAPER, check_files=False)
     runs = [r.recipe for r in sweep.runs]
@@ -179,13 +190,8 @@ def test_a_killed_launcher_leaves_a_stale_lease_that_the_next_takes_over_and_res
     first = launcher(spec, out, "--heartbeat", "0.5", "--lease-timeout", "3")
     rid = load_sweep(spec).runs[0].run_id
     run_dir = out / "runs" / rid
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        status = read_status(run_dir) if (run_dir / "status.json").exists() else None
-        if status and status["epoch"] >= 1:
-            break
-        time.sleep(0.05)
-    else:
+    status = wait_for_first_epoch(run_dir)
+    if status is None:
         first.kill()
         pytest.fail(f"the run never finished an epoch: {first.communicate()[0]}")
     first.send_signal(signal.SIGKILL)
@@ -267,12 +273,8 @@ def test_slurm_job_on_submitits_local_executor_is_preempted_requeued_and_resumes
     jobs = launch_slurm(sweep, out, SlurmOptions(time_min=10, heartbeat=0.5, lease_timeout=10), cluster="local")
     assert len(jobs) == 1
     run_dir = out / "runs" / sweep.runs[0].run_id
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        status = read_status(run_dir) if (run_dir / "status.json").exists() else None
-        if status and status["epoch"] >= 1:
-            break
-        time.sleep(0.05)
+    status = wait_for_first_epoch(run_dir)
+    assert status is not None, "the run never finished an epoch"
     os.kill(status["pid"], signal.SIGUSR2)  # what Slurm sends the job before pre-emption or the time limit
     assert jobs[0].result() == "done"
     row = Ledger(out / "ledger.sqlite").rows()[0]
