@@ -13,6 +13,7 @@ are taken over the global batch rather than each process's slice.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -57,8 +58,16 @@ def init_from_env(device: str = "auto") -> DistEnv:
     return DistEnv(rank, world, local, owns)
 
 
-def shutdown(env: DistEnv) -> None:
+def shutdown(env: DistEnv, *, clean: bool = True) -> None:
+    """Leave the process group. On a clean exit every process first waits for the others (the
+    main process may still be writing the last checkpoint) and drops what still holds the group
+    (DDP's reducer lives in reference cycles): tearing gloo down under a peer that is still
+    working, or with a live reducer, aborts the process ("terminate called without an active
+    exception") in some fraction of runs. After a failure the peers may be gone, so no barrier."""
     if env.owns_group and dist.is_initialized():
+        if clean:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -73,8 +73,10 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
     if done:
         distributed.shutdown(dist)
         return run.path
+    clean = False
     try:
         _Engine(recipe, run, progress, dist).fit()
+        clean = True
     except BaseException as exc:  # record why, keep the last good checkpoint, then re-raise
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
             str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}")
@@ -82,7 +84,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
             write_status(run, recipe, "failed", reason=reason)
         raise
     finally:
-        distributed.shutdown(dist)
+        distributed.shutdown(dist, clean=clean)
     if not dist.is_main:
         return run.path
     if final_eval:
