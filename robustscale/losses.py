@@ -4,9 +4,9 @@ Each takes the model in train mode and a batch in [0, 1] and returns a :class:`L
 whose ``loss`` is ready for ``backward()``. Adversarial examples are generated with BatchNorm
 running statistics frozen (batch statistics still normalise), as the paper prescribes.
 
-Forward-pass cost per example (F = one forward): standard 3F; PGD-AT (2K + 4)F, i.e. the
-(2K + 3)F of attack + update plus one no-grad clean forward for the clean training accuracy;
-TRADES (2K + 7)F (clean target, attack, forward + backward on clean and adversarial inputs).
+Forward-pass cost per example (F = one forward): standard 3F; PGD-AT (2K + 3)F (attack +
+update; it runs no clean forward, so it reports no clean training accuracy); TRADES (2K + 7)F
+(clean target, attack, forward + backward on clean and adversarial inputs).
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ import torch.nn.functional as F
 from robustscale.attacks.pgd import ce_sum, frozen_bn_stats, kl_sum, pgd
 
 Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+# Losses whose LossOutput carries clean logits, i.e. that can report a clean training accuracy.
+# PGD-AT does not: a clean forward only for that metric would cost 1F of its (2K + 3)F per example.
+REPORTS_CLEAN_ACCURACY = frozenset({"standard", "trades"})
 
 
 @dataclass
@@ -38,13 +43,13 @@ def pgd_at_loss(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
     generator: torch.Generator | None = None,
 ) -> LossOutput:
-    """Madry et al.: cross-entropy on the PGD adversarial example (uniform random start)."""
+    """Madry et al.: cross-entropy on the PGD adversarial example (uniform random start).
+
+    No clean forward: ``logits_clean`` is None (the engine leaves ``train_clean_acc`` empty)."""
     with frozen_bn_stats(model):
-        with torch.no_grad():
-            logits_clean = model(x).float()
         x_adv = pgd(model, x, y, eps, steps, step_size, generator=generator)
     logits_adv = model(x_adv).float()
-    return LossOutput(F.cross_entropy(logits_adv, y), logits_clean, logits_adv.detach())
+    return LossOutput(F.cross_entropy(logits_adv, y), None, logits_adv.detach())
 
 
 def trades_objective(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
@@ -84,4 +89,4 @@ def compute_loss(
     raise ValueError(f"unknown loss {kind!r}")
 
 
-__all__ = ["LossOutput", "compute_loss", "standard_loss", "pgd_at_loss", "trades_loss", "trades_objective", "ce_sum"]
+__all__ = ["LossOutput", "REPORTS_CLEAN_ACCURACY", "compute_loss", "standard_loss", "pgd_at_loss", "trades_loss", "trades_objective", "ce_sum"]

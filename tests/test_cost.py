@@ -77,11 +77,13 @@ def test_training_flops_exact_relations():
     for k in (1, 2, 3, 5):
         pgd, trades = _counted("pgd", k), _counted("trades", k)
         assert pgd.forward == f
-        assert pgd.train == (2 * k + 4) * f - s  # no-grad clean forward + attack + update
+        assert pgd.train == (2 * k + 3) * f - s  # attack + update, no clean forward
         assert trades.train == (2 * k + 7) * f - 2 * s  # clean target + attack + two updates
-        assert trades.train - pgd.train == 3 * f - s
-        assert pgd.train_paper == (3 * k + 4) * f
+        # TRADES adds the no-grad clean target (1F) and a clean forward + backward (3F - s)
+        assert trades.train - pgd.train == 4 * f - s
+        assert pgd.train_paper == (3 * k + 3) * f
         assert trades.train_paper == (3 * k + 7) * f
+        assert trades.train_paper - pgd.train_paper == 4 * f
     std = _counted("standard", 0)
     assert std.train == 3 * f - s and std.train_paper == 3 * f
 
@@ -349,11 +351,12 @@ def test_forecast_arithmetic_cifar():
     f = fc["forward_flops"]
     assert fc["params"] == count_params("wrn28_10")
     assert fc["examples_per_epoch"] == (50_000 - 512) // 128 * 128 == 49_408
-    assert fc["train_flops_per_example"] == pytest.approx(24 * f, rel=1e-4)
-    assert fc["paper_convention"]["train_flops_per_example"] == 34 * f
+    s = 2 * 3 * 16 * 9 * 32 * 32  # the stem convolution's forward (no input gradient needed)
+    assert fc["train_flops_per_example"] == 23 * f - s  # (2K + 3)F - s at K = 10
+    assert fc["paper_convention"]["train_flops_per_example"] == 33 * f  # (3K + 3)F
     assert fc["train_flops_per_epoch"] == fc["train_flops_per_example"] * 49_408
     assert fc["train_flops_total"] == fc["train_flops_per_epoch"] * 100
-    assert fc["paper_convention"]["train_flops_total"] == 34 * f * 49_408 * 100
+    assert fc["paper_convention"]["train_flops_total"] == 33 * f * 49_408 * 100
     assert fc["val_flops_per_epoch"] == 82 * f * 512
     fo = fc["forecast"]
     train_s = 49_408 * 100 / 1000.0

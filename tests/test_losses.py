@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from robustscale.attacks import frozen_bn_stats, pgd
 from robustscale.data.batches import seeded_generator
-from robustscale.losses import compute_loss, trades_objective
+from robustscale.losses import REPORTS_CLEAN_ACCURACY, compute_loss, trades_objective
 from robustscale.models import build_model
 
 
@@ -55,5 +55,21 @@ def test_pgd_at_is_cross_entropy_on_the_pgd_example():
     model.load_state_dict(snapshot)
     with frozen_bn_stats(model):
         x_adv = pgd(model, x, y, 0.2, 3, 0.05, generator=seeded_generator(4))
-    # the clean no-grad forward in PGD-AT comes before the attack; the generator alone decides the start
+    # the generator alone decides the start
     assert torch.allclose(out.loss.detach(), F.cross_entropy(model(x_adv), y), atol=1e-5)
+    # PGD-AT runs no clean forward (it would cost 1F of (2K + 3)F): no clean logits to report
+    assert out.logits_clean is None and out.logits_adv is not None
+    assert "pgd" not in REPORTS_CLEAN_ACCURACY
+
+
+def test_pgd_at_runs_only_attack_and_update_forwards():
+    model = build_model("wrn10_1", 10, 1, [0.3], [0.4]).train()
+    calls = []
+    model.register_forward_hook(lambda m, a, o: calls.append(o.requires_grad))
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    compute_loss("pgd", model, x, y, eps=0.2, step_size=0.05, steps=3, generator=seeded_generator(0))
+    # K attack forwards (their output needs grad for the input gradient) + the update's forward
+    assert len(calls) == 3 + 1 and all(calls)
+    for kind in REPORTS_CLEAN_ACCURACY:  # these do return clean logits
+        out = compute_loss(kind, model, x, y, eps=0.2, step_size=0.05, steps=1, generator=seeded_generator(0))
+        assert out.logits_clean is not None

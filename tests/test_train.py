@@ -40,8 +40,8 @@ def test_run_directory_is_complete(adversarial_run):
     assert cost["train_flops"] == pytest.approx(sum(float(r["epoch_flops"]) for r in rows))
     assert cost["examples_seen"] == sum(int(r["examples"]) for r in rows)
     assert cost["train_flops"] > 0 and cost["params"] > 0
-    # robust training accuracy is recorded for adversarial runs and is below clean accuracy
-    assert all(float(r["train_robust_acc"]) <= float(r["train_clean_acc"]) for r in rows)
+    # PGD-AT records robust training accuracy; it runs no clean forward, so no clean training accuracy
+    assert all(0 <= float(r["train_robust_acc"]) <= 100 and r["train_clean_acc"] == "" for r in rows)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
 
 

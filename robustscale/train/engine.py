@@ -23,7 +23,7 @@ from robustscale.attacks.pgd import pgd_accuracy
 from robustscale.data.batches import seeded_generator
 from robustscale.errors import RobustscaleError
 from robustscale.files import append_csv_row, atomic_write_json, read_csv_rows, rewrite_csv
-from robustscale.losses import compute_loss
+from robustscale.losses import REPORTS_CLEAN_ACCURACY, compute_loss
 from robustscale.recipe import Recipe
 from robustscale.runs import RunDir, read_status
 from robustscale.train import checkpoint as ckpt
@@ -305,7 +305,7 @@ class _Engine:
             "epoch": epoch + 1,
             "lr": self.opt.param_groups[0]["lr"],
             "train_loss": p.acc["loss"] / n,
-            "train_clean_acc": 100.0 * p.acc["clean"] / n,
+            "train_clean_acc": 100.0 * p.acc["clean"] / n if r.loss in REPORTS_CLEAN_ACCURACY else None,
             "train_robust_acc": 100.0 * p.acc["adv"] / n if r.adversarial else None,
             "val_clean_acc": val_clean,
             "val_pgd40_acc": val_pgd,
@@ -339,8 +339,8 @@ class _Engine:
             self._save_last()
             self._write_cost()
             write_status(self.run, r, "running", p)
-        log.info("epoch %d/%d  loss %.4f  train clean %.1f%s  |  val clean %s  pgd%d %s  |  %.1fs",
-                 epoch + 1, r.epochs, row["train_loss"], row["train_clean_acc"],
+        log.info("epoch %d/%d  loss %.4f  train clean %s%s  |  val clean %s  pgd%d %s  |  %.1fs",
+                 epoch + 1, r.epochs, row["train_loss"], _fmt(row["train_clean_acc"]),
                  f" robust {row['train_robust_acc']:.1f}" if row["train_robust_acc"] is not None else "",
                  _fmt(val_clean), r.val_attack_steps, _fmt(val_pgd), seconds)
 
