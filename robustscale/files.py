@@ -70,6 +70,17 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def replace_files(*moves: tuple[Path, Path]) -> None:
+    """Rename each (src, dst) in order, then make the renames durable (one fsync per folder)."""
+    try:
+        for src, dst in moves:
+            os.replace(src, dst)
+    except OSError as exc:
+        raise _fs_error(Path(dst), exc) from None
+    for folder in {Path(dst).parent for _, dst in moves}:
+        _fsync_dir(folder)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)

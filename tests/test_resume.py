@@ -162,6 +162,37 @@ def test_resuming_with_a_changed_recipe_is_refused(tmp_path):
     assert train(tiny(epochs=1, device="cpu", pue=1.2), run_dir=run, progress=False) == run
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_clean(tmp_path):
+    """A kill after an epoch's metrics row but before that epoch's last.pt: the restart trains the
+    epoch again and must not leave its row twice."""
+    run = train(tiny(epochs=1), out_root=tmp_path, progress=False)
+    first = _metrics(run)
+    for f in (run / "checkpoints").glob("*.pt"):
+        f.unlink()
+    (run / "status.json").unlink()
+    with open(run / "metrics.csv", "a") as f:
+        f.write("2,0.01")  # and a torn row from the kill
+    train(tiny(epochs=1), run_dir=run, progress=False)
+    again = _metrics(run)
+    assert [r["epoch"] for r in again] == ["1"]
+    assert {k: v for k, v in again[0].items() if k != "seconds"} == {k: v for k, v in first[0].items() if k != "seconds"}
+
+
+def test_a_failed_run_without_a_checkpoint_may_change_its_recipe(tmp_path, monkeypatch):
+    def boom(self, epoch):
+        raise RuntimeError("simulated failure in the first epoch")
+
+    monkeypatch.setattr(engine._Engine, "_train_epoch", boom)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        train(tiny(epochs=1, lr=5.0), run_dir=run, progress=False)
+    monkeypatch.undo()
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"
+    train(tiny(epochs=1), run_dir=run, progress=False)  # nothing to keep, so a new recipe is accepted
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    assert "lr: 0.05" in (run / "recipe.yaml").read_text()
+
+
 def test_unwritable_output_folder_is_one_line(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from robustscale.errors import RobustscaleError
-from robustscale.files import atomic_save
+from robustscale.files import atomic_save, replace_files
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -36,8 +36,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool
     if keep_previous and path.exists():
         tmp = path.with_name(f".{path.name}.next")
         atomic_save(tmp, lambda f: torch.save(state, f))
-        path.replace(path.with_name(f"{path.stem}-prev{path.suffix}"))
-        tmp.replace(path)
+        replace_files((path, path.with_name(f"{path.stem}-prev{path.suffix}")), (tmp, path))
     else:
         atomic_save(path, lambda f: torch.save(state, f))
 

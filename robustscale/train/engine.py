@@ -27,7 +27,7 @@ from robustscale.losses import REPORTS_CLEAN_ACCURACY, compute_loss
 from robustscale.recipe import Recipe
 from robustscale.runs import RunDir, read_status
 from robustscale.train import checkpoint as ckpt
-from robustscale.train.records import METRIC_COLUMNS, prepare_run_dir, write_status
+from robustscale.train.records import METRIC_COLUMNS, check_run_dir, create_run_dir, write_status
 from robustscale.train import distributed
 from robustscale.train.setup import (
     Forward, check_precision, make_ema, make_optimizer, make_scheduler, prepare_data, resolve_device,
@@ -66,22 +66,34 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
     a checkpoint; returns the run directory. A finished run is left as it is."""
     run = RunDir(Path(run_dir) if run_dir is not None else Path(out_root) / recipe.run_id)
     dist = distributed.init_from_env(recipe.device)  # torchrun: one run, several processes
-    done = prepare_run_dir(run, recipe) if dist.is_main else False
-    distributed.barrier(dist)
-    if not dist.is_main:
-        done = (read_status(run.path) or {}).get("state") == "done"
-    if done:
-        distributed.shutdown(dist)
-        return run.path
-    clean = False
-    try:
-        _Engine(recipe, run, progress, dist).fit()
-        clean = True
-    except BaseException as exc:  # record why, keep the last good checkpoint, then re-raise
+    clean = started = False
+
+    def failed(exc: BaseException) -> None:  # record why, keep the last good checkpoint
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
             str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}")
-        if dist.is_main:
+        if started and dist.is_main and run.recipe.exists():
             write_status(run, recipe, "failed", reason=reason)
+
+    try:
+        done = check_run_dir(run, recipe) if dist.is_main else False
+        distributed.barrier(dist)
+        if not dist.is_main:
+            done = (read_status(run.path) or {}).get("state") == "done"
+        started = True
+        if done:
+            clean = True
+        else:
+            # Data, model and FLOPs are set up before anything is written, so a bad value
+            # (an unknown model, val_size larger than the data) leaves no run directory behind.
+            engine = _Engine(recipe, run, progress, dist)
+            if dist.is_main:
+                create_run_dir(run, recipe)
+            distributed.barrier(dist)
+            engine.fit()
+            del engine
+            clean = True
+    except BaseException as exc:
+        failed(exc)
         raise
     finally:
         distributed.shutdown(dist, clean=clean)
@@ -133,7 +145,6 @@ class _Engine:
         self.meter = open_meter(self.device, interval=recipe.power_sample_interval, power_watts=recipe.power_watts,
                                 devices=[self.device.index] if self.device.type == "cuda" else None)
         self.p = Progress()
-        self._resume()
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -157,7 +168,9 @@ class _Engine:
 
     def _resume(self) -> None:
         state, path = ckpt.load_resume_checkpoint(self.run.checkpoints)
-        if state is None:
+        if state is None:  # a fresh start: rows left by an attempt killed before its first checkpoint go
+            if self.main and self.run.metrics.exists():
+                rewrite_csv(self.run.metrics, METRIC_COLUMNS, [])
             return
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
@@ -180,6 +193,7 @@ class _Engine:
 
     def fit(self) -> None:
         r = self.r
+        self._resume()
         if self.main:
             write_status(self.run, r, "running", self.p)
         log.info("run %s: %s, %d params, %d steps/epoch, %.3g training FLOPs/example", self.run.path,

@@ -24,27 +24,38 @@ METRIC_COLUMNS = [
 ]
 
 
-def prepare_run_dir(run: RunDir, recipe: Recipe) -> bool:
-    """Create or check the run directory; True when the run is already done."""
-    if run.recipe.exists():
-        previous = read_recipe(run.path)
-        diff = recipe.diff(previous)
-        if diff:
-            key, (new, old) = next(iter(diff.items()))
-            more = f" (and {len(diff) - 1} more keys)" if len(diff) > 1 else ""
-            raise RobustscaleError(
-                f"{str(run.path)!r} was trained with {key}={old!r}, not {new!r}{more}; "
-                "resume with the same recipe or choose another --run-dir")
-        status = read_status(run.path) or {}
-        if status.get("state") == "done":
-            log.info("run %s is already done; nothing to train", run.path)
-            return True
+def check_run_dir(run: RunDir, recipe: Recipe) -> bool:
+    """Read-only check of an existing run directory; True when the run is already done.
+
+    A different recipe is refused when the folder holds a checkpoint (there is training to keep);
+    a folder with none, left by a run that failed before its first checkpoint, starts afresh."""
+    if not run.recipe.exists():
+        return False
+    previous = read_recipe(run.path)
+    diff = recipe.diff(previous)
+    if diff:
+        if not any(run.checkpoints.glob("*.pt")):
+            log.info("%s holds no checkpoint; starting it afresh with the new recipe", run.path)
+            return False
+        key, (new, old) = next(iter(diff.items()))
+        more = f" (and {len(diff) - 1} more keys)" if len(diff) > 1 else ""
+        raise RobustscaleError(
+            f"{str(run.path)!r} was trained with {key}={old!r}, not {new!r}{more}; "
+            "resume with the same recipe or choose another --run-dir")
+    status = read_status(run.path) or {}
+    if status.get("state") == "done":
+        log.info("run %s is already done; nothing to train", run.path)
+        return True
+    return False
+
+
+def create_run_dir(run: RunDir, recipe: Recipe) -> None:
+    """Create the run directory and write its recipe.yaml."""
     try:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RobustscaleError(f"cannot create run directory {str(run.path)!r}: {exc.strerror}") from None
     atomic_write_text(run.recipe, recipe.to_yaml())
-    return False
 
 
 def write_status(run: RunDir, recipe: Recipe, state: str, progress: Any = None,
