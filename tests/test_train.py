@@ -90,7 +90,7 @@ def test_synthetic_examples_count_as_seen(tmp_path):
     assert cost["examples_seen"] == steps * 64 and cost["synthetic_size"] == 500
 
 
-def test_cli_train_prints_run_dir_last_and_skips_a_done_run(tmp_path, capsys):
+def test_cli_train_prints_run_dir_last_and_skips_a_done_run(tmp_path, capsys, caplog):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(tiny(epochs=1).to_yaml())
     args = ["train", str(recipe), "--out", str(tmp_path / "runs"), "--no-progress"]
@@ -98,12 +98,29 @@ def test_cli_train_prints_run_dir_last_and_skips_a_done_run(tmp_path, capsys):
     run_dir = capsys.readouterr().out.strip().splitlines()[-1]
     assert (tmp_path / "runs" / Recipe.from_yaml(recipe).run_id).samefile(run_dir)
     mtime = (tmp_path / "runs").joinpath(Recipe.from_yaml(recipe).run_id, "checkpoints", "last.pt").stat().st_mtime
+    caplog.set_level("INFO", logger="robustscale")
     assert main(args) == 0  # already done: exits 0 without training
-    assert capsys.readouterr().out.strip().splitlines()[-1] == run_dir
+    second = capsys.readouterr()
+    assert second.out.strip().splitlines()[-1] == run_dir
+    assert "already done" in caplog.text
     assert (tmp_path / "runs").joinpath(Recipe.from_yaml(recipe).run_id, "checkpoints", "last.pt").stat().st_mtime == mtime
 
 
 def test_bf16_and_channels_last_train_on_cpu(tmp_path):
-    run = train(tiny(precision="bf16", channels_last=True, epochs=1), out_root=tmp_path, progress=False)
+    seen = {"dtypes": set(), "layouts": set()}
+
+    def conv_hook(module, inputs, output):  # every convolution the run executes
+        if isinstance(module, torch.nn.Conv2d) and inputs[0].shape[1] > 1 and inputs[0].device.type != "meta":
+            seen["dtypes"].add(output.dtype)
+            seen["layouts"].add(inputs[0].is_contiguous(memory_format=torch.channels_last))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(conv_hook)
+    try:
+        run = train(tiny(precision="bf16", channels_last=True, epochs=1), out_root=tmp_path, progress=False)
+    finally:
+        handle.remove()
     rows = _rows(run)
     assert np.isfinite(float(rows[0]["train_loss"]))
+    assert torch.bfloat16 in seen["dtypes"]  # autocast reached the convolutions (validation included)
+    assert seen["layouts"] == {True}  # and every multi-channel activation was channels_last
+    assert 0 < float(rows[0]["train_robust_acc"]) < 100
