@@ -119,6 +119,7 @@ class Recipe(BaseModel):
     power_sample_interval: float = 0.1
 
     def __init__(self, **data: Any):
+        data = _with_cost_defaults(data)  # robustscale.toml [cost]; see the end of this file
         try:
             super().__init__(**data)
         except ValidationError as exc:
@@ -268,3 +269,16 @@ def _one_line(exc: ValidationError, data: dict[str, Any]) -> str:
     if loc:
         return f"{loc}={data.get(loc)!r} is invalid: {msg}"
     return msg
+
+
+# ---- site defaults for the cost constants (robustscale.toml [cost]; robustscale/cost/config.py) ----
+
+
+def _with_cost_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the cost keys it does not give taken from robustscale.toml's [cost] table:
+    the recipe (and --set) wins, the file beats the paper's defaults."""
+    from robustscale.cost.config import cost_defaults
+
+    defaults = cost_defaults()
+    missing = {k: v for k, v in defaults.items() if k not in data}
+    return {**data, **missing} if missing else data

@@ -23,6 +23,14 @@ from robustscale.recipe import Recipe
 EPS, STEP = 8 / 255, 2 / 255
 
 
+@pytest.fixture(autouse=True)
+def _no_site_config(tmp_path_factory, monkeypatch):
+    """No robustscale.toml of the machine running the tests changes the paper's constants here."""
+    empty = tmp_path_factory.mktemp("config") / "robustscale.toml"
+    empty.write_text("")
+    monkeypatch.setenv("ROBUSTSCALE_CONFIG", str(empty))
+
+
 def _wrn(name: str = "wrn10_1", meta: bool = True) -> nn.Module:
     with torch.device("meta" if meta else "cpu"):
         return build_model(name, 10, 3, [0.5] * 3, [0.25] * 3)
@@ -309,8 +317,26 @@ def test_no_nvml_no_rapl_is_unmeasured(tmp_path):
 
 def test_estimated_only_when_asked(tmp_path):
     meter = open_meter("cpu", rapl_root=tmp_path, power_watts=65.0)
-    assert meter.source == "estimated" and not meter.measured
-    assert meter.read_joules() >= 0.0
+    assert isinstance(meter, EstimatedMeter) and meter.source == "estimated" and not meter.measured
+    assert meter.num_devices == 1
+    time.sleep(0.05)
+    before = meter.elapsed()
+    joules = meter.read_joules()
+    after = meter.elapsed()
+    assert 65.0 * before <= joules <= 65.0 * after and joules >= 65.0 * 0.05  # watts x seconds, growing
+    meter.close()
+    frozen = meter.read_joules()
+    time.sleep(0.02)
+    assert meter.read_joules() == frozen >= joules  # stops at close
+    # no NVML: power_watts x time x the devices asked for
+    gpus = open_meter("cuda", nvml=None, devices=[0, 1], power_watts=100.0)
+    assert gpus.source == "estimated" and gpus.num_devices == 2
+    before = gpus.elapsed()
+    joules = gpus.read_joules()
+    assert 200.0 * before <= joules <= 200.0 * gpus.elapsed()
+    # without power_watts the same meters are "none": energy unknown, not estimated
+    assert open_meter("cpu", rapl_root=tmp_path).read_joules() is None
+    assert open_meter("cuda", nvml=None, devices=[0, 1]).read_joules() is None
     clock = FakeClock()
     est = EstimatedMeter(250.0, ["gpu0", "gpu1"], clock=clock)
     clock.t = 10.0
@@ -401,18 +427,40 @@ def test_cli_model_json(capsys):
 
 def test_cli_recipe_json_and_forecast(tmp_path, capsys):
     from robustscale.cli import main
+    from robustscale.commands.flops import _fl
 
     path = tmp_path / "r.yaml"
     path.write_text("dataset: digits\nmodel: wrn10_1\nloss: pgd\nattack_steps: 3\nepochs: 2\n")
+    recipe = Recipe.from_yaml(path, ["epochs=4"])
     assert main(["flops", str(path), "--set", "epochs=4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    per = ("forward_flops", "train_flops_per_example", "train_flops_per_epoch", "train_flops_total")
-    assert all(k in out for k in ("params", "examples_per_epoch", "epochs", *per))
-    assert all(k in out["paper_convention"] for k in per)
-    assert out["epochs"] == 4
-    assert main(["flops", str(path), "--throughput", "100", "--power-watts", "200"]) == 0
-    text = capsys.readouterr().out
-    assert "kWh" in text and "estimated" in text
+    expected = forecast_recipe(recipe)
+    assert out == json.loads(json.dumps(expected))  # the CLI prints the library's numbers, all of them
+    f = out["forward_flops"]
+    assert out["epochs"] == 4 and out["examples_per_epoch"] == (1437 - 256) // 128 * 128
+    assert out["train_flops_total"] == out["train_flops_per_example"] * out["examples_per_epoch"] * 4
+    assert out["paper_convention"]["train_flops_per_example"] == (3 * 3 + 3) * f  # PGD-3: (3K + 3)F
+
+    assert main(["flops", str(path), "--set", "epochs=4", "--throughput", "100", "--power-watts", "200",
+                 "--json"]) == 0
+    fc = json.loads(capsys.readouterr().out)["forecast"]
+    assert fc == pytest.approx(forecast_recipe(recipe, throughput=100.0, power_watts=200.0)["forecast"])
+    seconds = (out["examples_per_epoch"] * 4 + out["val_flops_total"] / out["train_flops_per_example"]) / 100.0
+    assert fc["device_hours"] == pytest.approx(seconds / 3600)
+    assert fc["energy_kwh"] == pytest.approx(200.0 * seconds / 3.6e6 * 1.58)
+    assert fc["electricity_cost_usd"] == pytest.approx(fc["energy_kwh"] * 0.12)
+    assert fc["co2_kg"] == pytest.approx(fc["energy_kwh"] * 566.3 / 1000)
+    assert fc["energy_estimated"] is True and fc["power_source"] == "given"
+
+    assert main(["flops", str(path), "--set", "epochs=4", "--throughput", "100", "--power-watts", "200"]) == 0
+    lines = {line.strip().split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert f"{_fl(out['train_flops_total'])} (paper {_fl(out['paper_convention']['train_flops_total'])})" in \
+        lines["total training"]
+    assert f"{fc['device_hours']:.4g} (train" in lines["device-hours"]
+    assert lines["power"].endswith("200.0 W (estimated)")
+    assert f"{fc['energy_kwh']:.4g} kWh (PUE 1.58)" in lines["energy"]
+    assert f"${fc['electricity_cost_usd']:.4g} (at $0.12/kWh)" in lines["electricity"]
+    assert f"{fc['co2_kg']:.4g} kg (at 566.3 g/kWh)" in lines["CO2"]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -423,3 +471,111 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["flops", "wrn10_1", "--throughput", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("robustscale: error:") for line in err)
+
+
+# ---- robustscale.toml [cost] ----------------------------------------------------------------
+
+
+def test_toml_cost_defaults_and_precedence(tmp_path, monkeypatch, capsys):
+    from robustscale.cli import main
+
+    monkeypatch.delenv("ROBUSTSCALE_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    paper = Recipe()
+    assert (paper.pue, paper.usd_per_kwh, paper.gco2_per_kwh, paper.power_watts) == (1.58, 0.12, 566.3, None)
+    (tmp_path / "robustscale.toml").write_text(
+        "[cost]\npue = 1.1\nusd_per_kwh = 0.3\ngco2_per_kwh = 50\npower_watts = 200\n\n[other]\nx = 1\n")
+    r = Recipe()
+    assert (r.pue, r.usd_per_kwh, r.gco2_per_kwh, r.power_watts) == (1.1, 0.3, 50.0, 200.0)
+    assert r.run_id == paper.run_id  # cost constants never change what a run computes
+    # the recipe and --set win over the file
+    assert Recipe(pue=1.3).pue == 1.3 and Recipe(pue=1.3).usd_per_kwh == 0.3
+    assert r.with_overrides(["usd_per_kwh=0.5"]).usd_per_kwh == 0.5
+    path = tmp_path / "r.yaml"
+    path.write_text("dataset: digits\nloss: pgd\nattack_steps: 2\ngco2_per_kwh: 400\n")
+    assert Recipe.from_yaml(path).gco2_per_kwh == 400.0 and Recipe.from_yaml(path).pue == 1.1
+    assert Recipe.from_yaml(path, ["pue=2"]).pue == 2.0
+    # the CLI forecast uses them: power from the file (an estimate), the file's prices
+    assert main(["flops", str(path), "--throughput", "100", "--json"]) == 0
+    fc = json.loads(capsys.readouterr().out)["forecast"]
+    assert fc["power_watts"] == 200.0 and fc["energy_estimated"] is True
+    assert (fc["pue"], fc["usd_per_kwh"], fc["gco2_per_kwh"]) == (1.1, 0.3, 400.0)
+    assert fc["energy_kwh"] == pytest.approx(200.0 * fc["device_hours"] * 3600 / 3.6e6 * 1.1)
+    assert fc["electricity_cost_usd"] == pytest.approx(fc["energy_kwh"] * 0.3)
+    # ROBUSTSCALE_CONFIG names another file, which then replaces ./robustscale.toml
+    other = tmp_path / "site" / "costs.toml"
+    other.parent.mkdir()
+    other.write_text("[cost]\nusd_per_kwh = 0.05\n")
+    monkeypatch.setenv("ROBUSTSCALE_CONFIG", str(other))
+    r = Recipe()
+    assert (r.pue, r.usd_per_kwh, r.power_watts) == (1.58, 0.05, None)
+    other.write_text("[cost]\nusd_per_kwh = 0.07\n# changed\n")  # re-read when the file changes
+    assert Recipe().usd_per_kwh == 0.07
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[cost]\npue = 1.2\nprice = 0.1\n", ["unknown key 'price' in [cost]", "allowed keys: pue, usd_per_kwh"]),
+    ("[cost]\npue = 0.5\n", ["[cost] pue = 0.5", "allowed: a number >= 1"]),
+    ("[cost]\nusd_per_kwh = -1\n", ["usd_per_kwh = -1", "allowed: a number >= 0"]),
+    ("[cost]\ngco2_per_kwh = 'a lot'\n", ["gco2_per_kwh = 'a lot'", "allowed: a number >= 0"]),
+    ("[cost]\npower_watts = true\n", ["power_watts = True", "allowed: a number > 0"]),
+    ("[cost]\npower_watts = 0\n", ["power_watts = 0", "allowed: a number > 0"]),
+    ("[cost]\npue = nan\n", ["pue = nan", "allowed: a number >= 1"]),
+    ("cost = 3\n", ["'cost' must be a table"]),
+    ("[cost\npue = 1\n", ["is not valid TOML"]),
+])
+def test_toml_bad_cost_table_is_one_line_error(tmp_path, monkeypatch, capsys, text, words):
+    from robustscale.cli import main
+    from robustscale.errors import RobustscaleError
+
+    monkeypatch.delenv("ROBUSTSCALE_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "robustscale.toml").write_text(text)
+    with pytest.raises(RobustscaleError) as info:
+        Recipe()
+    msg = str(info.value)
+    assert "robustscale.toml" in msg and "\n" not in msg
+    assert all(w in msg for w in words), msg
+    (tmp_path / "r.yaml").write_text("dataset: digits\n")
+    assert main(["flops", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("robustscale: error:") and "robustscale.toml" in err[0]
+
+
+def test_toml_config_env_must_exist(tmp_path, monkeypatch):
+    from robustscale.errors import RobustscaleError
+
+    monkeypatch.setenv("ROBUSTSCALE_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(RobustscaleError, match="ROBUSTSCALE_CONFIG=.*missing.toml.* is not an existing file"):
+        Recipe()
+
+
+# ---- a run where nothing can be metered ------------------------------------------------------
+
+
+def test_training_without_nvml_or_rapl_records_unknown_energy(tmp_path, monkeypatch):
+    """No NVML and no readable RAPL: the run finishes, and energy, cost and CO2 are null (unknown),
+    never 0; the constants come from robustscale.toml."""
+    from robustscale.cost import energy
+    from conftest import tiny
+    from robustscale import train
+    from robustscale.files import read_csv_rows
+
+    monkeypatch.setattr(energy, "_import_nvml", lambda: None)
+    empty = tmp_path / "powercap"
+    empty.mkdir()
+    monkeypatch.setattr(energy, "RAPL_ROOT", str(empty))
+    cfg = tmp_path / "robustscale.toml"
+    cfg.write_text("[cost]\npue = 1.25\nusd_per_kwh = 0.2\n")
+    monkeypatch.setenv("ROBUSTSCALE_CONFIG", str(cfg))
+    run = train(tiny(epochs=2, attack_steps=1, val_attack_steps=1, val_size=32), out_root=tmp_path / "runs",
+                progress=False)
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    cost = json.loads((run / "cost.json").read_text())
+    assert cost["energy_source"] == "none" and cost["energy_measured"] is False
+    assert cost["energy_kwh"] is None and cost["electricity_cost_usd"] is None and cost["co2_kg"] is None
+    assert cost["device_seconds"] > 0 and cost["train_flops"] > 0  # time and FLOPs are still known
+    assert (cost["pue"], cost["usd_per_kwh"], cost["gco2_per_kwh"]) == (1.25, 0.2, 566.3)
+    rows = read_csv_rows(run / "metrics.csv")
+    assert len(rows) == 2 and all(r["epoch_energy_kwh"] == "" for r in rows)
+    assert all(float(r["epoch_flops"]) > 0 and float(r["seconds"]) > 0 for r in rows)

@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "steps of the recipe on random data, on the recipe's device")
     p.add_argument("--power-watts", type=float, metavar="W",
                    help="average device power draw for the forecast (an estimate; a measured power "
-                   "from --calibrate takes precedence)")
+                   "from --calibrate takes precedence; default: the recipe's power_watts, which "
+                   "robustscale.toml's [cost] table can set)")
     p.add_argument("--calibrate-steps", type=int, default=3, metavar="N", help="timed steps (default 3)")
     p.add_argument("--calibrate-batch", type=int, metavar="B",
                    help="batch size for calibration (default: the recipe's)")

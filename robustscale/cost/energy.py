@@ -35,9 +35,10 @@ import torch
 log = logging.getLogger(__name__)
 
 __all__ = ["EnergyMeter", "SamplingMeter", "NvmlEnergyMeter", "RaplMeter", "EstimatedMeter", "NoMeter",
-           "open_meter", "SOURCES"]
+           "open_meter", "SOURCES", "RAPL_ROOT"]
 
 SOURCES = ("nvml-energy", "nvml-power", "rapl", "estimated", "none")
+RAPL_ROOT = "/sys/class/powercap"  # where open_meter looks for RAPL zones unless given rapl_root
 
 
 class EnergyMeter:
@@ -368,14 +369,15 @@ def open_meter(
     power_watts: float | None = None,
     devices: Sequence[int] | None = None,
     nvml: Any = "auto",
-    rapl_root: str | Path = "/sys/class/powercap",
+    rapl_root: str | Path | None = None,
 ) -> EnergyMeter:
     """The best meter for ``device``: NVML (GPU) or RAPL (CPU) when readable, else an estimate
     from ``power_watts`` when given, else ``none``. A measurement always wins over ``power_watts``.
 
     A GPU meter covers every GPU visible to the process, or only ``devices`` (CUDA indices as
     torch numbers them, e.g. ``[local_rank]`` under DDP so that no GPU is counted twice).
-    ``nvml`` (a pynvml-like module, or None for "no NVML") and ``rapl_root`` exist for tests.
+    ``nvml`` (a pynvml-like module, or None for "no NVML") and ``rapl_root`` (default
+    :data:`RAPL_ROOT`) exist for tests.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -385,7 +387,7 @@ def open_meter(
             return meter
         names = _cuda_names(devices)
     elif device.type == "cpu":
-        zones = _rapl_zones(Path(rapl_root))
+        zones = _rapl_zones(Path(RAPL_ROOT if rapl_root is None else rapl_root))
         names = [f"{_cpu_name()} (package {i})" for i in range(len(zones))] if zones else [_cpu_name()]
         if zones:
             return RaplMeter(zones, interval, names)
