@@ -43,20 +43,40 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True) -> list[dict[
             "pgd40_acc": result["robust_acc"],
             "train_seconds": cost["device_seconds"] / max(cost.get("num_devices") or 1, 1),
             "train_flops": cost["train_flops"],
+            "device_hours": cost["device_hours"],
             "energy_kwh": cost["energy_kwh"],
+            "electricity_cost_usd": cost["electricity_cost_usd"],
+            "co2_kg": cost["co2_kg"],
             "energy_source": cost["energy_source"],
             "run_dir": str(run_dir),
         })
     return rows
 
 
+# (key, header, width, format); None values print as "unmeasured" (energy, dollars and CO2 are
+# unknown, never 0, when no meter could read the device).
+_COST_COLUMNS = [
+    ("train_flops", "train FLOPs", 11, "{:.3g}"),
+    ("device_hours", "device-h", 9, "{:.2g}"),
+    ("energy_kwh", "energy kWh", 10, "{:.2e}"),
+    ("electricity_cost_usd", "cost USD", 10, "{:.2e}"),
+    ("co2_kg", "CO2 kg", 10, "{:.2e}"),
+]
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "unmeasured" if value is None else fmt.format(value)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'model':<10} {'clean %':>8} {'PGD-40 %':>9} {'train s':>8} {'train FLOPs':>12} {'energy kWh':>11}  run directory"
+    cost_head = " ".join(f"{h:>{w}}" for _, h, w, _ in _COST_COLUMNS)
+    head = f"{'model':<10} {'clean %':>8} {'PGD-40 %':>9} {'train s':>8} {cost_head}  run directory"
     lines = [head, "-" * len(head)]
     for r in rows:
-        kwh = "unmeasured" if r["energy_kwh"] is None else f"{r['energy_kwh']:.2e}"
+        cost = " ".join(f"{_cell(r[k], fmt):>{w}}" for k, _, w, fmt in _COST_COLUMNS)
         lines.append(f"{r['name']:<10} {r['clean_acc']:>8.1f} {r['pgd40_acc']:>9.1f} {r['train_seconds']:>8.1f} "
-                     f"{r['train_flops']:>12.3g} {kwh:>11}  {r['run_dir']}")
-    lines.append(f"(digits test split, eps = {DEMO_EPS} in [0, 1] pixel units; energy is 'unmeasured' where no "
-                 "NVML/RAPL meter is readable)")
+                     f"{cost}  {r['run_dir']}")
+    sources = sorted({r["energy_source"] for r in rows})
+    lines.append(f"(digits test split, eps = {DEMO_EPS} in [0, 1] pixel units; energy source: {', '.join(sources)}; "
+                 "energy, cost and CO2 are 'unmeasured' where no NVML/RAPL meter is readable)")
     return "\n".join(lines)
