@@ -89,4 +89,5 @@ def compute_loss(
     raise ValueError(f"unknown loss {kind!r}")
 
 
-__all__ = ["LossOutput", "REPORTS_CLEAN_ACCURACY", "compute_loss", "standard_loss", "pgd_at_loss", "trades_loss", "trades_objective", "ce_sum"]
+__all__ = ["LossOutput", "REPORTS_CLEAN_ACCURACY", "compute_loss", "standard_loss", "pgd_at_loss", "trades_loss",
+           "trades_objective", "ce_sum"]
