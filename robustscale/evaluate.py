@@ -1,13 +1,14 @@
 """Robust evaluation: PGD-k (ours, the one training uses) and AutoAttack (the reference code).
 
-Three doors, one result dict (docs/run-directory.md, "eval/<attack>-<eps>.json"):
+Three doors, one result dict (docs/run-directory.md, "eval/<attack>-<eps>.json"; file names in
+:func:`eval_filename`):
 
 * ``load_split(run_dir_or_dataset, split="test", n=None)`` gives the exact examples an
   evaluation uses, as float32 [0, 1] tensors in a fixed order, so any other attack library can
   be run on the same inputs;
 * ``evaluate(model, x, y, attack=..., eps=...)`` attacks any classifier taking [0, 1] images;
 * ``evaluate_run(run_dir, ...)`` loads a run's checkpoint, evaluates it on the first ``n`` test
-  examples, adds the run-level sanity checks and writes ``eval/<attack>-<eps>.json``.
+  examples, adds the run-level sanity checks and writes ``eval/<attack>-<eps>[...].json``.
 
 AutoAttack is imported lazily (robustscale.attacks.autoattack) so importing robustscale stays light.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,6 +45,13 @@ def load_split(run_dir_or_dataset: str | Path, split: str = "test", n: int | Non
     dataset name (``digits``, ``cifar10``, ``cifar100``). These are exactly, and in the same
     order, the examples ``robustscale eval --n N`` attacks.
     """
+    x, y, _ = _load_examples(run_dir_or_dataset, split, n, data_dir)
+    return x, y
+
+
+def _load_examples(run_dir_or_dataset: str | Path, split: str, n: int | None,
+                   data_dir: str | Path | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """:func:`load_split` plus the size of the whole split (an evaluation records it as ``split_size``)."""
     from robustscale.data import DATASETS, load_split as load_all, to_float
 
     target = Path(run_dir_or_dataset)
@@ -57,12 +66,13 @@ def load_split(run_dir_or_dataset: str | Path, split: str = "test", n: int | Non
         raise RobustscaleError(f"{str(run_dir_or_dataset)!r} is neither a run directory (no recipe.yaml) "
                                f"nor a dataset; allowed datasets: {', '.join(DATASETS)}")
     x, y = load_all(name, split, folder)
+    total = len(y)
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(y):
-            raise RobustscaleError(f"n={n!r} does not fit the {len(y)} examples of the {name} {split} split; "
-                                   f"allowed: 1 to {len(y)}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total:
+            raise RobustscaleError(f"n={n!r} does not fit the {total} examples of the {name} {split} split; "
+                                   f"allowed: 1 to {total}")
         x, y = x[:n], y[:n]
-    return to_float(x).contiguous(), y.long()
+    return to_float(x).contiguous(), y.long(), total
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str = "pgd", eps: float | str,
@@ -206,21 +216,52 @@ def _result(cfg: dict[str, Any], n: int, clean: float, robust: float, per_attack
             "per_attack": per_attack, **{k: cfg[k] for k in keys[3:]}, "warnings": list(warnings)}
 
 
-def eval_filename(attack: str, eps: float, checkpoint: str = "best") -> str:
-    """``<attack>-<eps>[-last].json``: eps as ``8-255`` when a whole number of 255ths, else the
-    decimal. The zoo reads the ``best`` (unsuffixed) files; ``last`` evaluations never overwrite them."""
-    suffix = "-last" if checkpoint == "last" else ""
-    return f"{attack}-{format_eps(eps).replace('/', '-')}{suffix}.json"
+def eval_filename(attack: str, eps: float, checkpoint: str = "best", *, version: str | None = None,
+                  n: int | None = None, split_size: int | None = None) -> str:
+    """``<attack>-<eps>[-<version>][-n<N>][-last].json``.
+
+    eps is ``8-255`` when a whole number of 255ths, else the decimal. ``-<version>`` appears for
+    an AutoAttack version other than ``standard``; ``-n<N>`` when the evaluation covered only the
+    first N of the split's ``split_size`` examples (n given and not the whole split); ``-last``
+    for the ``last`` checkpoint. So ``autoattack-<eps>.json`` is only ever the standard version
+    of the ``best`` checkpoint on the whole test split, the number the zoo reads, and subset,
+    other-version and ``last`` evaluations never overwrite it."""
+    parts = [attack, format_eps(eps).replace("/", "-")]
+    if attack == "autoattack" and version not in (None, "standard"):
+        parts.append(re.sub(r"[^A-Za-z0-9.]+", "-", str(version)).strip("-"))
+    if n is not None and n != split_size:
+        parts.append(f"n{n}")
+    if checkpoint == "last":
+        parts.append("last")
+    return "-".join(parts) + ".json"
+
+
+def result_filename(result: dict[str, Any]) -> str:
+    """The ``eval/`` file name of a result dict written by :func:`evaluate_run` or :func:`evaluate_checkpoint`."""
+    return eval_filename(result["attack"], result["eps"], result.get("checkpoint", "best"),
+                         version=result.get("version"), n=result.get("n"), split_size=result.get("split_size"))
+
+
+def state_filename(eps: float, checkpoint: str, *, version: str = "standard", n: int | None = None,
+                   split_size: int | None = None) -> str:
+    """``.autoattack-<eps>[-<version>][-n<N>]-<checkpoint>.state``: the AutoAttack state (and,
+    beside it, ``<state>.progress.json``) of one evaluation. The checkpoint is ``best``, ``last``
+    or a checkpoint file's stem, so evaluations of different checkpoints, versions or subsets can
+    run at the same time in one ``eval/`` folder without overwriting each other's state."""
+    base = eval_filename("autoattack", eps, "best", version=version, n=n, split_size=split_size)
+    tag = checkpoint if checkpoint in ("best", "last") else Path(checkpoint).stem
+    return f".{base.removesuffix('.json')}-{re.sub(r'[^A-Za-z0-9._]+', '-', tag)}.state"
 
 
 def evaluate_run(run_dir: str | Path, *, attack: str = "pgd", checkpoint: str = "best", eps: float | str | None = None,
                  n: int | None = None, steps: int = 40, restarts: int = 1, norm: str = "linf", batch_size: int = 256,
                  version: str = "standard", seed: int = 0, device: str = "auto") -> dict[str, Any]:
     """Evaluate a run's ``checkpoint`` on the first ``n`` test examples (all when None) and write
-    ``<run_dir>/eval/<attack>-<eps>.json``; eps defaults to the recipe's. Returns the result dict.
-    An AutoAttack evaluation keeps its state in ``eval/.autoattack-<eps>.state`` and resumes
-    from it when killed. (No custom attack subsets here: the zoo reads ``autoattack-<eps>.json``
-    as the final number; use :func:`evaluate` for those.)"""
+    ``<run_dir>/eval/`` + :func:`eval_filename` (``-<version>``, ``-n<N>``, ``-last`` parts when
+    they apply); eps defaults to the recipe's. Returns the result dict. An AutoAttack evaluation
+    keeps its state in ``eval/`` + :func:`state_filename` and resumes from it when killed. (No
+    custom attack subsets here: the zoo reads ``autoattack-<eps>.json`` as the final number;
+    use :func:`evaluate` for those.)"""
     from robustscale.runs import RunDir, load, read_recipe
 
     run = RunDir(Path(run_dir))
@@ -229,9 +270,10 @@ def evaluate_run(run_dir: str | Path, *, attack: str = "pgd", checkpoint: str = 
                     version=version, attacks=None, seed=seed, batch_size=batch_size)
     _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
     dev = resolve_device(device)
-    x, y = load_split(run.path, "test", n)
+    x, y, total = _load_examples(run.path, "test", n, None)
     model = load(run.path, checkpoint, dev)
-    return _evaluate_into(model, x, y, run.eval, settings, dev, checkpoint=checkpoint, recipe=recipe, run_id=run.path.name)
+    return _evaluate_into(model, x, y, total, run.eval, settings, dev, checkpoint=checkpoint, recipe=recipe,
+                          run_id=run.path.name)
 
 
 def evaluate_checkpoint(path: str | Path, *, model: str, dataset: str = "cifar10", data_dir: str | Path = "data",
@@ -250,10 +292,10 @@ def evaluate_checkpoint(path: str | Path, *, model: str, dataset: str = "cifar10
                     attacks=None, seed=seed, batch_size=batch_size)
     _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
     dev = resolve_device(device)
-    x, y = load_split(dataset, "test", n, data_dir=data_dir)
+    x, y, total = _load_examples(dataset, "test", n, data_dir)
     net = model_from_state(Recipe(dataset=dataset, model=model), _read_weights(Path(path)), dev)
     out = Path(out_dir) if out_dir is not None else Path(path).parent / "eval"
-    return _evaluate_into(net, x, y, out, settings, dev, checkpoint=str(path), recipe=None, run_id=None)
+    return _evaluate_into(net, x, y, total, out, settings, dev, checkpoint=str(path), recipe=None, run_id=None)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -268,16 +310,19 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved weights too
 
 
-def _evaluate_into(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eval_dir: Path, settings: dict[str, Any],
-                   dev: torch.device, *, checkpoint: str, recipe: Any, run_id: str | None) -> dict[str, Any]:
+def _evaluate_into(model: nn.Module, x: torch.Tensor, y: torch.Tensor, split_size: int, eval_dir: Path,
+                   settings: dict[str, Any], dev: torch.device, *, checkpoint: str, recipe: Any,
+                   run_id: str | None) -> dict[str, Any]:
     from robustscale.files import atomic_write_json
 
-    eps_name = format_eps(parse_fraction(settings["eps"], "eps")).replace("/", "-")
-    state = eval_dir / f".autoattack-{eps_name}.state" if settings["attack"] == "autoattack" else None
+    state = None
+    if settings["attack"] == "autoattack":
+        state = eval_dir / state_filename(parse_fraction(settings["eps"], "eps"), checkpoint,
+                                          version=settings["version"], n=len(y), split_size=split_size)
     result = evaluate(model, x, y, **settings, device=dev, state_path=state)
-    result.update(checkpoint=checkpoint, split="test", run_id=run_id)
+    result.update(checkpoint=checkpoint, split="test", split_size=split_size, run_id=run_id)
     result["warnings"] += run_warnings(result, recipe, eval_dir)
-    atomic_write_json(eval_dir / eval_filename(result["attack"], result["eps"], checkpoint), result)
+    atomic_write_json(eval_dir / result_filename(result), result)
     return result
 
 
@@ -311,7 +356,8 @@ def _comparable(result: dict[str, Any], eval_dir: Path) -> dict[str, Any] | None
     if result["attack"] not in ("pgd", "autoattack"):
         return None
     other = "autoattack" if result["attack"] == "pgd" else "pgd"
-    path = eval_dir / eval_filename(other, result["eps"], result.get("checkpoint", "best"))
+    path = eval_dir / eval_filename(other, result["eps"], result.get("checkpoint", "best"), version="standard",
+                                    n=result.get("n"), split_size=result.get("split_size"))
     if not path.is_file():
         return None
     from robustscale.files import read_json

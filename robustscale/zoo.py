@@ -117,8 +117,19 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(out) else out
 
 
-def _eval_results(run_dir: Path, eps: float | None) -> dict[str, dict[str, Any]]:
-    """Evaluations of the ``best`` checkpoint at the recipe's eps, keyed by attack name."""
+# Test-split sizes, for eval JSONs written before evaluations recorded ``split_size``.
+_TEST_SPLIT_SIZES = {"cifar10": 10_000, "cifar100": 10_000, "digits": 360}
+
+
+def _eval_results(run_dir: Path, eps: float | None, dataset: Any = None) -> dict[str, dict[str, Any]]:
+    """Final evaluations of the ``best`` checkpoint at the recipe's eps on the whole test split,
+    keyed by attack name; an ``autoattack`` entry is the ``standard`` version only.
+
+    What counts is read from each file's contents, not its name, so files written before the
+    names carried version and subset (docs/evaluation.md) are judged the same way: the whole
+    split is ``n == split_size``, or, for a file without ``split_size``, ``n`` equal to the
+    dataset's test-split size. Subset, other-version and custom-subset evaluations are skipped.
+    """
     out: dict[str, dict[str, Any]] = {}
     eval_dir = run_dir / "eval"
     if not eval_dir.is_dir():
@@ -130,8 +141,23 @@ def _eval_results(run_dir: Path, eps: float | None) -> dict[str, dict[str, Any]]
         file_eps = _number(data.get("eps"))
         if eps is not None and (file_eps is None or abs(file_eps - eps) > 1e-6):
             continue
-        out.setdefault(str(data.get("attack")), data)
+        attack = str(data.get("attack"))
+        if attack == "autoattack" and data.get("version") != "standard":
+            log.debug("%s: AutoAttack version %r is not the zoo's (standard)", path, data.get("version"))
+            continue
+        if not _whole_split(data, dataset):
+            log.debug("%s: n=%r is not the whole test split; not the zoo's number", path, data.get("n"))
+            continue
+        out.setdefault(attack, data)
     return out
+
+
+def _whole_split(data: dict[str, Any], dataset: Any) -> bool:
+    n = data.get("n")
+    size = data.get("split_size")
+    if size is None:  # written before evaluations recorded it
+        size = _TEST_SPLIT_SIZES.get(str(dataset))
+    return isinstance(n, int) and not isinstance(n, bool) and isinstance(size, int) and n == size
 
 
 def _best_epoch_clean_acc(run_dir: Path, best_epoch: Any) -> float | None:
@@ -172,7 +198,7 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
     recipe = _read_recipe(run_dir / "recipe.yaml")
     cost = _read_json(run_dir / "cost.json")
     eps = _number(recipe.get("eps"))
-    evals = _eval_results(run_dir, eps)
+    evals = _eval_results(run_dir, eps, recipe.get("dataset"))
     synthetic = recipe.get("synthetic_data") is not None
     row: dict[str, Any] = {
         "run_id": status.get("run_id") or run_dir.name,

@@ -24,13 +24,15 @@ from torch import nn
 import robustscale
 from conftest import DIGITS_EPS
 from robustscale.cli import main
-from robustscale.evaluate import eval_filename, evaluate, evaluate_run, run_warnings
+from robustscale.evaluate import eval_filename, evaluate, evaluate_run, result_filename, run_warnings, state_filename
 from robustscale.files import read_json
 from robustscale.runs import load, read_recipe
 
 N = 100
 BS = 32
-STATE = ".autoattack-51-255.state"  # eps 0.2 is exactly 51/255
+DIGITS_TEST = 360  # examples in the digits test split
+STATE = ".autoattack-51-255-n100-best.state"  # eps 0.2 is exactly 51/255
+AA_N = "autoattack-51-255-n100.json"  # a subset evaluation: never the zoo's number
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +55,8 @@ def adv(adversarial_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def aa_adv(adv) -> dict:
-    return evaluate_run(adv, attack="autoattack", n=N, batch_size=BS)
+    # on the CPU, as test_numbers_equal_pyautoattack_called_directly's direct call: exact equality
+    return evaluate_run(adv, attack="autoattack", n=N, batch_size=BS, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +72,12 @@ def test_autoattack_below_pgd40_below_clean(adv, aa_adv, pgd_adv):
     assert after == sorted(after, reverse=True) and after[-1] == aa_adv["robust_acc"]
     assert aa_adv["warnings"] == [] and pgd_adv["warnings"] == []
     for result in (aa_adv, pgd_adv):
-        on_disk = read_json(adv / "eval" / eval_filename(result["attack"], DIGITS_EPS))
-        assert on_disk == result
-        assert {"attack", "eps", "n", "clean_acc", "robust_acc", "per_attack", "seconds", "checkpoint", "version",
-                "norm", "steps", "restarts", "seed", "split", "warnings"} <= set(on_disk)
-    assert (adv / "eval" / "autoattack-51-255.json").is_file() and (adv / "eval" / "pgd-51-255.json").is_file()
+        on_disk = read_json(adv / "eval" / result_filename(result))
+        assert on_disk == result and result["n"] == N and result["split_size"] == DIGITS_TEST
+        assert {"attack", "eps", "n", "split_size", "clean_acc", "robust_acc", "per_attack", "seconds", "checkpoint",
+                "version", "norm", "steps", "restarts", "seed", "split", "warnings"} <= set(on_disk)
+    assert (adv / "eval" / AA_N).is_file() and (adv / "eval" / "pgd-51-255-n100.json").is_file()
+    assert not (adv / "eval" / "autoattack-51-255.json").exists()  # the zoo's name: whole split only
     assert pgd_adv["step_size"] == pytest.approx(DIGITS_EPS / 4) and pgd_adv["step_size_rule"] == "eps/4"
     assert not (adv / "eval" / STATE).exists()  # a finished run leaves no state behind
 
@@ -96,16 +100,48 @@ def test_numbers_equal_pyautoattack_called_directly(adv, aa_adv):
     assert 100.0 * (model(x).argmax(1) == y).sum().item() / N == aa_adv["clean_acc"]
 
 
-def test_same_seed_same_numbers(adversarial_run):
+def test_same_seed_same_numbers(adversarial_run, monkeypatch):
     model = load(adversarial_run)
     x, y = robustscale.load_split(adversarial_run, n=N)
     a = evaluate(model, x, y, attack="pgd", eps=DIGITS_EPS, steps=10, restarts=2, seed=3)
     b = evaluate(model, x, y, attack="pgd", eps=DIGITS_EPS, steps=10, restarts=2, seed=3)
     assert (a["clean_acc"], a["robust_acc"]) == (b["clean_acc"], b["robust_acc"])
+
+    # AutoAttack standard, all four attacks, Square's random search included. The seed must reach
+    # every attack: each reseeds torch with it (an ignored seed would be time.time()).
+    from pyautoattack.square import SquareAttack
+
+    seeds, square_calls, manual_seed, square_perturb = [], [], torch.random.manual_seed, SquareAttack.perturb
+
+    def record_seed(seed):
+        seeds.append(seed)
+        return manual_seed(seed)
+
+    def record_square(self, x_, y_=None):
+        square_calls.append(len(x_))
+        return square_perturb(self, x_, y_)
+
+    monkeypatch.setattr(torch.random, "manual_seed", record_seed)
+    monkeypatch.setattr(SquareAttack, "perturb", record_square)
     rng = torch.random.get_rng_state()
-    c = evaluate(model, x[:30], y[:30], attack="autoattack", eps=DIGITS_EPS, attacks=["apgd-ce", "apgd-t"], seed=3)
-    d = evaluate(model, x[:30], y[:30], attack="autoattack", eps=DIGITS_EPS, attacks=["apgd-ce", "apgd-t"], seed=3)
-    assert c["per_attack"] == d["per_attack"] and c["version"] == "custom:apgd-ce+apgd-t"
+    x, y = x[:24], y[:24]
+    kw = {"attack": "autoattack", "eps": DIGITS_EPS, "batch_size": BS, "device": "cpu"}
+    runs = []
+    for _ in range(2):
+        seeds.clear(), square_calls.clear()
+        runs.append(evaluate(model, x, y, seed=3, **kw))
+        assert seeds and set(seeds) == {3}, set(seeds)
+        assert sum(square_calls) > 0, "no example reached Square: its randomness is untested"
+    c, d = runs
+    assert c["version"] == "standard" and list(c["per_attack"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert c["per_attack"]["square"] > 0  # examples survived Square's whole random search
+    for key in ("clean_acc", "robust_acc", "per_attack", "warnings"):
+        assert c[key] == d[key], key
+    # another seed (APGD-CE alone, to stay fast): recorded and passed on; only the random attack may
+    # move, the clean pass cannot
+    seeds.clear()
+    e = evaluate(model, x, y, seed=4, attacks=["apgd-ce"], **kw)
+    assert set(seeds) == {4} and (c["seed"], e["seed"]) == (3, 4) and e["clean_acc"] == c["clean_acc"]
     assert torch.equal(rng, torch.random.get_rng_state())  # AutoAttack's reseeding does not leak out
 
 
@@ -132,7 +168,7 @@ def test_killed_autoattack_resumes_with_the_same_result(adv, aa_adv, tmp_path_fa
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    assert not (run / "eval" / "autoattack-51-255.json").exists() and state.exists()
+    assert not (run / "eval" / AA_N).exists() and state.exists()
     resumed = evaluate_run(run, attack="autoattack", n=N, batch_size=BS)
     assert resumed["resumed_after"] and resumed["resumed_after"] == list(aa_adv["per_attack"])[: len(resumed["resumed_after"])]
     for key in ("clean_acc", "robust_acc", "per_attack"):
@@ -180,7 +216,7 @@ def test_l2_pgd(adversarial_run, tmp_path_factory):
     run = _copy(adversarial_run, tmp_path_factory)
     r = evaluate_run(run, attack="pgd", norm="l2", eps=0.5, steps=10, n=50)
     assert r["attack"] == "pgd-l2" and r["step_size"] == pytest.approx(2.5 * 0.5 / 10)
-    assert r["robust_acc"] <= r["clean_acc"] and (run / "eval" / "pgd-l2-0.5.json").is_file()
+    assert r["robust_acc"] <= r["clean_acc"] and (run / "eval" / "pgd-l2-0.5-n50.json").is_file()
 
 
 class _Rounded(nn.Module):
@@ -210,13 +246,14 @@ def test_softmax_output_is_flagged(standard_run):
 
 
 def test_pgd_below_autoattack_is_flagged(standard_run, tmp_path):
-    pgd = {"attack": "pgd", "eps": DIGITS_EPS, "n": N, "checkpoint": "best", "split": "test", "steps": 40,
-           "clean_acc": 97.0, "robust_acc": 5.0}
-    aa = {**pgd, "attack": "autoattack", "robust_acc": 9.0}
-    robustscale.files.atomic_write_json(tmp_path / eval_filename("autoattack", DIGITS_EPS), aa)
+    pgd = {"attack": "pgd", "eps": DIGITS_EPS, "n": N, "split_size": DIGITS_TEST, "checkpoint": "best",
+           "split": "test", "steps": 40, "clean_acc": 97.0, "robust_acc": 5.0}
+    aa = {**pgd, "attack": "autoattack", "version": "standard", "robust_acc": 9.0}
+    assert result_filename(aa) == AA_N
+    robustscale.files.atomic_write_json(tmp_path / AA_N, aa)
     warnings = run_warnings(pgd, read_recipe(standard_run), tmp_path)
     assert any("below AutoAttack" in w for w in warnings)
-    robustscale.files.atomic_write_json(tmp_path / eval_filename("autoattack", DIGITS_EPS), {**aa, "n": 50})
+    robustscale.files.atomic_write_json(tmp_path / AA_N, {**aa, "n": 50})  # other examples: not comparable
     assert not any("below AutoAttack" in w for w in run_warnings(pgd, read_recipe(standard_run), tmp_path))
 
 
@@ -228,7 +265,7 @@ def test_cli_checkpoint_file_and_json(standard_run, tmp_path, capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["checkpoint"] == str(ckpt) and out["n"] == 30 and out["clean_acc"] > 80
-    assert read_json(tmp_path / "eval" / "pgd-51-255.json") == out
+    assert read_json(tmp_path / "eval" / "pgd-51-255-n30.json") == out
 
 
 @pytest.mark.parametrize("args, says", [
@@ -259,17 +296,55 @@ def _cli(argv: list[str]) -> int:
 def test_train_final_eval_writes_the_zoo_file(tmp_path):
     from conftest import tiny
 
+    from robustscale import zoo
+
     run = robustscale.train(tiny(loss="standard", attack_steps=0, epochs=1, val_size=0), out_root=tmp_path,
                             progress=False, final_eval="autoattack")
     result = read_json(run / "eval" / "autoattack-51-255.json")
-    assert result["checkpoint"] == "best" and result["n"] == 360 and result["version"] == "standard"
-    assert result["robust_acc"] <= result["clean_acc"]
+    assert result["checkpoint"] == "best" and result["n"] == result["split_size"] == DIGITS_TEST
+    assert result["version"] == "standard" and result["robust_acc"] <= result["clean_acc"]
+    row = zoo.read_run(run)
+    assert (row["autoattack_acc"], row["clean_acc"]) == (result["robust_acc"], result["clean_acc"])
+
+    # a subset and another version go to their own files and never become the zoo's number
+    sub = evaluate_run(run, attack="autoattack", n=30, batch_size=BS)
+    evaluate_run(run, attack="autoattack", n=30, version="rand", batch_size=BS)
+    assert (run / "eval" / "autoattack-51-255-n30.json").is_file()
+    assert (run / "eval" / "autoattack-51-255-rand-n30.json").is_file()
+    assert read_json(run / "eval" / "autoattack-51-255.json") == result and zoo.read_run(run) == row
+    # a subset JSON under the zoo's name, as written before names carried n and version: judged by
+    # its contents (n against the digits test split), so it is not the zoo's number
+    legacy = {k: v for k, v in sub.items() if k != "split_size"}
+    robustscale.files.atomic_write_json(run / "eval" / "autoattack-51-255.json", {**legacy, "robust_acc": 0.5})
+    assert row["clean_acc"] is not None and zoo.read_run(run)["autoattack_acc"] is None
+    robustscale.files.atomic_write_json(run / "eval" / "autoattack-51-255.json",
+                                        {**legacy, "n": DIGITS_TEST, "robust_acc": 0.5})
+    assert zoo.read_run(run)["autoattack_acc"] == 0.5
+    robustscale.files.atomic_write_json(run / "eval" / "autoattack-51-255.json",
+                                        {**legacy, "n": DIGITS_TEST, "version": "rand", "robust_acc": 0.5})
+    assert zoo.read_run(run)["autoattack_acc"] is None
 
 
 def test_last_checkpoint_evaluation_never_overwrites_the_best_one(tmp_path, adversarial_run):
     run = tmp_path / "run"
     shutil.copytree(adversarial_run, run)
-    best = evaluate_run(run, attack="pgd", checkpoint="best", n=40, steps=2)
-    last = evaluate_run(run, attack="pgd", checkpoint="last", n=20, steps=2)
-    assert read_json(run / "eval" / eval_filename("pgd", DIGITS_EPS))["n"] == best["n"] == 40
-    assert read_json(run / "eval" / eval_filename("pgd", DIGITS_EPS, "last"))["n"] == last["n"] == 20
+    best = evaluate_run(run, attack="pgd", checkpoint="best", steps=2)
+    last = evaluate_run(run, attack="pgd", checkpoint="last", steps=2)
+    assert best["n"] == last["n"] == DIGITS_TEST
+    assert read_json(run / "eval" / eval_filename("pgd", DIGITS_EPS))["checkpoint"] == "best"
+    assert read_json(run / "eval" / eval_filename("pgd", DIGITS_EPS, "last"))["checkpoint"] == "last"
+
+
+def test_file_names_keep_apart_what_the_zoo_must_not_mix():
+    eps = 8 / 255
+    assert eval_filename("autoattack", eps) == "autoattack-8-255.json"
+    assert eval_filename("autoattack", eps, n=10_000, split_size=10_000) == "autoattack-8-255.json"
+    assert eval_filename("autoattack", eps, n=1000, split_size=10_000) == "autoattack-8-255-n1000.json"
+    assert eval_filename("autoattack", eps, version="rand") == "autoattack-8-255-rand.json"
+    assert eval_filename("autoattack", eps, "last", version="plus", n=5, split_size=9) == "autoattack-8-255-plus-n5-last.json"
+    assert eval_filename("autoattack", eps, version="custom:apgd-ce+fab-t") == "autoattack-8-255-custom-apgd-ce-fab-t.json"
+    assert eval_filename("pgd", eps, version=None, n=20, split_size=20) == "pgd-8-255.json"
+    # state files: one per checkpoint, version and subset, so concurrent evaluations never share one
+    names = {state_filename(eps, ckpt, version=v, n=n, split_size=10_000)
+             for ckpt in ("best", "last", "/w/weights.pt") for v in ("standard", "rand") for n in (None, 100)}
+    assert len(names) == 12 and ".autoattack-8-255-last.state" in names and ".autoattack-8-255-weights.state" in names

@@ -136,7 +136,37 @@ def test_only_the_best_checkpoint_at_the_recipe_eps_counts(tmp_path):
     (d / "eval" / "autoattack-8-255.json").write_text(json.dumps(
         {"attack": "autoattack", "eps": 8 / 255, "clean_acc": 88.0, "robust_acc": 48.0, "checkpoint": "last"}))
     (d / "eval" / "pgd-8-255.json").write_text(json.dumps(
-        {"attack": "pgd", "eps": 8 / 255, "clean_acc": 84.2, "robust_acc": 52.0, "checkpoint": "best"}))
+        {"attack": "pgd", "eps": 8 / 255, "n": 10_000, "clean_acc": 84.2, "robust_acc": 52.0, "checkpoint": "best"}))
     df, skipped = gather_zoo(tmp_path)
     row = df.set_index("run_id").loc["h"]
     assert not skipped and pd.isna(row["autoattack_acc"]) and row["clean_acc"] == 84.2
+
+
+def test_only_a_standard_autoattack_on_the_whole_test_split_is_the_zoo_number(tmp_path):
+    import json
+
+    d = make_run(tmp_path, "s", autoattack=None)
+    base = {"attack": "autoattack", "eps": 8 / 255, "version": "standard", "n": 10_000, "split_size": 10_000,
+            "checkpoint": "best", "split": "test", "clean_acc": 90.0, "robust_acc": 60.0}
+
+    def write(name, **change):
+        (d / "eval" / name).write_text(json.dumps({**base, **change}))
+
+    def row():
+        df, skipped = gather_zoo(tmp_path)
+        assert not skipped
+        return df.set_index("run_id").loc["s"]
+
+    write("autoattack-8-255-n100.json", n=100)                       # a subset
+    write("autoattack-8-255-rand.json", version="rand")              # another version
+    write("autoattack-8-255-custom-apgd-ce.json", version="custom:apgd-ce")
+    write("pgd-8-255-n100.json", attack="pgd", version=None, n=100)  # a subset's clean accuracy neither
+    # files from before names carried n and version, under the zoo's name: judged by their contents
+    write("autoattack-8-255.json", n=100, split_size=None)            # no split_size: n vs CIFAR-10's 10,000
+    assert pd.isna(row()["autoattack_acc"]) and row()["clean_acc"] == 81.5  # the best epoch's metrics row
+    write("autoattack-8-255.json", split_size=None, version=None)
+    assert pd.isna(row()["autoattack_acc"])
+    write("autoattack-8-255.json", split_size=None, robust_acc=47.0)  # legacy, whole split, standard
+    assert (row()["autoattack_acc"], row()["clean_acc"]) == (47.0, 90.0)
+    write("autoattack-8-255.json", robust_acc=48.5, clean_acc=88.0)   # as written now
+    assert (row()["autoattack_acc"], row()["clean_acc"]) == (48.5, 88.0)

@@ -44,7 +44,8 @@ def make_run(root: Path, run_id: str, *, state: str = "done", model: str = "wrn2
              "cost.json": json.dumps(cost)}
     if autoattack is not None:
         files["eval/autoattack-8-255.json"] = json.dumps(
-            {"attack": "autoattack", "eps": 8 / 255, "norm": "Linf", "n": 1000, "clean_acc": aa_clean,
+            {"attack": "autoattack", "eps": 8 / 255, "norm": "Linf", "n": 10_000, "version": "standard",
+             "clean_acc": aa_clean,
              "robust_acc": autoattack, "per_attack": None, "checkpoint": "best", "split": "test"})
     files["metrics.csv"] = "epoch,val_clean_acc,val_pgd40_acc\n1,70.0,40.0\n2,81.5,53.0\n"
     for name, text in files.items():

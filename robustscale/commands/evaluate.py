@@ -1,6 +1,7 @@
 """`robustscale eval RUN_DIR|CHECKPOINT`: PGD-k or AutoAttack on the first N test examples.
 
-Prints a short table (or, with --json, the result JSON) and writes eval/<attack>-<eps>.json.
+Prints a short table (or, with --json, the result JSON) and writes eval/<attack>-<eps>[...].json
+(robustscale.evaluate.eval_filename: -<version>, -n<N> and -last parts when they apply).
 Every mistake in the arguments is one line on stderr and exit status 2, as for library errors.
 """
 
@@ -17,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="robust accuracy of a run or checkpoint under PGD-k or AutoAttack",
         description="Evaluate a run's checkpoint (or a checkpoint file with --model) on the first N test "
-        "examples of its dataset, in a fixed order, and write RUN_DIR/eval/<attack>-<eps>.json. "
+        "examples of its dataset, in a fixed order, and write RUN_DIR/eval/<attack>-<eps>.json (with -<version> "
+        "for a non-standard AutoAttack, -n<N> for a subset, -last for the last checkpoint; only the standard "
+        "AutoAttack of the best checkpoint on the whole test split is the zoo's autoattack_acc). "
         "AutoAttack is the reference implementation (pyautoattack); a killed AutoAttack run resumes "
         "from its state file at the attack it was in.")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="run directory, or a checkpoint file with --model")
@@ -70,9 +73,9 @@ def run_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(format_table(result))
-        from robustscale.evaluate import eval_filename
+        from robustscale.evaluate import result_filename
 
-        print(f"wrote {where / eval_filename(result['attack'], result['eps'], result['checkpoint'])}")
+        print(f"wrote {where / result_filename(result)}")
     return 0
 
 
