@@ -124,3 +124,16 @@ def test_bf16_and_channels_last_train_on_cpu(tmp_path):
     assert torch.bfloat16 in seen["dtypes"]  # autocast reached the convolutions (validation included)
     assert seen["layouts"] == {True}  # and every multi-channel activation was channels_last
     assert 0 < float(rows[0]["train_robust_acc"]) < 100
+
+
+def test_final_eval_on_a_done_run_runs_once(tmp_path):
+    recipe = tiny(loss="standard", attack_steps=0, epochs=1, val_size=0)
+    run = train(recipe, out_root=tmp_path, progress=False)
+    result = run / "eval" / "pgd-51-255.json"
+    assert not result.exists()
+    assert train(recipe, out_root=tmp_path, progress=False, final_eval="pgd") == run  # done, yet evaluated now
+    first = json.loads(result.read_text())
+    assert first["attack"] == "pgd" and first["checkpoint"] == "best" and first["robust_acc"] <= first["clean_acc"]
+    mtime = result.stat().st_mtime_ns
+    train(recipe, out_root=tmp_path, progress=False, final_eval="pgd")  # its result is there: not rerun
+    assert result.stat().st_mtime_ns == mtime

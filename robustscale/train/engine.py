@@ -99,10 +99,14 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
         distributed.shutdown(dist, clean=clean)
     if not dist.is_main:
         return run.path
-    if final_eval:
-        from robustscale.evaluate import evaluate_run
+    if final_eval:  # also on a run that was already done, unless its result is there
+        from robustscale.evaluate import eval_filename, evaluate_run
 
-        evaluate_run(run.path, attack=final_eval, checkpoint="best")
+        result = run.eval / eval_filename(final_eval, recipe.eps)
+        if result.is_file():
+            log.info("final %s evaluation already in %s", final_eval, result)
+        else:
+            evaluate_run(run.path, attack=final_eval, checkpoint="best")
     return run.path
 
 
