@@ -74,7 +74,7 @@ def model_from_state(recipe: Recipe, state_dict: dict[str, torch.Tensor], device
 
     info = dataset_info(recipe.dataset)
     model = build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
-                        recipe.activation, recipe.drop_rate)
+                        recipe.activation, recipe.drop_rate, img_size=info.shape[1:])
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:

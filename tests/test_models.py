@@ -40,8 +40,36 @@ def test_normalisation_is_inside_the_model():
 
 
 def test_any_timm_model_builds_for_the_dataset():
-    model = build_model("resnet18", 10, 1, [0.3], [0.4])
+    model = build_model("resnet18", 10, 1, [0.3], [0.4], img_size=(32, 32))
     assert model(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+    # a ViT gets the image size for its patch grid and position embeddings, as timm users pass img_size=32
+    vit = build_model("vit_tiny_patch16_224", 10, 3, [0.5] * 3, [0.25] * 3, img_size=(32, 32))
+    assert vit.net.patch_embed.grid_size == (2, 2) and vit(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_timm_model_other_than_a_wrn_trains(tmp_path):
+    import csv
+
+    from conftest import tiny
+    from robustscale import train
+
+    run = train(tiny(model="test_efficientnet", epochs=2, attack_steps=1), out_root=tmp_path, progress=False)
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert float(rows[-1]["val_clean_acc"]) > 30  # ten classes: chance is 10%
+
+
+def test_a_model_that_cannot_take_the_images_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from conftest import tiny
+    from robustscale.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(tiny(model="test_vit").to_yaml())  # 16-pixel patches on 8x8 digits
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "test_vit" in err and "(1, 8, 8)" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_model_is_a_clear_error():

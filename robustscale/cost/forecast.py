@@ -46,7 +46,7 @@ def recipe_model(recipe: Any, device: torch.device | str = "meta") -> torch.nn.M
     info = dataset_info(recipe.dataset)
     with torch.device(device):
         return build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
-                           recipe.activation, recipe.drop_rate)
+                           recipe.activation, recipe.drop_rate, img_size=info.shape[1:])
 
 
 @functools.lru_cache(maxsize=256)
@@ -59,7 +59,8 @@ def _model_flops(dataset: str, model: str, activation: str, drop_rate: float, lo
 
     info = dataset_info(dataset)
     with torch.device("meta"):
-        net = build_model(model, info.num_classes, info.shape[0], info.mean, info.std, activation, drop_rate)
+        net = build_model(model, info.num_classes, info.shape[0], info.mean, info.std, activation, drop_rate,
+                          img_size=info.shape[1:])
     params = sum(p.numel() for p in net.parameters() if p.requires_grad)
     sf = measure_step_flops(net, loss, info.shape, info.num_classes, eps=8 / 255, step_size=2 / 255,
                             attack_steps=attack_steps, trades_beta=6.0, val_steps=val_steps)

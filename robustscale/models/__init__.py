@@ -41,8 +41,13 @@ def build_model(
     std: Sequence[float],
     activation: str = "relu",
     drop_rate: float = 0.0,
+    img_size: Sequence[int] | None = None,
 ) -> Normalized:
-    """Create ``name`` from timm's registry with the dataset's classes and channels, normalising inside."""
+    """Create ``name`` from timm's registry with the dataset's classes and channels, normalising inside.
+
+    ``img_size`` (height, width) reaches models whose layers depend on it (ViTs' position
+    embeddings, as ``timm.create_model(..., img_size=32)`` does for CIFAR); convolutional
+    models take any size and do not accept the argument."""
     if not timm.is_model(name):
         raise RobustscaleError(
             f"model={name!r} is not a registered timm model; use one of {', '.join(WRN_VARIANTS)} "
@@ -57,9 +62,20 @@ def build_model(
         if activation != "relu":
             kwargs["act_layer"] = activation
     try:
-        net = timm.create_model(name, pretrained=False, **kwargs)
+        if img_size is not None and name not in WRN_VARIANTS:
+            try:
+                net = timm.create_model(name, pretrained=False, img_size=tuple(img_size), **kwargs)
+            except TypeError:  # a model without an img_size argument: it takes any input size
+                net = timm.create_model(name, pretrained=False, **kwargs)
+        else:
+            net = timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as exc:
         raise RobustscaleError(f"model={name!r} does not accept {sorted(kwargs)}: {exc}") from None
+    except (ValueError, AssertionError, RuntimeError) as exc:
+        size = "x".join(map(str, img_size)) if img_size is not None else "these"
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RobustscaleError(f"model={name!r} cannot be built for {size} images with {in_chans} channels: "
+                               f"{why}") from None
     return Normalized(net, mean, std)
 
 

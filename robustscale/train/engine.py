@@ -127,7 +127,7 @@ class _Engine:
 
         info = self.data.info
         model = build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
-                            recipe.activation, recipe.drop_rate).to(self.device)
+                            recipe.activation, recipe.drop_rate, img_size=info.shape[1:]).to(self.device)
         if recipe.channels_last:
             model = model.to(memory_format=torch.channels_last)
         plain = model  # FLOPs are counted on a meta copy of this one (SyncBatchNorm needs a GPU)
@@ -141,9 +141,14 @@ class _Engine:
         self.sched = make_scheduler(self.opt, recipe.schedule, recipe.epochs, recipe.warmup_epochs, recipe.lr,
                                     self.data.plan.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type) if recipe.precision == "fp16" else None
-        self.flops = measure_step_flops(plain, recipe.loss, info.shape, info.num_classes, eps=recipe.eps,
-                                        step_size=recipe.step_size, attack_steps=recipe.attack_steps,
-                                        trades_beta=recipe.trades_beta, val_steps=recipe.val_attack_steps)
+        try:  # the first forward (on the meta device): a model that cannot take these images fails here
+            self.flops = measure_step_flops(plain, recipe.loss, info.shape, info.num_classes, eps=recipe.eps,
+                                            step_size=recipe.step_size, attack_steps=recipe.attack_steps,
+                                            trades_beta=recipe.trades_beta, val_steps=recipe.val_attack_steps)
+        except (RuntimeError, ValueError, AssertionError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RobustscaleError(f"model={recipe.model!r} cannot run on {recipe.dataset} images of shape "
+                                   f"{tuple(info.shape)}: {msg}") from None
         # Meter the GPU this process trains on, not every visible one: under DDP each process
         # meters its own and the sums are all-reduced, so no device is counted twice.
         self.meter = open_meter(self.device, interval=recipe.power_sample_interval, power_watts=recipe.power_watts,
