@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -96,7 +94,12 @@ def _recipe(tmp_path, **overrides):
 
 
 def test_cli_predict_without_flops_forecast(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "robustscale.cost", types.ModuleType("robustscale.cost"))
+    import robustscale.cost
+
+    def missing(name):
+        raise AttributeError(name)
+
+    monkeypatch.setattr(robustscale.cost, "__getattr__", missing)  # a cost module without forecast_recipe
     zoo = _zoo_file(tmp_path, planted_zoo(n=300))
     assert main(["predict", str(_recipe(tmp_path)), "--zoo", str(zoo), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -106,9 +109,10 @@ def test_cli_predict_without_flops_forecast(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_predict_with_flops_forecast(tmp_path, capsys, monkeypatch):
-    fake = types.ModuleType("robustscale.cost")
-    fake.forecast_recipe = lambda recipe: {"train_flops_total": 1e18}
-    monkeypatch.setitem(sys.modules, "robustscale.cost", fake)
+    import robustscale.cost
+
+    monkeypatch.setattr(robustscale.cost, "forecast_recipe", lambda recipe: {"train_flops_total": 1e18},
+                        raising=False)
     zoo = _zoo_file(tmp_path, planted_zoo(n=300))  # energy_kwh = 1e-17 x FLOPs
     assert main(["predict", str(_recipe(tmp_path, attack_steps=2)), "--zoo", str(zoo)]) == 0
     out = capsys.readouterr().out
@@ -122,6 +126,51 @@ def test_cli_predict_unknown_activation_is_one_line(tmp_path, capsys):
     assert main(["predict", str(_recipe(tmp_path, activation="swish")), "--zoo", str(zoo)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "swish" in err and "relu" in err
+
+
+def test_cli_predict_reads_the_recipe_as_train_does(tmp_path, capsys):
+    zoo = _zoo_file(tmp_path, planted_zoo(n=100))
+    path = _recipe(tmp_path, attack_steps=2)
+    recipe = yaml.safe_load(path.read_text())
+    del recipe["dataset"]  # train's default is digits, not cifar10
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["predict", str(path), "--zoo", str(zoo), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["recipe"]["dataset"] == "digits"
+    assert any("trains on digits" in w for w in out["warnings"])
+    from robustscale.cost.forecast import forecast_recipe
+    from robustscale.recipe import Recipe
+
+    expected = forecast_recipe(Recipe.from_dict(recipe))["train_flops_total"]  # digits: 1,437 - 256 images
+    assert out["flops"] == pytest.approx(expected)
+    from robustscale.models import count_params
+
+    assert out["features"]["params"] == count_params("wrn28_10", 10, 1)  # digits: one input channel
+
+
+def test_cli_predict_bad_recipe_key_is_one_line_before_the_zoo_is_read(tmp_path, capsys):
+    path = _recipe(tmp_path, epoch=10)  # 'epochs' misspelt
+    assert main(["predict", str(path), "--zoo", str(tmp_path / "absent.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown recipe key 'epoch'" in err
+
+
+def test_figure_1a_plots_every_run(tmp_path):
+    from robustscale.analysis import fit_zoo
+    from robustscale.analysis.figures import fig_1a_layers
+
+    df = power_law_zoo(n=200, with_collapsed=3)
+    df.loc[10:29, "loss"] = "standard"
+    df.loc[30:34, "autoattack_acc"] = np.nan  # adversarial runs evaluated with PGD-40 only
+    df.loc[35, "train_flops"] = np.nan  # cannot be placed on the compute axis
+    a = fit_zoo(df, n_boot=50, with_predictor=False)
+    layers, missing = fig_1a_layers(a.kept, a.collapsed, a.standard, a.no_autoattack)
+    by_label = {layer["label"]: len(layer["x"]) for layer in layers}
+    assert sum(by_label.values()) == 199 and missing == 1
+    assert by_label["standard training, AutoAttack"] == 20 and by_label["collapsed"] == 3
+    assert by_label["adversarial, PGD-40 (no AutoAttack)"] == 5
+    for layer in layers:
+        assert np.isfinite(np.asarray(layer["y"], float)).all()
 
 
 def test_report_says_why_when_the_joint_law_cannot_be_fitted(tmp_path):

@@ -7,7 +7,13 @@ import pytest
 from zoo_factory import JOINT_K, JOINT_THETA, joint_zoo
 
 from robustscale.analysis.frontier import fit_joint_zoo
-from robustscale.analysis.joint import fit_joint, flops_per_param_example, law_error, optimum, robust_error
+from robustscale.analysis.joint import (
+    fit_joint,
+    flops_per_param_example,
+    law_error,
+    optimum,
+    robust_error,
+)
 from robustscale.errors import RobustscaleError
 
 
@@ -19,7 +25,7 @@ def fitted():
 
 def test_fit_recovers_alpha_beta_and_E(fitted):
     law = fitted.law
-    E, A, alpha, B, beta = JOINT_THETA
+    E, _, alpha, _, beta = JOINT_THETA
     assert law.alpha == pytest.approx(alpha, abs=0.015)
     assert law.beta == pytest.approx(beta, abs=0.015)
     assert law.E == pytest.approx(E, abs=1.0)
@@ -55,20 +61,51 @@ def test_frontier_keeps_best_run_per_bin_and_fits_allocation(fitted):
     assert 10 <= len(rows) <= 19 and rows["train_flops"].is_monotonic_increasing
     runs = fitted.runs
     acc = 100 - robust_error(runs)
-    for _, row in rows.iterrows():  # no run in the same bin beats the frontier's
-        same = np.isclose(runs["train_flops"], row["train_flops"])
-        assert acc[same].max() == pytest.approx(row["robust_acc"])
+    # 19 equal bins of log10(FLOPs) over the runs' range, computed here independently
+    lf = np.log10(runs["train_flops"].to_numpy(float))
+    edges = np.linspace(lf.min(), lf.max(), 20)
+
+    def bin_of(x):
+        return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, 18)
+
+    run_bins, row_bins = bin_of(lf), bin_of(np.log10(rows["train_flops"].to_numpy(float)))
+    assert sorted(row_bins) == sorted(set(run_bins)), "one frontier row per non-empty bin"
+    for b, (_, row) in zip(row_bins, rows.iterrows()):  # no run anywhere in its bin beats the frontier's
+        assert acc[run_bins == b].max() == pytest.approx(row["robust_acc"])
     assert 0 < fitted.frontier.n_law.alpha < 1.5 and 0 < fitted.frontier.d_law.alpha < 1.5
 
 
-def test_k_is_the_zoo_median_for_the_configuration():
+def _measured_k(model: str, loss: str = "pgd", steps: int = 10) -> float:
+    from robustscale.cost.forecast import recipe_params, recipe_step_flops
+    from robustscale.recipe import Recipe
+
+    r = Recipe(dataset="cifar10", model=model, loss=loss, attack_steps=steps)
+    return recipe_step_flops(r).train / recipe_params(r)
+
+
+def test_k_is_the_cost_modules_for_the_chosen_loss_and_steps_with_the_zoo_median_beside_it():
+    df = joint_zoo(n=60).assign(model="wrn16_4", activation="relu")
+    df.loc[:29, "attack_steps"] = 5
+    df.loc[:29, "train_flops"] = 36.0 * df.loc[:29, "params"] * df.loc[:29, "examples_seen"]
+    jf = fit_joint_zoo(df, loss="pgd", attack_steps=5, n_boot=0)
+    assert jf.k == pytest.approx(_measured_k("wrn16_4", "pgd", 5)) and "robustscale.cost" in jf.k_source
+    assert jf.k_zoo == pytest.approx(36.0) and jf.reference["attack_steps"] == 5
+    jf10 = fit_joint_zoo(df, loss="pgd", attack_steps=10, n_boot=0)
+    assert jf10.k == pytest.approx(_measured_k("wrn16_4", "pgd", 10)) and jf10.k_zoo == pytest.approx(JOINT_K)
+    assert jf10.k > 1.5 * jf.k  # 11 forward-backward passes per example against 6
+    # a model the cost module cannot build: the zoo's median, and the reason
+    other = fit_joint_zoo(df.assign(model="their_net"), loss="pgd", attack_steps=10, n_boot=0)
+    assert other.k == pytest.approx(JOINT_K) and "zoo median" in other.k_source and "their_net" in other.k_source
+
+
+def test_zoo_median_k_for_the_configuration():
     df = joint_zoo(n=60)
     df.loc[:29, "attack_steps"] = 5
     df.loc[:29, "train_flops"] = 36.0 * df.loc[:29, "params"] * df.loc[:29, "examples_seen"]
     assert flops_per_param_example(df, "pgd", 5)[0] == pytest.approx(36.0)
     assert flops_per_param_example(df, "pgd", 10)[0] == pytest.approx(JOINT_K)
     k, source = flops_per_param_example(df, "trades", 10)
-    assert source.startswith("median of all") and 36.0 <= k <= JOINT_K
+    assert source.startswith("zoo median of all") and 36.0 <= k <= JOINT_K
 
 
 def test_robust_error_falls_back_to_pgd40():

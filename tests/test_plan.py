@@ -1,21 +1,51 @@
-"""`robustscale plan`: compute-optimal allocation, budgets in other units, targets, recipes."""
+"""`robustscale plan`: compute-optimal allocation, k from the cost module, whole epochs as the
+engine counts them, the bill of the written recipe, budgets in other units, targets, --models."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
-from zoo_factory import JOINT_K, JOINT_THETA, joint_zoo
+from zoo_factory import JOINT_THETA, joint_zoo
 
-from robustscale.analysis.joint import optimum
-from robustscale.analysis.planner import MODEL_TABLE, nearest_model, plan
+from robustscale.analysis.joint import cost_flops_per_example, optimum
+from robustscale.analysis.planner import (
+    MODEL_TABLE,
+    candidate_models,
+    nearest_model,
+    plan,
+)
 from robustscale.cli import main
+from robustscale.cost.forecast import forecast_recipe
 from robustscale.errors import RobustscaleError
+from robustscale.recipe import Recipe
 from robustscale.zoo import write_zoo
+
+# Examples per epoch of the planner's cifar10 recipes (batch 128, val_size 256 held out of 50,000):
+# 49,744 real examples; without synthetic data 388 batches of 128; with 70% synthetic data each
+# batch holds round(0.7 * 128) = 90 synthetic and 38 real examples, 49,744 // 38 = 1,309 batches.
+PER_EPOCH_REAL = 388 * 128
+PER_EPOCH_SYNTHETIC = 1309 * 128
+
+
+def cost(model: str) -> tuple[float, int]:
+    """(training FLOPs per example, parameters) of a cifar10 PGD-10 model, straight from the cost module."""
+    r = Recipe(dataset="cifar10", model=model, loss="pgd", attack_steps=10)
+    fl = forecast_recipe(r)
+    return fl["train_flops_per_example"], fl["params"]
 
 
 @pytest.fixture(scope="module")
-def zoo():
-    return joint_zoo(n=300, noise=0.01, seed=0)
+def k_ref() -> float:
+    per_example, params = cost("wrn28_10")
+    return per_example / params
+
+
+@pytest.fixture(scope="module")
+def zoo(k_ref):
+    # a zoo whose FLOPs are counted the way the cost module counts them, all on wrn28_10's k
+    return joint_zoo(n=300, noise=0.01, seed=0, k=k_ref).assign(model="wrn28_10", activation="relu")
 
 
 @pytest.fixture()
@@ -23,38 +53,98 @@ def zoo_file(tmp_path, zoo):
     return write_zoo(zoo, tmp_path / "zoo.csv")
 
 
-@pytest.mark.parametrize("budget", [1e16, 1e17, 1e18])
+@pytest.fixture()
+def npz(tmp_path):
+    path = tmp_path / "gen.npz"
+    np.savez(path, image=np.zeros((4, 32, 32, 3), np.uint8), label=np.zeros(4, np.int64))
+    return path
+
+
+def spent(recipe: dict) -> float:
+    return forecast_recipe(Recipe.from_dict(recipe))["train_flops_total"]
+
+
+@pytest.mark.parametrize("budget", [1e18, 1e20])
 def test_planner_optimum_is_within_10_percent_of_the_analytic_one(zoo, budget):
     out = plan(zoo, budget=budget, n_boot=10)
-    n_true, d_true = optimum(np.array(JOINT_THETA), budget, JOINT_K)
-    assert out["k_flops_per_param_example"] == pytest.approx(JOINT_K)
+    per_example, params = cost(out["model"])
+    k = per_example / params
+    assert out["k_flops_per_param_example"] == pytest.approx(k) and out["params"] == params
+    assert "robustscale.cost" in out["k_source"] and out["k_zoo"] == pytest.approx(out["k_reference"], rel=1e-6)
+    n_true, d_true = optimum(np.array(JOINT_THETA), budget, k)
     assert out["optimal"]["N"] == pytest.approx(n_true, rel=0.10)
     assert out["optimal"]["D"] == pytest.approx(d_true, rel=0.10)
-    # the chosen model exists, and the examples spend the budget on it
+    # the chosen model is the table's nearest to N*, and whole epochs of the engine spend the budget on it
     assert out["model"] == nearest_model(out["optimal"]["N"])
-    assert JOINT_K * MODEL_TABLE[out["model"]] * out["examples"] == pytest.approx(budget)
-    assert out["epochs"] == round(out["examples"] / 50_000)
+    assert out["examples_per_epoch"] == PER_EPOCH_REAL and not out["synthetic"]["in_recipe"]
+    assert out["epochs"] == round(budget / per_example / PER_EPOCH_REAL)
+    assert out["examples"] == out["epochs"] * PER_EPOCH_REAL
+    assert spent(out["recipe"]) == pytest.approx(budget, rel=0.01)
+    assert out["bill"]["flops"] == spent(out["recipe"])
     lo, hi = out["predicted_acc_ci"]
     assert lo <= out["predicted_acc"] <= hi
 
 
-def test_budget_in_dollars_is_converted_with_the_cost_law(zoo):
+def test_synthetic_plan_spends_the_budget_with_epochs_over_the_real_data(zoo, npz):
+    syn = zoo.assign(synthetic_data=True, synthetic_fraction=0.7, synthetic_size=1_000_000)
+    budget = 1e19
+    out = plan(syn, budget=budget, n_boot=0, synthetic_data=str(npz))
+    recipe = Recipe.from_dict(out["recipe"])
+    assert recipe.synthetic_data == str(npz) and recipe.synthetic_fraction == pytest.approx(0.7)
+    # an epoch is 1,309 batches over the real data, 167,552 examples: not 50,000
+    assert out["examples_per_epoch"] == PER_EPOCH_SYNTHETIC
+    per_example, _ = cost(out["model"])
+    assert out["epochs"] == round(budget / per_example / PER_EPOCH_SYNTHETIC)
+    assert spent(out["recipe"]) == pytest.approx(budget, rel=0.10)
+    assert out["bill"]["flops"] == pytest.approx(budget, rel=0.10)
+    assert out["synthetic"]["examples"] == 90 * 1309 * out["epochs"]
+    assert not any("off the budget" in w for w in out["warnings"])
+
+
+def test_budget_in_dollars_is_converted_with_the_cost_law(zoo, k_ref):
+    zoo = zoo.assign(electricity_cost_usd=0.12e-16 * zoo["train_flops"])
     out = plan(zoo, budget=5.0, unit="usd", n_boot=0)  # electricity = 0.12 * 1e-16 * FLOPs
     assert out["budget_flops"] == pytest.approx(5.0 / 0.12e-16, rel=0.01)
-    assert out["bill"]["usd"] == pytest.approx(5.0, rel=0.01)
-    assert out["bill"]["kwh"] == pytest.approx(5.0 / 0.12, rel=0.01)
+    # the bill is the written recipe's: whole epochs, within a percent of the budget here
+    assert out["bill"]["flops"] == spent(out["recipe"])
+    assert out["bill"]["usd"] == pytest.approx(5.0, rel=0.02)
+    assert out["bill"]["kwh"] == pytest.approx(5.0 / 0.12, rel=0.02)
 
 
 def test_target_gives_the_cheapest_table_model_reaching_it(zoo):
     out = plan(zoo, target_acc=55.0, n_boot=0)
-    assert out["predicted_acc"] == pytest.approx(55.0, abs=1e-6)
     E, A, alpha, B, beta = (out["law"][k] for k in ("E", "A", "alpha", "B", "beta"))
-    cost = out["bill"]["flops"]
-    for n in MODEL_TABLE.values():  # no other model reaches 55% for less
+    assert out["predicted_acc"] >= 55.0 - 1e-9 and out["predicted_acc"] == pytest.approx(55.0, abs=0.05)
+    for model in MODEL_TABLE:  # no other model reaches 55% for fewer training FLOPs
+        per_example, n = cost(model)
         room = 45.0 - E - A / n**alpha
         if room > 0:
-            assert JOINT_K * n * (B / room) ** (1 / beta) >= cost * (1 - 1e-9)
-    assert out["ideal_flops"] <= cost * (1 + 1e-6)
+            assert per_example * (B / room) ** (1 / beta) >= out["flops_needed"] * (1 - 1e-9), model
+    per_epoch_flops = cost(out["model"])[0] * PER_EPOCH_REAL
+    assert out["flops_needed"] <= out["bill"]["flops"] < out["flops_needed"] + per_epoch_flops * 1.001
+    assert out["epochs"] == math.ceil(out["examples_needed"] / PER_EPOCH_REAL)
+
+
+def test_models_option_chooses_among_the_given_timm_models(zoo):
+    assert candidate_models("wrn1*") == {m: MODEL_TABLE[m] for m in ("wrn10_1", "wrn16_1", "wrn16_4")}
+    out = plan(zoo, budget=1e18, n_boot=0, models="resnet18")
+    per_example, params = cost_flops_per_example("cifar10", "resnet18", "pgd", 10)
+    assert out["model"] == "resnet18" and out["params"] == params
+    assert out["k_flops_per_param_example"] == pytest.approx(per_example / params)
+    assert spent(out["recipe"]) == pytest.approx(1e18, rel=0.01)
+    # a ResNet costs far fewer FLOPs per parameter at 32x32 than the zoo's WideResNets: said so
+    assert any("differ from the cost module" in w for w in out["warnings"])
+    both = plan(zoo, budget=1e18, n_boot=0, models=["wrn16_4", "wrn28_10"])
+    assert both["model"] in ("wrn16_4", "wrn28_10") and both["candidates"] == 2
+
+
+@pytest.mark.parametrize("models, words", [("nosuch", "not a registered timm model"),
+                                           ("nosuch*", "matches no timm model"),
+                                           ("*", "narrow the pattern")])
+def test_bad_models_are_one_line(zoo_file, capsys, models, words):
+    assert main(["plan", "--zoo", str(zoo_file), "--budget", "1e18", "--models", models]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err
 
 
 def test_budget_below_the_smallest_run_is_a_message(zoo_file, capsys):
@@ -74,16 +164,13 @@ def test_unknown_configuration_is_a_message(zoo):
         plan(zoo, budget=1e17, loss="trades", attack_steps=10)
 
 
-def test_written_recipe_loads_and_validates(zoo_file, tmp_path, capsys):
-    npz = tmp_path / "gen.npz"
-    np.savez(npz, image=np.zeros((4, 32, 32, 3), np.uint8), label=np.zeros(4, np.int64))
+def test_written_recipe_loads_and_validates(zoo_file, npz, tmp_path, capsys):
     out = tmp_path / "plan.yaml"
-    assert main(["plan", "--zoo", str(zoo_file), "--budget", "1e17", "--loss", "pgd", "--attack-steps", "10",
+    assert main(["plan", "--zoo", str(zoo_file), "--budget", "1e18", "--loss", "pgd", "--attack-steps", "10",
                  "--synthetic-data", str(npz), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "plan: wrn" in printed and "predicted AutoAttack accuracy" in printed and "kWh" in printed
-    from robustscale.recipe import Recipe
-
+    assert "robustscale.cost" in printed and "zoo median" in printed and "bill of the recipe" in printed
     recipe = Recipe.from_yaml(out)
     assert recipe.model in MODEL_TABLE and recipe.loss == "pgd" and recipe.attack_steps == 10
     assert recipe.epochs >= 1 and recipe.eps == pytest.approx(8 / 255)
@@ -91,3 +178,4 @@ def test_written_recipe_loads_and_validates(zoo_file, tmp_path, capsys):
         assert recipe.synthetic_data == str(npz) and recipe.synthetic_fraction == pytest.approx(0.7)
     else:
         assert recipe.synthetic_data is None and recipe.synthetic_fraction == 0
+    assert forecast_recipe(recipe)["train_flops_total"] == pytest.approx(1e18, rel=0.10)

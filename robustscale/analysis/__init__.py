@@ -15,7 +15,23 @@ from robustscale.analysis.scaling import N_BINS, PowerLaw, envelope_index, fit_p
 from robustscale.analysis.target import cost_of_target
 
 __all__ = [
-    "Analysis", "analyze_zoo", "fit_zoo", "split_runs", "forecast_recipe_outcome", "FEATURES", "Predictor",
-    "fit_predictor", "N_BINS", "PowerLaw", "envelope_index", "fit_power_law", "cost_of_target",
-    "JointFit", "config_frontier", "fit_joint_zoo", "JointLaw", "fit_joint", "plan",
+    "FEATURES",
+    "N_BINS",
+    "Analysis",
+    "JointFit",
+    "JointLaw",
+    "PowerLaw",
+    "Predictor",
+    "analyze_zoo",
+    "config_frontier",
+    "cost_of_target",
+    "envelope_index",
+    "fit_joint",
+    "fit_joint_zoo",
+    "fit_power_law",
+    "fit_predictor",
+    "fit_zoo",
+    "forecast_recipe_outcome",
+    "plan",
+    "split_runs",
 ]

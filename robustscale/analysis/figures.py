@@ -12,10 +12,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from robustscale.analysis.scaling import PowerLaw  # noqa: E402
+from robustscale.analysis.scaling import PowerLaw
 
 MARKERS = {"pgd": "o", "trades": "^", "standard": "s"}
 
@@ -31,18 +31,56 @@ def save(fig: Any, out_dir: Path, name: str) -> Path:
     return png
 
 
-def fig_1a(runs: Any, collapsed: Any, out_dir: Path) -> Path:
-    """AutoAttack accuracy vs training FLOPs for every run, marked by loss and synthetic data."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for (loss, synth), part in runs.groupby(["loss", "synthetic_data"], dropna=False):
-        ax.scatter(part["train_flops"], part["autoattack_acc"], s=14, alpha=0.7, rasterized=True,
-                   marker=MARKERS.get(str(loss), "D"), color="tab:orange" if synth is True else "tab:blue",
-                   label=f"{loss}, {'synthetic' if synth is True else 'no synthetic'}")
+def fig_1a_layers(kept: Any, collapsed: Any, standard: Any = None, no_autoattack: Any = None,
+                  ) -> tuple[list[dict[str, Any]], int]:
+    """The point sets of figure 1a: every run that has training FLOPs, and how many have none.
+
+    Kept adversarial runs by loss x synthetic data; collapsed runs as grey crosses;
+    standard-training runs as black squares; runs without AutoAttack at their PGD-40 accuracy,
+    hollow. Each layer: ``label``, ``x`` (FLOPs), ``y`` (percent), ``style`` (scatter keywords).
+    """
+    layers: list[dict[str, Any]] = []
+    for (loss, synth), part in kept.groupby(["loss", "synthetic_data"], dropna=False):
+        layers.append({"label": f"{loss}, {'synthetic' if synth is True else 'no synthetic'}",
+                       "x": part["train_flops"], "y": part["autoattack_acc"],
+                       "style": {"marker": MARKERS.get(str(loss), "D"), "alpha": 0.7,
+                                 "color": "tab:orange" if synth is True else "tab:blue"}})
     if len(collapsed):
-        ax.scatter(collapsed["train_flops"], collapsed["autoattack_acc"], s=14, marker="x", color="grey",
-                   rasterized=True, label="collapsed")
+        layers.append({"label": "collapsed", "x": collapsed["train_flops"], "y": collapsed["autoattack_acc"],
+                       "style": {"marker": "x", "color": "grey"}})
+    missing = 0
+    for group, label, color in ((standard, "standard training", "black"),
+                                (no_autoattack, "adversarial", "tab:purple")):
+        if group is None or not len(group):
+            continue
+        flops = group["train_flops"].to_numpy(float, na_value=np.nan)
+        aa = group["autoattack_acc"].to_numpy(float, na_value=np.nan)
+        pgd = group["pgd40_acc"].to_numpy(float, na_value=np.nan)
+        placed = np.isfinite(flops) & (flops > 0)
+        with_aa = placed & np.isfinite(aa)
+        with_pgd = placed & ~np.isfinite(aa) & np.isfinite(pgd)
+        missing += int((~(with_aa | with_pgd)).sum())
+        if with_aa.any():
+            layers.append({"label": f"{label}, AutoAttack", "x": flops[with_aa], "y": aa[with_aa],
+                           "style": {"marker": "s", "color": color, "alpha": 0.8}})
+        if with_pgd.any():
+            layers.append({"label": f"{label}, PGD-40 (no AutoAttack)", "x": flops[with_pgd], "y": pgd[with_pgd],
+                           "style": {"marker": "s" if color == "black" else "o", "facecolors": "none",
+                                     "edgecolors": color, "alpha": 0.8}})
+    return layers, missing
+
+
+def fig_1a(kept: Any, collapsed: Any, out_dir: Path, standard: Any = None, no_autoattack: Any = None) -> Path:
+    """AutoAttack accuracy vs training FLOPs for every run: adversarial runs marked by loss and
+    synthetic data, collapsed runs, standard-training runs, and runs without AutoAttack (PGD-40)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    layers, missing = fig_1a_layers(kept, collapsed, standard, no_autoattack)
+    for layer in layers:
+        ax.scatter(layer["x"], layer["y"], s=14, rasterized=True, label=layer["label"], **layer["style"])
+    title = "1a  AutoAttack accuracy vs training compute"
     ax.set(xscale="log", xlabel="training FLOPs", ylabel="AutoAttack accuracy (%)",
-           title="1a  AutoAttack accuracy vs training compute")
+           title=title + (f"\n({missing} run{'s' if missing != 1 else ''} without FLOPs or accuracy not shown)"
+                          if missing else ""))
     ax.legend(fontsize=7)
     return save(fig, out_dir, "fig1a_accuracy_vs_flops")
 

@@ -1,5 +1,7 @@
 """Forecast a recipe not yet trained: its AutoAttack accuracy (predictor) and its bill (laws).
 
+The recipe is validated by :class:`~robustscale.recipe.Recipe` first, so a missing key means
+what it means for ``robustscale train`` (the Recipe's default), never a default of our own.
 The FLOPs come from ``robustscale.cost.forecast_recipe`` when that function exists; kWh, USD and
 CO2 then come from the zoo's fitted energy, electricity and CO2 laws at those FLOPs.
 """
@@ -18,56 +20,53 @@ from robustscale.errors import RobustscaleError
 
 log = logging.getLogger(__name__)
 
-# (num_classes, in_chans) per dataset, for counting a model's parameters
-DATASET_SHAPES = {"cifar10": (10, 3), "cifar100": (100, 3), "digits": (10, 1)}
+
+def as_recipe(recipe: Any) -> Any:
+    """A :class:`~robustscale.recipe.Recipe` from a Recipe or a plain dict (keys as in recipe.yaml);
+    a mistake is one line (:class:`RobustscaleError`)."""
+    from robustscale.recipe import Recipe
+
+    return recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
 
 
-def recipe_params(recipe: dict[str, Any], zoo: Any) -> tuple[float, str]:
-    """Parameters of the recipe's model and where the number came from."""
-    name = str(recipe.get("model", ""))
+def recipe_params(recipe: Any, zoo: Any) -> tuple[float, str]:
+    """Parameters of the recipe's model for its dataset, and where the number came from."""
+    from robustscale.data import dataset_info
+    from robustscale.models import count_params
+
+    recipe = as_recipe(recipe)
+    info = dataset_info(recipe.dataset)
     try:
-        from robustscale.models import count_params
-    except ImportError:
-        count_params = None
-    if count_params is not None:
-        classes, chans = DATASET_SHAPES.get(str(recipe.get("dataset", "cifar10")), (10, 3))
-        try:
-            return float(count_params(name, classes, chans)), "robustscale.models.count_params"
-        except (RobustscaleError, KeyError, RuntimeError, ValueError) as exc:
-            log.debug("count_params(%r) failed: %s", name, exc)
-    rows = zoo[(zoo["model"].astype("string") == name) & zoo["params"].notna()]
+        return float(count_params(recipe.model, info.num_classes, info.shape[0], recipe.activation)), \
+            "robustscale.models.count_params"
+    except (RobustscaleError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+        log.debug("count_params(%r) failed: %s", recipe.model, exc)
+    rows = zoo[(zoo["model"].astype("string") == recipe.model) & zoo["params"].notna()]
     if len(rows):
         return float(rows["params"].median()), "zoo rows with the same model"
-    raise RobustscaleError(f"model={name!r}: cannot count its parameters and no zoo row has it; "
+    raise RobustscaleError(f"model={recipe.model!r}: cannot count its parameters and no zoo row has it; "
                            f"models in the zoo: {', '.join(sorted(zoo['model'].dropna().astype(str).unique()))}")
 
 
-def recipe_features(recipe: dict[str, Any], zoo: Any) -> tuple[dict[str, Any], str]:
-    """The predictor's feature row for a recipe dict (keys as in recipe.yaml)."""
+def recipe_features(recipe: Any, zoo: Any) -> tuple[dict[str, Any], str]:
+    """The predictor's feature row for a recipe (a Recipe, or a dict validated as one)."""
+    recipe = as_recipe(recipe)
     params, source = recipe_params(recipe, zoo)
-    loss = str(recipe.get("loss", "pgd"))
-    row = {"params": params, "synthetic_data": float(recipe.get("synthetic_data") is not None),
-           "activation": str(recipe.get("activation", "relu")), "loss": loss,
-           "attack_steps": float(recipe.get("attack_steps", 10)),
-           "ema": float(recipe.get("ema_decay") is not None)}
+    row = {"params": params, "synthetic_data": float(recipe.synthetic_data is not None),
+           "activation": recipe.activation, "loss": recipe.loss,
+           "attack_steps": float(recipe.attack_steps if recipe.adversarial else 0),
+           "ema": float(recipe.ema_decay is not None)}
     return row, source
 
 
-def forecast_flops(recipe: dict[str, Any]) -> tuple[float | None, str]:
+def forecast_flops(recipe: Any) -> tuple[float | None, str]:
     """Total training FLOPs from ``robustscale.cost.forecast_recipe``, or None and why not."""
     try:
-        from robustscale.cost import forecast_recipe  # built by the cost module's owner
+        from robustscale.cost import forecast_recipe
     except ImportError:
         return None, "FLOPs forecast unavailable (robustscale.cost.forecast_recipe is not present)"
-    arg: Any = recipe
     try:
-        from robustscale.recipe import Recipe
-    except ImportError:
-        Recipe = None  # noqa: N806
-    try:
-        if Recipe is not None:
-            arg = Recipe.from_dict(dict(recipe))
-        result = forecast_recipe(arg)
+        result = forecast_recipe(as_recipe(recipe))
     except RobustscaleError as exc:
         return None, f"FLOPs forecast unavailable: {exc}"
     flops = result.get("train_flops_total") if isinstance(result, dict) else None
@@ -88,18 +87,27 @@ def _law_at(law: PowerLaw | str | None, flops: float) -> dict[str, Any]:
     return {"value": float(law.C * flops**law.alpha), "ci": ci}
 
 
-def forecast_recipe_outcome(recipe: dict[str, Any], zoo: Any, predictor: Predictor,
+def forecast_recipe_outcome(recipe: Any, zoo: Any, predictor: Predictor,
                             laws: dict[str, PowerLaw | str]) -> dict[str, Any]:
-    """Predicted AutoAttack accuracy (with interval) and forecast FLOPs, kWh, USD, kg CO2."""
+    """Predicted AutoAttack accuracy (with interval) and forecast FLOPs, kWh, USD, kg CO2 of a
+    recipe (a Recipe, or a dict validated as one: keys it lacks take the Recipe's defaults)."""
     import pandas as pd
 
+    recipe = as_recipe(recipe)
     row, params_source = recipe_features(recipe, zoo)
     pred = predictor.predict(pd.DataFrame([row], columns=FEATURES))
     out: dict[str, Any] = {
+        "recipe": {"dataset": recipe.dataset, "model": recipe.model, "epochs": recipe.epochs},
         "features": row, "params_source": params_source,
         "autoattack_acc": float(pred["mean"][0]),
         "autoattack_acc_ci": [float(pred["low"][0]), float(pred["high"][0])],
+        "warnings": [],
     }
+    datasets = sorted(zoo["dataset"].dropna().astype(str).unique())
+    if datasets and recipe.dataset not in datasets:
+        out["warnings"].append(f"the recipe trains on {recipe.dataset} but the zoo's runs are on "
+                               f"{', '.join(datasets)}: the prediction transfers across datasets "
+                               "(a recipe without 'dataset' trains on digits, the Recipe's default)")
     flops, source = forecast_flops(recipe)
     out["flops"], out["flops_source"] = flops, source
     if flops is not None:

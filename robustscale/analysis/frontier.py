@@ -9,12 +9,18 @@ a = beta / (alpha + beta) and b = alpha / (alpha + beta).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from robustscale.analysis.joint import JointLaw, fit_joint, flops_per_param_example, joint_runs, robust_error
+from robustscale.analysis.joint import (
+    JointLaw,
+    choose_k,
+    fit_joint,
+    joint_runs,
+    robust_error,
+)
 from robustscale.analysis.scaling import N_BINS, PowerLaw, envelope_index, fit_power_law
 from robustscale.errors import RobustscaleError
 
@@ -42,9 +48,12 @@ class JointFit:
 
     law: JointLaw
     frontier: Frontier
-    k: float
+    k: float  # FLOPs per parameter per example: the cost module's, else the zoo's median
     k_source: str
     runs: Any  # the runs the law was fitted on
+    k_zoo: float | None = None  # the zoo's median train_flops / (params * examples_seen), a cross-check
+    k_zoo_source: str = ""
+    reference: dict[str, Any] = field(default_factory=dict)  # the configuration k was measured for
 
 
 def config_frontier(runs: Any, n_bins: int = N_BINS, seed: int = 0) -> Frontier:
@@ -75,8 +84,9 @@ def fit_joint_zoo(df: Any, threshold: float = 10.0, loss: str | None = None, att
                                f"losses in the zoo: {', '.join(sorted(df['loss'].dropna().astype(str).unique()))}")
     law = fit_joint(runs["params"].to_numpy(float), runs["examples_seen"].to_numpy(float), robust_error(runs),
                     seed=seed, n_boot=n_boot)
-    k, k_source = flops_per_param_example(df, loss, attack_steps)
-    return JointFit(law=law, frontier=config_frontier(runs, seed=seed), k=k, k_source=k_source, runs=runs)
+    k = choose_k(df, runs, loss, attack_steps)
+    return JointFit(law=law, frontier=config_frontier(runs, seed=seed), k=k["k"], k_source=k["k_source"], runs=runs,
+                    k_zoo=k["k_zoo"], k_zoo_source=k["k_zoo_source"], reference=k["reference"])
 
 
 def _law(law: PowerLaw | str) -> dict[str, Any]:
@@ -96,6 +106,7 @@ def joint_summary(a: Any, seed: int = 0) -> dict[str, Any]:
     return {
         "law": law, "irreducible_robust_error": law["E"], "asymptote_acc": law["asymptote_acc"],
         "k_flops_per_param_example": jf.k, "k_source": jf.k_source,
+        "k_zoo_median": jf.k_zoo, "k_zoo_source": jf.k_zoo_source,
         "runs": "all adversarial, non-collapsed runs (AutoAttack, else PGD-40)",
         "frontier": {"N_vs_C": _law(jf.frontier.n_law), "D_vs_C": _law(jf.frontier.d_law),
                      "configurations": rows.astype(object).where(rows.notna(), None).to_dict(orient="records")},

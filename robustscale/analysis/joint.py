@@ -10,6 +10,7 @@ accuracy that no amount of parameters or data reaches under this law.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ def _fit_joint(N: Any, D: Any, L: Any, seed: int, n_boot: int, n_starts: int, he
     p = _minimise(starts, lN, lD, lL)
     law = JointLaw(*_theta(p), n_runs=n)
     rng = np.random.default_rng(seed)
-    test = rng.permutation(n)[: max(1, int(round(heldout * n)))]
+    test = rng.permutation(n)[: max(1, round(heldout * n))]
     train = np.setdiff1d(np.arange(n), test)
     p_train = _minimise(np.vstack([p, starts[:2]]), lN[train], lD[train], lL[train])
     pred = law_error(_theta(p_train), N[ok][test], D[ok][test])
@@ -212,7 +213,9 @@ def joint_runs(df: Any, threshold: float = 10.0, loss: str | None = None, attack
 
 
 def flops_per_param_example(df: Any, loss: str | None = None, attack_steps: int | None = None) -> tuple[float, str]:
-    """k = median train_flops / (params * examples_seen): for the given loss and steps, else all runs."""
+    """The zoo's own k = median train_flops / (params * examples_seen): for the given loss and
+    steps, else all runs. A cross-check of :func:`cost_flops_per_param_example`, and the fallback
+    where the cost module cannot count the zoo's model (another lab's architecture)."""
     ratio = (df["train_flops"].to_numpy(float, na_value=np.nan)
              / (df["params"].to_numpy(float, na_value=np.nan) * df["examples_seen"].to_numpy(float, na_value=np.nan)))
     valid = np.isfinite(ratio) & (ratio > 0)
@@ -222,9 +225,82 @@ def flops_per_param_example(df: Any, loss: str | None = None, attack_steps: int 
     if attack_steps is not None:
         sel &= (df["attack_steps"] == attack_steps).fillna(False).to_numpy(bool)
     if sel.any():
-        return float(np.median(ratio[sel])), f"median of {int(sel.sum())} runs" + (
+        return float(np.median(ratio[sel])), f"zoo median of {int(sel.sum())} runs" + (
             f" with loss={loss}" if loss else "") + (f", attack_steps={attack_steps}" if attack_steps else "")
     if not valid.any():
         raise RobustscaleError("no zoo run has train_flops, params and examples_seen; cannot derive FLOPs per "
                                "parameter per example")
-    return float(np.median(ratio[valid])), f"median of all {int(valid.sum())} runs (none matched the configuration)"
+    return float(np.median(ratio[valid])), f"zoo median of all {int(valid.sum())} runs (none matched the configuration)"
+
+
+@functools.lru_cache(maxsize=512)
+def cost_flops_per_example(dataset: str, model: str, loss: str, attack_steps: int,
+                           activation: str = "relu") -> tuple[float, int]:
+    """(training FLOPs per example, trainable parameters) of ``model`` trained with ``loss`` and
+    ``attack_steps`` on ``dataset``, measured by the cost module (``robustscale.cost``) on a meta
+    model, as the engine counts them. Raises :class:`RobustscaleError` when it cannot be counted
+    (a model timm does not know, one that does not run at the dataset's image size, ...)."""
+    try:
+        from robustscale.cost.forecast import recipe_params, recipe_step_flops
+        from robustscale.recipe import Recipe
+    except ImportError as exc:
+        raise RobustscaleError(f"the cost module is not available ({exc})") from None
+    what = f"{model} on {dataset} ({loss}, {attack_steps} attack steps)"
+    try:
+        recipe = Recipe(dataset=dataset, model=model, activation=activation, loss=loss,
+                        attack_steps=int(attack_steps) if loss != "standard" else 0)
+        per_example, params = float(recipe_step_flops(recipe).train), int(recipe_params(recipe))
+    except RobustscaleError as exc:
+        raise RobustscaleError(f"cannot count the FLOPs of {what}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a timm model that does not run at this image size, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RobustscaleError(f"cannot count the FLOPs of {what}: {type(exc).__name__}: {first}") from None
+    if not (per_example > 0 and params > 0):
+        raise RobustscaleError(f"cannot count the FLOPs of {what}: {per_example:g} FLOPs, {params} parameters")
+    return per_example, params
+
+
+def cost_flops_per_param_example(dataset: str, model: str, loss: str, attack_steps: int,
+                                 activation: str = "relu") -> float:
+    """k from the cost module: measured training FLOPs per example / trainable parameters."""
+    per_example, params = cost_flops_per_example(dataset, model, loss, attack_steps, activation)
+    return per_example / params
+
+
+def _mode(series: Any) -> Any:
+    values = series.dropna()
+    return values.mode().iloc[0] if len(values) else None
+
+
+def choose_k(df: Any, runs: Any, loss: str | None = None, attack_steps: int | None = None) -> dict[str, Any]:
+    """k (FLOPs per parameter per example) for C = k N D, from the cost module's measured FLOPs for
+    the chosen loss and attack steps (the fitted runs' most common ones where not given) on the
+    runs' most common dataset, model and activation; the zoo's own median beside it as a
+    cross-check, and in its place where the cost module cannot count that model.
+
+    Returns ``k``, ``k_source``, ``k_zoo``, ``k_zoo_source`` (None when the zoo has no FLOPs)
+    and ``reference`` (the configuration k was measured for).
+    """
+    try:
+        k_zoo, zoo_source = flops_per_param_example(df, loss, attack_steps)
+    except RobustscaleError as exc:
+        k_zoo, zoo_source = None, str(exc)
+    ref = {"dataset": _mode(runs["dataset"]), "model": _mode(runs["model"]),
+           "loss": loss if loss is not None else _mode(runs["loss"]),
+           "attack_steps": attack_steps if attack_steps is not None else _mode(runs["attack_steps"]),
+           "activation": _mode(runs["activation"]) or "relu"}
+    out = {"k_zoo": k_zoo, "k_zoo_source": zoo_source, "reference": ref}
+    try:
+        if any(ref[key] is None for key in ("dataset", "model", "loss", "attack_steps")):
+            raise RobustscaleError("the runs do not name their dataset, model, loss and attack steps")
+        k = cost_flops_per_param_example(str(ref["dataset"]), str(ref["model"]), str(ref["loss"]),
+                                         int(ref["attack_steps"]), str(ref["activation"]))
+    except RobustscaleError as exc:
+        if k_zoo is None:
+            raise RobustscaleError(f"{exc}; and {zoo_source}") from None
+        log.info("k from the zoo: %s", exc)
+        return {**out, "k": k_zoo, "k_source": f"{zoo_source}; the cost module could not count it: {exc}"}
+    source = (f"robustscale.cost: measured training FLOPs per example of {ref['model']} on {ref['dataset']}, "
+              f"{ref['loss']}" + (f"-{int(ref['attack_steps'])}" if ref["loss"] != "standard" else "")
+              + " / parameters")
+    return {**out, "k": k, "k_source": source}

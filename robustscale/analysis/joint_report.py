@@ -28,7 +28,9 @@ def joint_section(joint: dict[str, Any]) -> str:
             f"R² on held-out runs: {_fmt(law['r2_heldout'])}. Irreducible robust error E = {_fmt(law['E'])}%: "
             f"robust accuracy asymptote 100 - E = {_fmt(law['asymptote_acc'])}%.</p>"
             f"<p>Compute C = k·N·D with k = {_fmt(joint['k_flops_per_param_example'])} FLOPs per parameter per "
-            f"example ({html.escape(joint['k_source'])}). The law's optimum grows as N* ∝ C^{_fmt(expo['a'])}, "
+            f"example ({html.escape(joint['k_source'])}"
+            + (f"; the zoo's own median: {_fmt(joint['k_zoo_median'])}" if joint.get("k_zoo_median") else "")
+            + f"). The law's optimum grows as N* ∝ C^{_fmt(expo['a'])}, "
             f"D* ∝ C^{_fmt(expo['b'])}; the best run per FLOP bin gives N* ∝ C^{_fmt(emp_a)}, "
             f"D* ∝ C^{_fmt(emp_b)}.</p>")
     return head + table + text

@@ -1,23 +1,29 @@
 """Compute-optimal planning: the model size and data that a budget should buy, or the cheapest
 plan predicted to reach a target robust accuracy, with the bill and a recipe ready to train.
 
-Compute is C = k * N * D with k the zoo's own median FLOPs per parameter per example for the
-chosen loss and attack steps (an adversarial step costs a forward and a backward per attack
-step, so k is far above the 6 of standard training). Under the joint law
+Compute is C = k * N * D with k the training FLOPs per parameter per example that the cost
+module (``robustscale.cost``) measures for the chosen loss and attack steps (an adversarial step
+costs a forward and a backward per attack step, so k is far above the 6 of standard training);
+the zoo's own median k is reported beside it. Under the joint law
 L(N, D) = E + A/N^alpha + B/D^beta the optimum on N * D = C / k is analytic (see joint.optimum);
-the plan then takes the nearest model that exists and the examples the budget leaves for it.
+the plan takes the candidate model nearest to N* (k re-measured for that model), the whole
+epochs its budget buys (an epoch is what the engine's ``BatchPlan`` makes of the written
+recipe: real examples over the real data, plus the synthetic share of each batch), and bills
+the recipe it writes with ``robustscale.cost.forecast_recipe``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from robustscale.analysis.frontier import JointFit, fit_joint_zoo
-from robustscale.analysis.joint import law_error
+from robustscale.analysis.joint import cost_flops_per_example, law_error
 from robustscale.analysis.scaling import PowerLaw
 from robustscale.errors import RobustscaleError
 
@@ -28,14 +34,76 @@ MODEL_TABLE: dict[str, int] = {
     "wrn10_1": 77_850, "wrn16_1": 175_066, "wrn16_4": 2_748_890, "wrn28_10": 36_479_194,
     "wrn34_10": 46_160_474, "wrn34_20": 184_531_674, "wrn70_16": 266_796_506,
 }
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000}
+MAX_PATTERN_MODELS = 50  # models one --models pattern may expand to (each is built on the meta device)
 UNITS = {"flops": None, "usd": ("electricity", "electricity_cost_usd"), "kwh": ("energy", "energy_kwh"),
          "kgco2": ("co2", "co2_kg")}
+BUDGET_TOLERANCE = 0.10  # warn when whole epochs make the recipe miss the budget by more than this
 
 
 def nearest_model(n_params: float, table: dict[str, int] = MODEL_TABLE) -> str:
     """The model in ``table`` whose parameter count is nearest to ``n_params`` on a log scale."""
     return min(table, key=lambda m: abs(math.log(table[m]) - math.log(n_params)))
+
+
+def candidate_models(models: str | Sequence[str] | None = None, dataset: str = "cifar10") -> dict[str, int]:
+    """Candidate models and their trainable parameters for ``dataset``.
+
+    ``None`` is :data:`MODEL_TABLE` (the paper's WideResNets). Otherwise timm model names (the
+    WideResNets are registered there too), as a list or one comma-separated string; a name with
+    ``*``, ``?`` or ``[`` is a pattern over ``timm.list_models`` (at most
+    :data:`MAX_PATTERN_MODELS` matches each; models that cannot be built for the dataset are
+    skipped). Parameters are counted on the meta device (no memory, no weights).
+    """
+    from robustscale.data import dataset_info
+
+    info = dataset_info(dataset)
+    if models is None:
+        if (info.num_classes, info.shape[0]) == (10, 3):
+            return dict(MODEL_TABLE)
+        names, patterns = list(MODEL_TABLE), []
+    else:
+        items = [m.strip() for m in (models.split(",") if isinstance(models, str) else models)]
+        items = [m for m in items if m]
+        if not items:
+            raise RobustscaleError("--models names no model; give timm model names, e.g. wrn28_10,resnet18")
+        names = [m for m in items if not any(c in m for c in "*?[")]
+        patterns = [m for m in items if any(c in m for c in "*?[")]
+    out: dict[str, int] = {}
+    for name in names:
+        out[name] = _count(name, info)
+    if patterns:
+        import timm
+
+        import robustscale.models  # noqa: F401  (registers the WideResNets with timm)
+
+        registry = timm.list_models()
+        for pattern in patterns:
+            found = [m for m in fnmatch.filter(registry, pattern) if m not in out]
+            if len(found) > MAX_PATTERN_MODELS:
+                raise RobustscaleError(f"--models pattern {pattern!r} matches {len(found)} timm models; allowed: "
+                                       f"at most {MAX_PATTERN_MODELS} (narrow the pattern or list the names)")
+            for name in found:
+                try:
+                    out[name] = _count(name, info)
+                except RobustscaleError as exc:
+                    log.info("skipping %s: %s", name, exc)
+            if not found:
+                raise RobustscaleError(f"--models pattern {pattern!r} matches no timm model")
+    if not out:
+        raise RobustscaleError(f"no model given by --models {models!r} can be built for {dataset}")
+    return out
+
+
+def _count(name: str, info: Any) -> int:
+    from robustscale.models import count_params
+
+    try:
+        return int(count_params(name, info.num_classes, info.shape[0]))
+    except RobustscaleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - timm models fail in their own ways
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RobustscaleError(f"model {name!r} cannot be built for {info.name}: {first}") from None
 
 
 def _cost_laws(df: Any, seed: int) -> dict[str, PowerLaw | str]:
@@ -91,25 +159,109 @@ def _acc_with_interval(jf: JointFit, n: float, d: float) -> tuple[float, list[fl
     return acc, [float(v) for v in np.percentile(draws, [2.5, 97.5])]
 
 
-def _train_size(jf: JointFit, dataset: str) -> float:
-    if dataset in TRAIN_SIZES:
-        return float(TRAIN_SIZES[dataset])
-    runs = jf.runs
-    return float(np.median(runs["examples_seen"].to_numpy(float) / runs["epochs"].to_numpy(float)))
+class _Spec:
+    """What the recipe trains besides the model: data, loss, steps, activation, EMA, synthetic data."""
+
+    def __init__(self, jf: JointFit, config: dict[str, Any], loss: str | None, attack_steps: int | None,
+                 synthetic_path: str | None):
+        runs = jf.runs
+        self.config = config
+        self.dataset = str(runs["dataset"].mode().iloc[0])
+        self.loss = str(loss or config.get("loss") or "pgd")
+        self.attack_steps = int(attack_steps if attack_steps is not None else config.get("attack_steps") or 10)
+        self.activation = str(config.get("activation") or "relu")
+        self.ema = config.get("ema") is True
+        self.eps = float(runs["eps"].median()) if runs["eps"].notna().any() else 8 / 255
+        self.synthetic_recommended = config.get("synthetic_data") is True
+        self.synthetic_fraction = float(config.get("synthetic_fraction") or 0.0)
+        self.synthetic_size = config.get("synthetic_size")
+        self.synthetic_path = synthetic_path if self.synthetic_recommended else None
+        self.skipped: list[str] = []  # candidate models the cost module could not count
+
+    def cost(self, model: str) -> tuple[float, int] | None:
+        """(training FLOPs per example, parameters) of ``model`` under this spec, or None (noted)."""
+        try:
+            return cost_flops_per_example(self.dataset, model, self.loss, self.attack_steps, self.activation)
+        except RobustscaleError as exc:
+            self.skipped.append(str(exc))
+            return None
+
+    def recipe(self, model: str, epochs: int) -> dict[str, Any]:
+        """The recipe dict for ``robustscale train``, validated by Recipe."""
+        from robustscale.recipe import Recipe
+
+        steps, eps = self.attack_steps, self.eps
+        recipe = {
+            "dataset": self.dataset, "model": model, "activation": self.activation, "loss": self.loss,
+            "attack_steps": steps, "epochs": int(epochs), "eps": eps,
+            "step_size": eps * 1.25 if steps == 1 else eps / 4,  # 2/255 at 8/255; FGSM-RS-like for 1 step
+            "ema_decay": 0.995 if self.ema else None,
+            "synthetic_data": self.synthetic_path,
+            "synthetic_fraction": self.synthetic_fraction if self.synthetic_path else 0.0,
+            "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine", "seed": 0,
+        }
+        return Recipe.from_dict(recipe).to_dict()
 
 
-def _cheapest_for_target(jf: JointFit, target: float) -> tuple[str, float] | None:
-    """The table model and examples reaching ``target`` accuracy at least compute, or None."""
+def batch_plan(recipe: dict[str, Any]) -> Any:
+    """The engine's :class:`~robustscale.data.batches.BatchPlan` of a recipe: an epoch is
+    ``steps_per_epoch`` batches over the real data (the train split less the validation hold-out),
+    each with its synthetic share, so ``examples_per_epoch`` is real / (1 - fraction), not 50,000."""
+    from robustscale.cost.forecast import train_examples
+    from robustscale.data.batches import BatchPlan
+    from robustscale.recipe import Recipe
+
+    r = Recipe.from_dict(recipe)
+    return BatchPlan(train_examples(r), 1 if r.synthetic_data else 0, r.batch_size, r.synthetic_fraction, r.seed)
+
+
+def _choose_for_budget(jf: JointFit, flops: float, candidates: dict[str, int], spec: _Spec,
+                       ) -> tuple[str, float, int, float]:
+    """The candidate nearest N*(flops) with k measured for the candidate itself: (model, k,
+    params, FLOPs per example). k depends on the architecture, so N* is recomputed with the chosen
+    model's k until the choice repeats."""
+    remaining = dict(candidates)
+    k, seen = jf.k, {}
+    model = None
+    for _ in range(2 * len(candidates) + 2):
+        if not remaining:
+            break
+        n_opt, _ = jf.law.optimum(flops, k)
+        model = nearest_model(float(n_opt), remaining)
+        if model in seen:
+            break
+        cost = spec.cost(model)
+        if cost is None:
+            del remaining[model]
+            continue
+        seen[model] = cost
+        k = cost[0] / cost[1]
+    if model is None or model not in seen:
+        raise RobustscaleError("the cost module could not count any candidate model: " + "; ".join(spec.skipped))
+    per_example, params = seen[model]
+    return model, per_example / params, params, per_example
+
+
+def _cheapest_for_target(jf: JointFit, target: float, candidates: dict[str, int], spec: _Spec,
+                         ) -> tuple[str, float, int, float, float] | None:
+    """The candidate reaching ``target`` accuracy for the least training FLOPs (each model's own
+    FLOPs per example): (model, examples needed, params, FLOPs per example, FLOPs), or None."""
     E, A, alpha, B, beta = jf.law.theta
-    best: tuple[float, str, float] | None = None
-    for model, n in MODEL_TABLE.items():
-        room = (100.0 - target) - E - A / n**alpha
+    best: tuple[str, float, int, float, float] | None = None
+    for model, n in candidates.items():
+        if (100.0 - target) - E - A / n**alpha <= 0:  # not even infinite data gets this model there
+            continue
+        cost = spec.cost(model)
+        if cost is None:
+            continue
+        per_example, params = cost
+        room = (100.0 - target) - E - A / params**alpha
         if room <= 0:
             continue
         d = (B / room) ** (1.0 / beta)
-        if best is None or n * d < best[0]:
-            best = (n * d, model, d)
-    return None if best is None else (best[1], best[2])
+        if best is None or per_example * d < best[4]:
+            best = (model, d, params, per_example, per_example * d)
+    return best
 
 
 def _ideal_flops_for_target(jf: JointFit, target: float) -> float:
@@ -124,14 +276,20 @@ def _ideal_flops_for_target(jf: JointFit, target: float) -> float:
 
 def plan(df: Any, budget: float | None = None, unit: str = "flops", target_acc: float | None = None,
          loss: str | None = None, attack_steps: int | None = None, seed: int = 0, n_boot: int = 100,
-         collapse_threshold: float = 10.0, synthetic_data: str | None = None) -> dict[str, Any]:
+         collapse_threshold: float = 10.0, synthetic_data: str | None = None,
+         models: str | Sequence[str] | None = None) -> dict[str, Any]:
     """A compute-optimal plan for a budget (``budget`` in ``unit``) or for ``target_acc``.
 
-    Returns a dict: the law's optimum (N*, D*), the chosen model and examples, epochs, synthetic
-    data, predicted AutoAttack accuracy with a bootstrap 95% interval, the bill, warnings, and
-    ``recipe`` (a dict ready for ``robustscale train``). Raises :class:`RobustscaleError` for a
-    budget below the smallest run of the zoo or a target beyond the law's asymptote.
+    ``models`` are the candidate architectures (see :func:`candidate_models`; default the
+    WideResNets of :data:`MODEL_TABLE`). Returns a dict: the law's optimum (N*, D*), the chosen
+    model, its k, the examples and whole epochs the written recipe trains, synthetic data, the
+    predicted AutoAttack accuracy with a bootstrap 95% interval, the bill of the written recipe
+    (FLOPs from ``robustscale.cost.forecast_recipe``, kWh / USD / kg CO2 from the zoo's cost
+    laws), warnings, and ``recipe`` (a dict ready for ``robustscale train``). Raises
+    :class:`RobustscaleError` for a budget below the smallest run of the zoo or a target beyond
+    the law's asymptote.
     """
+    from robustscale.data import DATASETS
     from robustscale.zoo import coerce_types, validate_zoo
 
     if (budget is None) == (target_acc is None):
@@ -139,10 +297,16 @@ def plan(df: Any, budget: float | None = None, unit: str = "flops", target_acc: 
     df = coerce_types(df)
     validate_zoo(df)
     jf = fit_joint_zoo(df, collapse_threshold, loss, attack_steps, seed=seed, n_boot=n_boot)
+    dataset = str(jf.runs["dataset"].mode().iloc[0])
+    if dataset not in DATASETS:
+        raise RobustscaleError(f"the zoo's runs are on {dataset!r}; plan writes recipes for "
+                               f"{', '.join(DATASETS)} only")
+    candidates = candidate_models(models, dataset)
     laws = _cost_laws(df, seed)
     asymptote = 100.0 - jf.law.E
-    out: dict[str, Any] = {"k_flops_per_param_example": jf.k, "k_source": jf.k_source,
-                           "law": jf.law.to_dict(), "asymptote_acc": asymptote, "warnings": []}
+    out: dict[str, Any] = {"k_reference": jf.k, "k_reference_source": jf.k_source, "k_zoo": jf.k_zoo,
+                           "k_zoo_source": jf.k_zoo_source, "law": jf.law.to_dict(), "asymptote_acc": asymptote,
+                           "candidates": len(candidates), "warnings": []}
     min_flops, max_flops = float(jf.runs["train_flops"].min()), float(jf.runs["train_flops"].max())
     if budget is not None:
         if budget <= 0:
@@ -151,9 +315,10 @@ def plan(df: Any, budget: float | None = None, unit: str = "flops", target_acc: 
         if flops < min_flops:
             raise RobustscaleError(f"budget {budget:g} {unit} (= {flops:.3g} FLOPs) is below the smallest run in "
                                    f"the zoo ({min_flops:.3g} FLOPs); the laws say nothing there")
-        n_opt, d_opt = (float(v) for v in jf.law.optimum(flops, jf.k))
-        model = nearest_model(n_opt)
-        examples = flops / (jf.k * MODEL_TABLE[model])
+        spec = _Spec(jf, jf.frontier.nearest(flops), loss, attack_steps, synthetic_data)
+        model, k, params, per_example = _choose_for_budget(jf, flops, candidates, spec)
+        n_opt, d_opt = (float(v) for v in jf.law.optimum(flops, k))
+        examples_wanted = flops / per_example
         out.update(mode="budget", budget=budget, unit=unit, budget_flops=flops)
     else:
         if not 0 < target_acc < 100:
@@ -163,74 +328,69 @@ def plan(df: Any, budget: float | None = None, unit: str = "flops", target_acc: 
                                    f"(100 - E = {asymptote:.1f}% robust accuracy); no budget reaches it")
         flops = _ideal_flops_for_target(jf, target_acc)
         n_opt, d_opt = (float(v) for v in jf.law.optimum(flops, jf.k))
-        cheapest = _cheapest_for_target(jf, target_acc)
+        spec = _Spec(jf, jf.frontier.nearest(flops), loss, attack_steps, synthetic_data)
+        cheapest = _cheapest_for_target(jf, target_acc, candidates, spec)
         if cheapest is None:
-            raise RobustscaleError(f"target {target_acc:g}% is beyond what any model in the table reaches under "
-                                   f"the fitted law (largest: {max(MODEL_TABLE, key=MODEL_TABLE.get)})")
-        model, examples = cheapest
-        out.update(mode="target", target_acc=target_acc, ideal_flops=flops)
-    _finish(out, jf, laws, df, n_opt, d_opt, model, examples, (min_flops, max_flops), synthetic_data,
-            loss, attack_steps)
+            largest = max(candidates, key=candidates.get)
+            raise RobustscaleError(f"target {target_acc:g}% is beyond what any candidate model reaches under the "
+                                   f"fitted law (largest: {largest}, {candidates[largest]:.3g} parameters)")
+        model, examples_wanted, params, per_example, needed = cheapest
+        k = per_example / params
+        out.update(mode="target", target_acc=target_acc, ideal_flops=flops, examples_needed=examples_wanted,
+                   flops_needed=needed)
+    for note in spec.skipped:
+        out["warnings"].append(f"left out: {note}")
+    _finish(out, jf, laws, df, spec, (n_opt, d_opt), model, k, params, examples_wanted, (min_flops, max_flops))
     return out
 
 
-def _finish(out: dict[str, Any], jf: JointFit, laws: dict[str, Any], df: Any, n_opt: float, d_opt: float,
-            model: str, examples: float, flops_range: tuple[float, float], synthetic_path: str | None,
-            loss: str | None, attack_steps: int | None) -> None:
-    """Fill in the chosen plan: prediction, bill, synthetic data, recipe and warnings."""
-    n = MODEL_TABLE[model]
-    run_flops = jf.k * n * examples
-    acc, ci = _acc_with_interval(jf, n, examples)
-    opt_acc, _ = _acc_with_interval(jf, n_opt, d_opt)
-    config = jf.frontier.nearest(run_flops)
-    dataset = str(jf.runs["dataset"].mode().iloc[0])
-    epochs = max(1, int(round(examples / _train_size(jf, dataset))))
-    synthetic = {"recommended": bool(config.get("synthetic_data") is True),
-                 "fraction": float(config.get("synthetic_fraction") or 0.0),
-                 "unique_images": config.get("synthetic_size"),
-                 "examples": float(examples * float(config.get("synthetic_fraction") or 0.0))}
-    out.update(optimal={"N": n_opt, "D": d_opt, "predicted_acc": opt_acc}, model=model, params=n,
-               examples=float(examples), epochs=epochs, synthetic=synthetic, predicted_acc=acc,
-               predicted_acc_ci=ci, bill=bill(run_flops, laws, df), frontier_config=config)
+def _finish(out: dict[str, Any], jf: JointFit, laws: dict[str, Any], df: Any, spec: _Spec,
+            optimal: tuple[float, float], model: str, k: float, params: int, examples_wanted: float,
+            flops_range: tuple[float, float]) -> None:
+    """Whole epochs for the recipe to write, its bill from the cost module, prediction, warnings."""
+    from robustscale.cost.forecast import forecast_recipe
+    from robustscale.recipe import Recipe
+
+    bp = batch_plan(spec.recipe(model, 1))
+    per_epoch = bp.examples_per_epoch
+    if out["mode"] == "target":  # enough whole epochs to reach the target
+        epochs = max(1, math.ceil(examples_wanted / per_epoch - 1e-9))
+    else:  # the whole epochs nearest the budget
+        epochs = max(1, int(examples_wanted / per_epoch + 0.5))
+    recipe = spec.recipe(model, epochs)
+    forecast = forecast_recipe(Recipe.from_dict(recipe))
+    run_flops = float(forecast["train_flops_total"])
+    examples = float(forecast["examples_per_epoch"] * epochs)
+    acc, ci = _acc_with_interval(jf, params, examples)
+    opt_acc, _ = _acc_with_interval(jf, *optimal)
+    used = spec.synthetic_path is not None
+    synthetic = {"recommended": spec.synthetic_recommended, "in_recipe": used, "fraction": spec.synthetic_fraction,
+                 "unique_images": spec.synthetic_size,
+                 "examples": float(bp.syn_per_batch * bp.steps_per_epoch * epochs) if used else 0.0}
+    out.update(optimal={"N": optimal[0], "D": optimal[1], "predicted_acc": opt_acc}, model=model, params=params,
+               k_flops_per_param_example=k,
+               k_source=f"robustscale.cost: measured training FLOPs per example of {model}, {spec.loss}"
+               + (f"-{spec.attack_steps}" if spec.loss != "standard" else "") + f" on {spec.dataset} / parameters",
+               examples=examples, examples_per_epoch=int(per_epoch), epochs=epochs, synthetic=synthetic,
+               predicted_acc=acc, predicted_acc_ci=ci, bill=bill(run_flops, laws, df), recipe=recipe,
+               frontier_config=spec.config)
+    if jf.k_zoo is not None and not 0.8 <= jf.k_zoo / k <= 1.25:
+        out["warnings"].append(f"the zoo's own FLOPs per parameter per example ({jf.k_zoo:.3g}, {jf.k_zoo_source}) "
+                               f"differ from the cost module's {k:.3g} for {model}: the zoo counted FLOPs "
+                               "another way or trained other models, so its compute axis and this bill disagree")
+    if out["mode"] == "budget" and abs(run_flops / out["budget_flops"] - 1) > BUDGET_TOLERANCE:
+        out["warnings"].append(f"{epochs} whole epoch{'s' if epochs != 1 else ''} of {per_epoch} examples cost "
+                               f"{run_flops:.3g} FLOPs, {run_flops / out['budget_flops'] - 1:+.0%} off the budget")
     if not flops_range[0] <= run_flops <= flops_range[1]:
         out["warnings"].append(f"{run_flops:.3g} FLOPs lies outside the zoo's runs ({flops_range[0]:.3g}-"
                                f"{flops_range[1]:.3g} FLOPs): an extrapolation of the fitted law")
-    if synthetic["recommended"] and synthetic_path is None:
+    if synthetic["recommended"] and not used:
         out["warnings"].append(f"the best runs at this compute used {synthetic['fraction']:.0%} synthetic data; "
                                "pass --synthetic-data PATH.npz to put it in the recipe")
-    out["recipe"] = make_recipe(jf, config, dataset, model, epochs, synthetic, synthetic_path, loss, attack_steps)
-
-
-def make_recipe(jf: JointFit, config: dict[str, Any], dataset: str, model: str, epochs: int,
-                synthetic: dict[str, Any], synthetic_path: str | None, loss: str | None,
-                attack_steps: int | None) -> dict[str, Any]:
-    """A recipe dict for ``robustscale train`` (validated by Recipe when that class exists)."""
-    runs = jf.runs
-    steps = int(attack_steps if attack_steps is not None else config.get("attack_steps") or 10)
-    eps = float(runs["eps"].median()) if runs["eps"].notna().any() else 8 / 255
-    use_synthetic = synthetic["recommended"] and synthetic_path is not None
-    recipe = {
-        "dataset": dataset, "model": model, "activation": str(config.get("activation") or "relu"),
-        "loss": str(loss or config.get("loss") or "pgd"), "attack_steps": steps, "epochs": epochs,
-        "eps": eps, "step_size": eps * 1.25 if steps == 1 else eps / 4,  # 2/255 at 8/255; FGSM-RS-like for 1 step
-        "ema_decay": 0.995 if config.get("ema") is True else None,
-        "synthetic_data": synthetic_path if use_synthetic else None,
-        "synthetic_fraction": synthetic["fraction"] if use_synthetic else 0.0,
-        "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine", "seed": 0,
-    }
-    try:
-        from robustscale.recipe import Recipe
-    except ImportError:
-        return recipe
-    return Recipe.from_dict(recipe).to_dict()
 
 
 def recipe_yaml(recipe: dict[str, Any]) -> str:
-    """The recipe as YAML (through Recipe.to_yaml when that class exists)."""
-    import yaml
+    """The recipe as YAML, through Recipe.to_yaml (validated again)."""
+    from robustscale.recipe import Recipe
 
-    try:
-        from robustscale.recipe import Recipe
-    except ImportError:
-        return yaml.safe_dump(recipe, sort_keys=False)
     return Recipe.from_dict(recipe).to_yaml()

@@ -23,7 +23,7 @@ def draw_figures(a: Analysis, out_dir: Path) -> dict[str, Path]:
     """Draw every figure the analysis supports; return figure name -> PNG path."""
     from robustscale.analysis import figures as F
 
-    out: dict[str, Path] = {"1a": F.fig_1a(a.kept, a.collapsed, out_dir)}
+    out: dict[str, Path] = {"1a": F.fig_1a(a.kept, a.collapsed, out_dir, a.standard, a.no_autoattack)}
     if isinstance(a.predictor, Predictor):
         p = a.predictor
         out["1b"] = F.fig_1b(p.test_true, p.test_pred, p.r2, out_dir)
@@ -106,10 +106,10 @@ def _runs_section(a: Analysis, fits: dict[str, Any]) -> str:
 
 def write_report(a: Analysis, fits: dict[str, Any], out_dir: Path) -> Path:
     """Write ``report.html``: one file, figures embedded, tables of fits, scores and collapsed runs."""
-    parts = [f"<h1>robustscale zoo analysis</h1><p>{fits['n_runs']} runs: {fits['n_fitted']} fitted, "
-             f"{len(fits['collapsed_runs'])} collapsed, {fits['n_standard']} standard training, "
-             f"{fits['n_without_autoattack']} without AutoAttack or FLOPs. FLOPs in FLOPs, accuracies in "
-             f"percent.</p>", _scaling_section(fits)]
+    parts = [(f"<h1>robustscale zoo analysis</h1><p>{fits['n_runs']} runs: {fits['n_fitted']} fitted, "
+              f"{len(fits['collapsed_runs'])} collapsed, {fits['n_standard']} standard training, "
+              f"{fits['n_without_autoattack']} without AutoAttack or FLOPs. FLOPs in FLOPs, accuracies in "
+              f"percent.</p>"), _scaling_section(fits)]
     if "target" in fits:
         parts.append(f"<h2>Cost of the target</h2><p>{html.escape(describe_target(fits['target']))}</p>")
     parts.append(_predictor_section(fits))

@@ -54,10 +54,11 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_recipe(path: str) -> dict:
-    from robustscale.files import read_yaml_mapping
+def _read_recipe(path: str):
+    """The recipe file as a validated Recipe (one line on a mistake), read as `train` reads it."""
+    from robustscale.recipe import Recipe
 
-    return read_yaml_mapping(path, "recipe file")
+    return Recipe.from_yaml(path)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -65,7 +66,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from robustscale.errors import RobustscaleError
     from robustscale.zoo import read_zoo
 
-    recipe = _read_recipe(args.recipe)
+    recipe = _read_recipe(args.recipe)  # checked before the zoo is fitted
     a = fit_zoo(read_zoo(args.zoo), seed=args.seed)
     if isinstance(a.predictor, str):
         raise RobustscaleError(f"zoo {args.zoo!r}: predictor {a.predictor}")
@@ -73,6 +74,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
+    for warning in out["warnings"]:
+        print(f"warning: {warning}")
     lo, hi = out["autoattack_acc_ci"]
     print(f"predicted AutoAttack accuracy: {out['autoattack_acc']:.1f}% (95% interval {lo:.1f}-{hi:.1f}%)")
     if out["flops"] is None:

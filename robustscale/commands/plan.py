@@ -10,8 +10,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plan", help="compute-optimal model size, data and bill for a budget or a target accuracy",
         description="Fit L(N, D) = E + A/N^alpha + B/D^beta to the zoo's robust error and recommend the model "
-        "(nearest existing WideResNet), examples, epochs and synthetic data that a budget should buy, with the "
-        "predicted AutoAttack accuracy and the bill; or, with --target-acc, the cheapest plan reaching it.")
+        "(the candidate nearest the optimal size: the paper's WideResNets, or --models), the epochs and synthetic "
+        "data that a budget should buy, with the predicted AutoAttack accuracy and the bill of the recipe it "
+        "writes; or, with --target-acc, the cheapest plan reaching it.")
     p.add_argument("--zoo", required=True, help="zoo table, .csv or .parquet")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--budget", type=float, help="compute budget, in --unit")
@@ -22,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--attack-steps", type=int, default=None, help="fit on runs with these attack steps only")
     p.add_argument("--synthetic-data", default=None, metavar="PATH.npz",
                    help="synthetic data to put in the recipe when the plan recommends it")
+    p.add_argument("--models", default=None, metavar="NAMES",
+                   help="candidate models, comma-separated timm names or patterns (e.g. 'wrn28_10,resnet18,"
+                   "resnet*'; at most 50 models per pattern); default: the WideResNets wrn10_1 ... wrn70_16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default=None, metavar="RECIPE.yaml", help="write the recipe here")
     p.set_defaults(func=run)
@@ -39,24 +43,29 @@ def run(args: argparse.Namespace) -> int:
     from robustscale.zoo import read_zoo
 
     out = plan(read_zoo(args.zoo), budget=args.budget, unit=args.unit, target_acc=args.target_acc,
-               loss=args.loss, attack_steps=args.attack_steps, seed=args.seed, synthetic_data=args.synthetic_data)
+               loss=args.loss, attack_steps=args.attack_steps, seed=args.seed, synthetic_data=args.synthetic_data,
+               models=args.models)
     law, opt = out["law"], out["optimal"]
     print(f"law: robust error = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3g} + {law['B']:.3g}/D^{law['beta']:.3g}"
           f"  (held-out R2 {law['r2_heldout']:.3f}; asymptote {out['asymptote_acc']:.1f}% robust accuracy)")
-    print(f"k = {out['k_flops_per_param_example']:.3g} FLOPs per parameter per example ({out['k_source']})")
+    zoo_k = f"; zoo median {out['k_zoo']:.3g}" if out.get("k_zoo") is not None else ""
+    print(f"k = {out['k_flops_per_param_example']:.3g} FLOPs per parameter per example ({out['k_source']}{zoo_k})")
     print(f"optimum: N* = {opt['N']:.3g} parameters, D* = {opt['D']:.3g} examples "
           f"(predicted {opt['predicted_acc']:.1f}%)")
     ci = out["predicted_acc_ci"]
     band = f" (95% interval {ci[0]:.1f}-{ci[1]:.1f}%)" if ci else ""
-    print(f"plan: {out['model']} ({out['params'] / 1e6:.3g}M parameters), {out['examples']:.3g} examples "
-          f"= {out['epochs']} epochs; predicted AutoAttack accuracy {out['predicted_acc']:.1f}%{band}")
+    print(f"plan: {out['model']} ({out['params'] / 1e6:.3g}M parameters), {out['epochs']} epochs of "
+          f"{out['examples_per_epoch']} examples = {out['examples']:.3g} examples; predicted AutoAttack accuracy "
+          f"{out['predicted_acc']:.1f}%{band}")
     syn = out["synthetic"]
-    if syn["recommended"]:
+    if syn["in_recipe"]:
         print(f"synthetic data: {syn['fraction']:.0%} of each batch ({syn['examples']:.3g} synthetic examples seen, "
-              f"from {syn['unique_images'] or 'unknown'} unique images)")
+              f"from {syn['unique_images'] or 'unknown'} unique images in the zoo's runs)")
+    elif syn["recommended"]:
+        print(f"synthetic data: {syn['fraction']:.0%} of each batch recommended, not in the recipe")
     else:
         print("synthetic data: none (the best runs at this compute used none)")
-    print(f"bill: {_fmt_bill(out['bill'])}")
+    print(f"bill of the recipe: {_fmt_bill(out['bill'])}")
     for warning in out["warnings"]:
         print(f"warning: {warning}")
     if args.output:
