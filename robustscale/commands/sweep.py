@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     slurm.add_argument("--cpus-per-task", type=int, metavar="N")
     slurm.add_argument("--mem-gb", type=int, metavar="GB")
     slurm.add_argument("--array-parallelism", type=int, metavar="N", help="runs of the job array at once")
+    slurm.add_argument("--max-timeouts", type=int, metavar="N",
+                       help="times a job is requeued after hitting --time-min (default 1000; submitit's own is 3); "
+                       "pre-emptions are not counted")
+    slurm.add_argument("--resubmit", action="store_true",
+                       help="submit every pending run again, even one whose recorded job sacct says is alive "
+                       "(without it, pending runs are resubmitted only when their job is over)")
     slurm.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm",
                        help="submitit executor (local/debug: this machine, for trying a sweep out)")
     p.set_defaults(func=run_sweep)
@@ -72,6 +78,11 @@ def run_sweep(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise RobustscaleError(f"--{flag.replace('_', '-')}={value}; allowed: an integer >= 1")
+    if args.max_timeouts is not None and args.max_timeouts < 0:
+        raise RobustscaleError(f"--max-timeouts={args.max_timeouts}; allowed: an integer >= 0")
+    if args.backend != "slurm" and (args.resubmit or args.max_timeouts is not None):
+        raise RobustscaleError("--resubmit and --max-timeouts are for --backend slurm; the local backend "
+                               "takes every pending run by itself")
     sweep = load_sweep(args.spec, overrides)
     if args.backend == "slurm":
         return _slurm(sweep, args)
@@ -91,12 +102,12 @@ def _slurm(sweep: Any, args: argparse.Namespace) -> int:
     from robustscale.sweep.slurm import SlurmOptions, launch_slurm
 
     flags = {k: getattr(args, k) for k in ("partition", "account", "qos", "time_min", "gpus_per_run",
-                                           "cpus_per_task", "mem_gb", "array_parallelism")}
+                                           "cpus_per_task", "mem_gb", "array_parallelism", "max_timeouts")}
     if args.nproc_per_run:
         flags["gpus_per_run"] = args.nproc_per_run
     opts = SlurmOptions.from_sources(sweep.slurm, {k: v for k, v in flags.items() if v is not None})
     jobs = launch_slurm(sweep, args.out, opts, max_attempts=args.max_attempts, cluster=args.cluster,
-                        final_eval=args.final_eval, sync_bn=args.sync_bn)
+                        final_eval=args.final_eval, sync_bn=args.sync_bn, resubmit=args.resubmit)
     ids = sorted({j.job_id.split("_")[0] for j in jobs})
     print(f"sweep {sweep.name}: submitted {len(jobs)} run(s) as job(s) {', '.join(ids) or '-'}; "
           f"see: robustscale status {args.out}")

@@ -7,13 +7,21 @@ which gives the lease back and returns the same callable, and requeues the job, 
 the run from ``last.pt``. A run on several GPUs is one task per GPU joined by
 ``torch.distributed`` (submitit exports RANK, WORLD_SIZE, MASTER_ADDR, ...); task 0 holds the
 lease. ``cluster="local"`` runs the same jobs on this machine (submitit's LocalExecutor).
+
+submitit requeues a job after at most ``max_num_timeout`` time-outs (3 by default; pre-emptions
+are not counted); :attr:`SlurmOptions.max_timeouts` raises that to 1,000, so that a run longer
+than many time limits continues. A run given back as ``pending`` whose job is gone (it timed out
+more often than that, was cancelled while queued, or its node failed) is submitted again: the
+launcher asks ``sacct`` whether each recorded job is still alive.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -43,17 +51,21 @@ class SlurmOptions:
     array_parallelism: int = 64
     lease_timeout: float = 900.0
     heartbeat: float = 60.0
+    max_timeouts: int = 1000  # requeues after a time-out per job (submitit's max_num_timeout; its default is 3)
     additional: dict[str, Any] | None = None  # passed as slurm_additional_parameters
 
     @classmethod
-    def from_sources(cls, sweep_file: dict[str, Any], flags: dict[str, Any]) -> "SlurmOptions":
+    def from_sources(cls, sweep_file: dict[str, Any], flags: dict[str, Any]) -> SlurmOptions:
         """The sweep file's ``slurm:`` section, overridden by command-line flags."""
         known = {f.name for f in fields(cls)}
         merged = {**sweep_file, **flags}
         unknown = [k for k in merged if k not in known]
         if unknown:
             raise RobustscaleError(f"unknown slurm option {unknown[0]!r}; allowed: {', '.join(sorted(known))}")
-        return cls(**merged)
+        out = cls(**merged)
+        if not isinstance(out.max_timeouts, int) or isinstance(out.max_timeouts, bool) or out.max_timeouts < 0:
+            raise RobustscaleError(f"slurm option max_timeouts={out.max_timeouts!r}; allowed: an integer >= 0")
+        return out
 
     def executor_parameters(self, name: str) -> dict[str, Any]:
         p: dict[str, Any] = {"name": name, "timeout_min": self.time_min, "gpus_per_node": self.gpus_per_run,
@@ -158,44 +170,84 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
         if self._claim is not None:
             try:
                 Ledger(Path(self.folder) / "ledger.sqlite", wal=False).release(self._claim, "requeued")
-            except Exception:  # noqa: BLE001 - a stale lease is taken over anyway
-                pass
+            except Exception as exc:  # noqa: BLE001 - a stale lease is taken over anyway
+                log.warning("could not give %s back before the requeue: %s", self.run_id, exc)
         return super().checkpoint(*args, **kwargs)
 
 
+# sacct states of a job that will not run (again) by itself; any other state is a live job.
+DEAD_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                         "PREEMPTED", "REVOKED", "TIMEOUT"})
+
+
+def slurm_job_states(job_ids: list[str]) -> dict[str, str] | None:
+    """The sacct state (``PENDING``, ``TIMEOUT``, ...) of each job or array task in ``job_ids``
+    that sacct knows; None when sacct cannot be asked (not on PATH, an error)."""
+    if not job_ids:
+        return {}
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    bases = sorted({str(j).split("_")[0] for j in job_ids})
+    cmd = ["sacct", "-o", "JobID,State", "--parsable2", "-j", ",".join(bases)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("cannot ask sacct whether the recorded jobs are alive (%s); pending runs with a job are "
+                    "not submitted again (use --resubmit)", exc)
+        return None
+    info = SlurmInfoWatcher().read_info(res.stdout)
+    states = {}
+    for job_id in job_ids:
+        state = (info.get(str(job_id)) or {}).get("State") or ""
+        if state:
+            states[str(job_id)] = state.split()[0].rstrip("+")  # "CANCELLED by 123" -> CANCELLED
+    return states
+
+
+def dead_jobs(job_ids: list[str], states: Callable[[list[str]], dict[str, str] | None] = slurm_job_states,
+              ) -> set[str]:
+    """The jobs among ``job_ids`` known to be over (a job sacct does not know yet counts as alive:
+    accounting lags behind a fresh submission)."""
+    known = states(job_ids) or {}
+    return {j for j in job_ids if known.get(j) in DEAD_STATES}
+
+
 def runs_to_submit(ledger: Ledger, run_ids: list[str], *, max_attempts: int, lease_timeout: float,
-                   resubmit: bool) -> list[str]:
-    """Runs that need a job: pending ones not yet submitted (all pending with ``resubmit``),
+                   resubmit: bool, jobs_over: Callable[[list[str]], set[str]] | None = None) -> list[str]:
+    """Runs that need a job: pending ones not yet submitted, pending ones whose recorded job is
+    over (``jobs_over`` returns those among the recorded job ids; all pending runs with ``resubmit``),
     failed ones with attempts left, and running ones whose lease went stale."""
     now = time.time()
-    out = []
-    for row in ledger.rows(run_ids):
-        state = row["state"]
-        if state == "pending" and (resubmit or not row["job_id"]):
-            out.append(row["run_id"])
-        elif state == "failed" and row["attempts"] < max_attempts:
-            out.append(row["run_id"])
-        elif state == "running" and now - (row["heartbeat"] or 0) > lease_timeout:
-            out.append(row["run_id"])
-    return out
+    rows = ledger.rows(run_ids)
+    waiting = [r["job_id"] for r in rows if r["state"] == "pending" and r["job_id"]]
+    dead = jobs_over(waiting) if (jobs_over is not None and waiting and not resubmit) else set()
+    needs = {
+        "pending": lambda r: resubmit or not r["job_id"] or r["job_id"] in dead,
+        "failed": lambda r: r["attempts"] < max_attempts,
+        "running": lambda r: now - (r["heartbeat"] or 0) > lease_timeout,
+    }
+    return [r["run_id"] for r in rows if r["state"] in needs and needs[r["state"]](r)]
 
 
 def launch_slurm(sweep: Sweep, out: str | Path, options: SlurmOptions | None = None, *, max_attempts: int = 3,
                  cluster: str = "slurm", final_eval: str | None = None, sync_bn: bool = False,
                  resubmit: bool = False) -> list[Any]:
     """Submit one array task per run that needs one; returns the submitit jobs. Starting it
-    again submits only what is not done, not already submitted and not held by a live lease."""
+    again submits only what is not done, not held by a live lease, and not pending under a job
+    that is still alive (sacct; with ``resubmit`` every pending run is submitted again)."""
     import submitit
 
     o = options or SlurmOptions()
     folder, ledger = prepare(sweep, out, wal=False)  # jobs on several nodes: no WAL (docs/sweeps.md)
     ledger.set_meta(lease_timeout=o.lease_timeout, max_attempts=max_attempts, backend="slurm")
     todo = runs_to_submit(ledger, [r.run_id for r in sweep.runs], max_attempts=max_attempts,
-                          lease_timeout=o.lease_timeout, resubmit=resubmit)
+                          lease_timeout=o.lease_timeout, resubmit=resubmit,
+                          jobs_over=dead_jobs if cluster == "slurm" else None)
     if not todo:
         return []
     try:
-        executor = submitit.AutoExecutor(folder=folder.root / "slurm" / "%j", cluster=cluster)
+        executor = submitit.AutoExecutor(folder=folder.root / "slurm" / "%j", cluster=cluster,
+                                         slurm_max_num_timeout=o.max_timeouts, local_max_num_timeout=o.max_timeouts)
     except RuntimeError as exc:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
         raise RobustscaleError(f"cannot submit to Slurm here ({exc}); allowed: run on a Slurm login node, "
                                "or --backend local, or --cluster local") from None
@@ -220,4 +272,4 @@ def _visible() -> list[str]:
     return visible_gpus()
 
 
-__all__ = ["SlurmOptions", "SweepJob", "launch_slurm", "runs_to_submit"]
+__all__ = ["SlurmOptions", "SweepJob", "dead_jobs", "launch_slurm", "runs_to_submit", "slurm_job_states"]
