@@ -383,10 +383,13 @@ def test_forecast_arithmetic_cifar():
     assert fc["train_flops_per_epoch"] == fc["train_flops_per_example"] * 49_408
     assert fc["train_flops_total"] == fc["train_flops_per_epoch"] * 100
     assert fc["paper_convention"]["train_flops_total"] == 33 * f * 49_408 * 100
-    assert fc["val_flops_per_epoch"] == 82 * f * 512
+    # validation (PGD-40 on 512 examples: 82F each) plus PGD-AT's clean-accuracy forward on
+    # every 10th of the 386 batches (steps 0, 10, ..., 380: 39 batches of 128)
+    assert fc["monitor_flops_per_epoch"] == 39 * 128 * f
+    assert fc["val_flops_per_epoch"] == 82 * f * 512 + 39 * 128 * f
     fo = fc["forecast"]
     train_s = 49_408 * 100 / 1000.0
-    val_s = 82 * f * 512 * 100 / fc["train_flops_per_example"] / 1000.0
+    val_s = (82 * f * 512 + 39 * 128 * f) * 100 / fc["train_flops_per_example"] / 1000.0
     assert fo["device_hours"] == pytest.approx((train_s + val_s) / 3600)
     assert fo["energy_kwh"] == pytest.approx(500.0 * (train_s + val_s) / 3.6e6 * 1.58)
     assert fo["energy_estimated"] is True

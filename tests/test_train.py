@@ -40,8 +40,16 @@ def test_run_directory_is_complete(adversarial_run):
     assert cost["train_flops"] == pytest.approx(sum(float(r["epoch_flops"]) for r in rows))
     assert cost["examples_seen"] == sum(int(r["examples"]) for r in rows)
     assert cost["train_flops"] > 0 and cost["params"] > 0
-    # PGD-AT records robust training accuracy; it runs no clean forward, so no clean training accuracy
-    assert all(0 <= float(r["train_robust_acc"]) <= 100 and r["train_clean_acc"] == "" for r in rows)
+    # the run spent exactly what the cost module forecasts for its recipe, monitoring included
+    from robustscale.cost import forecast_recipe
+
+    fc = forecast_recipe(recipe)
+    assert cost["train_flops"] == pytest.approx(fc["train_flops_total"], rel=1e-12)
+    assert cost["val_flops"] == pytest.approx(fc["val_flops_total"], rel=1e-12)
+    monitored = -(-fc["steps_per_epoch"] // 10) * recipe.batch_size  # PGD-AT's sampled clean forwards
+    assert fc["monitor_flops_per_epoch"] == fc["forward_flops"] * monitored > 0
+    # PGD-AT records robust training accuracy, and clean accuracy sampled on every 10th batch
+    assert all(0 <= float(r["train_robust_acc"]) < float(r["train_clean_acc"]) <= 100 for r in rows)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
 
 
@@ -137,3 +145,20 @@ def test_final_eval_on_a_done_run_runs_once(tmp_path):
     mtime = result.stat().st_mtime_ns
     train(recipe, out_root=tmp_path, progress=False, final_eval="pgd")  # its result is there: not rerun
     assert result.stat().st_mtime_ns == mtime
+
+
+def test_pgd_at_clean_accuracy_sampling_only_observes(tmp_path, monkeypatch):
+    """The sampled clean forward must change nothing: same weights and BatchNorm statistics as a
+    run without it (dropout off), only train_clean_acc filled in."""
+    from robustscale.train import engine
+
+    recipe = tiny(epochs=1, attack_steps=2)
+    watched = train(recipe, run_dir=tmp_path / "watched", progress=False)
+    monkeypatch.setattr(engine, "clean_monitor_steps", lambda loss, steps: 0)
+    blind = train(recipe, run_dir=tmp_path / "blind", progress=False)
+    a = load_checkpoint(watched / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(blind / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # BN buffers included
+    w, o = _rows(watched)[0], _rows(blind)[0]
+    assert 0 < float(w["train_clean_acc"]) <= 100 and o["train_clean_acc"] == ""
+    assert w["train_robust_acc"] == o["train_robust_acc"] and w["val_pgd40_acc"] == o["val_pgd40_acc"]

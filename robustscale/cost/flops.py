@@ -34,9 +34,9 @@ class StepFlops:
     """FLOPs per example of one step (all floats are FLOPs, 2 per multiply-add).
 
     ``forward``: one forward pass. ``train``: one training step as measured (attack forwards
-    and input-gradient backwards, the update's forward and backward, TRADES' extra forward,
-    PGD-AT's no-grad clean forward). ``train_paper``: the same passes with each backward
-    counted as 2x its forward (a forward with no backward counts 1x). ``val``: one
+    and input-gradient backwards, the update's forward and backward, TRADES' extra forward).
+    ``train_paper``: the same passes with each backward counted as 2x its forward (a forward
+    with no backward counts 1x). ``val``: one
     validation example in eval mode: clean forward + PGD-``val_steps`` + final forward.
     """
 

@@ -91,7 +91,8 @@ def forecast_recipe(
     power_source: str = "given",
 ) -> dict[str, Any]:
     """FLOPs of ``recipe`` per example, per epoch and in total (measured and paper convention),
-    plus validation FLOPs (excluded from training FLOPs).
+    plus validation FLOPs (excluded from training FLOPs; they include PGD-AT's sampled
+    clean-accuracy forwards, ``monitor_flops_per_epoch``).
 
     With ``throughput`` (training examples per second on one device) it adds a ``forecast``
     with device-hours (validation time scaled from training time by FLOPs); with
@@ -99,12 +100,15 @@ def forecast_recipe(
     from), energy, cost and CO2 with the recipe's PUE, price and carbon intensity.
     """
     from robustscale.data.batches import BatchPlan
+    from robustscale.losses import clean_monitor_steps
 
     params, sf = _recipe_key_flops(recipe)
     plan = BatchPlan(train_examples(recipe), 1 if recipe.synthetic_data else 0, recipe.batch_size,
                      recipe.synthetic_fraction, recipe.seed)
     per_epoch = plan.examples_per_epoch
-    val_epoch = sf.val * recipe.val_size
+    # validation, plus PGD-AT's sampled clean-accuracy forwards (robustscale.losses.CLEAN_ACC_EVERY)
+    monitor_epoch = sf.forward * clean_monitor_steps(recipe.loss, plan.steps_per_epoch) * plan.batch_size
+    val_epoch = sf.val * recipe.val_size + monitor_epoch
     out: dict[str, Any] = {
         "model": recipe.model,
         "dataset": recipe.dataset,
@@ -123,6 +127,7 @@ def forecast_recipe(
         },
         "val_flops_per_example": sf.val,
         "val_flops_per_epoch": val_epoch,
+        "monitor_flops_per_epoch": monitor_epoch,
         "val_flops_total": val_epoch * recipe.epochs,
         "examples_per_epoch": per_epoch,
         "steps_per_epoch": plan.steps_per_epoch,

@@ -23,7 +23,8 @@ from robustscale.attacks.pgd import pgd_accuracy
 from robustscale.data.batches import seeded_generator
 from robustscale.errors import RobustscaleError
 from robustscale.files import append_csv_row, atomic_write_json, read_csv_rows, rewrite_csv
-from robustscale.losses import REPORTS_CLEAN_ACCURACY, compute_loss
+from robustscale.attacks.pgd import frozen_bn_stats
+from robustscale.losses import CLEAN_ACC_EVERY, clean_monitor_steps, compute_loss
 from robustscale.recipe import Recipe
 from robustscale.runs import RunDir, read_status
 from robustscale.train import checkpoint as ckpt
@@ -57,6 +58,7 @@ class Progress:
         "device_seconds": 0.0, "energy_joules": None})
     # partial-epoch accumulators, so a resumed epoch reports the same numbers
     acc: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "clean": 0.0, "adv": 0.0, "n": 0.0,
+                                                           "n_clean": 0.0,
                                                            "seconds": 0.0, "joules": 0.0})
 
 
@@ -188,7 +190,7 @@ class _Engine:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         for k, v in state["progress"].items():
-            setattr(self.p, k, v)
+            setattr(self.p, k, {**getattr(self.p, k), **v} if k == "acc" else v)  # older files lack n_clean
         if not self.main:  # energy stashed mid-epoch was the main process's own
             self.p.acc["joules"] = 0.0
         ckpt.set_rng_state(state["rng"])
@@ -221,7 +223,8 @@ class _Engine:
         dev = self.device
         # Under DDP the saved sums are global: the main process carries them, the others start at 0.
         acc = {k: torch.tensor(p.acc[k] if self.main else 0.0, dtype=torch.float64, device=dev)
-               for k in ("loss", "clean", "adv", "n")}
+               for k in ("loss", "clean", "adv", "n", "n_clean")}
+        sample_clean = clean_monitor_steps(r.loss, plan.steps_per_epoch) > 0
         rank_salt = (self.dist.rank,) if self.dist.enabled else ()
         bad = torch.tensor(-1, device=dev)
         t0, j0 = time.perf_counter(), self._joules()
@@ -230,6 +233,10 @@ class _Engine:
         for step, x, y in self.data.stream.epoch(epoch, p.step):
             self.sched.step_update(epoch * plan.steps_per_epoch + step)
             g = seeded_generator(r.seed, epoch, step, 7, *rank_salt, device=dev)
+            if sample_clean and step % CLEAN_ACC_EVERY == 0:  # PGD-AT's sampled clean accuracy
+                with torch.no_grad(), frozen_bn_stats(self.model):
+                    acc["clean"] += (self.forward(x).argmax(1) == y).sum()
+                acc["n_clean"] += len(y)
             out = compute_loss(r.loss, self.forward, x, y, eps=r.eps, step_size=r.step_size,
                                steps=r.attack_steps, beta=r.trades_beta, generator=g)
             if self.scaler is not None:
@@ -248,6 +255,7 @@ class _Engine:
             acc["n"] += len(y)
             if out.logits_clean is not None:
                 acc["clean"] += (out.logits_clean.argmax(1) == y).sum()
+                acc["n_clean"] += len(y)
             if out.logits_adv is not None:
                 acc["adv"] += (out.logits_adv.argmax(1) == y).sum()
             p.step = step + 1
@@ -324,16 +332,19 @@ class _Engine:
         n = max(p.acc["n"], 1.0)
         examples = plan.examples_per_epoch
         val_n = 0 if self.data.val is None else len(self.data.val[1])
+        # FLOPs outside the training objective: validation, and PGD-AT's sampled clean forwards
+        val_flops = self.flops.val * val_n + self.flops.forward * clean_monitor_steps(
+            r.loss, plan.steps_per_epoch) * plan.batch_size
         row = {
             "epoch": epoch + 1,
             "lr": self.opt.param_groups[0]["lr"],
             "train_loss": p.acc["loss"] / n,
-            "train_clean_acc": 100.0 * p.acc["clean"] / n if r.loss in REPORTS_CLEAN_ACCURACY else None,
+            "train_clean_acc": 100.0 * p.acc["clean"] / p.acc["n_clean"] if p.acc["n_clean"] else None,
             "train_robust_acc": 100.0 * p.acc["adv"] / n if r.adversarial else None,
             "val_clean_acc": val_clean,
             "val_pgd40_acc": val_pgd,
             "epoch_flops": self.flops.train * examples,
-            "val_flops": self.flops.val * val_n,
+            "val_flops": val_flops,
             "epoch_energy_kwh": self._kwh(joules) if self._metered else None,
             "seconds": seconds,
             "examples": examples,
@@ -341,7 +352,7 @@ class _Engine:
         c = p.cost
         c["train_flops"] += self.flops.train * examples
         c["train_flops_paper"] += self.flops.train_paper * examples
-        c["val_flops"] += self.flops.val * val_n
+        c["val_flops"] += val_flops
         c["examples_seen"] += examples
         c["device_seconds"] += seconds * self._num_devices
         if self._metered:
