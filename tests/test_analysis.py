@@ -84,6 +84,19 @@ def test_cli_analyze_prints_the_law_and_writes_the_report(tmp_path, capsys):
     assert (tmp_path / "rep" / "report.html").is_file()
 
 
+def test_cli_analyze_on_a_zoo_too_small_for_intervals(tmp_path, capsys):
+    """A first small sweep (here 3 runs in 2 FLOPs bins): a law without a bootstrap interval, no
+    predictor; it must report that, not crash (it did, formatting a missing interval)."""
+    zoo = power_law_zoo(n=200)
+    flops = zoo["train_flops"].sort_values()
+    small = zoo.loc[[flops.index[0], flops.index[1], flops.index[-1]]]
+    path = _zoo_file(tmp_path, small, "zoo.csv")
+    assert main(["analyze", str(path), "-o", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "no CI" in out and "predictor: R2" not in out
+    assert (tmp_path / "rep" / "report.html").is_file()
+
+
 def _recipe(tmp_path, **overrides):
     recipe = {"dataset": "cifar10", "model": "wrn28_10", "activation": "relu", "loss": "pgd", "attack_steps": 10,
               "epochs": 100, "ema_decay": None, "synthetic_data": None, "synthetic_fraction": 0.0, "eps": "8/255"}

@@ -42,8 +42,13 @@ def run_analyze(args: argparse.Namespace) -> int:
     acc = fits["scaling"]["accuracy"]
     print(f"{fits['n_runs']} runs, {fits['n_fitted']} fitted, {len(fits['collapsed_runs'])} collapsed")
     if acc.get("alpha") is not None:
-        print(f"accuracy = {acc['C']:.4g} * FLOPs^{acc['alpha']:.4g}  (R2 {acc['r2']:.3f}, "
-              f"alpha 95% CI [{acc['alpha_ci'][0]:.4g}, {acc['alpha_ci'][1]:.4g}], {acc['n_bins']} bins)")
+        ci = acc.get("alpha_ci") or (None, None)
+        ci_text = (f"alpha 95% CI [{ci[0]:.4g}, {ci[1]:.4g}]" if None not in ci
+                   else "no CI: too few bins to bootstrap")  # 2 bins: the line goes through both
+        print(f"accuracy = {acc['C']:.4g} * FLOPs^{acc['alpha']:.4g}  (R2 {acc['r2']:.3f}, {ci_text}, "
+              f"{acc['n_bins']} bins)")
+    elif acc.get("error"):
+        print(f"accuracy law {acc['error']}")
     pred = fits["predictor"]
     if "error" not in pred:
         print(f"predictor: R2 {pred['r2']:.3f}, MAE {pred['mae']:.2f} on held-out runs "
