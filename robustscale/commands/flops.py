@@ -131,7 +131,9 @@ def _table(o: dict[str, Any], recipe: Any) -> str:
         f"  total training              {_fl(o['train_flops_total'])} (paper {_fl(pc['train_flops_total'])})"
         f" = {o['train_flops_total']:.3e}",
         f"  validation (not training)   {_fl(o['val_flops_total'])} total: {recipe.val_size} examples x "
-        f"PGD-{recipe.val_attack_steps} x {o['epochs']} epochs",
+        f"PGD-{recipe.val_attack_steps} x {o['epochs']} epochs"
+        + (f", + clean-accuracy samples {_fl(o['monitor_flops_per_epoch'])} per epoch"
+           if o.get("monitor_flops_per_epoch") else ""),
     ]
     fc = o.get("forecast")
     if fc is None:
