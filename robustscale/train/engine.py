@@ -19,11 +19,10 @@ from typing import Any
 
 import torch
 
-from robustscale.attacks.pgd import pgd_accuracy
+from robustscale.attacks.pgd import frozen_bn_stats, pgd_accuracy
 from robustscale.data.batches import seeded_generator
 from robustscale.errors import RobustscaleError
 from robustscale.files import append_csv_row, atomic_write_json, read_csv_rows, rewrite_csv
-from robustscale.attacks.pgd import frozen_bn_stats
 from robustscale.losses import CLEAN_ACC_EVERY, clean_monitor_steps, compute_loss
 from robustscale.recipe import Recipe
 from robustscale.runs import RunDir, read_status
