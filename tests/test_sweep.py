@@ -128,6 +128,13 @@ def test_sweep_file_mistakes_are_one_line_errors(tmp_path):
         path.write_text(yaml.safe_dump(spec))
         with pytest.raises(RobustscaleError, match=expected):
             load_sweep(path)
+    for text, expected in [("", "is empty"), ("[1, 2]\n", "must hold a mapping"), ("a: [\n", "not valid YAML")]:
+        path = tmp_path / "s.yaml"
+        path.write_text(text)
+        with pytest.raises(RobustscaleError, match=expected):
+            load_sweep(path)
+    with pytest.raises(RobustscaleError, match="does not exist"):
+        load_sweep(tmp_path / "nowhere.yaml")
     (tmp_path / "sub").mkdir()
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"dataset": "digits", "epochs": 3}))
     (tmp_path / "sub" / "s.yaml").write_text(yaml.safe_dump({"base": "../r.yaml", "axes": {"seed": [0, 1]}}))

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from robustscale.errors import RobustscaleError
 from robustscale.files import read_yaml_mapping
 from robustscale.recipe import Recipe, format_eps
@@ -67,13 +65,10 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None, check_
     """Read and expand a sweep file. ``check_files=False`` (dry runs) validates every recipe but
     accepts a ``synthetic_data`` file that does not exist on this machine."""
     path = Path(path)
-    if not path.is_file():
-        raise RobustscaleError(f"sweep file {str(path)!r} does not exist")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
-        raise RobustscaleError(f"sweep file {str(path)!r} is not valid YAML: {first}") from None
+    spec = read_yaml_mapping(path, "sweep file")
+    if not spec:  # an empty file is a mistake, not a sweep of one default recipe
+        raise RobustscaleError(f"sweep file {str(path)!r} is empty; a sweep must be a mapping with keys "
+                               f"{', '.join(TOP_KEYS)}")
     return expand(spec, base_dir=path.parent, name=path.stem, overrides=overrides, check_files=check_files,
                   path=path)
 
