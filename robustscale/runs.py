@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustscale.errors import RobustscaleError
+from robustscale.errors import RobustscaleError, first_line
 from robustscale.files import read_json
 from robustscale.recipe import Recipe
 
@@ -78,8 +78,7 @@ def model_from_state(recipe: Recipe, state_dict: dict[str, torch.Tensor], device
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise RobustscaleError(f"checkpoint weights do not fit model={recipe.model!r}: {first}") from None
+        raise RobustscaleError(f"checkpoint weights do not fit model={recipe.model!r}: {first_line(exc)}") from None
     return model.to(device).eval()
 
 

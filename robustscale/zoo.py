@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from robustscale.errors import RobustscaleError
+from robustscale.errors import RobustscaleError, first_line
 
 if TYPE_CHECKING:  # pandas is imported lazily so that the CLI's --help stays fast
     import pandas as pd
@@ -82,7 +82,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise _Skip(f"unreadable {path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        raise _Skip(f"unreadable {path.name}: {first_line(exc)}")
     if not isinstance(data, dict):
         raise _Skip(f"unreadable {path.name}: not a JSON object")
     return data
@@ -94,7 +94,7 @@ def _read_recipe(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise _Skip(f"unreadable recipe.yaml: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        raise _Skip(f"unreadable recipe.yaml: {first_line(exc)}")
     if not isinstance(data, dict):
         raise _Skip("unreadable recipe.yaml: not a mapping")
     return data
@@ -379,8 +379,7 @@ def read_zoo(path: str | Path) -> "pd.DataFrame":
     except RobustscaleError:
         raise
     except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RobustscaleError(f"zoo table {str(path)!r} could not be read: {first}") from None
+        raise RobustscaleError(f"zoo table {str(path)!r} could not be read: {first_line(exc)}") from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in COLUMN_NAMES if c not in df.columns]
     if missing:  # checked before typing so that the missing column is the one line reported

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from robustscale.errors import RobustscaleError
+from robustscale.errors import RobustscaleError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +253,7 @@ def cost_flops_per_example(dataset: str, model: str, loss: str, attack_steps: in
     except RobustscaleError as exc:
         raise RobustscaleError(f"cannot count the FLOPs of {what}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a timm model that does not run at this image size, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RobustscaleError(f"cannot count the FLOPs of {what}: {type(exc).__name__}: {first}") from None
+        raise RobustscaleError(f"cannot count the FLOPs of {what}: {type(exc).__name__}: {first_line(exc)}") from None
     if not (per_example > 0 and params > 0):
         raise RobustscaleError(f"cannot count the FLOPs of {what}: {per_example:g} FLOPs, {params} parameters")
     return per_example, params

@@ -25,7 +25,7 @@ import numpy as np
 from robustscale.analysis.frontier import JointFit, fit_joint_zoo
 from robustscale.analysis.joint import cost_flops_per_example, law_error
 from robustscale.analysis.scaling import PowerLaw
-from robustscale.errors import RobustscaleError
+from robustscale.errors import RobustscaleError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,7 @@ def _count(name: str, info: Any) -> int:
     except RobustscaleError:
         raise
     except Exception as exc:  # noqa: BLE001 - timm models fail in their own ways
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RobustscaleError(f"model {name!r} cannot be built for {info.name}: {first}") from None
+        raise RobustscaleError(f"model {name!r} cannot be built for {info.name}: {first_line(exc)}") from None
 
 
 def _cost_laws(df: Any, seed: int) -> dict[str, PowerLaw | str]:

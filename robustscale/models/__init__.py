@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from robustscale.errors import RobustscaleError
+from robustscale.errors import RobustscaleError, first_line
 from robustscale.models import wrn as _wrn  # noqa: F401  (registers the WideResNets with timm)
 from robustscale.models.wrn import WRN_VARIANTS, WideResNet
 
@@ -73,9 +73,8 @@ def build_model(
         raise RobustscaleError(f"model={name!r} does not accept {sorted(kwargs)}: {exc}") from None
     except (ValueError, AssertionError, RuntimeError) as exc:
         size = "x".join(map(str, img_size)) if img_size is not None else "these"
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RobustscaleError(f"model={name!r} cannot be built for {size} images with {in_chans} channels: "
-                               f"{why}") from None
+                               f"{first_line(exc)}") from None
     return Normalized(net, mean, std)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustscale.errors import RobustscaleError
+from robustscale.errors import RobustscaleError, first_line
 from robustscale.files import atomic_save, replace_files
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def safe_load(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)[:160]
         raise RobustscaleError(f"checkpoint {str(path)!r} is truncated, corrupt or unsafe to load ({reason})") from None
 
 

@@ -21,7 +21,7 @@ import torch
 
 from robustscale.attacks.pgd import frozen_bn_stats, pgd_accuracy
 from robustscale.data.batches import seeded_generator
-from robustscale.errors import RobustscaleError
+from robustscale.errors import RobustscaleError, first_line
 from robustscale.files import append_csv_row, atomic_write_json, read_csv_rows, rewrite_csv
 from robustscale.losses import CLEAN_ACC_EVERY, clean_monitor_steps, compute_loss
 from robustscale.recipe import Recipe
@@ -147,9 +147,8 @@ class _Engine:
                                             step_size=recipe.step_size, attack_steps=recipe.attack_steps,
                                             trades_beta=recipe.trades_beta, val_steps=recipe.val_attack_steps)
         except (RuntimeError, ValueError, AssertionError) as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RobustscaleError(f"model={recipe.model!r} cannot run on {recipe.dataset} images of shape "
-                                   f"{tuple(info.shape)}: {msg}") from None
+                                   f"{tuple(info.shape)}: {first_line(exc)}") from None
         # Meter the GPU this process trains on, not every visible one: under DDP each process
         # meters its own and the sums are all-reduced, so no device is counted twice.
         self.meter = open_meter(self.device, interval=recipe.power_sample_interval, power_watts=recipe.power_watts,
