@@ -34,11 +34,14 @@ REPORTS_CLEAN_ACCURACY = frozenset({"standard", "trades"})
 CLEAN_ACC_EVERY = 10
 
 
+def samples_clean_accuracy(loss: str, step: int) -> bool:
+    """Whether the engine runs that extra clean forward at ``step`` (0-based, within the epoch)."""
+    return loss not in REPORTS_CLEAN_ACCURACY and step % CLEAN_ACC_EVERY == 0  # steps 0, 10, 20, ...
+
+
 def clean_monitor_steps(loss: str, steps_per_epoch: int) -> int:
     """Steps per epoch on which the engine runs that extra clean forward (0 for other losses)."""
-    if loss in REPORTS_CLEAN_ACCURACY:
-        return 0
-    return -(-steps_per_epoch // CLEAN_ACC_EVERY)  # steps 0, 10, 20, ...
+    return sum(samples_clean_accuracy(loss, s) for s in range(steps_per_epoch))
 
 
 @dataclass
@@ -109,6 +112,7 @@ __all__ = [
     "LossOutput",
     "REPORTS_CLEAN_ACCURACY",
     "clean_monitor_steps",
+    "samples_clean_accuracy",
     "compute_loss",
     "standard_loss",
     "pgd_at_loss",

@@ -154,7 +154,7 @@ def test_pgd_at_clean_accuracy_sampling_only_observes(tmp_path, monkeypatch):
 
     recipe = tiny(epochs=1, attack_steps=2)
     watched = train(recipe, run_dir=tmp_path / "watched", progress=False)
-    monkeypatch.setattr(engine, "clean_monitor_steps", lambda loss, steps: 0)
+    monkeypatch.setattr(engine, "samples_clean_accuracy", lambda loss, step: False)
     blind = train(recipe, run_dir=tmp_path / "blind", progress=False)
     a = load_checkpoint(watched / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(blind / "checkpoints" / "last.pt")["model"]

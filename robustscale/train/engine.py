@@ -23,7 +23,7 @@ from robustscale.attacks.pgd import frozen_bn_stats, pgd_accuracy
 from robustscale.data.batches import seeded_generator
 from robustscale.errors import RobustscaleError, first_line
 from robustscale.files import append_csv_row, atomic_write_json, read_csv_rows, rewrite_csv
-from robustscale.losses import CLEAN_ACC_EVERY, clean_monitor_steps, compute_loss
+from robustscale.losses import clean_monitor_steps, compute_loss, samples_clean_accuracy
 from robustscale.recipe import Recipe
 from robustscale.runs import RunDir, read_status
 from robustscale.train import checkpoint as ckpt
@@ -222,7 +222,6 @@ class _Engine:
         # Under DDP the saved sums are global: the main process carries them, the others start at 0.
         acc = {k: torch.tensor(p.acc[k] if self.main else 0.0, dtype=torch.float64, device=dev)
                for k in ("loss", "clean", "adv", "n", "n_clean")}
-        sample_clean = clean_monitor_steps(r.loss, plan.steps_per_epoch) > 0
         rank_salt = (self.dist.rank,) if self.dist.enabled else ()
         bad = torch.tensor(-1, device=dev)
         t0, j0 = time.perf_counter(), self._joules()
@@ -231,7 +230,7 @@ class _Engine:
         for step, x, y in self.data.stream.epoch(epoch, p.step):
             self.sched.step_update(epoch * plan.steps_per_epoch + step)
             g = seeded_generator(r.seed, epoch, step, 7, *rank_salt, device=dev)
-            if sample_clean and step % CLEAN_ACC_EVERY == 0:  # PGD-AT's sampled clean accuracy
+            if samples_clean_accuracy(r.loss, step):  # PGD-AT's sampled clean accuracy
                 with torch.no_grad(), frozen_bn_stats(self.model):
                     acc["clean"] += (self.forward(x).argmax(1) == y).sum()
                 acc["n_clean"] += len(y)
