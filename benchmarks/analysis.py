@@ -45,7 +45,7 @@ def generated_zoo(n: int, seed: int = 0) -> pd.DataFrame:
         "seed": 0, "train_flops": flops, "device_hours": kwh / 0.6, "energy_kwh": kwh,
         "electricity_cost_usd": kwh * 0.12, "co2_kg": kwh * 0.5663, "clean_acc": np.clip(acc + 30, 0, 100),
         "pgd40_acc": np.clip(acc + 3, 0, 100), "autoattack_acc": np.clip(acc, 0, 100),
-    })[COLUMN_NAMES]
+    }).reindex(columns=COLUMN_NAMES)
 
 
 def main() -> None:

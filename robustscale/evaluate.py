@@ -160,14 +160,18 @@ def _frozen(model: nn.Module, device: str | torch.device) -> Iterator[torch.devi
 
 
 def _evaluate_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any], dev: torch.device) -> dict[str, Any]:
-    from robustscale.attacks.pgd import pgd_accuracy
+    from robustscale.attacks.pgd import pgd_counts
 
     warnings = _library_checks(model, x[: cfg["batch_size"]].to(dev), y[: cfg["batch_size"]].to(dev))
-    clean, robust = pgd_accuracy(model, x.to(dev), y.to(dev), cfg["eps"], cfg["steps"], cfg["step_size"],
-                                 batch_size=cfg["batch_size"], restarts=cfg["restarts"], norm=cfg["norm"],
-                                 seed=cfg["seed"])
+    counts = pgd_counts(model, x.to(dev), y.to(dev), cfg["eps"], cfg["steps"], cfg["step_size"],
+                        batch_size=cfg["batch_size"], restarts=cfg["restarts"], norm=cfg["norm"],
+                        seed=cfg["seed"])
     n = len(y)
-    return _result(cfg, n, 100.0 * clean.item() / n, 100.0 * robust.item() / n, None, warnings)
+    result = _result(cfg, n, 100.0 * counts.clean.item() / n, 100.0 * counts.robust.item() / n, None, warnings)
+    # mean robust losses at the PGD examples (nats; CW margin in logits): the zoo's pgd40_loss
+    result["robust_ce_loss"] = float(counts.ce.item()) / n
+    result["robust_cw_loss"] = float(counts.cw.item()) / n
+    return result
 
 
 def _library_checks(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> list[str]:

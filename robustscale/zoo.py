@@ -52,8 +52,12 @@ ZOO_COLUMNS: list[tuple[str, str]] = [
     ("clean_acc", "pct"),
     ("pgd40_acc", "pct"),
     ("autoattack_acc", "pct"),
+    ("pgd40_loss", "float"),
 ]
 COLUMN_NAMES: list[str] = [name for name, _ in ZOO_COLUMNS]
+# columns a table made elsewhere (or before they were recorded) may lack: read as empty
+OPTIONAL_COLUMNS: list[str] = ["pgd40_loss"]
+REQUIRED_COLUMNS: list[str] = [name for name in COLUMN_NAMES if name not in OPTIONAL_COLUMNS]
 ACCURACY_COLUMNS: list[str] = [name for name, kind in ZOO_COLUMNS if kind == "pct"]
 NONNEGATIVE_COLUMNS: list[str] = [
     "params", "attack_steps", "epochs", "examples_seen", "synthetic_size", "train_flops",
@@ -222,6 +226,8 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
     aa, pgd = evals.get("autoattack", {}), evals.get("pgd", {})
     row["pgd40_acc"] = _number(status.get("best_val_pgd40_acc"))
     row["autoattack_acc"] = _number(aa.get("robust_acc"))
+    # robust cross-entropy of the final PGD-40 evaluation (absent in evaluations before it was recorded)
+    row["pgd40_loss"] = _number(pgd.get("robust_ce_loss")) if _number(pgd.get("steps")) == 40 else None
     clean = _number(aa.get("clean_acc"))
     if clean is None:
         clean = _number(pgd.get("clean_acc"))
@@ -303,6 +309,9 @@ def coerce_types(df: "pd.DataFrame", source: str = "table") -> "pd.DataFrame":
     import pandas as pd
 
     df = df.copy()
+    for name in OPTIONAL_COLUMNS:
+        if name not in df.columns:
+            df[name] = None
     for name, kind in ZOO_COLUMNS:
         if name not in df.columns:
             continue
@@ -336,10 +345,10 @@ def validate_zoo(df: "pd.DataFrame", source: str = "table") -> None:
     all within 0-1 was written as fractions), accuracies within 0-100, no negative FLOPs or
     costs, unique run ids.
     """
-    missing = [c for c in COLUMN_NAMES if c not in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise RobustscaleError(f"zoo {source} lacks column(s) {', '.join(missing)}; "
-                               f"a zoo table needs all of: {', '.join(COLUMN_NAMES)} (see zoo_schema.md)")
+                               f"a zoo table needs all of: {', '.join(REQUIRED_COLUMNS)} (see zoo_schema.md)")
     for name in ACCURACY_COLUMNS:
         col = df[name].dropna()
         if len(col) and col.max() <= 1.0 and col.max() > 0:
@@ -381,7 +390,7 @@ def read_zoo(path: str | Path) -> "pd.DataFrame":
     except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
         raise RobustscaleError(f"zoo table {str(path)!r} could not be read: {first_line(exc)}") from None
     df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in COLUMN_NAMES if c not in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:  # checked before typing so that the missing column is the one line reported
         validate_zoo(df, source=path.name)
     df = coerce_types(df, source=path.name)

@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 from zoo_factory import JOINT_K, JOINT_THETA, joint_zoo
 
-from robustscale.analysis.frontier import fit_joint_zoo
-from robustscale.analysis.joint import (
-    fit_joint,
-    flops_per_param_example,
-    law_error,
-    optimum,
-    robust_error,
-)
+from robustscale.analysis.joint.frontier import fit_joint_zoo
+from robustscale.analysis.joint.inputs import robust_error
+from robustscale.analysis.joint.k import flops_per_param_example
+from robustscale.analysis.joint.law import fit_joint, law_error, optimum
 from robustscale.errors import RobustscaleError
 
 
@@ -34,7 +30,8 @@ def test_fit_recovers_alpha_beta_and_E(fitted):
         lo, hi = ci[name]
         assert lo < getattr(law, name) < hi and hi - lo < width, name
     assert law.r2_heldout > 0.95
-    assert law.to_dict()["asymptote_acc"] == pytest.approx(100 - law.E)
+    assert fitted.metric == "robust_error" and fitted.asymptote_acc == pytest.approx(100 - law.E)
+    assert fitted.identifiable and fitted.reasons == [] and law.at_bounds == []
 
 
 def test_fit_ignores_outliers_huber():

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from zoo_factory import JOINT_THETA, joint_zoo
 
-from robustscale.analysis.joint import cost_flops_per_example, optimum
-from robustscale.analysis.planner import (
+from robustscale.analysis.joint.k import cost_flops_per_example
+from robustscale.analysis.joint.law import optimum
+from robustscale.analysis.joint.planner import (
     MODEL_TABLE,
     candidate_models,
     nearest_model,

@@ -84,11 +84,11 @@ def test_cost_of_a_target_inverts_the_laws():
     a = fit_zoo(power_law_zoo(n=600, seed=4), n_boot=300, with_predictor=False)
     acc, energy = a.laws["accuracy"], a.laws["energy"]
     inside = float(np.mean(acc.y_range))
-    out = cost_of_target(inside, a.laws)
+    out = cost_of_target(inside, a.laws, None)
     expected = (math.log10(inside) - math.log10(acc.C)) / acc.alpha
     assert out["flops_log10"] == pytest.approx(expected)
     assert out["flops_log10_ci"][0] < expected < out["flops_log10_ci"][1]
     assert out["kwh"] == pytest.approx(energy.C * out["flops"] ** energy.alpha, rel=1e-6)
     assert not out["extrapolated"] and "warning" not in out
-    far = cost_of_target(acc.y_range[1] + 20, a.laws)
+    far = cost_of_target(acc.y_range[1] + 20, a.laws, None)
     assert far["extrapolated"] and "outside the data" in far["warning"]

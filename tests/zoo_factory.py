@@ -77,7 +77,7 @@ def power_law_zoo(n: int = 400, alpha: float = 0.05, C: float = 5.0, noise: floa
     df["co2_kg"] = kwh * 0.5663
     if with_collapsed:
         df.loc[: with_collapsed - 1, "autoattack_acc"] = rng.uniform(0, 9.5, with_collapsed)
-    return df[COLUMN_NAMES]
+    return df.reindex(columns=COLUMN_NAMES)
 
 
 def _features(rng: np.random.Generator, n: int) -> pd.DataFrame:
@@ -109,7 +109,7 @@ def planted_zoo(n: int = 600, seed: int = 0) -> pd.DataFrame:
     df["device_hours"] = df["energy_kwh"] * 2
     df["electricity_cost_usd"] = df["energy_kwh"] * 0.12
     df["co2_kg"] = df["energy_kwh"] * 0.5663
-    return df[COLUMN_NAMES]
+    return df.reindex(columns=COLUMN_NAMES)
 
 
 JOINT_THETA = (35.0, 1000.0, 0.35, 2000.0, 0.30)  # E, A, alpha, B, beta: robust error in percent
@@ -125,7 +125,9 @@ def joint_zoo(n: int = 300, noise: float = 0.01, seed: int = 0, theta=JOINT_THET
     err = (E + A / N**alpha + B / D**beta) * np.exp(noise * rng.standard_normal(n))
     df = _features(rng, n)
     synthetic = rng.random(n) < 0.5
+    # one recipe family (loss, steps, EMA, activation): the runs of one law
     df = df.assign(params=N.astype(int), examples_seen=D.astype(int), loss="pgd", attack_steps=10,
+                   activation="relu", ema=False,
                    epochs=np.maximum(1, np.round(D / 50_000)).astype(int), synthetic_data=synthetic,
                    synthetic_fraction=np.where(synthetic, 0.7, 0.0),
                    synthetic_size=np.where(synthetic, 1_000_000, 0))
@@ -137,4 +139,4 @@ def joint_zoo(n: int = 300, noise: float = 0.01, seed: int = 0, theta=JOINT_THET
     df["device_hours"] = df["energy_kwh"] * 2
     df["electricity_cost_usd"] = df["energy_kwh"] * 0.12
     df["co2_kg"] = df["energy_kwh"] * 0.5663
-    return df[COLUMN_NAMES]
+    return df.reindex(columns=COLUMN_NAMES)

@@ -1,37 +1,48 @@
-"""Analysis of a zoo table: predictor, envelope scaling laws, target costs, figures, report.
+"""Analysis of a zoo table: predictor, envelope scaling laws, the joint law, figures, report.
 
-``analyze_zoo(df, out_dir)`` runs all of it; the pieces (``fit_power_law``,
-``envelope_index``, ``fit_predictor``, ``cost_of_target``, ``fit_joint``, ``plan``, ...) are
-plain functions.
+Layers, each importing only those before it: ``scaling`` (envelope power laws), ``predictor``,
+``target`` (the envelope law's cost of a target), ``outcome`` (a recipe's forecast);
+``joint/`` (the joint law L(N, D), its families, k, frontier, the one cost-of-target function
+and the planner); ``zoo_fit`` (all fits of one zoo, no files); ``report`` (figures and HTML);
+``analyze`` (the orchestrator, ``analyze_zoo``), which nothing in the package imports.
+
+Names are loaded on first use, so ``import robustscale.analysis`` costs nothing.
 """
 
-from robustscale.analysis.analyze import Analysis, analyze_zoo, fit_zoo, split_runs
-from robustscale.analysis.forecast import forecast_recipe_outcome
-from robustscale.analysis.frontier import JointFit, config_frontier, fit_joint_zoo
-from robustscale.analysis.joint import JointLaw, fit_joint
-from robustscale.analysis.planner import plan
-from robustscale.analysis.predictor import FEATURES, Predictor, fit_predictor
-from robustscale.analysis.scaling import N_BINS, PowerLaw, envelope_index, fit_power_law
-from robustscale.analysis.target import cost_of_target
+from __future__ import annotations
 
-__all__ = [
-    "FEATURES",
-    "N_BINS",
-    "Analysis",
-    "JointFit",
-    "JointLaw",
-    "PowerLaw",
-    "Predictor",
-    "analyze_zoo",
-    "config_frontier",
-    "cost_of_target",
-    "envelope_index",
-    "fit_joint",
-    "fit_joint_zoo",
-    "fit_power_law",
-    "fit_predictor",
-    "fit_zoo",
-    "forecast_recipe_outcome",
-    "plan",
-    "split_runs",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "analyze_zoo": "robustscale.analysis.analyze",
+    "Analysis": "robustscale.analysis.zoo_fit",
+    "fit_zoo": "robustscale.analysis.zoo_fit",
+    "split_runs": "robustscale.analysis.zoo_fit",
+    "forecast_recipe_outcome": "robustscale.analysis.outcome",
+    "JointFit": "robustscale.analysis.joint.frontier",
+    "config_frontier": "robustscale.analysis.joint.frontier",
+    "fit_joint_zoo": "robustscale.analysis.joint.frontier",
+    "fit_families": "robustscale.analysis.joint.frontier",
+    "JointLaw": "robustscale.analysis.joint.law",
+    "fit_joint": "robustscale.analysis.joint.law",
+    "cost_of_target": "robustscale.analysis.joint.target",
+    "plan": "robustscale.analysis.joint.planner",
+    "FEATURES": "robustscale.analysis.predictor",
+    "Predictor": "robustscale.analysis.predictor",
+    "fit_predictor": "robustscale.analysis.predictor",
+    "N_BINS": "robustscale.analysis.scaling",
+    "PowerLaw": "robustscale.analysis.scaling",
+    "envelope_index": "robustscale.analysis.scaling",
+    "fit_power_law": "robustscale.analysis.scaling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'robustscale.analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -9,10 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from robustscale.analysis.analyze import Analysis
+from robustscale.analysis.joint.figures import draw_joint_figures
+from robustscale.analysis.joint.report import joint_section
 from robustscale.analysis.predictor import Predictor
 from robustscale.analysis.scaling import PowerLaw
 from robustscale.analysis.target import describe_target
+from robustscale.analysis.zoo_fit import Analysis
+from robustscale.files import atomic_write_text
 
 LAW_FIGURES = [("accuracy", "autoattack_acc", "AutoAttack accuracy (%)", "3a  accuracy = C·FLOPs^α"),
                ("electricity", "electricity_cost_usd", "electricity cost (USD)", "3b  electricity cost = C·FLOPs^α"),
@@ -42,10 +45,8 @@ def draw_figures(a: Analysis, out_dir: Path) -> dict[str, Path]:
         out[f"3{letter}"] = F.fig_3(law, env["train_flops"].to_numpy(float, na_value=np.nan),
                                     env[col].to_numpy(float, na_value=np.nan), f"fig3{letter}_{name}_law",
                                     ylabel, title, out_dir, extra)
-    if a.joint is not None:
-        from robustscale.analysis.joint_figures import draw_joint_figures
-
-        out.update(draw_joint_figures(a.joint, out_dir))
+    if a.joint_fit is not None:
+        out.update(draw_joint_figures(a.joint_fit, out_dir))
     return out
 
 
@@ -114,8 +115,6 @@ def write_report(a: Analysis, fits: dict[str, Any], out_dir: Path) -> Path:
         parts.append(f"<h2>Cost of the target</h2><p>{html.escape(describe_target(fits['target']))}</p>")
     parts.append(_predictor_section(fits))
     if "joint" in fits:
-        from robustscale.analysis.joint_report import joint_section
-
         parts.append(joint_section(fits["joint"]))
     parts.append(_runs_section(a, fits))
     parts.append("<h2>Figures</h2>")
@@ -128,5 +127,5 @@ def write_report(a: Analysis, fits: dict[str, Any], out_dir: Path) -> Path:
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>robustscale analysis</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     path = out_dir / "report.html"
-    path.write_text(page)
+    atomic_write_text(path, page)
     return path

@@ -1,4 +1,8 @@
-"""The cost of a target: what the fitted laws say reaching X% AutoAttack accuracy would take.
+"""The envelope law's cost of a target: what reaching X% AutoAttack accuracy would take.
+
+The answer ``analyze`` and ``plan`` give is decided by
+:func:`robustscale.analysis.joint.target.cost_of_target`, which uses this when the joint law
+cannot answer.
 
 Invert the accuracy law (FLOPs = (X / C)**(1 / alpha)), then read kWh, USD and kg CO2 off the
 cost laws at those FLOPs. Each bootstrap draw of the accuracy law is paired with the draw of the
@@ -37,7 +41,7 @@ def _value(log10: float | None) -> float | None:
     return float(10**log10)
 
 
-def cost_of_target(target_acc: float, laws: dict[str, Any]) -> dict[str, Any]:
+def envelope_cost_of_target(target_acc: float, laws: dict[str, Any]) -> dict[str, Any]:
     """FLOPs, kWh, USD and kg CO2 to reach ``target_acc`` percent AutoAttack accuracy.
 
     ``laws`` maps "accuracy", "energy", "electricity", "co2" to :class:`PowerLaw` (or a reason
@@ -48,7 +52,7 @@ def cost_of_target(target_acc: float, laws: dict[str, Any]) -> dict[str, Any]:
     acc = laws.get("accuracy")
     if not isinstance(acc, PowerLaw):
         return {"target_acc": target_acc, "error": f"accuracy law {acc or 'missing'}"}
-    out: dict[str, Any] = {"target_acc": float(target_acc)}
+    out: dict[str, Any] = {"target_acc": float(target_acc), "law": "envelope"}
     lo, hi = acc.y_range
     out["extrapolated"] = not (lo <= target_acc <= hi)
     if out["extrapolated"]:
@@ -58,21 +62,28 @@ def cost_of_target(target_acc: float, laws: dict[str, Any]) -> dict[str, Any]:
         out["error"] = f"accuracy does not grow with FLOPs in this zoo (alpha={acc.alpha:.3g}); no FLOPs reach it"
         return out
     flops_point, flops_boot = _log10_flops(acc, target_acc)
-    _put(out, "flops", flops_point, flops_boot)
+    put_log10(out, "flops", flops_point, flops_boot)
+    put_costs(out, laws, flops_point, flops_boot)
+    return out
+
+
+def put_costs(out: dict[str, Any], laws: dict[str, Any], flops_log10: float, flops_log10_boot: np.ndarray) -> None:
+    """kWh, USD and kg CO2 at ``10**flops_log10`` FLOPs from the cost laws into ``out``; draw i
+    of the FLOPs goes through draw i of each cost law, so intervals carry both uncertainties."""
     for key, name in COST_LAWS.items():
         law = laws.get(name)
         if not isinstance(law, PowerLaw):
             out[key] = None
             out[f"{key}_note"] = f"{name} law {law or 'missing'}"
             continue
-        point = math.log10(law.C) + law.alpha * flops_point
-        n = min(len(flops_boot), len(law.boot))
-        boot = (law.boot[:n, 1] / math.log(10) + law.boot[:n, 0] * flops_boot[:n]) if n else np.empty(0)
-        _put(out, key, point, boot)
-    return out
+        point = math.log10(law.C) + law.alpha * flops_log10
+        n = min(len(flops_log10_boot), len(law.boot))
+        boot = (law.boot[:n, 1] / math.log(10) + law.boot[:n, 0] * flops_log10_boot[:n]) if n else np.empty(0)
+        put_log10(out, key, point, boot)
 
 
-def _put(out: dict[str, Any], key: str, log10_point: float, log10_boot: np.ndarray) -> None:
+def put_log10(out: dict[str, Any], key: str, log10_point: float, log10_boot: np.ndarray) -> None:
+    """``key``, ``key_ci``, ``key_log10`` and ``key_log10_ci`` (95%) into ``out``."""
     out[f"{key}_log10"] = float(log10_point)
     out[f"{key}_log10_ci"] = _interval(log10_boot)
     out[key] = _value(log10_point)
@@ -94,4 +105,9 @@ def describe_target(result: dict[str, Any]) -> str:
 
     parts = [fmt("flops", "FLOPs"), fmt("kwh", "kWh"), fmt("usd", "USD"), fmt("kg_co2", "kg CO2")]
     line = f"target {result['target_acc']:g}% AutoAttack: " + "; ".join(parts)
+    if result.get("law") == "joint":
+        line += f" (joint law L(N, D) of {result['family_name']}; 95% interval over its bootstrap draws)"
+    elif result.get("law") == "envelope":
+        line += " (envelope law accuracy = C·FLOPs^α" + (f"; not the joint law: {result['joint_note']}"
+                                                         if result.get("joint_note") else "") + ")"
     return line + (f" (WARNING: {result['warning']})" if result.get("extrapolated") else "")

@@ -11,7 +11,7 @@ the attack: PGD-K costs (2K)F per example, not (3K)F.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -160,19 +160,69 @@ def pgd_accuracy(
     forward per example, robust a subset of clean. Each batch's random start depends only on
     ``(seed, batch index)``, so the numbers do not depend on what ran before. This is the
     evaluation both model selection during training and ``robustscale eval`` use."""
+    counts = pgd_counts(model, x, y, eps, steps, step_size, batch_size=batch_size, restarts=restarts,
+                        norm=norm, seed=seed, with_losses=False)
+    return counts.clean, counts.robust
+
+
+class PGDCounts(NamedTuple):
+    """Device tensors summed over the examples: clean and robust correct counts, and (when
+    asked for) the cross-entropy and the CW margin ``max_{j != y} z_j - z_y`` at the final
+    adversarial examples (the clean input where the model is already wrong)."""
+
+    clean: torch.Tensor
+    robust: torch.Tensor
+    ce: torch.Tensor | None = None
+    cw: torch.Tensor | None = None
+
+
+def cw_margin_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini-Wagner margin ``max_{j != y} z_j - z_y`` summed over the batch (> 0: fooled)."""
+    true = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return (other - true).sum()
+
+
+def pgd_counts(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    *,
+    batch_size: int,
+    restarts: int = 1,
+    norm: Literal["linf", "l2"] = "linf",
+    seed: int = 0,
+    with_losses: bool = True,
+) -> PGDCounts:
+    """:func:`pgd_accuracy`'s counts, plus with ``with_losses`` the summed robust cross-entropy
+    and CW margin at the adversarial examples (one more forward per example): the continuous
+    robust loss that scaling laws fit (Bartoldson et al. 2024) instead of accuracy."""
     from robustscale.data import to_float
     from robustscale.data.batches import seeded_generator
 
     dev = y.device
     clean = torch.zeros((), device=dev, dtype=torch.long)
     robust = torch.zeros((), device=dev, dtype=torch.long)
+    ce = torch.zeros((), device=dev, dtype=torch.float64)
+    cw = torch.zeros((), device=dev, dtype=torch.float64)
     for b, i in enumerate(range(0, len(y), batch_size)):
         xb, yb = to_float(x[i:i + batch_size]), y[i:i + batch_size]
         ok = _correct(model, xb, yb)
         clean += ok.sum()
+        x_adv = xb
         if eps > 0 and steps > 0:
             g = seeded_generator(seed, 4_001, b, device=dev)
-            _, ok = pgd_worst_case(model, xb, yb, eps, steps, step_size, restarts=restarts, norm=norm,
-                                   generator=g, clean=ok)
+            x_adv, ok = pgd_worst_case(model, xb, yb, eps, steps, step_size, restarts=restarts, norm=norm,
+                                       generator=g, clean=ok)
         robust += ok.sum()
-    return clean, robust
+        if with_losses:
+            with torch.no_grad():
+                logits = model(x_adv).float()
+            ce += ce_sum(logits, yb).double()
+            cw += cw_margin_sum(logits, yb).double()
+    if not with_losses:
+        return PGDCounts(clean, robust)
+    return PGDCounts(clean, robust, ce, cw)

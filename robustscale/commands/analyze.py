@@ -53,6 +53,17 @@ def run_analyze(args: argparse.Namespace) -> int:
     if "error" not in pred:
         print(f"predictor: R2 {pred['r2']:.3f}, MAE {pred['mae']:.2f} on held-out runs "
               f"(repeated: R2 {pred['r2_mean']:.3f} +- {pred['r2_std']:.3f})")
+    joint = fits.get("joint")
+    if joint is not None:
+        if "error" in joint:
+            print(f"joint law L(N, D): not fitted: {joint['error']}")
+        elif not joint["identifiable"]:
+            print(f"joint law L(N, D) ({joint['family_name']}): not identifiable: " + "; ".join(joint["reasons"]))
+        else:
+            law = joint["law"]
+            print(f"joint law L(N, D) ({joint['family_name']}, L = {joint['L']}): alpha {law['alpha']:.3g}, "
+                  f"beta {law['beta']:.3g}, held-out R2 {joint['heldout_r2']:.3f}, asymptote "
+                  f"{joint['asymptote_acc']:.1f}%")
     if "target" in fits:
         print(describe_target(fits["target"]))
     print(f"report: {Path(args.output) / 'report.html'}")

@@ -39,15 +39,24 @@ def _fmt_bill(bill: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustscale.analysis.planner import plan, recipe_yaml
+    from robustscale.analysis.joint.planner import plan, recipe_yaml
     from robustscale.zoo import read_zoo
 
     out = plan(read_zoo(args.zoo), budget=args.budget, unit=args.unit, target_acc=args.target_acc,
                loss=args.loss, attack_steps=args.attack_steps, seed=args.seed, synthetic_data=args.synthetic_data,
                models=args.models)
     law, opt = out["law"], out["optimal"]
-    print(f"law: robust error = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3g} + {law['B']:.3g}/D^{law['beta']:.3g}"
+    name = "pgd40_loss" if out["L"] == "pgd40_loss" else "robust error"
+    print(f"family: {out['family_name']} ({law['n_runs']} runs; {len(out['families'])} families fitted, "
+          f"{len(out['families_too_small'])} too small)")
+    print(f"law: {name} = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3g} + {law['B']:.3g}/D^{law['beta']:.3g}"
           f"  (held-out R2 {law['r2_heldout']:.3f}; asymptote {out['asymptote_acc']:.1f}% robust accuracy)")
+    for note in out["notes"]:
+        print(f"note: {note}")
+    if out["mode"] == "target":
+        from robustscale.analysis.target import describe_target
+
+        print(describe_target(out["target"]))
     zoo_k = f"; zoo median {out['k_zoo']:.3g}" if out.get("k_zoo") is not None else ""
     print(f"k = {out['k_flops_per_param_example']:.3g} FLOPs per parameter per example ({out['k_source']}{zoo_k})")
     print(f"optimum: N* = {opt['N']:.3g} parameters, D* = {opt['D']:.3g} examples "
@@ -69,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     for warning in out["warnings"]:
         print(f"warning: {warning}")
     if args.output:
-        Path(args.output).write_text(recipe_yaml(out["recipe"]))
+        from robustscale.files import atomic_write_text
+
+        atomic_write_text(args.output, recipe_yaml(out["recipe"]))
         print(f"recipe: {args.output}")
     return 0

@@ -1,5 +1,6 @@
 """Figures of the joint law: iso-FLOP curves (4a), the compute-optimal frontier N*(C), D*(C)
-(4b) and the robust-accuracy asymptote (4c)."""
+(4b) and the robust-accuracy asymptote (4c), drawn only for an identifiable law; otherwise the
+data coverage (4d: which (N, D) the zoo has), which shows why the law is not pinned down."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from robustscale.analysis.figures import plt, save
-from robustscale.analysis.frontier import JointFit
-from robustscale.analysis.joint import robust_error
+from robustscale.analysis.joint.frontier import JointFit
+from robustscale.analysis.joint.inputs import family_name, robust_error
 from robustscale.analysis.scaling import PowerLaw
 
 
@@ -25,11 +26,11 @@ def fig_iso_flop(jf: JointFit, out_dir: Path) -> Path:
     n_grid = np.logspace(np.log10(params.min()) - 1, np.log10(params.max()) + 1, 200)
     levels = np.logspace(*np.log10(jf.runs["train_flops"].quantile([0.05, 0.95]).to_numpy(float)), 5)
     for c in levels:
-        acc = 100 - jf.law.error(n_grid, c / (jf.k * n_grid))
+        acc = jf.accuracy(n_grid, c / (jf.k * n_grid))
         line, = ax.plot(n_grid, acc, label=f"C = {c:.2g} FLOPs")
         n_opt, d_opt = jf.law.optimum(c, jf.k)
-        ax.plot([n_opt], [100 - jf.law.error(n_opt, d_opt)], "o", color=line.get_color())
-    ax.axhline(100 - jf.law.E, color="k", ls="--", lw=1, label=f"asymptote 100 - E = {100 - jf.law.E:.1f}%")
+        ax.plot([n_opt], [jf.accuracy(n_opt, d_opt)], "o", color=line.get_color())
+    ax.axhline(jf.asymptote_acc, color="k", ls="--", lw=1, label=f"asymptote (L = E) {jf.asymptote_acc:.1f}%")
     ax.set(xscale="log", xlabel="parameters N", ylabel="predicted robust accuracy (%)",
            title="4a  iso-FLOP curves of L(N, D)")
     ax.set_ylim(max(0, ax.get_ylim()[0]), None)
@@ -62,14 +63,30 @@ def fig_asymptote(jf: JointFit, out_dir: Path) -> Path:
     n_opt, d_opt = jf.law.optimum(grid, jf.k)
     ax.scatter(jf.runs["train_flops"], 100 - robust_error(jf.runs), s=8, alpha=0.4, color="grey",
                rasterized=True, label="runs")
-    ax.plot(grid, 100 - jf.law.error(n_opt, d_opt), label="compute-optimal prediction")
-    ax.axhline(100 - jf.law.E, color="k", ls="--", lw=1, label=f"asymptote {100 - jf.law.E:.1f}%")
+    ax.plot(grid, jf.accuracy(n_opt, d_opt), label="compute-optimal prediction")
+    ax.axhline(jf.asymptote_acc, color="k", ls="--", lw=1, label=f"asymptote {jf.asymptote_acc:.1f}%")
     ax.set(xscale="log", xlabel="training FLOPs C", ylabel="robust accuracy (%)",
            title="4c  compute-optimal robust accuracy and its asymptote")
     ax.legend(fontsize=7)
     return save(fig, out_dir, "fig4c_asymptote")
 
 
+def fig_coverage(jf: JointFit, out_dir: Path) -> Path:
+    """The (N, D) points the runs cover, sized by run count: the data the law would need."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    pts, counts = np.unique(np.column_stack([jf.N, jf.D]), axis=0, return_counts=True)
+    ax.scatter(pts[:, 0], pts[:, 1], s=12 + 6 * np.sqrt(counts), alpha=0.7, rasterized=True)
+    d_label = "unique examples D" if jf.d_kind == "unique" else "examples processed D"
+    ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel=d_label,
+           title=f"4d  data coverage ({len(np.unique(jf.N))} N x {len(np.unique(jf.D))} D values)\n"
+                 f"{family_name(jf.family)}")
+    ax.title.set_fontsize(9)
+    return save(fig, out_dir, "fig4d_data_coverage")
+
+
 def draw_joint_figures(jf: JointFit, out_dir: Path) -> dict[str, Path]:
-    """All joint-law figures; name -> PNG path."""
+    """The joint-law figures of an identifiable law (4a-c); for a law the zoo does not pin down,
+    only the data-coverage figure (4d). Name -> PNG path."""
+    if not jf.identifiable:
+        return {"4d": fig_coverage(jf, out_dir)}
     return {"4a": fig_iso_flop(jf, out_dir), "4b": fig_frontier(jf, out_dir), "4c": fig_asymptote(jf, out_dir)}

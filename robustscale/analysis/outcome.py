@@ -1,4 +1,5 @@
-"""Forecast a recipe not yet trained: its AutoAttack accuracy (predictor) and its bill (laws).
+"""The predicted outcome of a recipe not yet trained: its AutoAttack accuracy (predictor) and
+its bill (laws).
 
 The recipe is validated by :class:`~robustscale.recipe.Recipe` first, so a missing key means
 what it means for ``robustscale train`` (the Recipe's default), never a default of our own.
@@ -29,7 +30,7 @@ def as_recipe(recipe: Any) -> Any:
     return recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
 
 
-def recipe_params(recipe: Any, zoo: Any) -> tuple[float, str]:
+def recipe_model_params(recipe: Any, zoo: Any) -> tuple[float, str]:
     """Parameters of the recipe's model for its dataset, and where the number came from."""
     from robustscale.data import dataset_info
     from robustscale.models import count_params
@@ -51,7 +52,7 @@ def recipe_params(recipe: Any, zoo: Any) -> tuple[float, str]:
 def recipe_features(recipe: Any, zoo: Any) -> tuple[dict[str, Any], str]:
     """The predictor's feature row for a recipe (a Recipe, or a dict validated as one)."""
     recipe = as_recipe(recipe)
-    params, source = recipe_params(recipe, zoo)
+    params, source = recipe_model_params(recipe, zoo)
     row = {"params": params, "synthetic_data": float(recipe.synthetic_data is not None),
            "activation": recipe.activation, "loss": recipe.loss,
            "attack_steps": float(recipe.attack_steps if recipe.adversarial else 0),
@@ -59,7 +60,7 @@ def recipe_features(recipe: Any, zoo: Any) -> tuple[dict[str, Any], str]:
     return row, source
 
 
-def forecast_flops(recipe: Any) -> tuple[float | None, str]:
+def recipe_flops_forecast(recipe: Any) -> tuple[float | None, str]:
     """Total training FLOPs from ``robustscale.cost.forecast_recipe``, or None and why not."""
     try:
         from robustscale.cost import forecast_recipe
@@ -108,7 +109,7 @@ def forecast_recipe_outcome(recipe: Any, zoo: Any, predictor: Predictor,
         out["warnings"].append(f"the recipe trains on {recipe.dataset} but the zoo's runs are on "
                                f"{', '.join(datasets)}: the prediction transfers across datasets "
                                "(a recipe without 'dataset' trains on digits, the Recipe's default)")
-    flops, source = forecast_flops(recipe)
+    flops, source = recipe_flops_forecast(recipe)
     out["flops"], out["flops_source"] = flops, source
     if flops is not None:
         out["flops_in_zoo_range"] = bool(zoo["train_flops"].min() <= flops <= zoo["train_flops"].max())

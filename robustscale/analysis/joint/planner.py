@@ -6,7 +6,10 @@ module (``robustscale.cost``) measures for the chosen loss and attack steps (an 
 costs a forward and a backward per attack step, so k is far above the 6 of standard training);
 the zoo's own median k is reported beside it. Under the joint law
 L(N, D) = E + A/N^alpha + B/D^beta the optimum on N * D = C / k is analytic (see joint.optimum);
-the plan takes the candidate model nearest to N* (k re-measured for that model), the whole
+the law is fitted per recipe family (loss, attack steps, EMA, activation) and the plan uses the
+identifiable family that predicts the most accuracy for the budget (for a target: the family
+:func:`~robustscale.analysis.joint.target.cost_of_target` chose); it refuses, with the reason,
+when no family's law is identifiable. It takes the candidate model nearest to N* (k re-measured for that model), the whole
 epochs its budget buys (an epoch is what the engine's ``BatchPlan`` makes of the written
 recipe: real examples over the real data, plus the synthetic share of each batch), and bills
 the recipe it writes with ``robustscale.cost.forecast_recipe``.
@@ -22,8 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from robustscale.analysis.frontier import JointFit, fit_joint_zoo
-from robustscale.analysis.joint import cost_flops_per_example, law_error
+from robustscale.analysis.groups import COLLAPSE_THRESHOLD, zoo_envelope_laws
+from robustscale.analysis.joint.frontier import N_BOOT, FamilyFits, JointFit, fit_families
+from robustscale.analysis.joint.inputs import family_name
+from robustscale.analysis.joint.k import cost_flops_per_example
+from robustscale.analysis.joint.target import cost_of_target
 from robustscale.analysis.scaling import PowerLaw
 from robustscale.errors import RobustscaleError, first_line
 
@@ -105,15 +111,6 @@ def _count(name: str, info: Any) -> int:
         raise RobustscaleError(f"model {name!r} cannot be built for {info.name}: {first_line(exc)}") from None
 
 
-def _cost_laws(df: Any, seed: int) -> dict[str, PowerLaw | str]:
-    from robustscale.analysis.analyze import fit_zoo
-
-    try:
-        return fit_zoo(df, seed=seed, n_boot=200, with_predictor=False).laws
-    except RobustscaleError as exc:
-        return {name: f"not fitted: {exc}" for name in ("energy", "electricity", "co2")}
-
-
 def _per_flop(df: Any, col: str) -> float | None:
     ratio = df[col].to_numpy(float, na_value=np.nan) / df["train_flops"].to_numpy(float, na_value=np.nan)
     ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
@@ -136,7 +133,7 @@ def to_flops(value: float, unit: str, laws: dict[str, Any], df: Any) -> float:
     return float(value / per)
 
 
-def bill(flops: float, laws: dict[str, Any], df: Any) -> dict[str, float | None]:
+def bill_from_laws(flops: float, laws: dict[str, Any], df: Any) -> dict[str, float | None]:
     """FLOPs, kWh, USD and kg CO2 of a run of ``flops`` (cost laws, else median cost per FLOP)."""
     out: dict[str, float | None] = {"flops": float(flops)}
     for key, unit in (("kwh", "kwh"), ("usd", "usd"), ("kg_co2", "kgco2")):
@@ -151,10 +148,10 @@ def bill(flops: float, laws: dict[str, Any], df: Any) -> dict[str, float | None]
 
 
 def _acc_with_interval(jf: JointFit, n: float, d: float) -> tuple[float, list[float] | None]:
-    acc = float(100.0 - jf.law.error(n, d))
+    acc = float(jf.accuracy(n, d))
     if len(jf.law.boot) == 0:
         return acc, None
-    draws = 100.0 - np.array([law_error(t, n, d) for t in jf.law.boot])
+    draws = jf.accuracy_draws(n, d)
     return acc, [float(v) for v in np.percentile(draws, [2.5, 97.5])]
 
 
@@ -163,13 +160,14 @@ class _Spec:
 
     def __init__(self, jf: JointFit, config: dict[str, Any], loss: str | None, attack_steps: int | None,
                  synthetic_path: str | None):
-        runs = jf.runs
+        runs, fam = jf.runs, jf.family
         self.config = config
         self.dataset = str(runs["dataset"].mode().iloc[0])
-        self.loss = str(loss or config.get("loss") or "pgd")
-        self.attack_steps = int(attack_steps if attack_steps is not None else config.get("attack_steps") or 10)
-        self.activation = str(config.get("activation") or "relu")
-        self.ema = config.get("ema") is True
+        self.loss = str(loss or fam.get("loss") or config.get("loss") or "pgd")
+        steps = attack_steps if attack_steps is not None else fam.get("attack_steps", config.get("attack_steps"))
+        self.attack_steps = int(steps if steps is not None else 10)
+        self.activation = str(fam.get("activation") or config.get("activation") or "relu")
+        self.ema = (fam["ema"] if fam.get("ema") is not None else config.get("ema")) is True
         self.eps = float(runs["eps"].median()) if runs["eps"].notna().any() else 8 / 255
         self.synthetic_recommended = config.get("synthetic_data") is True
         self.synthetic_fraction = float(config.get("synthetic_fraction") or 0.0)
@@ -246,15 +244,16 @@ def _cheapest_for_target(jf: JointFit, target: float, candidates: dict[str, int]
     """The candidate reaching ``target`` accuracy for the least training FLOPs (each model's own
     FLOPs per example): (model, examples needed, params, FLOPs per example, FLOPs), or None."""
     E, A, alpha, B, beta = jf.law.theta
+    level = jf.acc_map.level(target)  # the law's L at the target accuracy
     best: tuple[str, float, int, float, float] | None = None
     for model, n in candidates.items():
-        if (100.0 - target) - E - A / n**alpha <= 0:  # not even infinite data gets this model there
+        if level - E - A / n**alpha <= 0:  # not even infinite data gets this model there
             continue
         cost = spec.cost(model)
         if cost is None:
             continue
         per_example, params = cost
-        room = (100.0 - target) - E - A / params**alpha
+        room = level - E - A / params**alpha
         if room <= 0:
             continue
         d = (B / room) ** (1.0 / beta)
@@ -263,54 +262,61 @@ def _cheapest_for_target(jf: JointFit, target: float, candidates: dict[str, int]
     return best
 
 
-def _ideal_flops_for_target(jf: JointFit, target: float) -> float:
-    """Least compute at which the law's optimum reaches ``target`` (bisection in log C)."""
-    lo, hi = 0.0, 80.0 * math.log(10)
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        n, d = jf.law.optimum(math.exp(mid), jf.k)
-        lo, hi = (mid, hi) if 100.0 - jf.law.error(n, d) < target else (lo, mid)
-    return math.exp(hi)
+def _budget_family(ff: FamilyFits, flops: float) -> JointFit:
+    """The identifiable family whose law predicts the most robust accuracy at ``flops``."""
+    def predicted(jf: JointFit) -> float:
+        return float(jf.accuracy(*jf.law.optimum(flops, jf.k)))
+
+    return max(ff.identifiable, key=predicted)
 
 
 def plan(df: Any, budget: float | None = None, unit: str = "flops", target_acc: float | None = None,
-         loss: str | None = None, attack_steps: int | None = None, seed: int = 0, n_boot: int = 100,
-         collapse_threshold: float = 10.0, synthetic_data: str | None = None,
+         loss: str | None = None, attack_steps: int | None = None, seed: int = 0, n_boot: int = N_BOOT,
+         collapse_threshold: float = COLLAPSE_THRESHOLD, synthetic_data: str | None = None,
          models: str | Sequence[str] | None = None) -> dict[str, Any]:
     """A compute-optimal plan for a budget (``budget`` in ``unit``) or for ``target_acc``.
 
     ``models`` are the candidate architectures (see :func:`candidate_models`; default the
-    WideResNets of :data:`MODEL_TABLE`). Returns a dict: the law's optimum (N*, D*), the chosen
-    model, its k, the examples and whole epochs the written recipe trains, synthetic data, the
-    predicted AutoAttack accuracy with a bootstrap 95% interval, the bill of the written recipe
-    (FLOPs from ``robustscale.cost.forecast_recipe``, kWh / USD / kg CO2 from the zoo's cost
-    laws), warnings, and ``recipe`` (a dict ready for ``robustscale train``). Raises
-    :class:`RobustscaleError` for a budget below the smallest run of the zoo or a target beyond
-    the law's asymptote.
+    WideResNets of :data:`MODEL_TABLE`). Returns a dict: the family whose law was used and the
+    others, the law's optimum (N*, D*), the chosen model, its k, the examples and whole epochs
+    the written recipe trains, synthetic data, the predicted AutoAttack accuracy with a
+    bootstrap 95% interval, the bill of the written recipe (FLOPs from
+    ``robustscale.cost.forecast_recipe``, kWh / USD / kg CO2 from the zoo's cost laws),
+    warnings, and ``recipe`` (a dict ready for ``robustscale train``); for a target also
+    ``target``, :func:`~robustscale.analysis.joint.target.cost_of_target`'s answer, exactly what
+    ``analyze --target-acc`` reports. Raises :class:`RobustscaleError` when no family's law is
+    identifiable (with the reasons), for a budget below the smallest run of the zoo, or a target
+    beyond every law's asymptote.
     """
     from robustscale.data import DATASETS
     from robustscale.zoo import coerce_types, validate_zoo
 
     if (budget is None) == (target_acc is None):
         raise RobustscaleError("give exactly one of --budget or --target-acc")
+    if target_acc is not None and not 0 < target_acc < 100:
+        raise RobustscaleError(f"--target-acc {target_acc:g} is not a percentage; allowed: 0 < X < 100")
+    if budget is not None and budget <= 0:
+        raise RobustscaleError(f"--budget {budget:g} must be > 0")
     df = coerce_types(df)
     validate_zoo(df)
-    jf = fit_joint_zoo(df, collapse_threshold, loss, attack_steps, seed=seed, n_boot=n_boot)
-    dataset = str(jf.runs["dataset"].mode().iloc[0])
+    ff = fit_families(df, collapse_threshold, seed=seed, n_boot=n_boot, loss=loss, attack_steps=attack_steps)
+    if not ff.identifiable:
+        raise RobustscaleError(f"no plan: {ff.why_none()}")
+    laws = zoo_envelope_laws(df, collapse_threshold, seed=seed)
+    dataset = str(ff.identifiable[0].runs["dataset"].mode().iloc[0])
     if dataset not in DATASETS:
         raise RobustscaleError(f"the zoo's runs are on {dataset!r}; plan writes recipes for "
                                f"{', '.join(DATASETS)} only")
     candidates = candidate_models(models, dataset)
-    laws = _cost_laws(df, seed)
-    asymptote = 100.0 - jf.law.E
-    out: dict[str, Any] = {"k_reference": jf.k, "k_reference_source": jf.k_source, "k_zoo": jf.k_zoo,
-                           "k_zoo_source": jf.k_zoo_source, "law": jf.law.to_dict(), "asymptote_acc": asymptote,
-                           "candidates": len(candidates), "warnings": []}
-    min_flops, max_flops = float(jf.runs["train_flops"].min()), float(jf.runs["train_flops"].max())
+    out: dict[str, Any] = {"candidates": len(candidates), "warnings": [],
+                           "families": [{"family_name": family_name(f.family), "n_runs": f.law.n_runs,
+                                         "identifiable": f.identifiable, "reasons": f.reasons} for f in ff.fits],
+                           "families_too_small": [{"family_name": family_name(fam), "n_runs": n}
+                                                  for fam, n in ff.too_small]}
     if budget is not None:
-        if budget <= 0:
-            raise RobustscaleError(f"--budget {budget:g} must be > 0")
         flops = to_flops(budget, unit, laws, df)
+        jf = _budget_family(ff, flops)
+        min_flops = float(jf.runs["train_flops"].min())
         if flops < min_flops:
             raise RobustscaleError(f"budget {budget:g} {unit} (= {flops:.3g} FLOPs) is below the smallest run in "
                                    f"the zoo ({min_flops:.3g} FLOPs); the laws say nothing there")
@@ -320,13 +326,12 @@ def plan(df: Any, budget: float | None = None, unit: str = "flops", target_acc: 
         examples_wanted = flops / per_example
         out.update(mode="budget", budget=budget, unit=unit, budget_flops=flops)
     else:
-        if not 0 < target_acc < 100:
-            raise RobustscaleError(f"--target-acc {target_acc:g} is not a percentage; allowed: 0 < X < 100")
-        if target_acc >= asymptote:
-            raise RobustscaleError(f"target {target_acc:g}% lies beyond the asymptote of the fitted law "
-                                   f"(100 - E = {asymptote:.1f}% robust accuracy); no budget reaches it")
-        flops = _ideal_flops_for_target(jf, target_acc)
-        n_opt, d_opt = (float(v) for v in jf.law.optimum(flops, jf.k))
+        target = cost_of_target(target_acc, laws, ff)
+        if target["law"] != "joint":
+            raise RobustscaleError(f"no plan for {target_acc:g}%: {target['joint_note']}")
+        jf = next(f for f in ff.identifiable if f.family == target["family"])
+        flops = float(target["flops"]) if target.get("flops") is not None else math.inf
+        n_opt, d_opt = float(target["N_star"]), float(target["D_star"])
         spec = _Spec(jf, jf.frontier.nearest(flops), loss, attack_steps, synthetic_data)
         cheapest = _cheapest_for_target(jf, target_acc, candidates, spec)
         if cheapest is None:
@@ -335,11 +340,16 @@ def plan(df: Any, budget: float | None = None, unit: str = "flops", target_acc: 
                                    f"fitted law (largest: {largest}, {candidates[largest]:.3g} parameters)")
         model, examples_wanted, params, per_example, needed = cheapest
         k = per_example / params
-        out.update(mode="target", target_acc=target_acc, ideal_flops=flops, examples_needed=examples_wanted,
-                   flops_needed=needed)
+        out.update(mode="target", target_acc=target_acc, target=target, ideal_flops=flops,
+                   examples_needed=examples_wanted, flops_needed=needed)
+    out.update(family=jf.family, family_name=family_name(jf.family), k_reference=jf.k,
+               k_reference_source=jf.k_source, k_zoo=jf.k_zoo, k_zoo_source=jf.k_zoo_source,
+               law=jf.law.to_dict(), L=jf.metric, D=jf.d_kind, notes=list(jf.notes),
+               asymptote_acc=jf.asymptote_acc)
     for note in spec.skipped:
         out["warnings"].append(f"left out: {note}")
-    _finish(out, jf, laws, df, spec, (n_opt, d_opt), model, k, params, examples_wanted, (min_flops, max_flops))
+    flops_range = (float(jf.runs["train_flops"].min()), float(jf.runs["train_flops"].max()))
+    _finish(out, jf, laws, df, spec, (n_opt, d_opt), model, k, params, examples_wanted, flops_range)
     return out
 
 
@@ -371,7 +381,7 @@ def _finish(out: dict[str, Any], jf: JointFit, laws: dict[str, Any], df: Any, sp
                k_source=f"robustscale.cost: measured training FLOPs per example of {model}, {spec.loss}"
                + (f"-{spec.attack_steps}" if spec.loss != "standard" else "") + f" on {spec.dataset} / parameters",
                examples=examples, examples_per_epoch=int(per_epoch), epochs=epochs, synthetic=synthetic,
-               predicted_acc=acc, predicted_acc_ci=ci, bill=bill(run_flops, laws, df), recipe=recipe,
+               predicted_acc=acc, predicted_acc_ci=ci, bill=bill_from_laws(run_flops, laws, df), recipe=recipe,
                frontier_config=spec.config)
     if jf.k_zoo is not None and not 0.8 <= jf.k_zoo / k <= 1.25:
         out["warnings"].append(f"the zoo's own FLOPs per parameter per example ({jf.k_zoo:.3g}, {jf.k_zoo_source}) "
