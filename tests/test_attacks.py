@@ -96,3 +96,23 @@ def test_each_restart_draws_a_new_start_and_breaks_more_examples(adversarial_run
             assert torch.equal(robust, model(x_adv).argmax(1) == y)
         counts.append(int(robust.sum()))
     assert counts[0] > counts[1] > counts[2], counts
+
+
+def test_pgd_counts_record_the_robust_losses_at_the_adversarial_examples():
+    import torch.nn.functional as F
+
+    from robustscale.attacks.pgd import pgd_counts
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.rand(40, 3, 2, 2), torch.randint(0, 3, (40,))
+    clean = pgd_counts(model, x, y, 0.0, 0, 0.0, batch_size=16)
+    with torch.no_grad():
+        logits = model(x)
+    assert clean.ce.item() == pytest.approx(F.cross_entropy(logits, y, reduction="sum").item(), rel=1e-5)
+    true = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    assert clean.cw.item() == pytest.approx((other - true).sum().item(), rel=1e-5)
+    attacked = pgd_counts(model, x, y, 0.1, 10, 0.025, batch_size=16)
+    assert attacked.ce.item() > clean.ce.item() and attacked.cw.item() > clean.cw.item()
+    assert attacked.robust.item() <= clean.robust.item()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from zoo_factory import JOINT_K, JOINT_THETA, joint_zoo
 
@@ -122,3 +123,131 @@ def test_too_few_runs_or_sizes_is_a_clear_error():
         fit_joint_zoo(df, n_boot=0)
     with pytest.raises(RobustscaleError, match="no usable adversarial run with loss=trades"):
         fit_joint_zoo(joint_zoo(n=40), loss="trades", n_boot=0)
+
+
+# ---- identifiability: a law is only a finding when the zoo pins it down ----------------------
+
+def _law_zoo(theta, n=300, noise=0.01, seed=0, sizes=None):
+    """joint_zoo with robust error from ``theta``; ``sizes`` fixes the model sizes it may use."""
+    df = joint_zoo(n=n, noise=noise, seed=seed, theta=theta)
+    if sizes is not None:
+        rng = np.random.default_rng(seed + 100)
+        df["params"] = rng.choice(sizes, len(df))
+        E, A, alpha, B, beta = theta
+        N, D = df["params"].to_numpy(float), df["examples_seen"].to_numpy(float)
+        err = (E + A / N**alpha + B / D**beta) * np.exp(noise * rng.standard_normal(len(df)))
+        df["autoattack_acc"], df["pgd40_acc"] = 100 - err, 102 - err
+    return df
+
+
+def test_two_model_sizes_are_not_identifiable():
+    jf = fit_joint_zoo(_law_zoo(JOINT_THETA, sizes=[1_000_000, 30_000_000]), n_boot=20)
+    assert not jf.identifiable
+    assert any("only 2 distinct model sizes" in r for r in jf.reasons), jf.reasons
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_accuracy_independent_of_N_is_not_identifiable(seed):
+    E, _, alpha, B, beta = JOINT_THETA
+    jf = fit_joint_zoo(_law_zoo((E, 0.0, alpha, B, beta), seed=seed), n_boot=20)
+    assert not jf.identifiable
+    assert any("no effect of N" in r for r in jf.reasons), jf.reasons
+    assert not any("effect of D" in r for r in jf.reasons)  # D does matter in this zoo
+
+
+def test_noise_larger_than_the_N_effect_is_not_identifiable():
+    E, _, alpha, B, beta = JOINT_THETA
+    jf = fit_joint_zoo(_law_zoo((E, 50.0, alpha, B, beta), noise=0.15, seed=2), n_boot=20)
+    assert not jf.identifiable
+    assert any("no effect of N" in r for r in jf.reasons) and any("held-out R²" in r for r in jf.reasons)
+
+
+def test_coefficient_at_a_bound_is_named():
+    from robustscale.analysis.joint.law import BOUNDS, JointLaw, _at_bounds, assess
+
+    p = np.array([5.0, 3.0, 3.0, BOUNDS[3][1] - 1e-4, 0.3])  # alpha pinned at its upper bound
+    assert _at_bounds(p) == ["alpha"]
+    law = JointLaw(E=20.0, A=np.exp(5.0), alpha=3.0, B=np.exp(3.0), beta=0.3, n_runs=50, r2_heldout=0.9,
+                   at_bounds=["alpha"], n_sizes=5, n_data=5, N_range=(1e5, 1e8), D_range=(1e6, 1e8), scatter=0.0)
+    assert any("alpha ended at a bound" in r for r in assess(law))
+
+
+# ---- what L and D are -----------------------------------------------------------------------
+
+def test_pgd40_loss_is_the_law_when_present_and_partly_empty_uses_the_runs_that_have_it():
+    theta = (0.9, 30.0, 0.35, 60.0, 0.30)  # a robust cross-entropy in nats
+    df = joint_zoo(n=300, noise=0.01, seed=4, theta=theta)
+    loss = 100 - df["autoattack_acc"].to_numpy(float)  # the factory's "error" is the loss here
+    df["pgd40_loss"] = loss
+    df["autoattack_acc"] = 95 - 40 * loss  # accuracy falls linearly with the loss
+    df.loc[:49, "pgd40_loss"] = np.nan
+    jf = fit_joint_zoo(df, n_boot=20)
+    assert jf.metric == "pgd40_loss" and jf.law.n_runs == 250
+    assert any("known for 250 of 300 runs" in n for n in jf.notes)
+    assert jf.law.alpha == pytest.approx(0.35, abs=0.03) and jf.law.E == pytest.approx(0.9, abs=0.1)
+    assert jf.acc_map.slope == pytest.approx(-40, rel=1e-3) and jf.acc_map.intercept == pytest.approx(95, rel=1e-3)
+    assert jf.asymptote_acc == pytest.approx(95 - 40 * jf.law.E)
+
+
+def test_D_is_unique_examples_where_the_zoo_records_them():
+    from robustscale.analysis.joint.inputs import law_inputs
+
+    df = joint_zoo(n=20, seed=0)
+    assert law_inputs(df).d_kind == "processed"
+    df["unique_synthetic_seen"] = np.where(df["synthetic_data"], 400_000, np.nan)
+    inputs = law_inputs(df)
+    assert inputs.d_kind == "unique" and any("unique examples" in n for n in inputs.notes)
+    expected = np.where(df["synthetic_data"], 400_000 + 50_000, 50_000)  # + the CIFAR-10 train split
+    assert inputs.D == pytest.approx(expected)
+    df.loc[df.index[df["synthetic_data"]][0], "unique_synthetic_seen"] = np.nan  # one synthetic run unknown
+    assert law_inputs(df).d_kind == "processed"
+
+
+# ---- recipe families --------------------------------------------------------------------------
+
+def test_each_recipe_family_gets_its_own_law_and_small_families_are_named():
+    from robustscale.analysis.joint.frontier import fit_families, joint_summary
+
+    good = joint_zoo(n=200, seed=5).assign(loss="trades")
+    worse = joint_zoo(n=200, seed=6, theta=(50.0, 1000.0, 0.2, 2000.0, 0.4)).assign(attack_steps=1)
+    tiny = joint_zoo(n=5, seed=7).assign(activation="gelu")
+    df = pd.concat([good, worse, tiny], ignore_index=True).assign(run_id=lambda d: [f"r{i}" for i in range(len(d))])
+    ff = fit_families(df, n_boot=20)
+    by = {(f.family["loss"], f.family["attack_steps"]): f for f in ff.fits}
+    assert set(by) == {("trades", 10), ("pgd", 1)}
+    assert by[("trades", 10)].law.alpha == pytest.approx(JOINT_THETA[2], abs=0.03)
+    assert by[("pgd", 1)].law.alpha == pytest.approx(0.2, abs=0.03) and by[("pgd", 1)].law.E == pytest.approx(50, abs=2)
+    assert [(fam["activation"], n) for fam, n in ff.too_small] == [("gelu", 5)]
+    summary = joint_summary(ff)
+    assert len(summary["families"]) == 2 and summary["families_too_small"][0]["n_runs"] == 5
+
+
+# ---- foreign zoos -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, ours", [("wide_resnet28_10", "wrn28_10"), ("WideResNet-70-16", "wrn70_16"),
+                                        ("WideResNet-34-20", "wrn34_20"), ("wide_resnet70_16_dm", "dm_wrn70_16"),
+                                        ("wide_resnet28_10_dm", "dm_wrn28_10"), ("wrn28_10", "wrn28_10"),
+                                        ("resnet18", "resnet18")])
+def test_foreign_model_names_map_to_robustscale_names(name, ours):
+    from robustscale.analysis.joint.k import robustscale_model
+
+    mapped, note = robustscale_model(name)
+    assert mapped == ours and (note is None) == (name == ours)
+
+
+def test_foreign_zoo_is_counted_through_the_alias_or_falls_back_visibly():
+    import timm
+
+    import robustscale.models  # noqa: F401  (registers robustscale's models)
+
+    df = joint_zoo(n=60).assign(model="WideResNet-28-10")
+    jf = fit_joint_zoo(df, n_boot=0)
+    assert jf.k == pytest.approx(_measured_k("wrn28_10")) and "robustscale.cost" in jf.k_source
+    assert any("'WideResNet-28-10' counted as robustscale's wrn28_10" in n for n in jf.notes)
+    dm = fit_joint_zoo(df.assign(model="wide_resnet70_16_dm"), n_boot=0)
+    assert any("dm_wrn70_16" in n for n in dm.notes)
+    if "dm_wrn70_16" in timm.list_models():
+        assert "robustscale.cost" in dm.k_source
+    else:  # not registered in this tree: the zoo's own k, said so, never silently
+        assert dm.k == pytest.approx(JOINT_K) and "zoo median" in dm.k_source
+        assert any("could not count" in n for n in dm.notes)

@@ -180,3 +180,50 @@ def test_written_recipe_loads_and_validates(zoo_file, npz, tmp_path, capsys):
     else:
         assert recipe.synthetic_data is None and recipe.synthetic_fraction == 0
     assert forecast_recipe(recipe)["train_flops_total"] == pytest.approx(1e18, rel=0.10)
+
+
+# ---- plan refuses a law the zoo does not pin down; families; one answer for a target ---------
+
+def test_plan_refuses_a_law_that_is_not_identifiable(zoo, zoo_file, tmp_path, capsys):
+    two = zoo.copy()
+    two["params"] = np.where(np.arange(len(two)) % 2 == 0, 1_000_000, 30_000_000)  # two model sizes
+    path = write_zoo(two, tmp_path / "two.csv")
+    out = tmp_path / "r.yaml"
+    assert main(["plan", "--zoo", str(path), "--budget", "1e19", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not identifiable" in err and "only 2 distinct model sizes" in err
+    assert not out.exists()
+    with pytest.raises(RobustscaleError, match="not identifiable"):
+        plan(two, target_acc=50, n_boot=10)
+
+
+def test_plan_uses_the_family_whose_law_predicts_more(k_ref):
+    import pandas as pd
+
+    good = joint_zoo(n=150, seed=1, k=k_ref).assign(model="wrn28_10", loss="trades", activation="relu")
+    worse = joint_zoo(n=150, seed=2, k=k_ref, theta=(55.0, 1000.0, 0.35, 2000.0, 0.30)).assign(
+        model="wrn28_10", activation="relu")
+    df = pd.concat([worse, good], ignore_index=True).assign(run_id=lambda d: [f"r{i}" for i in range(len(d))])
+    out = plan(df, budget=1e19, n_boot=10)
+    assert out["family"]["loss"] == "trades" and out["recipe"]["loss"] == "trades"
+    assert out["recipe"]["attack_steps"] == 10 and len(out["families"]) == 2
+    only_pgd = plan(df, budget=1e19, n_boot=10, loss="pgd")  # --loss narrows the families
+    assert only_pgd["family"]["loss"] == "pgd" and only_pgd["predicted_acc"] < out["predicted_acc"]
+
+
+def test_analyze_and_plan_give_one_answer_for_a_target(zoo, tmp_path, capsys):
+    from robustscale.analysis import analyze_zoo
+
+    target = 55.0
+    fits = analyze_zoo(zoo, tmp_path / "rep", target_acc=target, n_splits=2)
+    planned = plan(zoo, target_acc=target)
+    a, p = fits["target"], planned["target"]
+    assert a["law"] == p["law"] == "joint" and a["family_name"] == p["family_name"]
+    for key in ("flops", "kwh", "usd", "kg_co2", "N_star", "D_star"):
+        assert a[key] == pytest.approx(p[key], rel=1e-9), key
+    for key in ("flops_ci", "kwh_ci"):
+        assert a[key] == pytest.approx(p[key], rel=1e-9), key
+    assert a["flops_ci"][0] < a["flops"] < a["flops_ci"][1]
+    assert planned["ideal_flops"] == pytest.approx(a["flops"])
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "joint law L(N, D) of loss=pgd" in html and "95% interval over its bootstrap draws" in html

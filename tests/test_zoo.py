@@ -170,3 +170,22 @@ def test_only_a_standard_autoattack_on_the_whole_test_split_is_the_zoo_number(tm
     assert (row()["autoattack_acc"], row()["clean_acc"]) == (47.0, 90.0)
     write("autoattack-8-255.json", robust_acc=48.5, clean_acc=88.0)   # as written now
     assert (row()["autoattack_acc"], row()["clean_acc"]) == (48.5, 88.0)
+
+
+def test_pgd40_loss_comes_from_the_final_pgd40_evaluation(tmp_path):
+    import json
+
+    d = make_run(tmp_path, "a")
+    (d / "eval" / "pgd-8-255.json").write_text(json.dumps(
+        {"attack": "pgd", "eps": 8 / 255, "n": 10_000, "steps": 40, "clean_acc": 84.2, "robust_acc": 52.0,
+         "robust_ce_loss": 1.234, "robust_cw_loss": 0.5, "checkpoint": "best"}))
+    e = make_run(tmp_path, "b")  # an evaluation written before the loss was recorded
+    (e / "eval" / "pgd-8-255.json").write_text(json.dumps(
+        {"attack": "pgd", "eps": 8 / 255, "n": 10_000, "steps": 40, "clean_acc": 84.2, "robust_acc": 52.0,
+         "checkpoint": "best"}))
+    df, _ = gather_zoo(tmp_path)
+    rows = df.set_index("run_id")
+    assert rows.loc["a", "pgd40_loss"] == pytest.approx(1.234) and pd.isna(rows.loc["b", "pgd40_loss"])
+    # a table made without the optional column still reads, the column empty
+    path = write_zoo(df.drop(columns=["pgd40_loss"]), tmp_path / "z.csv")
+    assert read_zoo(path)["pgd40_loss"].isna().all()

@@ -24,7 +24,7 @@ from robustscale.analysis.joint.inputs import (
     law_inputs,
     robust_error,
 )
-from robustscale.analysis.joint.k import choose_k
+from robustscale.analysis.joint.k import choose_k, flops_per_param_example
 from robustscale.analysis.joint.law import MIN_RUNS, JointLaw, assess, fit_joint
 from robustscale.analysis.scaling import N_BINS, PowerLaw, envelope_index, fit_power_law
 from robustscale.errors import RobustscaleError
@@ -108,15 +108,28 @@ def config_frontier(runs: Any, n_bins: int = N_BINS, seed: int = 0) -> Frontier:
     return Frontier(rows=rows, n_law=laws[0], d_law=laws[1])
 
 
+def _zoo_k(runs: Any, family: dict[str, Any]) -> dict[str, Any]:
+    """k from the runs' own FLOPs, for a law too loose to plan from (no cost-module count)."""
+    try:
+        k, source = flops_per_param_example(runs, family.get("loss"), family.get("attack_steps"))
+    except RobustscaleError as exc:
+        k, source = float("nan"), str(exc)
+    source += "; not measured by the cost module: the law is not identifiable"
+    return {"k": k, "k_source": source, "k_zoo": k, "k_zoo_source": source, "reference": {}, "notes": []}
+
+
 def _fit_runs(df: Any, runs: Any, family: dict[str, Any], seed: int, n_boot: int) -> JointFit:
     inputs = law_inputs(runs)
-    law = fit_joint(inputs.N, inputs.D, inputs.L, seed=seed, n_boot=n_boot)
+    law = fit_joint(inputs.N, inputs.D, inputs.L, seed=seed, n_boot=n_boot, boot_only_if_identifiable=True)
     acc_map = accuracy_map(inputs)
     reasons = assess(law)
     if inputs.metric != "robust_error" and not acc_map.slope < 0:
         reasons.append("robust accuracy does not fall as pgd40_loss rises in these runs (loss-to-accuracy "
                        f"slope {acc_map.slope:.3g}): the loss law says nothing about accuracy")
-    k = choose_k(df, inputs.runs, family.get("loss"), family.get("attack_steps"))
+    # the cost module's meta-device count costs about a second per configuration: only for laws
+    # that can be planned from
+    k = _zoo_k(inputs.runs, family) if reasons else choose_k(df, inputs.runs, family.get("loss"),
+                                                               family.get("attack_steps"))
     return JointFit(law=law, frontier=config_frontier(inputs.runs, seed=seed), k=k["k"], k_source=k["k_source"],
                     runs=inputs.runs, acc_map=acc_map, metric=inputs.metric, d_kind=inputs.d_kind, N=inputs.N,
                     D=inputs.D, family=family, reasons=reasons, notes=inputs.notes + k["notes"],

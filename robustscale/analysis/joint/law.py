@@ -181,7 +181,8 @@ def _r2(true: np.ndarray, pred: np.ndarray) -> float | None:
 
 
 def fit_joint(N: Any, D: Any, L: Any, seed: int = 0, n_boot: int = 50, n_starts: int = 8,
-              heldout: float = 0.3, n_splits: int = 5, max_runs: int | None = 2000) -> JointLaw:
+              heldout: float = 0.3, n_splits: int = 5, max_runs: int | None = 2000,
+              boot_only_if_identifiable: bool = False) -> JointLaw:
     """See :func:`_fit_joint`; runs with BLAS on one thread.
 
     L-BFGS-B makes a few tiny BLAS calls per step; with OpenBLAS's thread pool on a busy machine
@@ -191,17 +192,19 @@ def fit_joint(N: Any, D: Any, L: Any, seed: int = 0, n_boot: int = 50, n_starts:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_joint(N, D, L, seed, n_boot, n_starts, heldout, n_splits, max_runs)
+        return _fit_joint(N, D, L, seed, n_boot, n_starts, heldout, n_splits, max_runs, boot_only_if_identifiable)
 
 
 def _fit_joint(N: Any, D: Any, L: Any, seed: int, n_boot: int, n_starts: int, heldout: float, n_splits: int,
-               max_runs: int | None) -> JointLaw:
+               max_runs: int | None, boot_only_if_identifiable: bool) -> JointLaw:
     """Fit L(N, D) on all runs, score it on held-out splits, and bootstrap its coefficients.
 
     ``r2_heldout`` is the mean R² of L on ``n_splits`` seeded ``heldout`` fractions of the runs,
     the law refitted on the rest each time. Bootstrap refits start from the full fit. Zoos larger
     than ``max_runs`` are fitted on a seeded random subset of that size (each L-BFGS step costs
-    O(runs)). Raises :class:`RobustscaleError` when no law can be fitted at all (fewer than
+    O(runs)). With ``boot_only_if_identifiable`` the bootstrap is skipped for a law that
+    :func:`assess` already rejects without it (a zoo of many recipe families stays fast).
+    Raises :class:`RobustscaleError` when no law can be fitted at all (fewer than
     :data:`MIN_RUNS` runs, or a single N or D value); a law that can be fitted but is not
     pinned down is returned and judged by :func:`assess`.
     """
@@ -232,7 +235,7 @@ def _fit_joint(N: Any, D: Any, L: Any, seed: int, n_boot: int, n_starts: int, he
     r2s = [_r2(L[ok][t], law_error(_theta(q), N[ok][t], D[ok][t])) for q, t in zip(split_fits, tests)]
     r2s = [r for r in r2s if r is not None]
     law.r2_heldout = float(np.mean(r2s)) if r2s else None
-    if n_boot > 0:
+    if n_boot > 0 and not (boot_only_if_identifiable and assess(law)):
         idx = rng.integers(0, n, (n_boot, n))
         boot, _ = minimise_many(np.repeat(p[None, :], n_boot, 0), lN[idx], lD[idx], lL[idx], strict=False)
         law.boot = np.atleast_2d(_theta(boot))
