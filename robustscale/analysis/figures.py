@@ -20,9 +20,26 @@ from robustscale.analysis.scaling import PowerLaw
 MARKERS = {"pgd": "o", "trades": "^", "standard": "s"}
 
 
+def _plain_log_labels(fig: Any) -> None:
+    """Plain-text tick labels ("1e+17", "40") on log axes instead of mathtext ones.
+
+    Matplotlib typesets each log tick label ("$10^{17}$", minor "$4\\times10^{1}$") with its
+    TeX parser, once per size and per output format; for the log-log figures that was most of
+    the drawing time (measured: 4.3 of 14 s of profiled figure time).
+    """
+    from matplotlib.ticker import LogFormatter
+
+    for ax in fig.axes:
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+                axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
 def save(fig: Any, out_dir: Path, name: str) -> Path:
     """Write ``name.png`` and ``name.svg``; return the PNG's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    _plain_log_labels(fig)
     fig.tight_layout()
     png = out_dir / f"{name}.png"
     fig.savefig(png, dpi=110)

@@ -93,11 +93,26 @@ def _model(seed: int) -> Any:
     return GradientBoostingRegressor(n_estimators=50, max_depth=5, random_state=seed)
 
 
+def _aggregate(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique feature rows, the mean target of each and its count.
+
+    Boosting squared error on these with the counts as sample weights grows the same trees as
+    on the raw rows: runs with equal features always fall in the same leaf, so every split's
+    gain and every leaf's value depend only on their weighted means. A zoo's recipe grid has a
+    few hundred distinct feature rows however many runs it has (10,000 runs: 25x less work).
+    """
+    rows, inverse = np.unique(X, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    counts = np.bincount(inverse, minlength=len(rows)).astype(float)
+    return rows, np.bincount(inverse, weights=y, minlength=len(rows)) / counts, counts
+
+
 def _split_fit(X: np.ndarray, y: np.ndarray, seed: int, test_size: float) -> tuple[Any, np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed)
-    model = _model(seed).fit(X[idx_train], y[idx_train])
+    rows, mean_y, counts = _aggregate(X[idx_train], y[idx_train])
+    model = _model(seed).fit(rows, mean_y, sample_weight=counts)
     return model, idx_test, model.predict(X[idx_test])
 
 
