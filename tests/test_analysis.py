@@ -225,3 +225,33 @@ def test_report_says_why_when_the_joint_law_cannot_be_fitted(tmp_path):
     assert "2 model sizes" in fits["joint"]["error"]
     assert "4a" not in fits["figures"]
     assert "Not fitted: the joint law" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_analysis_layers_point_down_and_nothing_imports_the_orchestrator():
+    import ast
+    from pathlib import Path
+
+    import robustscale.analysis as pkg
+
+    root = Path(pkg.__file__).parent
+    edges: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        name = "robustscale." + ".".join(path.relative_to(root.parent).with_suffix("").parts)
+        name = name.removesuffix(".__init__")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("robustscale.analysis"):
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("robustscale.analysis")}
+        edges[name] = found
+    assert not [m for m, deps in edges.items() if "robustscale.analysis.analyze" in deps]
+    assert "robustscale.analysis.analyze" in edges
+
+    def visit(node, stack):
+        assert node not in stack, f"import cycle: {' -> '.join(stack + [node])}"
+        for dep in edges.get(node, ()):
+            visit(dep, stack + [node])
+
+    for module in edges:
+        visit(module, [])

@@ -30,7 +30,15 @@ def _law_dict(law: PowerLaw | str | None) -> dict[str, Any] | None:
     if law is None:
         return None
     if isinstance(law, str):
-        return {"alpha": None, "C": None, "r2": None, "alpha_ci": None, "C_ci": None, "n_bins": 0, "error": law}
+        return {
+            "alpha": None,
+            "C": None,
+            "r2": None,
+            "alpha_ci": None,
+            "C_ci": None,
+            "n_bins": 0,
+            "error": law,
+        }
     return law.to_dict()
 
 
@@ -42,12 +50,17 @@ def fits_dict(a: Analysis, target_acc: float | None = None) -> dict[str, Any]:
         scaling["standard_accuracy"]["y"] = "clean_acc of standard-training runs"
     scaling["accuracy"]["y"] = "autoattack_acc"
     fits: dict[str, Any] = {
-        "n_runs": len(a.zoo), "n_fitted": len(a.kept), "n_standard": len(a.standard),
-        "n_without_autoattack": len(a.no_autoattack), "collapse_threshold": a.collapse_threshold,
+        "n_runs": len(a.zoo),
+        "n_fitted": len(a.kept),
+        "n_standard": len(a.standard),
+        "n_without_autoattack": len(a.no_autoattack),
+        "collapse_threshold": a.collapse_threshold,
         "collapsed_runs": [str(v) for v in a.collapsed["run_id"]],
         "envelope_runs": [str(v) for v in a.envelope["run_id"]],
         "scaling": scaling,
-        "predictor": a.predictor.to_dict() if isinstance(a.predictor, Predictor) else {"error": a.predictor},
+        "predictor": a.predictor.to_dict()
+        if isinstance(a.predictor, Predictor)
+        else {"error": a.predictor},
     }
     if a.joint is not None:
         fits["joint"] = a.joint
@@ -71,9 +84,16 @@ def clean_json(value: Any) -> Any:
     return value
 
 
-def analyze_zoo(df: Any, out_dir: str | Path, target_acc: float | None = None, seed: int = 0,
-                collapse_threshold: float = COLLAPSE_THRESHOLD, n_boot: int = 1000,
-                n_splits: int = 10, joint: bool = True) -> dict[str, Any]:
+def analyze_zoo(
+    df: Any,
+    out_dir: str | Path,
+    target_acc: float | None = None,
+    seed: int = 0,
+    collapse_threshold: float = COLLAPSE_THRESHOLD,
+    n_boot: int = 1000,
+    n_splits: int = 10,
+    joint: bool = True,
+) -> dict[str, Any]:
     """Fit everything, draw the figures, write ``report.html`` and ``fits.json`` into ``out_dir``.
 
     Returns the fits.json content. ``joint`` adds the joint law L(N, D) per recipe family, with
@@ -82,8 +102,12 @@ def analyze_zoo(df: Any, out_dir: str | Path, target_acc: float | None = None, s
     """
     t0 = time.perf_counter()
     if target_acc is not None and not 0 < target_acc < 100:
-        raise RobustscaleError(f"--target-acc {target_acc:g} is not a percentage; allowed: 0 < X < 100")
-    a = fit_zoo(df, seed=seed, collapse_threshold=collapse_threshold, n_boot=n_boot, n_splits=n_splits)
+        raise RobustscaleError(
+            f"--target-acc {target_acc:g} is not a percentage; allowed: 0 < X < 100"
+        )
+    a = fit_zoo(
+        df, seed=seed, collapse_threshold=collapse_threshold, n_boot=n_boot, n_splits=n_splits
+    )
     timings = {"fits": time.perf_counter() - t0}
     if joint:
         a = with_joint(a, seed)
@@ -91,7 +115,9 @@ def analyze_zoo(df: Any, out_dir: str | Path, target_acc: float | None = None, s
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fits = fits_dict(a, target_acc)
-    fits["figures"] = {name: path.name for name, path in draw_figures(a, out_dir / "figures").items()}
+    fits["figures"] = {
+        name: path.name for name, path in draw_figures(a, out_dir / "figures").items()
+    }
     timings["figures"] = time.perf_counter() - t0 - sum(timings.values())
     fits["timings"] = timings
     fits = clean_json(fits)
@@ -100,4 +126,3 @@ def analyze_zoo(df: Any, out_dir: str | Path, target_acc: float | None = None, s
     fits["seconds"] = time.perf_counter() - t0
     log.info("analysis of %d runs in %.1f s -> %s", len(a.zoo), fits["seconds"], out_dir)
     return fits
-

@@ -30,7 +30,8 @@ def _is_standard(df: Any) -> np.ndarray:
 
 
 def split_runs(df: Any, threshold: float = COLLAPSE_THRESHOLD) -> dict[str, Any]:
-    """Group runs: ``kept``, ``collapsed`` (AutoAttack <= threshold), ``standard``, ``no_autoattack``.
+    """Group runs: ``kept``, ``collapsed`` (AutoAttack <= threshold), ``standard`` and
+    ``no_autoattack``.
 
     Runs without positive training FLOPs cannot be placed on the compute axis and count as
     ``no_autoattack``'s sibling: they are reported under ``no_autoattack`` as well.
@@ -40,21 +41,28 @@ def split_runs(df: Any, threshold: float = COLLAPSE_THRESHOLD) -> dict[str, Any]
     flops = column(df, "train_flops")
     usable = ~std & np.isfinite(aa) & np.isfinite(flops) & (flops > 0)
     collapsed = usable & (aa <= threshold)
-    return {"kept": df[usable & ~collapsed], "collapsed": df[collapsed], "standard": df[std],
-            "no_autoattack": df[~std & ~usable]}
+    return {
+        "kept": df[usable & ~collapsed],
+        "collapsed": df[collapsed],
+        "standard": df[std],
+        "no_autoattack": df[~std & ~usable],
+    }
 
 
-def envelope_laws(kept: Any, n_boot: int = ENVELOPE_BOOT, seed: int = 0
-                  ) -> tuple[np.ndarray, dict[str, PowerLaw | str]]:
+def envelope_laws(
+    kept: Any, n_boot: int = ENVELOPE_BOOT, seed: int = 0
+) -> tuple[np.ndarray, dict[str, PowerLaw | str]]:
     """Envelope positions in ``kept`` and the accuracy, electricity, CO2 and energy laws."""
     costs = {name: column(kept, col) for name, col in COST_COLUMNS.items()}
-    return fit_envelope_laws(column(kept, "train_flops"), column(kept, "autoattack_acc"), costs, N_BINS,
-                             n_boot, seed)
+    return fit_envelope_laws(
+        column(kept, "train_flops"), column(kept, "autoattack_acc"), costs, N_BINS, n_boot, seed
+    )
 
 
-def zoo_envelope_laws(df: Any, threshold: float = COLLAPSE_THRESHOLD, n_boot: int = ENVELOPE_BOOT,
-                      seed: int = 0) -> dict[str, PowerLaw | str]:
-    """The envelope laws of a zoo's kept runs (each law a reason string when it cannot be fitted)."""
+def zoo_envelope_laws(
+    df: Any, threshold: float = COLLAPSE_THRESHOLD, n_boot: int = ENVELOPE_BOOT, seed: int = 0
+) -> dict[str, PowerLaw | str]:
+    """The envelope laws of a zoo's kept runs (a reason string for a law that cannot be fitted)."""
     kept = split_runs(df, threshold)["kept"].reset_index(drop=True)
     if len(kept) < 2:
         why = f"not fitted: the zoo has {len(kept)} usable runs with AutoAttack; at least 2 needed"

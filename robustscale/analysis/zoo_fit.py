@@ -42,20 +42,35 @@ class Analysis:
         return headline(self.families) if self.families is not None else None
 
 
-def fit_zoo(df: Any, seed: int = 0, collapse_threshold: float = COLLAPSE_THRESHOLD, n_boot: int = 1000,
-            n_splits: int = 10, with_predictor: bool = True) -> Analysis:
+def fit_zoo(
+    df: Any,
+    seed: int = 0,
+    collapse_threshold: float = COLLAPSE_THRESHOLD,
+    n_boot: int = 1000,
+    n_splits: int = 10,
+    with_predictor: bool = True,
+) -> Analysis:
     """Check a zoo table and fit its envelope laws and predictor (no files written)."""
     df = coerce_types(df, source="table")
     validate_zoo(df)
     groups = split_runs(df, collapse_threshold)
     kept = groups["kept"].reset_index(drop=True)
     if len(kept) < 2:
-        raise RobustscaleError(f"the zoo has {len(kept)} usable runs (adversarial, with AutoAttack above "
-                               f"{collapse_threshold:g}% and positive train_flops); the analysis needs at least 2")
+        raise RobustscaleError(
+            f"the zoo has {len(kept)} usable runs (adversarial, with AutoAttack above "
+            f"{collapse_threshold:g}% and positive train_flops); the analysis needs at least 2"
+        )
     idx, laws = envelope_laws(kept, n_boot, seed)
-    out = Analysis(zoo=df, kept=kept, collapsed=groups["collapsed"], standard=groups["standard"],
-                   no_autoattack=groups["no_autoattack"], envelope=kept.iloc[idx], laws=laws,
-                   collapse_threshold=collapse_threshold)
+    out = Analysis(
+        zoo=df,
+        kept=kept,
+        collapsed=groups["collapsed"],
+        standard=groups["standard"],
+        no_autoattack=groups["no_autoattack"],
+        envelope=kept.iloc[idx],
+        laws=laws,
+        collapse_threshold=collapse_threshold,
+    )
     _fit_standard(out, n_boot, seed)
     if with_predictor:
         try:
@@ -81,6 +96,7 @@ def _fit_standard(out: Analysis, n_boot: int, seed: int) -> None:
     std = std[std["clean_acc"].notna() & (std["train_flops"].fillna(0) > 0)].reset_index(drop=True)
     if len(std) < 2:
         return
-    idx, laws = fit_envelope_laws(column(std, "train_flops"), column(std, "clean_acc"), {}, N_BINS,
-                                  n_boot, seed)
+    idx, laws = fit_envelope_laws(
+        column(std, "train_flops"), column(std, "clean_acc"), {}, N_BINS, n_boot, seed
+    )
     out.standard_envelope, out.standard_law = std.iloc[idx], laws["accuracy"]

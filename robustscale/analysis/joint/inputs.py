@@ -43,7 +43,7 @@ def joint_runs(df: Any, threshold: float = 10.0, family: dict[str, Any] | None =
     keep = (df["loss"].astype("string").fillna("") != "standard").to_numpy(bool) & np.isfinite(err)
     keep &= (100.0 - np.nan_to_num(err, nan=0.0)) > threshold
     for col in ("params", "examples_seen"):
-        keep &= (df[col].to_numpy(float, na_value=np.nan) > 0)
+        keep &= df[col].to_numpy(float, na_value=np.nan) > 0
     for key, value in (family or {}).items():
         if value is not None:
             keep &= _matches(df, key, value)
@@ -55,8 +55,11 @@ def family_of(row: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in FAMILY_KEYS:
         v = row[key]
-        out[key] = None if v is None or (isinstance(v, float) and np.isnan(v)) else (
-            v.item() if hasattr(v, "item") else v)
+        out[key] = (
+            None
+            if v is None or (isinstance(v, float) and np.isnan(v))
+            else (v.item() if hasattr(v, "item") else v)
+        )
     return out
 
 
@@ -96,22 +99,33 @@ def _real_split(dataset: Any) -> float:
 def law_inputs(runs: Any) -> LawInputs:
     """L, N and D for ``runs`` (see the module docstring), with sentences saying which."""
     notes: list[str] = []
-    loss = runs[LOSS_COLUMN].to_numpy(float, na_value=np.nan) if LOSS_COLUMN in runs else np.full(len(runs), np.nan)
+    loss = (
+        runs[LOSS_COLUMN].to_numpy(float, na_value=np.nan)
+        if LOSS_COLUMN in runs
+        else np.full(len(runs), np.nan)
+    )
     has_loss = np.isfinite(loss) & (loss > 0)
     if has_loss.any():
         metric = LOSS_COLUMN
         if not has_loss.all():
-            notes.append(f"L is pgd40_loss, known for {int(has_loss.sum())} of {len(runs)} runs; the law is "
-                         f"fitted on those {int(has_loss.sum())}")
+            notes.append(
+                f"L is pgd40_loss, known for {int(has_loss.sum())} of {len(runs)} runs; the law is "
+                f"fitted on those {int(has_loss.sum())}"
+            )
         else:
-            notes.append(f"L is pgd40_loss (robust cross-entropy on PGD-40 examples) for all {len(runs)} runs")
+            notes.append(
+                "L is pgd40_loss (robust cross-entropy on PGD-40 examples) for all "
+                f"{len(runs)} runs"
+            )
         runs = runs[has_loss].reset_index(drop=True)
         L = loss[has_loss]
     else:
         metric = "robust_error"
         L = robust_error(runs)
-        notes.append("L is robust error in percent (100 - AutoAttack accuracy, PGD-40 where AutoAttack is "
-                     "missing): no run has pgd40_loss")
+        notes.append(
+            "L is robust error in percent (100 - AutoAttack accuracy, PGD-40 where AutoAttack is "
+            "missing): no run has pgd40_loss"
+        )
     N = runs["params"].to_numpy(float, na_value=np.nan)
     processed = runs["examples_seen"].to_numpy(float, na_value=np.nan)
     D, d_kind = processed, "processed"
@@ -128,8 +142,10 @@ def law_inputs(runs: Any) -> LawInputs:
     if d_kind == "unique":
         notes.append("D is unique examples: unique_synthetic_seen + the real training split")
     else:
-        notes.append("D is examples processed (examples_seen, repeats counted): the zoo does not record "
-                     "unique_synthetic_seen for every run")
+        notes.append(
+            "D is examples processed (examples_seen, repeats counted): the zoo does not record "
+            "unique_synthetic_seen for every run"
+        )
     return LawInputs(runs=runs, N=N, D=D, L=L, metric=metric, d_kind=d_kind, notes=notes)
 
 
@@ -156,8 +172,14 @@ class AccuracyMap:
     def to_dict(self) -> dict[str, Any]:
         if self.metric == "robust_error":
             return {"metric": self.metric, "accuracy": "100 - L"}
-        return {"metric": self.metric, "accuracy": "intercept + slope * L", "slope": self.slope,
-                "intercept": self.intercept, "r2": self.r2, "n_runs": self.n_runs}
+        return {
+            "metric": self.metric,
+            "accuracy": "intercept + slope * L",
+            "slope": self.slope,
+            "intercept": self.intercept,
+            "r2": self.r2,
+            "n_runs": self.n_runs,
+        }
 
 
 def accuracy_map(inputs: LawInputs) -> AccuracyMap:
@@ -167,10 +189,17 @@ def accuracy_map(inputs: LawInputs) -> AccuracyMap:
     acc = 100.0 - robust_error(inputs.runs)
     ok = np.isfinite(acc) & np.isfinite(inputs.L)
     if ok.sum() < 2 or np.ptp(inputs.L[ok]) == 0:
-        return AccuracyMap(metric=inputs.metric, slope=float("nan"), intercept=float("nan"), n_runs=int(ok.sum()))
+        return AccuracyMap(
+            metric=inputs.metric, slope=float("nan"), intercept=float("nan"), n_runs=int(ok.sum())
+        )
     slope, intercept = np.polyfit(inputs.L[ok], acc[ok], 1)
     pred = intercept + slope * inputs.L[ok]
     ss = float(((acc[ok] - acc[ok].mean()) ** 2).sum())
     r2 = 1 - float(((acc[ok] - pred) ** 2).sum()) / ss if ss > 0 else None
-    return AccuracyMap(metric=inputs.metric, slope=float(slope), intercept=float(intercept), r2=r2,
-                       n_runs=int(ok.sum()))
+    return AccuracyMap(
+        metric=inputs.metric,
+        slope=float(slope),
+        intercept=float(intercept),
+        r2=r2,
+        n_runs=int(ok.sum()),
+    )

@@ -9,7 +9,8 @@ L(N, D) = E + A/N^alpha + B/D^beta the optimum on N * D = C / k is analytic (see
 the law is fitted per recipe family (loss, attack steps, EMA, activation) and the plan uses the
 identifiable family that predicts the most accuracy for the budget (for a target: the family
 :func:`~robustscale.analysis.joint.target.cost_of_target` chose); it refuses, with the reason,
-when no family's law is identifiable. It takes the candidate model nearest to N* (k re-measured for that model), the whole
+when no family's law is identifiable. It takes the candidate model nearest to N* (k
+re-measured for that model), the whole
 epochs its budget buys (an epoch is what the engine's ``BatchPlan`` makes of the written
 recipe: real examples over the real data, plus the synthetic share of each batch), and bills
 the recipe it writes with ``robustscale.cost.forecast_recipe``.
@@ -37,12 +38,23 @@ log = logging.getLogger(__name__)
 
 # Trainable parameters at 32x32, 10 classes (robustscale.models.count_params).
 MODEL_TABLE: dict[str, int] = {
-    "wrn10_1": 77_850, "wrn16_1": 175_066, "wrn16_4": 2_748_890, "wrn28_10": 36_479_194,
-    "wrn34_10": 46_160_474, "wrn34_20": 184_531_674, "wrn70_16": 266_796_506,
+    "wrn10_1": 77_850,
+    "wrn16_1": 175_066,
+    "wrn16_4": 2_748_890,
+    "wrn28_10": 36_479_194,
+    "wrn34_10": 46_160_474,
+    "wrn34_20": 184_531_674,
+    "wrn70_16": 266_796_506,
 }
-MAX_PATTERN_MODELS = 50  # models one --models pattern may expand to (each is built on the meta device)
-UNITS = {"flops": None, "usd": ("electricity", "electricity_cost_usd"), "kwh": ("energy", "energy_kwh"),
-         "kgco2": ("co2", "co2_kg")}
+MAX_PATTERN_MODELS = (
+    50  # models one --models pattern may expand to (each is built on the meta device)
+)
+UNITS = {
+    "flops": None,
+    "usd": ("electricity", "electricity_cost_usd"),
+    "kwh": ("energy", "energy_kwh"),
+    "kgco2": ("co2", "co2_kg"),
+}
 BUDGET_TOLERANCE = 0.10  # warn when whole epochs make the recipe miss the budget by more than this
 
 
@@ -51,7 +63,9 @@ def nearest_model(n_params: float, table: dict[str, int] = MODEL_TABLE) -> str:
     return min(table, key=lambda m: abs(math.log(table[m]) - math.log(n_params)))
 
 
-def candidate_models(models: str | Sequence[str] | None = None, dataset: str = "cifar10") -> dict[str, int]:
+def candidate_models(
+    models: str | Sequence[str] | None = None, dataset: str = "cifar10"
+) -> dict[str, int]:
     """Candidate models and their trainable parameters for ``dataset``.
 
     ``None`` is :data:`MODEL_TABLE` (the paper's WideResNets). Otherwise timm model names (the
@@ -71,7 +85,9 @@ def candidate_models(models: str | Sequence[str] | None = None, dataset: str = "
         items = [m.strip() for m in (models.split(",") if isinstance(models, str) else models)]
         items = [m for m in items if m]
         if not items:
-            raise RobustscaleError("--models names no model; give timm model names, e.g. wrn28_10,resnet18")
+            raise RobustscaleError(
+                "--models names no model; give timm model names, e.g. wrn28_10,resnet18"
+            )
         names = [m for m in items if not any(c in m for c in "*?[")]
         patterns = [m for m in items if any(c in m for c in "*?[")]
     out: dict[str, int] = {}
@@ -86,8 +102,10 @@ def candidate_models(models: str | Sequence[str] | None = None, dataset: str = "
         for pattern in patterns:
             found = [m for m in fnmatch.filter(registry, pattern) if m not in out]
             if len(found) > MAX_PATTERN_MODELS:
-                raise RobustscaleError(f"--models pattern {pattern!r} matches {len(found)} timm models; allowed: "
-                                       f"at most {MAX_PATTERN_MODELS} (narrow the pattern or list the names)")
+                raise RobustscaleError(
+                    f"--models pattern {pattern!r} matches {len(found)} timm models; allowed: "
+                    f"at most {MAX_PATTERN_MODELS} (narrow the pattern or list the names)"
+                )
             for name in found:
                 try:
                     out[name] = _count(name, info)
@@ -108,11 +126,15 @@ def _count(name: str, info: Any) -> int:
     except RobustscaleError:
         raise
     except Exception as exc:  # noqa: BLE001 - timm models fail in their own ways
-        raise RobustscaleError(f"model {name!r} cannot be built for {info.name}: {first_line(exc)}") from None
+        raise RobustscaleError(
+            f"model {name!r} cannot be built for {info.name}: {first_line(exc)}"
+        ) from None
 
 
 def _per_flop(df: Any, col: str) -> float | None:
-    ratio = df[col].to_numpy(float, na_value=np.nan) / df["train_flops"].to_numpy(float, na_value=np.nan)
+    ratio = df[col].to_numpy(float, na_value=np.nan) / df["train_flops"].to_numpy(
+        float, na_value=np.nan
+    )
     ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
     return float(np.median(ratio)) if len(ratio) else None
 
@@ -156,15 +178,25 @@ def _acc_with_interval(jf: JointFit, n: float, d: float) -> tuple[float, list[fl
 
 
 class _Spec:
-    """What the recipe trains besides the model: data, loss, steps, activation, EMA, synthetic data."""
+    """What the recipe trains besides the model: data, loss, steps, activation, EMA, extra data."""
 
-    def __init__(self, jf: JointFit, config: dict[str, Any], loss: str | None, attack_steps: int | None,
-                 synthetic_path: str | None):
+    def __init__(
+        self,
+        jf: JointFit,
+        config: dict[str, Any],
+        loss: str | None,
+        attack_steps: int | None,
+        synthetic_path: str | None,
+    ):
         runs, fam = jf.runs, jf.family
         self.config = config
         self.dataset = str(runs["dataset"].mode().iloc[0])
         self.loss = str(loss or fam.get("loss") or config.get("loss") or "pgd")
-        steps = attack_steps if attack_steps is not None else fam.get("attack_steps", config.get("attack_steps"))
+        steps = (
+            attack_steps
+            if attack_steps is not None
+            else fam.get("attack_steps", config.get("attack_steps"))
+        )
         self.attack_steps = int(steps if steps is not None else 10)
         self.activation = str(fam.get("activation") or config.get("activation") or "relu")
         self.ema = (fam["ema"] if fam.get("ema") is not None else config.get("ema")) is True
@@ -176,9 +208,11 @@ class _Spec:
         self.skipped: list[str] = []  # candidate models the cost module could not count
 
     def cost(self, model: str) -> tuple[float, int] | None:
-        """(training FLOPs per example, parameters) of ``model`` under this spec, or None (noted)."""
+        """(training FLOPs per example, parameters) of ``model`` in this spec, or None (noted)."""
         try:
-            return cost_flops_per_example(self.dataset, model, self.loss, self.attack_steps, self.activation)
+            return cost_flops_per_example(
+                self.dataset, model, self.loss, self.attack_steps, self.activation
+            )
         except RobustscaleError as exc:
             self.skipped.append(str(exc))
             return None
@@ -189,13 +223,24 @@ class _Spec:
 
         steps, eps = self.attack_steps, self.eps
         recipe = {
-            "dataset": self.dataset, "model": model, "activation": self.activation, "loss": self.loss,
-            "attack_steps": steps, "epochs": int(epochs), "eps": eps,
-            "step_size": eps * 1.25 if steps == 1 else eps / 4,  # 2/255 at 8/255; FGSM-RS-like for 1 step
+            "dataset": self.dataset,
+            "model": model,
+            "activation": self.activation,
+            "loss": self.loss,
+            "attack_steps": steps,
+            "epochs": int(epochs),
+            "eps": eps,
+            "step_size": eps * 1.25
+            if steps == 1
+            else eps / 4,  # 2/255 at 8/255; FGSM-RS-like for 1 step
             "ema_decay": 0.995 if self.ema else None,
             "synthetic_data": self.synthetic_path,
             "synthetic_fraction": self.synthetic_fraction if self.synthetic_path else 0.0,
-            "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine", "seed": 0,
+            "batch_size": 128,
+            "lr": 0.1,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "seed": 0,
         }
         return Recipe.from_dict(recipe).to_dict()
 
@@ -203,17 +248,24 @@ class _Spec:
 def batch_plan(recipe: dict[str, Any]) -> Any:
     """The engine's :class:`~robustscale.data.batches.BatchPlan` of a recipe: an epoch is
     ``steps_per_epoch`` batches over the real data (the train split less the validation hold-out),
-    each with its synthetic share, so ``examples_per_epoch`` is real / (1 - fraction), not 50,000."""
+    each with its synthetic share, so ``examples_per_epoch`` is real / (1 - fraction), not
+    50,000."""
     from robustscale.cost.forecast import train_examples
     from robustscale.data.batches import BatchPlan
     from robustscale.recipe import Recipe
 
     r = Recipe.from_dict(recipe)
-    return BatchPlan(train_examples(r), 1 if r.synthetic_data else 0, r.batch_size, r.synthetic_fraction, r.seed)
+    return BatchPlan(
+        train_examples(r), 1 if r.synthetic_data else 0, r.batch_size, r.synthetic_fraction, r.seed
+    )
 
 
-def _choose_for_budget(jf: JointFit, flops: float, candidates: dict[str, int], spec: _Spec,
-                       ) -> tuple[str, float, int, float]:
+def _choose_for_budget(
+    jf: JointFit,
+    flops: float,
+    candidates: dict[str, int],
+    spec: _Spec,
+) -> tuple[str, float, int, float]:
     """The candidate nearest N*(flops) with k measured for the candidate itself: (model, k,
     params, FLOPs per example). k depends on the architecture, so N* is recomputed with the chosen
     model's k until the choice repeats."""
@@ -234,13 +286,19 @@ def _choose_for_budget(jf: JointFit, flops: float, candidates: dict[str, int], s
         seen[model] = cost
         k = cost[0] / cost[1]
     if model is None or model not in seen:
-        raise RobustscaleError("the cost module could not count any candidate model: " + "; ".join(spec.skipped))
+        raise RobustscaleError(
+            "the cost module could not count any candidate model: " + "; ".join(spec.skipped)
+        )
     per_example, params = seen[model]
     return model, per_example / params, params, per_example
 
 
-def _cheapest_for_target(jf: JointFit, target: float, candidates: dict[str, int], spec: _Spec,
-                         ) -> tuple[str, float, int, float, float] | None:
+def _cheapest_for_target(
+    jf: JointFit,
+    target: float,
+    candidates: dict[str, int],
+    spec: _Spec,
+) -> tuple[str, float, int, float, float] | None:
     """The candidate reaching ``target`` accuracy for the least training FLOPs (each model's own
     FLOPs per example): (model, examples needed, params, FLOPs per example, FLOPs), or None."""
     E, A, alpha, B, beta = jf.law.theta
@@ -264,16 +322,26 @@ def _cheapest_for_target(jf: JointFit, target: float, candidates: dict[str, int]
 
 def _budget_family(ff: FamilyFits, flops: float) -> JointFit:
     """The identifiable family whose law predicts the most robust accuracy at ``flops``."""
+
     def predicted(jf: JointFit) -> float:
         return float(jf.accuracy(*jf.law.optimum(flops, jf.k)))
 
     return max(ff.identifiable, key=predicted)
 
 
-def plan(df: Any, budget: float | None = None, unit: str = "flops", target_acc: float | None = None,
-         loss: str | None = None, attack_steps: int | None = None, seed: int = 0, n_boot: int = N_BOOT,
-         collapse_threshold: float = COLLAPSE_THRESHOLD, synthetic_data: str | None = None,
-         models: str | Sequence[str] | None = None) -> dict[str, Any]:
+def plan(
+    df: Any,
+    budget: float | None = None,
+    unit: str = "flops",
+    target_acc: float | None = None,
+    loss: str | None = None,
+    attack_steps: int | None = None,
+    seed: int = 0,
+    n_boot: int = N_BOOT,
+    collapse_threshold: float = COLLAPSE_THRESHOLD,
+    synthetic_data: str | None = None,
+    models: str | Sequence[str] | None = None,
+) -> dict[str, Any]:
     """A compute-optimal plan for a budget (``budget`` in ``unit``) or for ``target_acc``.
 
     ``models`` are the candidate architectures (see :func:`candidate_models`; default the
@@ -294,32 +362,50 @@ def plan(df: Any, budget: float | None = None, unit: str = "flops", target_acc: 
     if (budget is None) == (target_acc is None):
         raise RobustscaleError("give exactly one of --budget or --target-acc")
     if target_acc is not None and not 0 < target_acc < 100:
-        raise RobustscaleError(f"--target-acc {target_acc:g} is not a percentage; allowed: 0 < X < 100")
+        raise RobustscaleError(
+            f"--target-acc {target_acc:g} is not a percentage; allowed: 0 < X < 100"
+        )
     if budget is not None and budget <= 0:
         raise RobustscaleError(f"--budget {budget:g} must be > 0")
     df = coerce_types(df)
     validate_zoo(df)
-    ff = fit_families(df, collapse_threshold, seed=seed, n_boot=n_boot, loss=loss, attack_steps=attack_steps)
+    ff = fit_families(
+        df, collapse_threshold, seed=seed, n_boot=n_boot, loss=loss, attack_steps=attack_steps
+    )
     if not ff.identifiable:
         raise RobustscaleError(f"no plan: {ff.why_none()}")
     laws = zoo_envelope_laws(df, collapse_threshold, seed=seed)
     dataset = str(ff.identifiable[0].runs["dataset"].mode().iloc[0])
     if dataset not in DATASETS:
-        raise RobustscaleError(f"the zoo's runs are on {dataset!r}; plan writes recipes for "
-                               f"{', '.join(DATASETS)} only")
+        raise RobustscaleError(
+            f"the zoo's runs are on {dataset!r}; plan writes recipes for {', '.join(DATASETS)} only"
+        )
     candidates = candidate_models(models, dataset)
-    out: dict[str, Any] = {"candidates": len(candidates), "warnings": [],
-                           "families": [{"family_name": family_name(f.family), "n_runs": f.law.n_runs,
-                                         "identifiable": f.identifiable, "reasons": f.reasons} for f in ff.fits],
-                           "families_too_small": [{"family_name": family_name(fam), "n_runs": n}
-                                                  for fam, n in ff.too_small]}
+    out: dict[str, Any] = {
+        "candidates": len(candidates),
+        "warnings": [],
+        "families": [
+            {
+                "family_name": family_name(f.family),
+                "n_runs": f.law.n_runs,
+                "identifiable": f.identifiable,
+                "reasons": f.reasons,
+            }
+            for f in ff.fits
+        ],
+        "families_too_small": [
+            {"family_name": family_name(fam), "n_runs": n} for fam, n in ff.too_small
+        ],
+    }
     if budget is not None:
         flops = to_flops(budget, unit, laws, df)
         jf = _budget_family(ff, flops)
         min_flops = float(jf.runs["train_flops"].min())
         if flops < min_flops:
-            raise RobustscaleError(f"budget {budget:g} {unit} (= {flops:.3g} FLOPs) is below the smallest run in "
-                                   f"the zoo ({min_flops:.3g} FLOPs); the laws say nothing there")
+            raise RobustscaleError(
+                f"budget {budget:g} {unit} (= {flops:.3g} FLOPs) is below the smallest run in "
+                f"the zoo ({min_flops:.3g} FLOPs); the laws say nothing there"
+            )
         spec = _Spec(jf, jf.frontier.nearest(flops), loss, attack_steps, synthetic_data)
         model, k, params, per_example = _choose_for_budget(jf, flops, candidates, spec)
         n_opt, d_opt = (float(v) for v in jf.law.optimum(flops, k))
@@ -336,16 +422,33 @@ def plan(df: Any, budget: float | None = None, unit: str = "flops", target_acc: 
         cheapest = _cheapest_for_target(jf, target_acc, candidates, spec)
         if cheapest is None:
             largest = max(candidates, key=candidates.get)
-            raise RobustscaleError(f"target {target_acc:g}% is beyond what any candidate model reaches under the "
-                                   f"fitted law (largest: {largest}, {candidates[largest]:.3g} parameters)")
+            raise RobustscaleError(
+                f"target {target_acc:g}% is beyond what any candidate model reaches under the "
+                f"fitted law (largest: {largest}, {candidates[largest]:.3g} parameters)"
+            )
         model, examples_wanted, params, per_example, needed = cheapest
         k = per_example / params
-        out.update(mode="target", target_acc=target_acc, target=target, ideal_flops=flops,
-                   examples_needed=examples_wanted, flops_needed=needed)
-    out.update(family=jf.family, family_name=family_name(jf.family), k_reference=jf.k,
-               k_reference_source=jf.k_source, k_zoo=jf.k_zoo, k_zoo_source=jf.k_zoo_source,
-               law=jf.law.to_dict(), L=jf.metric, D=jf.d_kind, notes=list(jf.notes),
-               asymptote_acc=jf.asymptote_acc)
+        out.update(
+            mode="target",
+            target_acc=target_acc,
+            target=target,
+            ideal_flops=flops,
+            examples_needed=examples_wanted,
+            flops_needed=needed,
+        )
+    out.update(
+        family=jf.family,
+        family_name=family_name(jf.family),
+        k_reference=jf.k,
+        k_reference_source=jf.k_source,
+        k_zoo=jf.k_zoo,
+        k_zoo_source=jf.k_zoo_source,
+        law=jf.law.to_dict(),
+        L=jf.metric,
+        D=jf.d_kind,
+        notes=list(jf.notes),
+        asymptote_acc=jf.asymptote_acc,
+    )
     for note in spec.skipped:
         out["warnings"].append(f"left out: {note}")
     flops_range = (float(jf.runs["train_flops"].min()), float(jf.runs["train_flops"].max()))
@@ -353,9 +456,19 @@ def plan(df: Any, budget: float | None = None, unit: str = "flops", target_acc: 
     return out
 
 
-def _finish(out: dict[str, Any], jf: JointFit, laws: dict[str, Any], df: Any, spec: _Spec,
-            optimal: tuple[float, float], model: str, k: float, params: int, examples_wanted: float,
-            flops_range: tuple[float, float]) -> None:
+def _finish(
+    out: dict[str, Any],
+    jf: JointFit,
+    laws: dict[str, Any],
+    df: Any,
+    spec: _Spec,
+    optimal: tuple[float, float],
+    model: str,
+    k: float,
+    params: int,
+    examples_wanted: float,
+    flops_range: tuple[float, float],
+) -> None:
     """Whole epochs for the recipe to write, its bill from the cost module, prediction, warnings."""
     from robustscale.cost.forecast import forecast_recipe
     from robustscale.recipe import Recipe
@@ -373,29 +486,52 @@ def _finish(out: dict[str, Any], jf: JointFit, laws: dict[str, Any], df: Any, sp
     acc, ci = _acc_with_interval(jf, params, examples)
     opt_acc, _ = _acc_with_interval(jf, *optimal)
     used = spec.synthetic_path is not None
-    synthetic = {"recommended": spec.synthetic_recommended, "in_recipe": used, "fraction": spec.synthetic_fraction,
-                 "unique_images": spec.synthetic_size,
-                 "examples": float(bp.syn_per_batch * bp.steps_per_epoch * epochs) if used else 0.0}
-    out.update(optimal={"N": optimal[0], "D": optimal[1], "predicted_acc": opt_acc}, model=model, params=params,
-               k_flops_per_param_example=k,
-               k_source=f"robustscale.cost: measured training FLOPs per example of {model}, {spec.loss}"
-               + (f"-{spec.attack_steps}" if spec.loss != "standard" else "") + f" on {spec.dataset} / parameters",
-               examples=examples, examples_per_epoch=int(per_epoch), epochs=epochs, synthetic=synthetic,
-               predicted_acc=acc, predicted_acc_ci=ci, bill=bill_from_laws(run_flops, laws, df), recipe=recipe,
-               frontier_config=spec.config)
+    synthetic = {
+        "recommended": spec.synthetic_recommended,
+        "in_recipe": used,
+        "fraction": spec.synthetic_fraction,
+        "unique_images": spec.synthetic_size,
+        "examples": float(bp.syn_per_batch * bp.steps_per_epoch * epochs) if used else 0.0,
+    }
+    out.update(
+        optimal={"N": optimal[0], "D": optimal[1], "predicted_acc": opt_acc},
+        model=model,
+        params=params,
+        k_flops_per_param_example=k,
+        k_source=f"robustscale.cost: measured training FLOPs per example of {model}, {spec.loss}"
+        + (f"-{spec.attack_steps}" if spec.loss != "standard" else "")
+        + f" on {spec.dataset} / parameters",
+        examples=examples,
+        examples_per_epoch=int(per_epoch),
+        epochs=epochs,
+        synthetic=synthetic,
+        predicted_acc=acc,
+        predicted_acc_ci=ci,
+        bill=bill_from_laws(run_flops, laws, df),
+        recipe=recipe,
+        frontier_config=spec.config,
+    )
     if jf.k_zoo is not None and not 0.8 <= jf.k_zoo / k <= 1.25:
-        out["warnings"].append(f"the zoo's own FLOPs per parameter per example ({jf.k_zoo:.3g}, {jf.k_zoo_source}) "
-                               f"differ from the cost module's {k:.3g} for {model}: the zoo counted FLOPs "
-                               "another way or trained other models, so its compute axis and this bill disagree")
+        out["warnings"].append(
+            f"the zoo's own FLOPs per parameter per example ({jf.k_zoo:.3g}, {jf.k_zoo_source}) "
+            f"differ from the cost module's {k:.3g} for {model}: the zoo counted FLOPs "
+            "another way or trained other models, so its compute axis and this bill disagree"
+        )
     if out["mode"] == "budget" and abs(run_flops / out["budget_flops"] - 1) > BUDGET_TOLERANCE:
-        out["warnings"].append(f"{epochs} whole epoch{'s' if epochs != 1 else ''} of {per_epoch} examples cost "
-                               f"{run_flops:.3g} FLOPs, {run_flops / out['budget_flops'] - 1:+.0%} off the budget")
+        out["warnings"].append(
+            f"{epochs} whole epoch{'s' if epochs != 1 else ''} of {per_epoch} examples cost "
+            f"{run_flops:.3g} FLOPs, {run_flops / out['budget_flops'] - 1:+.0%} off the budget"
+        )
     if not flops_range[0] <= run_flops <= flops_range[1]:
-        out["warnings"].append(f"{run_flops:.3g} FLOPs lies outside the zoo's runs ({flops_range[0]:.3g}-"
-                               f"{flops_range[1]:.3g} FLOPs): an extrapolation of the fitted law")
+        out["warnings"].append(
+            f"{run_flops:.3g} FLOPs lies outside the zoo's runs ({flops_range[0]:.3g}-"
+            f"{flops_range[1]:.3g} FLOPs): an extrapolation of the fitted law"
+        )
     if synthetic["recommended"] and not used:
-        out["warnings"].append(f"the best runs at this compute used {synthetic['fraction']:.0%} synthetic data; "
-                               "pass --synthetic-data PATH.npz to put it in the recipe")
+        out["warnings"].append(
+            f"the best runs at this compute used {synthetic['fraction']:.0%} synthetic data; "
+            "pass --synthetic-data PATH.npz to put it in the recipe"
+        )
 
 
 def recipe_yaml(recipe: dict[str, Any]) -> str:

@@ -49,24 +49,41 @@ def ideal_flops(jf: JointFit, target: float) -> float:
 
 def _joint_answer(jf: JointFit, target: float, laws: dict[str, Any]) -> dict[str, Any]:
     point = float(_ideal_log_flops(jf, target, jf.law.theta)[0]) / math.log(10)
-    draws = _ideal_log_flops(jf, target, jf.law.boot) / math.log(10) if len(jf.law.boot) else np.empty(0)
+    draws = (
+        _ideal_log_flops(jf, target, jf.law.boot) / math.log(10)
+        if len(jf.law.boot)
+        else np.empty(0)
+    )
     finite = draws[np.isfinite(draws)]
     flops = 10**point
     n_opt, d_opt = jf.law.optimum(flops, jf.k)
     lo, hi = jf.runs["train_flops"].min(), jf.runs["train_flops"].max()
-    out: dict[str, Any] = {"target_acc": float(target), "law": "joint", "family": jf.family,
-                           "family_name": family_name(jf.family), "L": jf.metric, "k_flops_per_param_example": jf.k,
-                           "N_star": float(n_opt), "D_star": float(d_opt), "asymptote_acc": jf.asymptote_acc,
-                           "draws_not_reaching": int(len(draws) - len(finite)), "extrapolated": not lo <= flops <= hi}
+    out: dict[str, Any] = {
+        "target_acc": float(target),
+        "law": "joint",
+        "family": jf.family,
+        "family_name": family_name(jf.family),
+        "L": jf.metric,
+        "k_flops_per_param_example": jf.k,
+        "N_star": float(n_opt),
+        "D_star": float(d_opt),
+        "asymptote_acc": jf.asymptote_acc,
+        "draws_not_reaching": int(len(draws) - len(finite)),
+        "extrapolated": not lo <= flops <= hi,
+    }
     if out["extrapolated"]:
-        out["warning"] = (f"{flops:.3g} FLOPs lies outside the runs' {lo:.3g}-{hi:.3g} FLOPs: an extrapolation "
-                          "of the fitted law")
+        out["warning"] = (
+            f"{flops:.3g} FLOPs lies outside the runs' {lo:.3g}-{hi:.3g} FLOPs: an extrapolation "
+            "of the fitted law"
+        )
     put_log10(out, "flops", point, finite)
     put_costs(out, laws, point, finite)
     return out
 
 
-def cost_of_target(target_acc: float, laws: dict[str, Any], families: FamilyFits | None) -> dict[str, Any]:
+def cost_of_target(
+    target_acc: float, laws: dict[str, Any], families: FamilyFits | None
+) -> dict[str, Any]:
     """FLOPs, kWh, USD and kg CO2 to reach ``target_acc`` percent robust accuracy, each with a
     95% interval, and ``law`` ("joint" or "envelope") saying which law answered.
 
@@ -75,7 +92,9 @@ def cost_of_target(target_acc: float, laws: dict[str, Any], families: FamilyFits
     target that is not a percentage.
     """
     if not 0 < target_acc < 100:
-        raise RobustscaleError(f"--target-acc {target_acc:g} is not a percentage; allowed: 0 < X < 100")
+        raise RobustscaleError(
+            f"--target-acc {target_acc:g} is not a percentage; allowed: 0 < X < 100"
+        )
     note = "the joint law was not fitted"
     if families is not None:
         usable = [jf for jf in families.identifiable if target_acc < jf.asymptote_acc]
@@ -84,8 +103,11 @@ def cost_of_target(target_acc: float, laws: dict[str, Any], families: FamilyFits
             return _joint_answer(best, target_acc, laws)
         if families.identifiable:
             top = max(families.identifiable, key=lambda jf: jf.asymptote_acc)
-            note = (f"the target lies beyond the asymptote of every identifiable family's law (highest: "
-                    f"{top.asymptote_acc:.1f}% robust accuracy, {family_name(top.family)}); no budget reaches it")
+            note = (
+                "the target lies beyond the asymptote of every identifiable family's law "
+                f"(highest: {top.asymptote_acc:.1f}% robust accuracy, {family_name(top.family)}); "
+                "no budget reaches it"
+            )
         else:
             note = families.why_none()
     out = envelope_cost_of_target(target_acc, laws)
