@@ -254,7 +254,7 @@ class EvalResult(Mapping):
     attack: str
     eps: float
     norm: str | None
-    n: int
+    n: int | None  # None only in hand-made files; such a result is never the zoo's number
     clean_acc: float | None
     robust_acc: float | None
     per_attack: dict[str, float] | None = None
@@ -319,7 +319,7 @@ class EvalResult(Mapping):
             if acc is not None and acc > 100:
                 raise RunFileError(path, f"has {key}={acc!r}; allowed: percent 0-100")
         return cls(attack=attack, eps=_num(data, "eps", path, required=True),
-                   norm=_text(data, "norm", path), n=_num(data, "n", path, integer=True, required=True),
+                   norm=_text(data, "norm", path), n=_num(data, "n", path, integer=True),
                    clean_acc=_num(data, "clean_acc", path), robust_acc=_num(data, "robust_acc", path),
                    per_attack=per_attack, steps=_num(data, "steps", path, integer=True),
                    restarts=_num(data, "restarts", path, integer=True), step_size=_num(data, "step_size", path),

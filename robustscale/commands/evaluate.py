@@ -70,7 +70,7 @@ def run_eval(args: argparse.Namespace) -> int:
         result = evaluate_run(target, checkpoint=args.checkpoint, eps=args.eps, **common)
         where = target / "eval"
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_json(), indent=2))
     else:
         print(format_table(result))
         from robustscale.evaluate import result_filename
