@@ -164,8 +164,9 @@ class Recipe(BaseModel):
                            "null or an integer >= 1"))
         if self.power_watts is not None:
             checks.append(("power_watts", self.power_watts, self.power_watts > 0, "null or a number > 0"))
+        checks.append(("seed", self.seed, 0 <= self.seed < 2**63, "an integer from 0 to 2**63 - 1"))
         for key, value, ok, allowed in checks:
-            if not ok or (isinstance(value, float) and math.isnan(value)):
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
                 raise ValueError(f"{key}={value!r} is out of range; allowed: {allowed}")
         if self.synthetic_data is None and self.synthetic_fraction > 0:
             raise ValueError(

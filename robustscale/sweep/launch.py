@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from robustscale.errors import RobustscaleError
+from robustscale.runs import RunDir, SweepFolder
 from robustscale.sweep.ledger import Claim, Heartbeat, Ledger
 from robustscale.sweep.spec import Sweep
 
@@ -52,26 +53,6 @@ class LaunchOptions:
     poll: float = 5.0  # seconds between looks at the ledger while others hold the last runs
     final_eval: str | None = None  # "pgd" | "autoattack": evaluate each run's best checkpoint
     sync_bn: bool = False
-
-
-@dataclass(frozen=True)
-class SweepFolder:
-    """``<out>/ledger.sqlite``, ``recipes/<run_id>.yaml``, ``runs/<run_id>/`` and ``logs/<run_id>.log``."""
-
-    root: Path
-
-    @property
-    def ledger(self) -> Path:
-        return self.root / "ledger.sqlite"
-
-    def recipe(self, run_id: str) -> Path:
-        return self.root / "recipes" / f"{run_id}.yaml"
-
-    def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
-
-    def log(self, run_id: str) -> Path:
-        return self.root / "logs" / f"{run_id}.log"
 
 
 def prepare(sweep: Sweep, out: str | Path, *, wal: bool = True) -> tuple[SweepFolder, Ledger]:
@@ -282,12 +263,11 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _run_done(run_dir: Path) -> bool:
-    from robustscale.runs import read_status
-
     try:
-        return (read_status(run_dir) or {}).get("state") == "done"
-    except Exception:  # noqa: BLE001 - an unreadable status is not done
+        status = RunDir(run_dir).read_status()
+    except RobustscaleError:  # an unreadable status is not done
         return False
+    return status is not None and status.state == "done"
 
 
 def launch_local(sweep: Sweep, out: str | Path, options: LaunchOptions | None = None) -> dict[str, int]:
