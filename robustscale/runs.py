@@ -454,7 +454,13 @@ class RunDir:
         if not self.recipe.is_file():
             raise RobustscaleError(f"{str(self.path)!r} is not a run directory (no recipe.yaml)")
         try:
+            if not self.recipe.read_bytes().strip():
+                raise RunFileError(self.recipe, "is empty (a recipe must hold key: value lines)")
             return Recipe.from_yaml(self.recipe)
+        except RunFileError:
+            raise
+        except OSError as exc:
+            raise RunFileError(self.recipe, f"cannot be read ({exc.strerror or exc})") from None
         except RobustscaleError as exc:
             if str(self.recipe) in str(exc):
                 raise RunFileError(self.recipe, str(exc).split(f"{str(self.recipe)!r}", 1)[-1].strip()) from None
@@ -550,15 +556,24 @@ class RunDir:
 
     # checkpoints/
 
-    def damage(self) -> str | None:
-        """Why a finished run cannot be trusted (its best checkpoint missing or truncated), or
-        None. A run directory without a checkpoints/ folder is a record whose weights were not
-        kept (an archive, another lab's results) and is not damaged."""
-        from robustscale.checkpoint_io import checkpoint_problem
+    def damage(self, *, deep: bool = True) -> str | None:
+        """Why a finished run cannot be trusted (its best checkpoint missing, truncated or not a
+        robustscale checkpoint), or None. ``deep`` loads the checkpoint with its tensors
+        memory-mapped (cheap even for a large file; imports torch); otherwise only the zip
+        directory is read (for ``status``, which stays light). A run directory without a
+        checkpoints/ folder is a record whose weights were not kept (an archive, another lab's
+        results) and is not damaged."""
+        from robustscale.checkpoint_io import checkpoint_problem, load_checkpoint
 
         if not self.checkpoints.is_dir():
             return None
-        problem = checkpoint_problem(self.checkpoint("best"))
+        best = self.checkpoint("best")
+        problem = checkpoint_problem(best)
+        if problem is None and deep:
+            try:
+                load_checkpoint(best, mmap=True)
+            except RobustscaleError:
+                problem = "unreadable best.pt: damaged, or not a robustscale checkpoint"
         return problem.replace("best.pt", "checkpoints/best.pt", 1) if problem else None
 
 

@@ -32,7 +32,7 @@ def sweep_status(folder: str | Path) -> list[dict[str, Any]]:
         except RunFileError as exc:  # a damaged status must not hide the table: shown as damaged
             status, damage = None, exc.reason
         if status is not None and status.state == "done" and damage is None:
-            damage = run.damage()
+            damage = run.damage(deep=False)
         shown, where = row["state"], ""
         if row["state"] == "running":
             age = now - (row["heartbeat"] or 0)

@@ -26,7 +26,7 @@ from robustscale.losses import clean_monitor_steps, compute_loss, samples_clean_
 from robustscale.recipe import Recipe
 from robustscale.runs import METRIC_COLUMNS, CostRecord, MetricsRow, RunDir, RunFileError
 from robustscale.train import checkpoint as ckpt
-from robustscale.train.records import check_run_dir, create_run_dir, write_status
+from robustscale.train.records import check_run_dir, create_run_dir, remove_debris, write_status
 from robustscale.train import distributed
 from robustscale.train.setup import (
     Forward, check_precision, make_ema, make_optimizer, make_scheduler, prepare_data, resolve_device,
@@ -84,6 +84,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
             done = status is not None and status.state == "done"
         started = True
         if done:
+            if dist.is_main:
+                remove_debris(run)
             clean = True
         else:
             # Data, model and FLOPs are set up before anything is written, so a bad value

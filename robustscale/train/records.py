@@ -18,7 +18,7 @@ from robustscale.recipe import Recipe
 from robustscale.runs import METRIC_COLUMNS, RunDir, Status
 
 log = logging.getLogger(__name__)
-__all__ = ["METRIC_COLUMNS", "check_run_dir", "create_run_dir", "write_status"]
+__all__ = ["METRIC_COLUMNS", "check_run_dir", "create_run_dir", "remove_debris", "write_status"]
 
 
 def check_run_dir(run: RunDir, recipe: Recipe) -> bool:
@@ -80,9 +80,16 @@ def create_run_dir(run: RunDir, recipe: Recipe) -> None:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RobustscaleError(f"cannot create run directory {str(run.path)!r}: {exc.strerror}") from None
+    remove_debris(run)
+    atomic_write_text(run.recipe, recipe.to_yaml())
+
+
+def remove_debris(run: RunDir) -> None:
+    """Delete temporary files a killed write left in the run directory and beside its
+    checkpoints (``.<name>.<random>.tmp``, ``.last.pt.next``); not eval/, where an evaluation may
+    be writing right now."""
     for stale in remove_stale_temps(run.checkpoints) + remove_stale_temps(run.path):
         log.info("removed %s, left by an interrupted write", stale)
-    atomic_write_text(run.recipe, recipe.to_yaml())
 
 
 def write_status(run: RunDir, recipe: Recipe, state: str, progress: Any = None,
