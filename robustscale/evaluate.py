@@ -102,7 +102,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str 
         if attack == "pgd":
             result = _evaluate_pgd(model, x, y, cfg, dev)
         else:
-            result, seconds_before = _evaluate_autoattack(model, x, y, cfg, dev, attacks, state_path)
+            try:
+                result, seconds_before = _evaluate_autoattack(model, x, y, cfg, dev, attacks, state_path)
+            except OSError as exc:  # AutoAttack's state file on a full or read-only disk
+                from robustscale.files import fs_error
+
+                raise fs_error(Path(exc.filename or state_path or "."), exc) from None
     return result.replace(seconds=round(seconds_before + time.perf_counter() - t0, 3), device=str(dev))
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 from robustscale.errors import RobustscaleError, first_line
 
 
-def _fs_error(path: Path, exc: OSError) -> RobustscaleError:
+def fs_error(path: Path, exc: OSError) -> RobustscaleError:
     """One line naming the path, the cause (its errno name) and what to do."""
     cause = errno.errorcode.get(exc.errno or 0, "")
     why = f"{exc.strerror or exc}" + (f" ({cause})" if cause else "")
@@ -39,6 +39,9 @@ def _fs_error(path: Path, exc: OSError) -> RobustscaleError:
         return RobustscaleError(f"cannot write {str(path)!r}: {why}; give a file path whose parent "
                                 "is a folder")
     return RobustscaleError(f"cannot write {str(path)!r}: {why}")
+
+
+_fs_error = fs_error
 
 
 def check_output_file(path: str | Path, what: str = "output file") -> Path:

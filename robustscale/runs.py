@@ -246,7 +246,7 @@ class CostRecord:
                    devices=devices, extra={k: v for k, v in data.items() if k not in known})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EvalResult(Mapping):
     """One evaluation (``eval/<name>.json``). Read like the dict it is written as
     (``result["robust_acc"]``); keys this version does not know are kept in ``extra``."""
@@ -297,6 +297,13 @@ class EvalResult(Mapping):
 
     def __len__(self) -> int:
         return len(self.to_json())
+
+    def __eq__(self, other: object) -> bool:  # equal to its JSON dict, as read back from disk
+        if isinstance(other, Mapping):
+            return self.to_json() == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # holds lists and dicts
 
     def replace(self, **changes: Any) -> "EvalResult":
         return dataclasses.replace(self, **changes)

@@ -21,7 +21,7 @@ from robustscale.analysis.predictor import Predictor, fit_predictor
 from robustscale.analysis.scaling import N_BINS, PowerLaw, fit_envelope_laws
 from robustscale.analysis.target import cost_of_target
 from robustscale.errors import RobustscaleError
-from robustscale.files import _fs_error, atomic_write_text
+from robustscale.files import atomic_write_text, fs_error
 from robustscale.zoo import coerce_types, validate_zoo
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def analyze_zoo(df: Any, out_dir: str | Path, target_acc: float | None = None, s
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _fs_error(out_dir, exc) from None
+        raise fs_error(out_dir, exc) from None
     fits = fits_dict(a, target_acc)
     fits["figures"] = {name: path.name for name, path in draw_figures(a, out_dir / "figures").items()}
     timings["figures"] = time.perf_counter() - t0 - sum(timings.values())

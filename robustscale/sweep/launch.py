@@ -62,7 +62,12 @@ def prepare(sweep: Sweep, out: str | Path, *, wal: bool = True) -> tuple[SweepFo
 
     folder = SweepFolder(Path(out))
     for sub in ("recipes", "runs", "logs"):
-        (folder.root / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            (folder.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only or full disk, or a file where the folder should be
+            from robustscale.files import fs_error
+
+            raise fs_error(folder.root / sub, exc) from None
     for run in sweep.runs:
         path = folder.recipe(run.run_id)
         if not path.exists():
