@@ -339,3 +339,22 @@ def test_numeric_flags_and_output_paths_are_one_line(tmp_path, capsys, argv, wor
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and words in err, err
     assert _snapshot(tmp_path, Path("/nonexistent")) == before
+
+
+@pytest.mark.parametrize("damage", ["status", "best"])
+def test_status_shows_damaged_runs(trained, tmp_path, capsys, damage):
+    src, _ = trained
+    _ledger(tmp_path)
+    for run_id in ("r1", "r2"):
+        shutil.copytree(src, tmp_path / "runs" / run_id)
+    if damage == "status":
+        (tmp_path / "runs" / "r1" / "status.json").write_bytes(b"\x00\xff garbage")
+    else:
+        best = tmp_path / "runs" / "r1" / "checkpoints" / "best.pt"
+        best.write_bytes(best.read_bytes()[:1000])
+    assert main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    r1 = [ln for ln in out.splitlines() if " r1 " in ln][0]
+    r2 = [ln for ln in out.splitlines() if " r2 " in ln][0]
+    assert "damaged" in r1 and ("status.json" if damage == "status" else "best.pt") in r1
+    assert "damaged" not in r2
