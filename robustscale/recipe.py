@@ -119,7 +119,8 @@ class Recipe(BaseModel):
     power_sample_interval: float = 0.1
 
     def __init__(self, **data: Any):
-        data = _with_cost_defaults(data)  # robustscale.toml [cost]; see the end of this file
+        # No I/O here: a Recipe is a pure function of its keys. The site's robustscale.toml
+        # [cost] table is applied by the loaders that ask for it (site_defaults=True).
         try:
             super().__init__(**data)
         except ValidationError as exc:
@@ -186,20 +187,26 @@ class Recipe(BaseModel):
     # ---- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
-        """Validate a plain dict; raise RobustscaleError with one line on any problem."""
+    def from_dict(cls, data: dict[str, Any], site_defaults: bool = False) -> "Recipe":
+        """Validate a plain dict; raise RobustscaleError with one line on any problem.
+
+        ``site_defaults=True`` fills the cost constants the dict does not give from the site's
+        robustscale.toml ``[cost]`` table (robustscale/cost/config.py); the CLI's loaders ask
+        for it, a resolved recipe.yaml of a run never needs it."""
         if not isinstance(data, dict):
             raise RobustscaleError(f"a recipe must be a mapping of key: value, got {type(data).__name__}")
-        return cls(**data)
+        return cls(**(_with_cost_defaults(data) if site_defaults else data))
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "Recipe":
-        """Load a YAML recipe file, apply ``key=value`` overrides, validate."""
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None,
+                  site_defaults: bool = False) -> "Recipe":
+        """Load a YAML recipe file, apply ``key=value`` overrides, validate (``site_defaults``:
+        as :meth:`from_dict`)."""
         from robustscale.files import read_yaml_mapping
 
         data = read_yaml_mapping(path, "recipe file")
         data.update(parse_overrides(overrides or []))
-        return cls.from_dict(data)
+        return cls.from_dict(data, site_defaults=site_defaults)
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Recipe":
         """A new recipe with ``key=value`` strings (or a dict) applied, validated."""
