@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from robustscale.errors import RobustscaleError
+from robustscale.site_config import cost_defaults
 
 # Settings that never change what a run computes: they are left out of the run id and may
 # differ when a run directory is resumed.
@@ -191,7 +192,7 @@ class Recipe(BaseModel):
         """Validate a plain dict; raise RobustscaleError with one line on any problem.
 
         ``site_defaults=True`` fills the cost constants the dict does not give from the site's
-        robustscale.toml ``[cost]`` table (robustscale/cost/config.py); the CLI's loaders ask
+        robustscale.toml ``[cost]`` table (robustscale/site_config.py); the CLI's loaders ask
         for it, a resolved recipe.yaml of a run never needs it."""
         if not isinstance(data, dict):
             raise RobustscaleError(f"a recipe must be a mapping of key: value, got {type(data).__name__}")
@@ -278,14 +279,12 @@ def _one_line(exc: ValidationError, data: dict[str, Any]) -> str:
     return msg
 
 
-# ---- site defaults for the cost constants (robustscale.toml [cost]; robustscale/cost/config.py) ----
+# ---- site defaults for the cost constants (robustscale.toml [cost]; robustscale/site_config.py) ----
 
 
 def _with_cost_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with the cost keys it does not give taken from robustscale.toml's [cost] table:
     the recipe (and --set) wins, the file beats the paper's defaults."""
-    from robustscale.cost.config import cost_defaults
-
     defaults = cost_defaults()
     missing = {k: v for k, v in defaults.items() if k not in data}
     return {**data, **missing} if missing else data
