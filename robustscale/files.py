@@ -34,7 +34,8 @@ def fs_error(path: Path, exc: OSError) -> RobustscaleError:
         return RobustscaleError(f"cannot write {str(path)!r}: {why}; the previous version is kept; "
                                 "free space (or raise the limit) and run the command again")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return RobustscaleError(f"cannot write {str(path)!r}: {why}; choose a writable output folder")
+        return RobustscaleError(f"cannot write {str(path)!r}: {why}; "
+                                "choose a writable output folder")
     if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
         return RobustscaleError(f"cannot write {str(path)!r}: {why}; give a file path whose parent "
                                 "is a folder")
@@ -54,7 +55,8 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise RobustscaleError(f"{what} {str(path)!r}: {str(parent)!r} is a file, not a folder")
+                raise RobustscaleError(f"{what} {str(path)!r}: {str(parent)!r} is a file, "
+                                       "not a folder")
             break
     return path
 

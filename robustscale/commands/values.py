@@ -19,7 +19,8 @@ def seed(flag: str = "--seed") -> Callable[[str], int]:
         except ValueError:
             value = None
         if value is None or not 0 <= value <= SEED_MAX:
-            raise RobustscaleError(f"{flag}={text!r} is not allowed; allowed: an integer from 0 to {SEED_MAX}")
+            raise RobustscaleError(f"{flag}={text!r} is not allowed; allowed: an integer from 0 "
+                                   f"to {SEED_MAX}")
         return value
     return parse
 
