@@ -364,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--project-epochs", type=int, default=None,
+                   help="also report the wall time of this many epochs of --epoch-examples at the measured rate")
+    p.add_argument("--epoch-examples", type=int, default=50_000, help="examples per epoch (CIFAR: 50,000)")
     p.add_argument("--out", type=Path, default=None, help="append JSON lines to this file")
     args = p.parse_args(argv)
     if args.threads:
@@ -376,7 +379,22 @@ def main(argv: list[str] | None = None) -> None:
     y = torch.randint(0, args.num_classes, (args.batch_size,), device=device, generator=g)
     for loss in args.loss.split(","):
         for k in (int(s) for s in args.steps.split(",")):
-            for rec in measure(args, device, loss, k, base_model, x, y):
+            try:
+                records = measure(args, device, loss, k, base_model, x, y)
+            except torch.OutOfMemoryError as exc:  # "does it fit?" is itself a figure
+                torch.cuda.empty_cache()
+                records = [{"bench": "train_step", **device_info(device), "torch": torch.__version__,
+                            "model": args.model, "batch_size": args.batch_size, "loss": loss, "steps": k,
+                            "impl": "robustscale", "precision": args.precision,
+                            "channels_last": args.channels_last, "compile": args.compile,
+                            "grad_checkpointing": args.grad_checkpointing, "fits": False,
+                            "error": str(exc).splitlines()[0]}]
+            for rec in records:
+                if "examples_per_s" in rec:
+                    rec["fits"] = True
+                    if args.project_epochs:  # one GPU, this step alone (no data loading, no validation)
+                        rec["projected_epochs"] = args.project_epochs
+                        rec["projected_wall_s"] = args.project_epochs * args.epoch_examples / rec["examples_per_s"]
                 emit(rec, args.out)
 
 
@@ -386,6 +404,10 @@ def emit(rec: dict, out: Path | None) -> None:
     if out is not None:
         with open(out, "a") as f:
             f.write(line + "\n")
+    if not rec.get("fits", True):
+        print(f"{rec['impl']:>11} {rec['loss']:>6} k={rec['steps']:<2} does not fit: {rec['error']}",
+              file=sys.stderr, flush=True)
+        return
     ratio = ""
     if "speedup_vs_baseline" in rec:
         ratio = f"  x{rec['speedup_vs_baseline']:.2f} vs baseline (min x{rec['speedup_min']:.2f}"
