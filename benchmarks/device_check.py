@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 STEPS = ("environment", "cuda_tests", "train_step", "train_eval")
 # Seconds per step: on an H100/H200 (inside the 8-minute budget), and at --quick sizes on a CPU.
-LIMITS = {"cuda": {"environment": 45, "cuda_tests": 150, "train_step": 200, "train_eval": 105},
+LIMITS = {"cuda": {"environment": 30, "cuda_tests": 150, "train_step": 160, "train_eval": 80},
           "cpu": {"environment": 60, "cuda_tests": 120, "train_step": 120, "train_eval": 180}}
 
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="toy sizes (always on a CPU)")
     p.add_argument("--skip", default="", help=f"comma list of steps to skip: {', '.join(STEPS)}")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds for all steps together (default: 480 on a GPU, none on a CPU)")
+                   help="seconds for all steps together (default: 420 on a GPU, none on a CPU)")
     p.add_argument("--work-dir", type=Path, default=None, help="data and run directories (default DIR/work)")
     p.add_argument("--limit", default="", metavar="STEP=SECONDS,...",
                    help="override steps' time limits (defaults: LIMITS in this file)")
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     data["sessions"].append(session)
     _write_json(json_path, data)
 
-    budget = args.budget if args.budget is not None else (480.0 if device == "cuda" else None)
+    budget = args.budget if args.budget is not None else (420.0 if device == "cuda" else None)
     t0 = time.monotonic()
     for step in skip:
         session["steps"][step] = {"state": "skipped (--skip)", "records": []}

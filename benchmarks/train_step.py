@@ -382,13 +382,14 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 records = measure(args, device, loss, k, base_model, x, y)
             except torch.OutOfMemoryError as exc:  # "does it fit?" is itself a figure
-                torch.cuda.empty_cache()
                 records = [{"bench": "train_step", **device_info(device), "torch": torch.__version__,
                             "model": args.model, "batch_size": args.batch_size, "loss": loss, "steps": k,
                             "impl": "robustscale", "precision": args.precision,
                             "channels_last": args.channels_last, "compile": args.compile,
                             "grad_checkpointing": args.grad_checkpointing, "fits": False,
                             "error": str(exc).splitlines()[0]}]
+            if device.type == "cuda":  # the failed attempt's tensors are gone with its frames
+                torch.cuda.empty_cache()
             for rec in records:
                 if "examples_per_s" in rec:
                     rec["fits"] = True

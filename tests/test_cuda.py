@@ -64,33 +64,40 @@ def _step(precision: str, channels_last: bool, compile: bool, loss: str) -> tupl
 
 
 @pytest.mark.parametrize("loss", ["pgd", "trades"])
-def test_channels_last_and_compile_steps_agree_with_fp32_on_cuda(exact_fp32, loss):
-    # the CPU tests' tolerances: channels_last as the baseline test (1e-4 / 1e-6 on gradients,
-    # 1e-5 on the loss), compile as test_compiled_step_matches_eager_on_cpu (1e-3 / 1e-5, 1e-4)
+def test_channels_last_step_agrees_with_fp32_on_cuda(exact_fp32, loss):
+    # the CPU tests' tolerances for two computations of the same fp32 step (1e-5 on the loss,
+    # 1e-4 / 1e-6 on the gradients: test_baseline_and_robustscale_steps_compute_the_same_...)
     ref_loss, ref = _step("fp32", False, False, loss)
     cl_loss, cl = _step("fp32", True, False, loss)
     assert cl_loss == pytest.approx(ref_loss, rel=1e-5)
     for a, b in zip(ref, cl):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
-    c_loss, c = _step("fp32", False, True, loss)
+
+
+def test_compiled_step_agrees_with_eager_fp32_on_cuda(exact_fp32):
+    # inductor's GPU kernels, at test_compiled_step_matches_eager_on_cpu's tolerances (one loss:
+    # the compiled graphs are the model's; each compilation costs tens of seconds)
+    ref_loss, ref = _step("fp32", False, False, "pgd")
+    c_loss, c = _step("fp32", False, True, "pgd")
     assert c_loss == pytest.approx(ref_loss, rel=1e-4)
     for a, b in zip(ref, c):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("loss", ["pgd", "trades"])
-def test_bf16_step_on_cuda_tracks_fp32(exact_fp32, loss):
-    # bf16 keeps 8 mantissa bits: the loss within 2% and the gradient direction (cosine > 0.99)
-    # of fp32's, the same bounds whether or not channels_last and compile are added
+@pytest.mark.parametrize("loss,channels_last,compile", [("standard", False, False), ("pgd", False, False),
+                                                        ("trades", True, False), ("pgd", True, True)])
+def test_bf16_step_on_cuda_tracks_fp32(exact_fp32, loss, channels_last, compile):
+    # bf16 keeps 8 mantissa bits, so not fp32's tolerances. Measured on the CPU (same model,
+    # batch and seeds): the loss within 0.6% of fp32's; the weight gradient's cosine with
+    # fp32's 0.99 without an attack and 0.78-0.88 with one (the attack's sign steps fork on
+    # bf16 rounding, so the adversarial batch itself differs a little). Bounds: 2%, 0.98, 0.5.
     ref_loss, ref = _step("fp32", False, False, loss)
-    flat_ref = torch.cat([g.flatten() for g in ref])
-    for channels_last, compile in ((False, False), (True, False), (True, True)):
-        value, grads = _step("bf16", channels_last, compile, loss)
-        assert value == pytest.approx(ref_loss, rel=2e-2), (channels_last, compile)
-        flat = torch.cat([g.flatten() for g in grads])
-        assert torch.isfinite(flat).all()
-        cos = torch.nn.functional.cosine_similarity(flat, flat_ref, dim=0).item()
-        assert cos > 0.99, (channels_last, compile, cos)
+    value, grads = _step("bf16", channels_last, compile, loss)
+    assert value == pytest.approx(ref_loss, rel=2e-2)
+    flat, flat_ref = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in ref])
+    assert torch.isfinite(flat).all()
+    cos = torch.nn.functional.cosine_similarity(flat, flat_ref, dim=0).item()
+    assert cos > (0.98 if loss == "standard" else 0.5), cos
 
 
 def test_nvml_energy_counter_is_nonzero_and_monotone():
@@ -111,6 +118,9 @@ def test_nvml_energy_counter_is_nonzero_and_monotone():
     assert readings[-1] > 0, readings
 
 
+# warn_only: some CUDA kernels the WideResNets use have no deterministic flag although their
+# result is (adaptive_avg_pool2d's backward to 1x1 sums without atomics); PyTorch would refuse
+# them outright, and the test then checks that the resumed weights are bitwise the reference's.
 _DETERMINISTIC_TRAIN = (
     "import sys, torch; torch.use_deterministic_algorithms(True, warn_only=True); "
     "from robustscale.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -141,10 +151,10 @@ def test_checkpoint_written_on_cuda_resumes_exactly_under_deterministic_algorith
     while time.time() < deadline and proc.poll() is None:
         if last.exists():
             try:
-                state = ckpt.load_checkpoint(last)
+                progress = ckpt.load_checkpoint(last)["progress"]
             except Exception:  # being replaced this instant
-                continue
-            if state["progress"]["epoch"] == 1 and state["progress"]["step"] >= 3:
+                progress = {"epoch": 0, "step": 0}
+            if progress["epoch"] == 1 and progress["step"] >= 3:
                 break
         time.sleep(0.02)
     assert proc.poll() is None, "training finished before it could be killed"
