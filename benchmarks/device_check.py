@@ -170,7 +170,12 @@ def _watch(proc: subprocess.Popen, records_path: Path, steps: list[str], session
                     session["steps"][s] = {"state": "skipped (budget spent)", "records": []}
                 return []
             return rest
-    unfinished = [s for s in steps if session["steps"].get(s, {}).get("state") in (None, "running")]
+    unfinished = [s for s in steps if session["steps"].get(s, {}).get("state") in (None, "waiting", "running")]
+    if proc.returncode != 0 and unfinished == steps and current is None:  # it died before any step
+        for s in steps:
+            session["steps"][s].update(state=f"failed (worker exit {proc.returncode} before the step)")
+        _write_json(json_path, data)
+        return []
     if current is not None:  # the worker died inside a step
         session["steps"][current].update(state=f"failed (worker exit {proc.returncode})",
                                          seconds=round(time.monotonic() - started, 1))
