@@ -24,6 +24,11 @@ implementations, so their ratio is the speed ratio; ``executed_flops_per_example
 each implementation actually computes (FlopCounterMode on a meta copy), which for the
 baseline includes the attack's weight gradients and the extra forwards.
 
+A setting that runs out of GPU memory is recorded as ``"fits": false`` (with the error) instead
+of ending the run; ``--project-epochs N`` adds the wall time of N epochs of ``--epoch-examples``
+at the measured rate (the step alone: no data loading, no validation).
+``benchmarks/device_check.py`` runs this script's GPU variants in one call.
+
 Example (the GPU target)::
 
     python benchmarks/train_step.py --model wrn28_10 --batch-size 512 --precision bf16 \\
