@@ -29,6 +29,7 @@ NON_RESULT_KEYS = frozenset(
         "data_dir",
         "device",
         "checkpoint_every_steps",
+        "grad_checkpointing",  # recomputes blocks in backward: same numbers, less memory
         "pue",
         "usd_per_kwh",
         "gco2_per_kwh",
@@ -110,6 +111,7 @@ class Recipe(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+    grad_checkpointing: bool = False  # activation checkpointing (WRN-70-16 TRADES at large batches)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: Optional[int] = None
     # accounting (the paper's constants)
