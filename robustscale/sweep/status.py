@@ -22,8 +22,10 @@ def sweep_status(folder: str | Path) -> list[dict[str, Any]]:
     ledger = Ledger(path, wal=False)
     timeout = float(ledger.meta().get("lease_timeout") or 300.0)
     now = time.time()
+    rows = ledger.rows()
+    scheduler = _scheduler_states(rows) if ledger.meta().get("backend") == "slurm" else {}
     out = []
-    for row in ledger.rows():
+    for row in rows:
         try:
             status = read_status(root / "runs" / row["run_id"]) or {}
         except Exception:  # noqa: BLE001 - a half-written status must not hide the table
@@ -39,5 +41,18 @@ def sweep_status(folder: str | Path) -> list[dict[str, Any]]:
             where = f"submitted as job {row['job_id']}"
         out.append({**row, "shown_state": shown, "where": where, "epoch": status.get("epoch", 0),
                     "epochs": status.get("epochs"), "run_state": status.get("state"),
-                    "best_val_pgd40_acc": status.get("best_val_pgd40_acc")})
+                    "best_val_pgd40_acc": status.get("best_val_pgd40_acc"),
+                    "scheduler_state": scheduler.get(row["job_id"] or "", "")})
     return out
+
+
+def _scheduler_states(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Slurm's state of the job of every run not settled yet (``PENDING``, ``RUNNING``,
+    ``PENDING (requeued 1x)``; ``gone`` for a job Slurm no longer lists)."""
+    from robustscale.sweep.slurm_queue import queue_view
+
+    ids = [r["job_id"] for r in rows if r["job_id"] and r["state"] in ("pending", "running")]
+    view = queue_view(ids) if ids else None
+    if view is None:
+        return {}
+    return {j: (view.jobs[j].shown if j in view.jobs else "gone" if view.over(j) else "unknown") for j in ids}
