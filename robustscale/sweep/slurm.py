@@ -51,13 +51,14 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
         self.max_attempts, self.lease_timeout, self.heartbeat = max_attempts, lease_timeout, heartbeat
         self.final_eval, self.sync_bn, self.threads = final_eval, sync_bn, threads
         self._claim: Claim | None = None
+        self._requeued = False  # set by checkpoint() (USR2): the job is being requeued
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_claim", "_beat")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_claim", "_beat", "_requeued")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._claim = None
+        self._claim, self._requeued = None, False
 
     def __call__(self) -> str:
         import submitit
@@ -105,6 +106,12 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
             recipe = Recipe.from_yaml(folder / "recipes" / f"{self.run_id}.yaml")
             train(recipe, folder / "runs" / self.run_id, progress=False, final_eval=self.final_eval)
         except Exception as exc:  # noqa: BLE001 - record it; SystemExit (requeue) passes through
+            if getattr(self, "_requeued", False):
+                # Raised inside the USR2 handler after checkpoint() gave the run back: `scontrol
+                # requeue` (a child of the job) is often killed by the requeue it asked for. Not a
+                # failure of the run; this process is about to be killed and the job restarts.
+                log.warning("%s: requeue in progress (%s); not counted as a failure", self.run_id, exc)
+                raise
             error = str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}"
             ledger.finish(claim, ok=False, error=error.splitlines()[0] if error else type(exc).__name__)
             log.error("%s failed (attempt %d): %s", self.run_id, claim.attempt, error)
@@ -135,6 +142,7 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Time-out or pre-emption: give the lease back (the attempt is not counted) and requeue;
         the requeued job resumes the run from its last.pt."""
+        self._requeued = True
         if self._claim is not None:
             try:
                 Ledger(Path(self.folder) / "ledger.sqlite", wal=False).release(self._claim, "requeued")
