@@ -193,8 +193,9 @@ _COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
 def check_component(value: Any, what: str) -> str:
     """``value`` when it is one safe path component, else a one-line RobustscaleError."""
     if not isinstance(value, str) or not _COMPONENT.fullmatch(value):
-        raise RobustscaleError(f"{what} {value!r} cannot be used in a file name; allowed: letters, digits and "
-                               "_ . - (at most 200, not starting with '.'; no '/', '..' or absolute paths)")
+        raise RobustscaleError(f"{what} {value!r} cannot be used in a file name; allowed: letters, "
+                               "digits and _ . - (at most 200, not starting with '.'; no '/', '..' "
+                               "or absolute paths)")
     return value
 
 

@@ -42,13 +42,17 @@ def _started() -> list[str]:
 def cluster():
     """A running Slurm (started by .ci/slurm-up when needed; what this fixture started it stops)."""
     if os.geteuid() != 0:
-        pytest.skip("real-Slurm tests need root (.ci/slurm-up installs packages and starts daemons)")
+        pytest.skip(
+            "real-Slurm tests need root (.ci/slurm-up installs packages and starts daemons)"
+        )
     before = _started()
-    res = subprocess.run([str(ROOT / ".ci" / "slurm-up")], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [str(ROOT / ".ci" / "slurm-up")], capture_output=True, text=True, timeout=600
+    )
     if res.returncode == 77:
         pytest.skip(f"Slurm cannot run here: {res.stderr.strip().splitlines()[-1]}")
     assert res.returncode == 0, f".ci/slurm-up failed: {res.stderr}"
-    ours = [ln.split() for ln in _started()[len(before):] if ln.strip()]
+    ours = [ln.split() for ln in _started()[len(before) :] if ln.strip()]
     yield
     for name, pid in reversed(ours):  # only what this fixture started, by its pid
         try:
@@ -60,28 +64,59 @@ def cluster():
 @pytest.fixture()
 def env(cluster, monkeypatch, tmp_path):
     """Jobs import this checkout; every job a test submitted is cancelled at its end."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":"))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":")
+    )
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield tmp_path
     for ledger in tmp_path.rglob("ledger.sqlite"):
         ids = {r["job_id"].split("_")[0] for r in Ledger(ledger, wal=False).rows() if r["job_id"]}
         for base in ids:
             subprocess.run(["scancel", base], capture_output=True)
-    for script in tmp_path.rglob("*_submission.sh"):  # jobs recorded nowhere (a second, racing start)
+    for script in tmp_path.rglob(
+        "*_submission.sh"
+    ):  # jobs recorded nowhere (a second, racing start)
         subprocess.run(["scancel", script.name.split("_")[0]], capture_output=True)
 
 
-def sweep_file(folder: Path, name: str, seeds: list[int], slurm: dict | None = None, **base) -> Path:
-    recipe = tiny(**{"attack_steps": 1, "val_attack_steps": 2, "val_size": 64, "epochs": 1, **base}).to_dict()
+def sweep_file(
+    folder: Path, name: str, seeds: list[int], slurm: dict | None = None, **base
+) -> Path:
+    recipe = tiny(
+        **{"attack_steps": 1, "val_attack_steps": 2, "val_size": 64, "epochs": 1, **base}
+    ).to_dict()
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "base": recipe, "axes": {"seed": seeds},
-                                    "slurm": {"time_min": 10, **(slurm or {})}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "base": recipe,
+                "axes": {"seed": seeds},
+                "slurm": {"time_min": 10, **(slurm or {})},
+            }
+        )
+    )
     return path
 
 
 def sweep_cli(spec: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "robustscale", "sweep", str(spec), "--out", str(out),
-                           "--backend", "slurm", *extra], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "robustscale",
+            "sweep",
+            str(spec),
+            "--out",
+            str(out),
+            "--backend",
+            "slurm",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def wait_for(predicate, seconds: float, what: str, poll: float = 0.3):
@@ -103,19 +138,50 @@ def job_logs(out: Path) -> str:
 
 
 def squeue(job: str) -> list[tuple[str, str]]:
-    res = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%i %T"], capture_output=True, text=True)
+    res = subprocess.run(
+        ["squeue", "-h", "-r", "-j", job, "-o", "%i %T"], capture_output=True, text=True
+    )
     return [tuple(ln.split()) for ln in res.stdout.splitlines() if ln.strip()]
 
 
-def test_array_sweep_on_a_cpu_partition_runs_to_done_within_its_throttle_and_two_starts_train_once(env):
+def test_array_sweep_on_a_cpu_partition_runs_to_done_within_its_throttle_and_two_starts_train_once(
+    env,
+):
     spec = sweep_file(env, "cpu-array", [0, 1, 2])
     out = env / "out"
-    flags = ["--gpus-per-run", "0", "--cpus-per-task", "1", "--array-parallelism", "2", "--time-min", "10"]
+    flags = [
+        "--gpus-per-run",
+        "0",
+        "--cpus-per-task",
+        "1",
+        "--array-parallelism",
+        "2",
+        "--time-min",
+        "10",
+    ]
     # two starts at once: they may both submit; each run must still train exactly once. The
     # jobs inherit OMP_NUM_THREADS=2; --cpus-per-task 1 must win in each job.
-    starts = [subprocess.Popen([sys.executable, "-m", "robustscale", "sweep", str(spec), "--out", str(out),
-                                "--backend", "slurm", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}) for _ in range(2)]
+    starts = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "robustscale",
+                "sweep",
+                str(spec),
+                "--out",
+                str(out),
+                "--backend",
+                "slurm",
+                *flags,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "2"},
+        )
+        for _ in range(2)
+    ]
     said = [p.communicate(timeout=300)[0] for p in starts]
     assert [p.returncode for p in starts] == [0, 0], said
     scripts = sorted((out / "slurm").rglob("*_submission.sh"))
@@ -129,8 +195,9 @@ def test_array_sweep_on_a_cpu_partition_runs_to_done_within_its_throttle_and_two
         for array in arrays:  # the %2 throttle, per array
             running = sum(state == "RUNNING" for _, state in squeue(array))
             most[array] = max(most[array], running)
-        return set(states(out)) == {"done"} and not any(squeue(a) for a in arrays if
-                                                          any(s in ("RUNNING", "PENDING") for _, s in squeue(a)))
+        return set(states(out)) == {"done"} and not any(
+            squeue(a) for a in arrays if any(s in ("RUNNING", "PENDING") for _, s in squeue(a))
+        )
 
     wait_for(settled, 240, "the array to finish", poll=0.2)
     assert max(most.values()) <= 2, most
@@ -140,7 +207,10 @@ def test_array_sweep_on_a_cpu_partition_runs_to_done_within_its_throttle_and_two
         lines = (out / "runs" / r["run_id"] / "metrics.csv").read_text().splitlines()
         assert len(lines) == 2  # header + the one epoch, written once
     logs = job_logs(out)
-    assert logs.count("torch intra-op threads 1 (--cpus-per-task)") == 3 * len(arrays) and "resuming" not in logs
+    assert (
+        logs.count("torch intra-op threads 1 (--cpus-per-task)") == 3 * len(arrays)
+        and "resuming" not in logs
+    )
     # a third start has nothing to do
     again = sweep_cli(spec, out, *flags)
     assert again.returncode == 0 and "submitted 0 run(s)" in again.stdout
@@ -154,10 +224,14 @@ def test_preempted_then_timed_out_job_is_requeued_and_resumes_to_the_local_weigh
     # A 1-minute limit with USR2 5 s before it: slurmctld checks limits every 30 s and signals up to
     # a check early, so each start of the job gets USR2 25-55 s in. The run needs more than that.
     epochs = 24
-    recipe = dict(attack_steps=3, step_size=0.1, val_attack_steps=2, val_size=64, epochs=epochs, seed=7)
+    recipe = dict(
+        attack_steps=3, step_size=0.1, val_attack_steps=2, val_size=64, epochs=epochs, seed=7
+    )
     spec = sweep_file(env, "requeue", [7], {"time_min": 1, "signal_delay_s": 5}, **recipe)
     out = env / "out"
-    assert main(["sweep", str(spec), "--out", str(out), "--backend", "slurm"]) == 0  # one placeholder GPU
+    assert (
+        main(["sweep", str(spec), "--out", str(out), "--backend", "slurm"]) == 0
+    )  # one placeholder GPU
     row = Ledger(out / "ledger.sqlite", wal=False).rows()[0]
     job, run_dir = row["job_id"], out / "runs" / row["run_id"]
     local: dict = {}
@@ -169,8 +243,15 @@ def test_preempted_then_timed_out_job_is_requeued_and_resumes_to_the_local_weigh
 
     reference = threading.Thread(target=train_here)
     reference.start()
-    wait_for(lambda: (run_dir / "status.json").exists() and read_status(run_dir)["epoch"] >= 1
-             and ("RUNNING",) == tuple(s for _, s in squeue(job)), 180, "the first epoch")
+    wait_for(
+        lambda: (
+            (run_dir / "status.json").exists()
+            and read_status(run_dir)["epoch"] >= 1
+            and ("RUNNING",) == tuple(s for _, s in squeue(job))
+        ),
+        180,
+        "the first epoch",
+    )
     shown = _status(out, capsys)
     assert job in shown and "RUNNING" in shown
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # a pre-emption
@@ -183,11 +264,16 @@ def test_preempted_then_timed_out_job_is_requeued_and_resumes_to_the_local_weigh
     logs = job_logs(out)
     assert logs.count("resuming") >= 2 and logs.count("Caught signal SIGUSR2") >= 2  # we sent one
     row = Ledger(out / "ledger.sqlite", wal=False).rows()[0]
-    assert row["attempts"] == 1 and row["last_error"] in (None, "requeued")  # requeues are not failures
+    assert row["attempts"] == 1 and row["last_error"] in (
+        None,
+        "requeued",
+    )  # requeues are not failures
     lines = (run_dir / "metrics.csv").read_text().splitlines()
     assert [int(ln.split(",")[0]) for ln in lines[1:]] == list(range(1, epochs + 1))
     a, b = _weights(run_dir), _weights(local["dir"])
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the local run"
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (
+        "weights differ from the local run"
+    )
 
 
 def _status(out: Path, capsys) -> str:
@@ -196,10 +282,15 @@ def _status(out: Path, capsys) -> str:
     return capsys.readouterr().out
 
 
-def test_a_job_cancelled_while_queued_leaves_its_run_pending_and_the_next_start_resubmits(env, capsys):
+def test_a_job_cancelled_while_queued_leaves_its_run_pending_and_the_next_start_resubmits(
+    env, capsys
+):
     spec = sweep_file(env, "held", [3], {"additional": {"hold": True}})  # queued until released
     out = env / "out"
-    assert main(["sweep", str(spec), "--out", str(out), "--backend", "slurm", "--gpus-per-run", "0"]) == 0
+    assert (
+        main(["sweep", str(spec), "--out", str(out), "--backend", "slurm", "--gpus-per-run", "0"])
+        == 0
+    )
     first = Ledger(out / "ledger.sqlite", wal=False).rows()[0]["job_id"]
     shown = _status(out, capsys)
     assert first in shown and "PENDING" in shown
@@ -208,32 +299,61 @@ def test_a_job_cancelled_while_queued_leaves_its_run_pending_and_the_next_start_
     assert states(out) == ["pending"]
     assert "gone" in _status(out, capsys) or "CANCELLED" in _status(out, capsys)
     capsys.readouterr()
-    assert main(["sweep", str(spec), "--out", str(out), "--backend", "slurm", "--gpus-per-run", "0"]) == 0
+    assert (
+        main(["sweep", str(spec), "--out", str(out), "--backend", "slurm", "--gpus-per-run", "0"])
+        == 0
+    )
     said = capsys.readouterr()
     second = Ledger(out / "ledger.sqlite", wal=False).rows()[0]["job_id"]
     assert second != first and "submitted 1 run(s)" in said.out
-    assert "asked squeue about 1 recorded job(s): 1 over" in said.out  # no sacct here: it says what it asked
+    assert (
+        "asked squeue about 1 recorded job(s): 1 over" in said.out
+    )  # no sacct here: it says what it asked
     assert states(out) == ["pending"] and second in _status(out, capsys)
 
 
-@pytest.mark.parametrize(("flags", "words"), [
-    (["--partition", "nope"], "invalid partition specified: nope"),
-    (["--gpus-per-run", "3"], "More processors requested than permitted"),  # a task per GPU, 2 CPUs
-    (["--time-min", "31"], "Requested time limit is invalid"),
-])
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--partition", "nope"], "invalid partition specified: nope"),
+        (
+            ["--gpus-per-run", "3"],
+            "More processors requested than permitted",
+        ),  # a task per GPU, 2 CPUs
+        (["--time-min", "31"], "Requested time limit is invalid"),
+    ],
+)
 def test_sbatch_refusals_are_one_line_and_submit_nothing(env, capsys, flags, words):
     spec = sweep_file(env, "refused", [0, 1])
     out = env / "out"
     capsys.readouterr()
     assert main(["sweep", str(spec), "--out", str(out), "--backend", "slurm", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("robustscale: error: sbatch refused") and words in err[0], err
+    assert (
+        len(err) == 1
+        and err[0].startswith("robustscale: error: sbatch refused")
+        and words in err[0]
+    ), err
     rows = Ledger(out / "ledger.sqlite", wal=False).rows()
     assert {r["state"] for r in rows} == {"pending"} and {r["job_id"] for r in rows} == {None}
 
 
 def test_a_bad_gres_request_is_one_line(env, capsys):
     spec = sweep_file(env, "gres", [0], {"additional": {"gres": "fpga:1"}})
-    assert main(["sweep", str(spec), "--out", str(env / "out"), "--backend", "slurm", "--gpus-per-run", "0"]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                str(spec),
+                "--out",
+                str(env / "out"),
+                "--backend",
+                "slurm",
+                "--gpus-per-run",
+                "0",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Invalid generic resource (gres) specification" in err[0], err

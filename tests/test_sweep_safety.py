@@ -40,12 +40,18 @@ def one_line_error(capsys, argv: list[str]) -> str:
 
 def nothing_escaped(root: Path) -> None:
     names = [p.name for p in root.rglob("*")]
-    assert not any(n in ("pwn", "escape", "x") or n.endswith(".yaml") and n != "sweep.yaml" for n in names), names
+    assert not any(
+        n in ("pwn", "escape", "x") or n.endswith(".yaml") and n != "sweep.yaml" for n in names
+    ), names
 
 
-@pytest.mark.parametrize("model", ["../../../../escape/pwn", "/tmp/escape/pwn", "a/b", "..", ".hidden"])
+@pytest.mark.parametrize(
+    "model", ["../../../../escape/pwn", "/tmp/escape/pwn", "a/b", "..", ".hidden"]
+)
 @pytest.mark.parametrize("where", ["base", "axes", "--set"])
-def test_a_model_name_that_is_a_path_is_refused_before_anything_is_written(tmp_path, capsys, model, where):
+def test_a_model_name_that_is_a_path_is_refused_before_anything_is_written(
+    tmp_path, capsys, model, where
+):
     box = tmp_path / "box"
     box.mkdir()
     recipe = tiny(epochs=1).to_dict()
@@ -75,8 +81,9 @@ def test_a_sweep_name_that_is_a_path_is_refused(tmp_path, capsys, name):
 def test_train_refuses_a_model_path_too(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(tiny(epochs=1).to_yaml())
-    err = one_line_error(capsys, ["train", str(recipe), "--out", str(tmp_path / "runs"), "--set",
-                                  "model=../../x"])
+    err = one_line_error(
+        capsys, ["train", str(recipe), "--out", str(tmp_path / "runs"), "--set", "model=../../x"]
+    )
     assert "model" in err and not (tmp_path / "runs").exists()
 
 
@@ -87,10 +94,14 @@ def test_writes_that_resolve_outside_the_sweep_folder_are_refused(tmp_path, caps
     elsewhere.mkdir()
     (out / "recipes").symlink_to(elsewhere)  # a planted link: recipes/ would land outside --out
     err = one_line_error(capsys, ["sweep", str(spec), "--out", str(out)])
-    assert "outside" in err and not any(elsewhere.iterdir()) and not (out / "ledger.sqlite").exists()
+    assert (
+        "outside" in err and not any(elsewhere.iterdir()) and not (out / "ledger.sqlite").exists()
+    )
 
 
-def test_a_sweep_folder_anyone_may_write_is_refused_and_a_group_writable_one_warned(tmp_path, capsys, caplog):
+def test_a_sweep_folder_anyone_may_write_is_refused_and_a_group_writable_one_warned(
+    tmp_path, capsys, caplog
+):
     spec = write_spec(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
@@ -118,12 +129,21 @@ def test_a_ledger_state_this_version_does_not_know_is_one_line(tmp_path, capsys)
     assert "'paused'" in err and "allowed: pending, running, done, failed" in err
 
 
-@pytest.mark.parametrize(("flags", "words"), [
-    (["--lease-timeout", "-1"], "--lease-timeout=-1.0"), (["--lease-timeout", "0"], "--lease-timeout=0.0"),
-    (["--lease-timeout", "nan"], "--lease-timeout=nan"), (["--heartbeat", "0"], "--heartbeat=0.0"),
-    (["--heartbeat", "inf"], "--heartbeat=inf"), (["--lease-timeout", "10", "--heartbeat", "5"], "at least 3x"),
-    (["--backend", "slurm", "--lease-timeout", "1"], "--lease-timeout=1.0")])
-def test_lease_flags_that_could_livelock_are_one_line_and_write_nothing(tmp_path, capsys, flags, words):
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--lease-timeout", "-1"], "--lease-timeout=-1.0"),
+        (["--lease-timeout", "0"], "--lease-timeout=0.0"),
+        (["--lease-timeout", "nan"], "--lease-timeout=nan"),
+        (["--heartbeat", "0"], "--heartbeat=0.0"),
+        (["--heartbeat", "inf"], "--heartbeat=inf"),
+        (["--lease-timeout", "10", "--heartbeat", "5"], "at least 3x"),
+        (["--backend", "slurm", "--lease-timeout", "1"], "--lease-timeout=1.0"),
+    ],
+)
+def test_lease_flags_that_could_livelock_are_one_line_and_write_nothing(
+    tmp_path, capsys, flags, words
+):
     spec = write_spec(tmp_path)
     err = one_line_error(capsys, ["sweep", str(spec), "--out", str(tmp_path / "out"), *flags])
     assert words in err and not (tmp_path / "out").exists()
@@ -134,9 +154,23 @@ def test_two_launchers_at_the_smallest_allowed_leases_train_each_run_once(tmp_pa
     recipe = tiny(attack_steps=1, val_attack_steps=2, val_size=64, epochs=1).to_dict()
     spec.write_text(yaml.safe_dump({"name": "t", "base": recipe, "axes": {"seed": [0, 1, 2]}}))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "robustscale", "sweep", str(spec), "--out", str(out), "--heartbeat", "0.1",
-           "--lease-timeout", "2"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "robustscale",
+        "sweep",
+        str(spec),
+        "--out",
+        str(out),
+        "--heartbeat",
+        "0.1",
+        "--lease-timeout",
+        "2",
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     rows = Ledger(out / "ledger.sqlite").rows()

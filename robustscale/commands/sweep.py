@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--max-parallel", type=int, metavar="N",
                      help="runs at once (default: visible GPUs / nproc-per-run, or 1 on a CPU)")
     loc.add_argument("--lease-timeout", type=float, metavar="S",
-                     help="seconds without a heartbeat before another launcher takes a run over (default 300; "
-                     "Slurm: 900); at least 2 and 3x --heartbeat")
+                     help="seconds without a heartbeat before another launcher takes a run "
+                     "over (default 300; Slurm: 900); at least 2 and 3x --heartbeat")
     loc.add_argument("--heartbeat", type=float, metavar="S",
                      help="seconds between heartbeats (default 30; Slurm: 60); at least 0.1")
     slurm = p.add_argument_group("slurm backend (flags override the sweep file's slurm: section)")
@@ -44,9 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     slurm.add_argument("--account")
     slurm.add_argument("--qos")
     slurm.add_argument("--time-min", type=int, metavar="MIN", help="time limit per job; runs requeue and resume past it")
-    slurm.add_argument("--gpus-per-run", type=int, metavar="N", help="GPUs per run (0: a CPU partition, no GPU "
-                       "request)")
-    slurm.add_argument("--cpus-per-task", type=int, metavar="N", help="CPUs per task; also the job's torch threads")
+    slurm.add_argument("--gpus-per-run", type=int, metavar="N",
+                       help="GPUs per run (0: a CPU partition, no GPU request)")
+    slurm.add_argument("--cpus-per-task", type=int, metavar="N",
+                       help="CPUs per task; also the job's torch threads")
     slurm.add_argument("--mem-gb", type=int, metavar="GB")
     slurm.add_argument("--array-parallelism", type=int, metavar="N", help="runs of the job array at once")
     slurm.add_argument("--max-timeouts", type=int, metavar="N",
@@ -77,13 +78,14 @@ def run_sweep(args: argparse.Namespace) -> int:
         return _dry_run(load_sweep(args.spec, overrides, check_files=False), args)
     if not args.out:
         raise RobustscaleError("--out DIR is required to run a sweep (it holds the ledger and the runs)")
-    for flag in ("max_attempts", "nproc_per_run", "max_parallel", "array_parallelism", "cpus_per_task", "time_min",
-                 "mem_gb"):
+    for flag in ("max_attempts", "nproc_per_run", "max_parallel", "array_parallelism",
+                 "cpus_per_task", "time_min", "mem_gb"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise RobustscaleError(f"--{flag.replace('_', '-')}={value}; allowed: an integer >= 1")
     if args.gpus_per_run is not None and args.gpus_per_run < 0:
-        raise RobustscaleError(f"--gpus-per-run={args.gpus_per_run}; allowed: an integer >= 0 (0: no GPU)")
+        raise RobustscaleError(f"--gpus-per-run={args.gpus_per_run}; allowed: an integer >= 0 "
+                               "(0: no GPU)")
     if args.lease_timeout is not None or args.heartbeat is not None or args.backend == "local":
         from robustscale.sweep.slurm_options import check_leases
 
@@ -103,30 +105,32 @@ def run_sweep(args: argparse.Namespace) -> int:
     opts = LaunchOptions(max_parallel=args.max_parallel, nproc_per_run=args.nproc_per_run or 1,
                          max_attempts=args.max_attempts,
                          lease_timeout=300.0 if args.lease_timeout is None else args.lease_timeout,
-                         heartbeat=30.0 if args.heartbeat is None else args.heartbeat, final_eval=args.final_eval,
+                         heartbeat=30.0 if args.heartbeat is None else args.heartbeat,
+                         final_eval=args.final_eval,
                          sync_bn=args.sync_bn)
     t0 = time.time()
     counts = launch_local(sweep, args.out, opts)
     print(f"sweep {sweep.name}: {_counts(counts)} in {time.time() - t0:.0f}s; see: robustscale status {args.out}")
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or counts["running"] else 0
 
 
 def _slurm(sweep: Any, args: argparse.Namespace) -> int:
     from robustscale.sweep.slurm import SlurmOptions, launch_slurm
 
     flags = {k: getattr(args, k) for k in ("partition", "account", "qos", "time_min", "gpus_per_run",
-                                           "cpus_per_task", "mem_gb", "array_parallelism", "max_timeouts",
-                                           "lease_timeout", "heartbeat")}
+                                           "cpus_per_task", "mem_gb", "array_parallelism",
+                                           "max_timeouts", "lease_timeout", "heartbeat")}
     if args.nproc_per_run:
         flags["gpus_per_run"] = args.nproc_per_run
     opts = SlurmOptions.from_sources(sweep.slurm, {k: v for k, v in flags.items() if v is not None})
     notes: list[str] = []
     jobs = launch_slurm(sweep, args.out, opts, max_attempts=args.max_attempts, cluster=args.cluster,
-                        final_eval=args.final_eval, sync_bn=args.sync_bn, resubmit=args.resubmit, notes=notes)
+                        final_eval=args.final_eval, sync_bn=args.sync_bn, resubmit=args.resubmit,
+                        notes=notes)
     ids = sorted({j.job_id.split("_")[0] for j in jobs})
     asked = f" ({'; '.join(notes)})" if notes else ""
-    print(f"sweep {sweep.name}: submitted {len(jobs)} run(s) as job(s) {', '.join(ids) or '-'}{asked}; "
-          f"see: robustscale status {args.out}")
+    print(f"sweep {sweep.name}: submitted {len(jobs)} run(s) as job(s) "
+          f"{', '.join(ids) or '-'}{asked}; see: robustscale status {args.out}")
     return 0
 
 
@@ -174,7 +178,8 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"{'#':>4}  {'run_id':<{width}}  {'state':<15} {'tries':>5}  {'epoch':>9}{extra}  where")
     for r in rows:
         progress = f"{r['epoch']}/{r['epochs']}" if r["epochs"] else "-"
-        extra = f"  {r['job_id'] or '-':<{jw}}  {r['scheduler_state'] or '-':<{sw}}" if slurm else ""
+        extra = (f"  {r['job_id'] or '-':<{jw}}  {r['scheduler_state'] or '-':<{sw}}"
+                 if slurm else "")
         print(f"{r['idx'] + 1:>4}  {r['run_id']:<{width}}  {r['shown_state']:<15} {r['attempts']:>5}  "
               f"{progress:>9}{extra}  {r['where']}")
     counts: dict[str, int] = {}

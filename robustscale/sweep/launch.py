@@ -89,7 +89,8 @@ def prepare(sweep: Sweep, out: str | Path, *, wal: bool = True) -> tuple[SweepFo
         for sub in ("recipes", "runs", "logs"):
             (folder.root / sub).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RobustscaleError(f"cannot create the sweep folder {str(folder.root)!r}: {exc.strerror or exc}") from None
+        raise RobustscaleError(f"cannot create the sweep folder {str(folder.root)!r}: "
+                               f"{exc.strerror or exc}") from None
     for run in sweep.runs:
         path = folder.recipe(run.run_id)
         if not path.exists():
@@ -115,11 +116,13 @@ def check_folder_permissions(root: Path) -> None:
             continue
         if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
             raise RobustscaleError(f"sweep folder {str(path)!r} is writable by every user (mode "
-                                   f"{stat.filemode(mode)}); anyone could change what its runs execute; "
-                                   f"allowed: writable by its owner only (chmod go-w {str(path)!r})")
+                                   f"{stat.filemode(mode)}); anyone could change what its runs "
+                                   "execute; allowed: writable by its owner only "
+                                   f"(chmod go-w {str(path)!r})")
         if mode & stat.S_IWGRP:
-            log.warning("sweep folder %s is writable by its group (mode %s): every member can change what its "
-                        "runs execute (chmod g-w to prevent it)", path, stat.filemode(mode))
+            log.warning("sweep folder %s is writable by its group (mode %s): every member can "
+                        "change what its runs execute (chmod g-w to prevent it)",
+                        path, stat.filemode(mode))
 
 
 def check_states(ledger: Ledger) -> None:
@@ -128,8 +131,9 @@ def check_states(ledger: Ledger) -> None:
 
     for row in ledger.rows():
         if row["state"] not in STATES:
-            raise RobustscaleError(f"ledger {str(ledger.path)!r}: run {row['run_id']} has state {row['state']!r}; "
-                                   f"allowed: {', '.join(STATES)} (was it written by another program?)")
+            raise RobustscaleError(f"ledger {str(ledger.path)!r}: run {row['run_id']} has state "
+                                   f"{row['state']!r}; allowed: {', '.join(STATES)} (was it "
+                                   "written by another program?)")
 
 
 def visible_gpus() -> list[str]:
@@ -254,6 +258,9 @@ class LocalLauncher:
             self.beat.add(claim)
             try:
                 self._train(claim, devices)
+            except Exception as exc:  # noqa: BLE001 - e.g. its log cannot be opened
+                self.ledger.finish(claim, ok=False, error=f"launcher: {type(exc).__name__}: {exc}")
+                log.error("%s: could not be started here: %s", claim.run_id, exc)
             finally:
                 self.beat.remove(claim)
 
@@ -340,6 +347,6 @@ def launch_local(sweep: Sweep, out: str | Path, options: LaunchOptions | None = 
     return LocalLauncher(sweep, out, options).run()
 
 
-__all__ = ["LaunchOptions", "LocalLauncher", "SweepFolder", "check_folder_permissions", "check_states",
-           "launch_local", "prepare", "last_error_line",
+__all__ = ["LaunchOptions", "LocalLauncher", "SweepFolder", "check_folder_permissions",
+           "check_states", "launch_local", "prepare", "last_error_line",
            "train_command", "visible_gpus"]

@@ -66,11 +66,12 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
         env = submitit.JobEnvironment()
         if not logging.getLogger().handlers:  # the run's log lines go to the job's log file
             logging.basicConfig(level=logging.INFO, format="%(message)s")
-        if getattr(self, "threads", None):  # --cpus-per-task: the job's CPUs are torch's intra-op threads
+        if getattr(self, "threads", None):  # --cpus-per-task: torch's intra-op threads
             import torch
 
             torch.set_num_threads(self.threads)
-            log.info("%s: torch intra-op threads %d (--cpus-per-task)", self.run_id, torch.get_num_threads())
+            log.info("%s: torch intra-op threads %d (--cpus-per-task)", self.run_id,
+                     torch.get_num_threads())
         if env.num_tasks > 1:  # one run on several GPUs: join the tasks into one process group
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             if self.sync_bn:
@@ -110,7 +111,8 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
                 # Raised inside the USR2 handler after checkpoint() gave the run back: `scontrol
                 # requeue` (a child of the job) is often killed by the requeue it asked for. Not a
                 # failure of the run; this process is about to be killed and the job restarts.
-                log.warning("%s: requeue in progress (%s); not counted as a failure", self.run_id, exc)
+                log.warning("%s: requeue in progress (%s); not counted as a failure",
+                            self.run_id, exc)
                 raise
             error = str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}"
             ledger.finish(claim, ok=False, error=error.splitlines()[0] if error else type(exc).__name__)
@@ -151,7 +153,8 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
         return super().checkpoint(*args, **kwargs)
 
 
-def dead_jobs(job_ids: list[str], view: Callable[[list[str]], QueueView | None] = queue_view) -> set[str]:
+def dead_jobs(job_ids: list[str],
+              view: Callable[[list[str]], QueueView | None] = queue_view) -> set[str]:
     """The jobs among ``job_ids`` known to be over (none when Slurm cannot be asked)."""
     answer = view(job_ids)
     return set() if answer is None else {j for j in job_ids if answer.over(j)}
@@ -192,9 +195,10 @@ def launch_slurm(sweep: Sweep, out: str | Path, options: SlurmOptions | None = N
         view = queue_view(job_ids)
         over = set() if view is None else {j for j in job_ids if view.over(j)}
         if notes is not None:
-            notes.append(f"asked {view.source} about {len(job_ids)} recorded job(s): {len(over)} over"
-                         if view is not None else "neither squeue nor sacct answered: pending runs with a "
-                         "job are not submitted again (--resubmit to force it)")
+            notes.append(f"asked {view.source} about {len(job_ids)} recorded job(s): "
+                         f"{len(over)} over" if view is not None else
+                         "neither squeue nor sacct answered: pending runs with a job are not "
+                         "submitted again (--resubmit to force it)")
         return over
 
     todo = runs_to_submit(ledger, [r.run_id for r in sweep.runs], max_attempts=max_attempts,
@@ -215,9 +219,9 @@ def launch_slurm(sweep: Sweep, out: str | Path, options: SlurmOptions | None = N
         params = {k: v for k, v in params.items() if not k.startswith("slurm_") and k != "nodes"}
         params["gpus_per_node"] = min(params.get("gpus_per_node", 0), len(_visible()))
     executor.update_parameters(**params)
-    tasks = [SweepJob(str(folder.root), rid, max_attempts=max_attempts, lease_timeout=o.lease_timeout,
-                      heartbeat=o.heartbeat, final_eval=final_eval, sync_bn=sync_bn, threads=o.cpus_per_task)
-             for rid in todo]
+    tasks = [SweepJob(str(folder.root), rid, max_attempts=max_attempts,
+                      lease_timeout=o.lease_timeout, heartbeat=o.heartbeat, final_eval=final_eval,
+                      sync_bn=sync_bn, threads=o.cpus_per_task) for rid in todo]
     jobs = _submit(executor, tasks)
     ledger.record_jobs([(rid, job.job_id) for rid, job in zip(todo, jobs)])
     log.info("submitted %d run(s) of sweep %s: jobs %s", len(jobs), sweep.name,
@@ -240,8 +244,8 @@ def _submit(executor: Any, tasks: list[SweepJob]) -> list[Any]:
     except (FailedJobError, subprocess.SubprocessError, OSError) as exc:
         words = [ln.strip() for ln in (str(exc) or said.getvalue()).splitlines() if ln.strip()]
         words = [w.removeprefix("sbatch: error: ") for w in words] or [type(exc).__name__]
-        raise RobustscaleError(f"sbatch refused the job array of {len(tasks)} run(s): {'; '.join(words)} "
-                               "(no run was submitted)") from None
+        raise RobustscaleError(f"sbatch refused the job array of {len(tasks)} run(s): "
+                               f"{'; '.join(words)} (no run was submitted)") from None
     return jobs
 
 

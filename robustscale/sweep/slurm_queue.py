@@ -1,4 +1,4 @@
-"""What Slurm says about the jobs of a sweep: ``squeue`` first, ``sacct`` where squeue cannot answer.
+"""What Slurm says about the jobs of a sweep: ``squeue``, or ``sacct`` where squeue cannot answer.
 
 ``squeue --states=all`` lists every job the controller holds: queued, running, requeued, and
 those that ended less than ``MinJobAge`` seconds ago (300 by default). A job id it does not list
@@ -16,8 +16,20 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 # States of a job or array task that will not run (again) by itself; any other state is alive.
-DEAD_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
-                         "PREEMPTED", "REVOKED", "TIMEOUT"})
+DEAD_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+        "TIMEOUT",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +67,15 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 def ask_squeue(job_ids: list[str]) -> QueueView | None:
     """squeue's view of ``job_ids`` (array tasks one by one); None when squeue cannot answer."""
     bases = sorted({str(j).split("_")[0] for j in job_ids})
-    cmd = ["squeue", "--noheader", "--array", "--states=all", "--jobs", ",".join(bases),
-           "--Format=JobArrayID:64,State:32,RestartCnt:12,Reason:128"]
+    cmd = [
+        "squeue",
+        "--noheader",
+        "--array",
+        "--states=all",
+        "--jobs",
+        ",".join(bases),
+        "--Format=JobArrayID:64,State:32,RestartCnt:12,Reason:128",
+    ]
     try:
         res = _run(cmd)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -72,7 +91,9 @@ def ask_squeue(job_ids: list[str]) -> QueueView | None:
         parts = line.split(None, 3)
         if len(parts) >= 2:
             restarts = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
-            view.jobs[parts[0]] = JobInfo(parts[1].rstrip("+"), restarts, parts[3].strip() if len(parts) > 3 else "")
+            view.jobs[parts[0]] = JobInfo(
+                parts[1].rstrip("+"), restarts, parts[3].strip() if len(parts) > 3 else ""
+            )
     return view
 
 
@@ -105,8 +126,10 @@ def queue_view(job_ids: list[str]) -> QueueView | None:
         return QueueView("none needed")
     view = ask_squeue(job_ids) or ask_sacct(job_ids)
     if view is None:
-        log.warning("cannot ask squeue or sacct whether the recorded jobs are alive; pending runs with a job "
-                    "are not submitted again (use --resubmit)")
+        log.warning(
+            "cannot ask squeue or sacct whether the recorded jobs are alive; pending runs with a "
+            "job are not submitted again (use --resubmit)"
+        )
     else:
         log.debug("job states of %d recorded job(s) from %s", len(job_ids), view.source)
     return view

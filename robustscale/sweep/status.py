@@ -55,4 +55,5 @@ def _scheduler_states(rows: list[dict[str, Any]]) -> dict[str, str]:
     view = queue_view(ids) if ids else None
     if view is None:
         return {}
-    return {j: (view.jobs[j].shown if j in view.jobs else "gone" if view.over(j) else "unknown") for j in ids}
+    return {j: (view.jobs[j].shown if j in view.jobs else "gone" if view.over(j) else "unknown")
+            for j in ids}
