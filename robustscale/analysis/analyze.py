@@ -21,7 +21,7 @@ from robustscale.analysis.report import draw_figures, write_report
 from robustscale.analysis.scaling import PowerLaw
 from robustscale.analysis.zoo_fit import Analysis, fit_zoo, with_joint
 from robustscale.errors import RobustscaleError
-from robustscale.files import atomic_write_json
+from robustscale.files import atomic_write_json, fs_error
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,10 @@ def analyze_zoo(
         a = with_joint(a, seed)
         timings["joint"] = time.perf_counter() - t0 - sum(timings.values())
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fs_error(out_dir, exc) from None
     fits = fits_dict(a, target_acc)
     fits["figures"] = {
         name: path.name for name, path in draw_figures(a, out_dir / "figures").items()
