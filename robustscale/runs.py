@@ -344,7 +344,7 @@ class EvalResult(Mapping):
                    split=_text(data, "split", path) or "test",
                    split_size=_num(data, "split_size", path, integer=True), run_id=_text(data, "run_id", path),
                    robust_ce_loss=_num(data, "robust_ce_loss", path),
-                   robust_cw_loss=_num(data, "robust_cw_loss", path),
+                   robust_cw_loss=_num(data, "robust_cw_loss", path, minimum=None),  # < 0: still correct
                    extra={k: v for k, v in data.items() if k not in known})
 
 

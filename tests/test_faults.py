@@ -299,7 +299,11 @@ def test_read_only_output_folder_is_one_line(tmp_path, capsys, monkeypatch, comm
     import errno
     import tempfile
 
-    path = write_zoo(power_law_zoo(40), tmp_path / "zoo.csv")
+    from zoo_factory import joint_zoo
+
+    # plan writes only from an identifiable joint law: a zoo of one recipe family that has one
+    zoo = joint_zoo(80) if command == "plan" else power_law_zoo(40)
+    path = write_zoo(zoo, tmp_path / "zoo.csv")
     out = tmp_path / "out"
     out.mkdir()
 
