@@ -77,6 +77,10 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
 
     try:
         done = check_run_dir(run, recipe) if dist.is_main else False
+        if dist.is_main and recipe.trackers:  # a missing extra or folder fails before any write
+            from robustscale.trackers import check_trackers
+
+            check_trackers(recipe.trackers, run.path)
         distributed.barrier(dist)
         if not dist.is_main:
             done = (read_status(run.path) or {}).get("state") == "done"
@@ -154,6 +158,7 @@ class _Engine:
         self.meter = open_meter(self.device, interval=recipe.power_sample_interval, power_watts=recipe.power_watts,
                                 devices=[self.device.index] if self.device.type == "cuda" else None)
         self.p = Progress()
+        self.trackers = None  # robustscale.trackers.TrackerSet, opened by fit on the main process
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -208,13 +213,27 @@ class _Engine:
         log.info("run %s: %s, %d params, %d steps/epoch, %.3g training FLOPs/example", self.run.path,
                  r.model, sum(p.numel() for p in self.model.parameters()), self.data.plan.steps_per_epoch,
                  self.flops.train)
-        for epoch in range(self.p.epoch, r.epochs):
-            self._train_epoch(epoch)
-            self._end_epoch(epoch)
-        if self.main:
-            write_status(self.run, r, "done", self.p)
-            self._write_cost()
+        if self.main and r.trackers:  # and send them what an interrupted process did not
+            from robustscale.trackers import open_trackers
+
+            self.trackers = open_trackers(r.trackers, self.run.path, r.to_dict(), r.run_id)
+            self._sync_trackers()
+        try:
+            for epoch in range(self.p.epoch, r.epochs):
+                self._train_epoch(epoch)
+                self._end_epoch(epoch)
+            if self.main:
+                write_status(self.run, r, "done", self.p)
+                self._write_cost()
+        finally:
+            if self.trackers is not None:
+                self.trackers.close(finished=self.p.epoch >= r.epochs)
         self.meter.close()
+
+    def _sync_trackers(self) -> None:
+        """Trackers read the epoch back from metrics.csv and cost.json, so they equal the files."""
+        if self.trackers is not None:
+            self.trackers.sync_epochs()
 
     def _train_epoch(self, epoch: int) -> None:
         r, plan, p = self.r, self.data.plan, self.p
@@ -370,6 +389,7 @@ class _Engine:
             self._save_last()
             self._write_cost()
             write_status(self.run, r, "running", p)
+            self._sync_trackers()
         log.info("epoch %d/%d  loss %.4f  train clean %s%s  |  val clean %s  pgd%d %s  |  %.1fs",
                  epoch + 1, r.epochs, row["train_loss"], _fmt(row["train_clean_acc"]),
                  f" robust {row['train_robust_acc']:.1f}" if row["train_robust_acc"] is not None else "",
