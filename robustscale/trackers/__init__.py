@@ -70,7 +70,7 @@ def check_trackers(names: list[str], run_dir: str | Path) -> None:
         for folder in _folders(name, Path(run_dir)):
             if not _writable(folder):
                 raise RobustscaleError(f"tracker {name!r} cannot write its folder {str(folder)!r} "
-                                       "(permission denied); make it writable or drop the tracker")
+                                       "(not a writable folder); make it writable or drop the tracker")
 
 
 def sweep_name(run_dir: Path) -> str | None:
