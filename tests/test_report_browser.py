@@ -11,25 +11,40 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny
 from zoo_factory import power_law_zoo
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMIUM = (
+    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+)
 CHROMEDRIVER = shutil.which("chromedriver")
 # Flags for a machine without internet: no background connections that fail noisily
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1366,900"]
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1366,900",
+]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
+    selenium = pytest.importorskip(
+        "selenium", reason="selenium is not installed (pip install -e '.[dev]')"
+    )
     if not CHROMIUM or not CHROMEDRIVER:
-        pytest.skip("no chromium + chromedriver on PATH (apt-get install chromium chromium-driver; .ci/run does)")
+        pytest.skip(
+            "no chromium + chromedriver on PATH "
+            "(apt-get install chromium chromium-driver; .ci/run does)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -52,12 +67,15 @@ def _open(driver, page: Path, shot: Path) -> dict:
     state = driver.execute_script(
         "return {ready: document.readyState, title: document.title,"
         " images: Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]),"
-        " tables: Array.from(document.querySelectorAll('table[id]')).map(t => [t.id, t.rows.length]),"
-        " links: Array.from(document.querySelectorAll('a[href^=\"#\"]')).map(a => a.getAttribute('href')),"
+        " tables: Array.from(document.querySelectorAll('table[id]'))"
+        "   .map(t => [t.id, t.rows.length]),"
+        " links: Array.from(document.querySelectorAll('a[href^=\"#\"]'))"
+        "   .map(a => a.getAttribute('href')),"
         " ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),"
         " captions: Array.from(document.querySelectorAll('figure')).map("
         "   f => f.querySelector('figcaption') ? f.querySelector('figcaption').innerText : ''),"
-        " width: document.documentElement.scrollWidth}")
+        " width: document.documentElement.scrollWidth}"
+    )
     state["console"] = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     driver.save_screenshot(str(shot))
     artifacts = os.environ.get("ROBUSTSCALE_ARTIFACTS")
@@ -85,10 +103,18 @@ def test_report_in_a_browser(browser, tmp_path):
     broken = [alt for alt, complete, width in state["images"] if not complete or width <= 0]
     assert not broken, f"images that did not load: {broken}"
     tables = dict(state["tables"])
-    assert tables["laws"] >= 4 and tables["predictor-scores"] == 3 and tables["predictor-importance"] >= 6
+    assert (
+        tables["laws"] >= 4
+        and tables["predictor-scores"] == 3
+        and tables["predictor-importance"] >= 6
+    )
     assert tables["collapsed"] == 5  # header + the 4 collapsed runs
-    assert all(len(c.split()) >= 12 for c in state["captions"]), state["captions"]  # says what and how
-    assert set(h.lstrip("#") for h in state["links"]) <= set(state["ids"])  # the contents all lead somewhere
+    assert all(len(c.split()) >= 12 for c in state["captions"]), state[
+        "captions"
+    ]  # says what and how
+    assert set(h.lstrip("#") for h in state["links"]) <= set(
+        state["ids"]
+    )  # the contents all lead somewhere
     assert {"contents", "fig1a", "fig3a"} <= set(state["ids"])
     assert state["width"] <= 1366, "the page scrolls sideways on a laptop screen"
     assert not state["console"], state["console"]
@@ -101,8 +127,13 @@ def test_status_page_in_a_browser(browser, tmp_path, capsys):
     from robustscale.sweep.launch import prepare
     from robustscale.sweep.spec import expand
 
-    sweep = expand({"name": "browser-sweep", "base": tiny(epochs=1, power_watts=40.0).to_dict(),
-                    "axes": {"seed": [0, 1, 2]}})
+    sweep = expand(
+        {
+            "name": "browser-sweep",
+            "base": tiny(epochs=1, power_watts=40.0).to_dict(),
+            "axes": {"seed": [0, 1, 2]},
+        }
+    )
     folder, ledger = prepare(sweep, tmp_path / "sweep", wal=False)
     ids = [r.run_id for r in sweep.runs]
     done = ledger.claim(ids, max_attempts=3, lease_timeout=300)
@@ -121,17 +152,21 @@ def test_status_page_in_a_browser(browser, tmp_path, capsys):
     assert dict(state["tables"]) == {"states": 5, "budget": 3, "runs": 4}
     cells = browser.execute_script(
         "return Array.from(document.querySelectorAll('#runs tbody tr')).map("
-        " r => Array.from(r.cells).map(c => c.innerText))")
+        " r => Array.from(r.cells).map(c => c.innerText))"
+    )
     assert [row[3] for row in cells] == ["done", "failed", "pending"]
     assert "CUDA out of memory" in cells[1][-1]
     best = float(cells[0][6])
     assert f"{best:.2f}% validation PGD-40" in browser.find_element("id", "best").text
     budget = browser.execute_script(
         "return Array.from(document.querySelectorAll('#budget tbody tr')).map("
-        " r => Array.from(r.cells).map(c => c.innerText))")
+        " r => Array.from(r.cells).map(c => c.innerText))"
+    )
     spent, forecast = float(budget[0][1]), float(budget[0][2])
     # three runs alike but for the seed, one trained: the forecast is three times what it spent
     # (the page prints three significant digits)
     assert 0 < spent < forecast and abs(forecast / spent - 3) < 0.01
-    assert float(budget[1][2]) > float(budget[1][1]) > 0  # energy extrapolated from the one metered run
+    assert (
+        float(budget[1][2]) > float(budget[1][1]) > 0
+    )  # energy extrapolated from the one metered run
     assert not state["console"], state["console"]

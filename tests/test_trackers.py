@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny
+
 from robustscale import RobustscaleError, train
 from robustscale.files import read_csv_rows
 from robustscale.trackers import COST_KEYS, TrackerSet
@@ -26,8 +26,15 @@ pytest.importorskip("mlflow")
 
 # 40 steps per epoch, 3 epochs, a checkpoint every 3 steps: room to kill it in epoch 2; an
 # estimated power draw so that the energy columns and the cumulative cost are there to compare.
-KILL_RECIPE = tiny(epochs=3, batch_size=32, attack_steps=2, checkpoint_every_steps=3, val_attack_steps=3, power_watts=50.0,
-                   trackers=["tensorboard", "mlflow"])
+KILL_RECIPE = tiny(
+    epochs=3,
+    batch_size=32,
+    attack_steps=2,
+    checkpoint_every_steps=3,
+    val_attack_steps=3,
+    power_watts=50.0,
+    trackers=["tensorboard", "mlflow"],
+)
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +54,10 @@ def _tensorboard(run: Path) -> dict[str, list[tuple[int, float]]]:
 
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
     acc.Reload()
-    return {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto).item()) for e in acc.Tensors(tag)]
-            for tag in acc.Tags()["tensors"]}
+    return {
+        tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto).item()) for e in acc.Tensors(tag)]
+        for tag in acc.Tags()["tensors"]
+    }
 
 
 def _mlflow(run: Path) -> tuple[object, str]:
@@ -62,14 +71,30 @@ def test_killed_and_resumed_run_logs_every_epoch_once_equal_to_the_files(tmp_pat
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(KILL_RECIPE.to_yaml())
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "robustscale", "train", str(recipe_path), "--run-dir", str(run), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "robustscale",
+        "train",
+        str(recipe_path),
+        "--run-dir",
+        str(run),
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        state = json.loads((run / "trackers.json").read_text()) if (run / "trackers.json").exists() else {}
-        if state.get("tensorboard", {}).get("epoch") == 1 and (run / "checkpoints" / "last.pt").exists():
+        state = (
+            json.loads((run / "trackers.json").read_text())
+            if (run / "trackers.json").exists()
+            else {}
+        )
+        if (
+            state.get("tensorboard", {}).get("epoch") == 1
+            and (run / "checkpoints" / "last.pt").exists()
+        ):
             if ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] >= 3:
                 break
         time.sleep(0.05)
@@ -101,7 +126,10 @@ def test_killed_and_resumed_run_logs_every_epoch_once_equal_to_the_files(tmp_pat
         assert client.get_metric_history(run_id, name)[-1].value == cost[key]
     mlrun = client.get_run(run_id)
     assert mlrun.info.status == "FINISHED" and mlrun.info.run_name == KILL_RECIPE.run_id
-    assert mlrun.data.params["attack_steps"] == "2" and mlrun.data.params["trackers"] == "['tensorboard', 'mlflow']"
+    assert (
+        mlrun.data.params["attack_steps"] == "2"
+        and mlrun.data.params["trackers"] == "['tensorboard', 'mlflow']"
+    )
     assert client.get_experiment(mlrun.info.experiment_id).name == "robustscale"
 
     # a process killed after its last TensorBoard write but before trackers.json said so:
@@ -116,8 +144,12 @@ def test_killed_and_resumed_run_logs_every_epoch_once_equal_to_the_files(tmp_pat
 
 
 def test_final_evaluation_reaches_the_trackers(tmp_path):
-    run = train(tiny(epochs=1, trackers=["tensorboard", "mlflow"]), out_root=tmp_path, progress=False,
-                final_eval="pgd")
+    run = train(
+        tiny(epochs=1, trackers=["tensorboard", "mlflow"]),
+        out_root=tmp_path,
+        progress=False,
+        final_eval="pgd",
+    )
     result = json.loads(next((run / "eval").glob("pgd-*.json")).read_text())
     assert _tensorboard(run)["pgd40_acc"] == [(1, result["robust_acc"])]
     client, run_id = _mlflow(run)
@@ -140,7 +172,9 @@ def test_wandb_offline_run_in_a_sweep_folder(tmp_path, monkeypatch):
     recipe = tiny(epochs=1, trackers=["wandb", "mlflow"])
     run = train(recipe, run_dir=sweep / "runs" / recipe.run_id, progress=False)
     wandb_id = json.loads((run / "trackers.json").read_text())["wandb"]["run_id"]
-    files = list((tmp_path / "wandb-home" / "wandb").glob(f"offline-run-*-{wandb_id}/run-{wandb_id}.wandb"))
+    files = list(
+        (tmp_path / "wandb-home" / "wandb").glob(f"offline-run-*-{wandb_id}/run-{wandb_id}.wandb")
+    )
     assert len(files) == 1 and files[0].stat().st_size > 0
     assert b"grid-7" in files[0].read_bytes()  # the W&B group is the sweep's name
     client, run_id = _mlflow(run)
@@ -155,12 +189,19 @@ def test_a_failing_tracker_is_one_warning_and_training_goes_on(tmp_path, monkeyp
 
     monkeypatch.setattr(TensorBoardTracker, "log", broken)
     with caplog.at_level(logging.WARNING, logger="robustscale.trackers"):
-        run = train(tiny(epochs=2, trackers=["tensorboard", "mlflow"]), out_root=tmp_path, progress=False)
+        run = train(
+            tiny(epochs=2, trackers=["tensorboard", "mlflow"]), out_root=tmp_path, progress=False
+        )
     assert json.loads((run / "status.json").read_text())["state"] == "done"
-    warnings = [r.getMessage() for r in caplog.records if "tracker tensorboard failed" in r.getMessage()]
+    warnings = [
+        r.getMessage() for r in caplog.records if "tracker tensorboard failed" in r.getMessage()
+    ]
     assert len(warnings) == 1 and "disk quota exceeded" in warnings[0]
     client, run_id = _mlflow(run)
-    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2]  # the others go on
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [
+        1,
+        2,
+    ]  # the others go on
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str]:
@@ -173,8 +214,18 @@ def _cli(args: list[str], capsys) -> tuple[int, str]:
 def test_unknown_tracker_is_one_line_and_writes_nothing(tmp_path, capsys):
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(tiny(epochs=1).to_yaml())
-    code, err = _cli(["train", str(recipe_path), "--run-dir", str(tmp_path / "run"), "--no-progress",
-                      "--set", "trackers=[tensorboard, neptune]"], capsys)
+    code, err = _cli(
+        [
+            "train",
+            str(recipe_path),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--no-progress",
+            "--set",
+            "trackers=[tensorboard, neptune]",
+        ],
+        capsys,
+    )
     assert code == 2 and len(err.splitlines()) == 1
     assert "'neptune'" in err and "tensorboard, mlflow, wandb" in err
     assert not (tmp_path / "run").exists()
@@ -184,19 +235,25 @@ def test_missing_tracker_extra_names_the_extra_before_anything_is_written(tmp_pa
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
     with pytest.raises(RobustscaleError, match=r'pip install "robustscale\[wandb\]"'):
         train(tiny(epochs=1, trackers=["wandb"]), run_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
-def test_unwritable_tracker_folder_is_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
+def test_unwritable_tracker_folder_is_one_line_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{blocker / 'mlruns'}")
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(tiny(epochs=1, trackers=["mlflow"]).to_yaml())
-    code, err = _cli(["train", str(recipe_path), "--run-dir", str(tmp_path / "run"), "--no-progress"], capsys)
+    code, err = _cli(
+        ["train", str(recipe_path), "--run-dir", str(tmp_path / "run"), "--no-progress"], capsys
+    )
     assert code == 2 and len(err.splitlines()) == 1 and "a-file" in err and "mlflow" in err
     assert not (tmp_path / "run").exists()
 

@@ -1,4 +1,6 @@
-"""Experiment trackers: TensorBoard, MLflow and W&B, each through its own library (docs/trackers.md).
+"""Experiment trackers: TensorBoard, MLflow and W&B, each through its own library.
+
+See docs/trackers.md.
 
 A recipe's ``trackers`` list (a non-result key) names the trackers a run logs to. The run
 directory stays the record: what a tracker receives is read back from ``metrics.csv`` (every
@@ -35,8 +37,12 @@ TRACKERS: dict[str, tuple[str, str]] = {
 }
 STATE_FILE = "trackers.json"
 # the cumulative cost logged with each epoch: tracker name -> cost.json key
-COST_KEYS = {"train_flops": "train_flops", "energy_kwh": "energy_kwh", "usd": "electricity_cost_usd",
-             "co2_kg": "co2_kg"}
+COST_KEYS = {
+    "train_flops": "train_flops",
+    "energy_kwh": "energy_kwh",
+    "usd": "electricity_cost_usd",
+    "co2_kg": "co2_kg",
+}
 
 
 def _folders(name: str, run_dir: Path) -> list[Path]:
@@ -47,7 +53,11 @@ def _folders(name: str, run_dir: Path) -> list[Path]:
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
             return [run_dir / "mlruns"]
-        return [Path(uri.removeprefix("file://").removeprefix("file:"))] if uri.startswith("file:") else []
+        return (
+            [Path(uri.removeprefix("file://").removeprefix("file:"))]
+            if uri.startswith("file:")
+            else []
+        )
     return [Path(os.environ.get("WANDB_DIR") or run_dir) / "wandb"]
 
 
@@ -65,12 +75,16 @@ def check_trackers(names: list[str], run_dir: str | Path) -> None:
     for name in names:
         module, extra = TRACKERS[name]
         if importlib.util.find_spec(module) is None:
-            raise RobustscaleError(f"tracker {name!r} needs the {module} library, which is not installed; "
-                                   f"install it with: pip install \"robustscale[{extra}]\"")
+            raise RobustscaleError(
+                f"tracker {name!r} needs the {module} library, which is not installed; "
+                f'install it with: pip install "robustscale[{extra}]"'
+            )
         for folder in _folders(name, Path(run_dir)):
             if not _writable(folder):
-                raise RobustscaleError(f"tracker {name!r} cannot write its folder {str(folder)!r} "
-                                       "(not a writable folder); make it writable or drop the tracker")
+                raise RobustscaleError(
+                    f"tracker {name!r} cannot write its folder {str(folder)!r} "
+                    "(not a writable folder); make it writable or drop the tracker"
+                )
 
 
 def sweep_name(run_dir: Path) -> str | None:
@@ -88,7 +102,9 @@ def sweep_name(run_dir: Path) -> str | None:
             con.close()
         return str(json.loads(row[0])) if row else None
     except (sqlite3.Error, ValueError) as exc:
-        log.warning("warning: cannot read the sweep name from %s (%s); trackers get no group", ledger, exc)
+        log.warning(
+            "warning: cannot read the sweep name from %s (%s); trackers get no group", ledger, exc
+        )
         return None
 
 
@@ -106,15 +122,20 @@ class TrackerSet:
         self.run_dir = Path(run_dir)
         self.state_path = self.run_dir / STATE_FILE
         self.state: dict[str, Any] = read_json(self.state_path) if self.state_path.is_file() else {}
-        ctx = TrackerContext(run_dir=self.run_dir, run_id=run_id, recipe=recipe,
-                             group=sweep_name(self.run_dir))
+        ctx = TrackerContext(
+            run_dir=self.run_dir, run_id=run_id, recipe=recipe, group=sweep_name(self.run_dir)
+        )
         self.trackers: list[Tracker] = []
         for name in names:
             try:
                 tracker = _make(name, ctx, self.state.setdefault(name, {}))
             except ImportError as exc:
-                log.warning("warning: tracker %s not started (%s); install robustscale[%s]", name,
-                            first_line(exc), TRACKERS[name][1])
+                log.warning(
+                    "warning: tracker %s not started (%s); install robustscale[%s]",
+                    name,
+                    first_line(exc),
+                    TRACKERS[name][1],
+                )
                 continue
             if self._guard(tracker, tracker.open):
                 self.trackers.append(tracker)
@@ -125,8 +146,12 @@ class TrackerSet:
             fn(*args)
             return True
         except Exception as exc:  # noqa: BLE001 - a tracker never stops training
-            log.warning("warning: tracker %s failed (%s: %s); the run goes on without it", tracker.name,
-                        type(exc).__name__, first_line(exc))
+            log.warning(
+                "warning: tracker %s failed (%s: %s); the run goes on without it",
+                tracker.name,
+                type(exc).__name__,
+                first_line(exc),
+            )
             if tracker in self.trackers:
                 self.trackers.remove(tracker)
             return False
@@ -184,15 +209,18 @@ def _make(name: str, ctx: TrackerContext, state: dict[str, Any]) -> Tracker:
     return cls(ctx, state)
 
 
-def open_trackers(names: list[str], run_dir: str | Path, recipe: dict[str, Any],
-                  run_id: str) -> TrackerSet | None:
+def open_trackers(
+    names: list[str], run_dir: str | Path, recipe: dict[str, Any], run_id: str
+) -> TrackerSet | None:
     """Open the named trackers for a run (None when there are none); failures become warnings."""
     if not names:
         return None
     try:
         return TrackerSet(names, run_dir, recipe, run_id)
     except (OSError, RobustscaleError) as exc:
-        log.warning("warning: trackers not started (%s); the run goes on without them", first_line(exc))
+        log.warning(
+            "warning: trackers not started (%s); the run goes on without them", first_line(exc)
+        )
         return None
 
 
@@ -202,8 +230,13 @@ def eval_metric_name(result: dict[str, Any]) -> str:
     return f"pgd{result.get('steps')}_acc" if attack == "pgd" else f"{attack}_acc"
 
 
-def log_eval(run_dir: str | Path, names: list[str], run_id: str, recipe: dict[str, Any],
-             result: dict[str, Any]) -> None:
+def log_eval(
+    run_dir: str | Path,
+    names: list[str],
+    run_id: str,
+    recipe: dict[str, Any],
+    result: dict[str, Any],
+) -> None:
     """Send one evaluation result (as written to ``eval/``) to the run's trackers."""
     trackers = open_trackers(names, run_dir, recipe, run_id)
     if trackers is None:
@@ -215,5 +248,12 @@ def log_eval(run_dir: str | Path, names: list[str], run_id: str, recipe: dict[st
     trackers.close(finished=True)
 
 
-__all__ = ["TRACKERS", "check_trackers", "open_trackers", "log_eval", "TrackerSet",
-           "sweep_name", "eval_metric_name"]
+__all__ = [
+    "TRACKERS",
+    "TrackerSet",
+    "check_trackers",
+    "eval_metric_name",
+    "log_eval",
+    "open_trackers",
+    "sweep_name",
+]

@@ -49,7 +49,9 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, step) for k, v in values.items()])
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, v, stamp, step) for k, v in values.items()]
+        )
 
     def close(self, finished: bool) -> None:
         self.client.set_terminated(self.run_id, status="FINISHED" if finished else "KILLED")

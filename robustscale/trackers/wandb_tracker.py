@@ -23,9 +23,16 @@ class WandbTracker(Tracker):
         run_id = self.state.get("run_id") or uuid.uuid4().hex[:8]
         folder = os.environ.get("WANDB_DIR") or str(self.ctx.run_dir)
         self.run: Any = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", PROJECT), group=self.ctx.group, name=self.ctx.run_id,
-            id=run_id, resume="allow", dir=folder, mode=None if configured else "offline",
-            config={k: hparam_value(v) for k, v in self.ctx.recipe.items()}, reinit="create_new")
+            project=os.environ.get("WANDB_PROJECT", PROJECT),
+            group=self.ctx.group,
+            name=self.ctx.run_id,
+            id=run_id,
+            resume="allow",
+            dir=folder,
+            mode=None if configured else "offline",
+            config={k: hparam_value(v) for k, v in self.ctx.recipe.items()},
+            reinit="create_new",
+        )
         if self.state.get("run_id") != run_id:
             self.state.pop("epoch", None)
         self.state["run_id"] = run_id
