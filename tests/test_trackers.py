@@ -60,6 +60,28 @@ def _tensorboard(run: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+def _hparams_of(recipe) -> dict:
+    from robustscale.trackers.base import hparam_value
+
+    return {k: hparam_value(v) for k, v in recipe.to_dict().items()}
+
+
+def _tensorboard_hparams(run: Path) -> dict:
+    """The recipe as TensorBoard's hparams plugin reads it (the session start info)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    meta = acc.SummaryMetadata("_hparams_/session_start_info")
+    data = plugin_data_pb2.HParamsPluginData.FromString(meta.plugin_data.content)
+    out = {}
+    for key, value in data.session_start_info.hparams.items():
+        kind = value.WhichOneof("kind")
+        out[key] = getattr(value, kind)
+    return out
+
+
 def _mlflow(run: Path) -> tuple[object, str]:
     from mlflow.tracking import MlflowClient
 
@@ -131,6 +153,10 @@ def test_killed_and_resumed_run_logs_every_epoch_once_equal_to_the_files(tmp_pat
         and mlrun.data.params["trackers"] == "['tensorboard', 'mlflow']"
     )
     assert client.get_experiment(mlrun.info.experiment_id).name == "robustscale"
+    assert _tensorboard_hparams(run) == {
+        k: v if not isinstance(v, int) or isinstance(v, bool) else float(v)
+        for k, v in _hparams_of(KILL_RECIPE).items()
+    }
 
     # a process killed after its last TensorBoard write but before trackers.json said so:
     # the next one purges those steps and writes them again, still once each
