@@ -206,6 +206,14 @@ class _Engine:
     # ---- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> None:
+        """Train to the last epoch; the run's trackers are closed however it ends."""
+        try:
+            self._fit()
+        finally:
+            if self.trackers is not None:
+                self.trackers.close(finished=self.p.epoch >= self.r.epochs)
+
+    def _fit(self) -> None:
         r = self.r
         self._resume()
         if self.main:
@@ -213,21 +221,17 @@ class _Engine:
         log.info("run %s: %s, %d params, %d steps/epoch, %.3g training FLOPs/example", self.run.path,
                  r.model, sum(p.numel() for p in self.model.parameters()), self.data.plan.steps_per_epoch,
                  self.flops.train)
-        if self.main and r.trackers:  # and send them what an interrupted process did not
+        if self.main and r.trackers:  # open them; send the rows an interrupted process did not
             from robustscale.trackers import open_trackers
 
             self.trackers = open_trackers(r.trackers, self.run.path, r.to_dict(), r.run_id)
             self._sync_trackers()
-        try:
-            for epoch in range(self.p.epoch, r.epochs):
-                self._train_epoch(epoch)
-                self._end_epoch(epoch)
-            if self.main:
-                write_status(self.run, r, "done", self.p)
-                self._write_cost()
-        finally:
-            if self.trackers is not None:
-                self.trackers.close(finished=self.p.epoch >= r.epochs)
+        for epoch in range(self.p.epoch, r.epochs):
+            self._train_epoch(epoch)
+            self._end_epoch(epoch)
+        if self.main:
+            write_status(self.run, r, "done", self.p)
+            self._write_cost()
         self.meter.close()
 
     def _sync_trackers(self) -> None:
