@@ -294,8 +294,8 @@ def evaluate_checkpoint(path: str | Path, *, model: str, dataset: str = "cifar10
     if not Path(path).is_file():
         raise RobustscaleError(f"checkpoint {str(path)!r} does not exist")
     dev = resolve_device(device)
-    x, y, total = _load_examples(dataset, "test", n, data_dir)
     net = load_weights_file(path, model=model, dataset=dataset, activation=activation, device=dev)
+    x, y, total = _load_examples(dataset, "test", n, data_dir)
     out = Path(out_dir) if out_dir is not None else Path(path).parent / "eval"
     return _evaluate_into(net, x, y, total, out, settings, dev, checkpoint=str(path), recipe=None, run_id=None)
 

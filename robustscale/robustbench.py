@@ -24,7 +24,13 @@ from robustscale.errors import RobustscaleError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_weights_file", "read_state_dict", "export_robustbench", "model_info", "EXPORT_FORMATS"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "export_robustbench",
+    "load_weights_file",
+    "model_info",
+    "read_state_dict",
+]
 
 EXPORT_FORMATS = ("robustbench",)
 RB_DATASETS = ("cifar10", "cifar100")  # RobustBench's leaderboards robustscale can train for
@@ -43,15 +49,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if inner is None:
             break
         state = inner
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise RobustscaleError(f"checkpoint {str(path)!r} holds no state dict of tensors (looked under "
-                               f"{', '.join(CONTAINER_KEYS)} too)")
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
+        raise RobustscaleError(
+            f"checkpoint {str(path)!r} holds no state dict of tensors (looked under "
+            f"{', '.join(CONTAINER_KEYS)} too)"
+        )
     return state
 
 
-def load_weights_file(path: str | Path, *, model: str | None, dataset: str = "cifar10",
-                      activation: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
+def load_weights_file(
+    path: str | Path,
+    *,
+    model: str | None,
+    dataset: str = "cifar10",
+    activation: str | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
     """A checkpoint file trained elsewhere as robustscale's ``model``: eval mode, parameters
     frozen, inputs in [0, 1], with the normalisation the checkpoint was trained with.
 
@@ -64,17 +81,26 @@ def load_weights_file(path: str | Path, *, model: str | None, dataset: str = "ci
     from robustscale.models.robustbench import weights_into
 
     if model is None:
-        raise RobustscaleError(f"{str(path)!r} is a checkpoint file: loading it needs model=NAME "
-                               "(e.g. dm_wrn70_16); a run is given by its directory")
+        raise RobustscaleError(
+            f"{str(path)!r} is a checkpoint file: loading it needs model=NAME "
+            "(e.g. dm_wrn70_16); a run is given by its directory"
+        )
     info = dataset_info(dataset)
     act = activation or (DM_DEFAULT_ACTIVATION if model in DM_WRN_VARIANTS else "relu")
     if act not in ("relu", "gelu", "silu"):
         raise RobustscaleError(f"activation={act!r} is not known; allowed: relu, gelu, silu")
-    net = build_model(model, info.num_classes, info.shape[0], info.mean, info.std, act, img_size=info.shape[1:])
+    net = build_model(
+        model, info.num_classes, info.shape[0], info.mean, info.std, act, img_size=info.shape[1:]
+    )
     state = read_state_dict(path)  # after the model name is known good: its errors come first
     applied = weights_into(net, model, state, dataset=dataset, source=str(path))
-    log.debug("loaded %s into %s (prefix %r, normalisation from %s)", path, model, applied["prefix"],
-              applied["normalisation_from"])
+    log.debug(
+        "loaded %s into %s (prefix %r, normalisation from %s)",
+        path,
+        model,
+        applied["prefix"],
+        applied["normalisation_from"],
+    )
     net = net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -95,18 +121,28 @@ def _pct(value: Any) -> str:
 
 def _footnote(recipe: Any) -> str:
     steps = f"-{recipe.attack_steps}" if recipe.loss != "standard" else ""
-    loss = {"pgd": "PGD-AT", "trades": f"TRADES (beta {recipe.trades_beta:g})"}.get(recipe.loss, recipe.loss)
+    loss = {"pgd": "PGD-AT", "trades": f"TRADES (beta {recipe.trades_beta:g})"}.get(
+        recipe.loss, recipe.loss
+    )
     parts = [f"Trained with robustscale: {loss}{steps}, {recipe.epochs} epochs"]
     if recipe.ema_decay is not None:
         parts.append(f"weight EMA {recipe.ema_decay:g}")
     if recipe.synthetic_data:
-        parts.append(f"generated images ({Path(recipe.synthetic_data).name}) as "
-                     f"{recipe.synthetic_fraction:.0%} of every batch")
+        parts.append(
+            f"generated images ({Path(recipe.synthetic_data).name}) as "
+            f"{recipe.synthetic_fraction:.0%} of every batch"
+        )
     return ", ".join(parts) + "."
 
 
-def model_info(run_dir: str | Path, *, name: str, authors: str = "", venue: str = "",
-               footnote: str | None = None) -> dict[str, Any]:
+def model_info(
+    run_dir: str | Path,
+    *,
+    name: str,
+    authors: str = "",
+    venue: str = "",
+    footnote: str | None = None,
+) -> dict[str, Any]:
     """RobustBench's model-info fields for a run, from its recipe and eval files.
 
     ``clean_acc`` and ``autoattack_acc`` (strings, two decimals) come from the standard
@@ -125,16 +161,31 @@ def model_info(run_dir: str | Path, *, name: str, authors: str = "", venue: str 
     clean_src = aa or _eval_result(Path(run_dir), recipe.eps, "pgd")
     robust = _pct(aa["robust_acc"]) if aa else ""
     return {
-        "link": "", "name": name, "authors": authors, "additional_data": False,
-        "number_forward_passes": 1, "dataset": recipe.dataset, "venue": venue,
-        "architecture": architecture_name(recipe.model), "eps": format_eps(recipe.eps),
-        "clean_acc": _pct(clean_src["clean_acc"]) if clean_src else "", "reported": robust,
-        "autoattack_acc": robust, "footnote": _footnote(recipe) if footnote is None else footnote,
+        "link": "",
+        "name": name,
+        "authors": authors,
+        "additional_data": False,
+        "number_forward_passes": 1,
+        "dataset": recipe.dataset,
+        "venue": venue,
+        "architecture": architecture_name(recipe.model),
+        "eps": format_eps(recipe.eps),
+        "clean_acc": _pct(clean_src["clean_acc"]) if clean_src else "",
+        "reported": robust,
+        "autoattack_acc": robust,
+        "footnote": _footnote(recipe) if footnote is None else footnote,
     }
 
 
-def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, name: str | None = None, authors: str = "",
-                       venue: str = "", footnote: str | None = None) -> dict[str, Any]:
+def export_robustbench(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str | None = None,
+    authors: str = "",
+    venue: str = "",
+    footnote: str | None = None,
+) -> dict[str, Any]:
     """Write ``out_dir/<name>.pt`` (a plain state dict in RobustBench's key names of the run's
     architecture: the best checkpoint, EMA weights when the run had EMA) and ``<name>.json``
     (:func:`model_info`). ``name`` defaults to the run id. Everything is checked before anything
@@ -149,22 +200,35 @@ def export_robustbench(run_dir: str | Path, out_dir: str | Path, *, name: str | 
     recipe = read_recipe(run_dir)
     name = run_dir.name if name is None else name
     if not _NAME.match(name):
-        raise RobustscaleError(f"name={name!r} is not allowed; allowed: letters, digits, '_', '.', '-' "
-                               "(RobustBench names look like Gowal2021Improving_70_16_ddpm_100m)")
+        raise RobustscaleError(
+            f"name={name!r} is not allowed; allowed: letters, digits, '_', '.', '-' "
+            "(RobustBench names look like Gowal2021Improving_70_16_ddpm_100m)"
+        )
     if recipe.dataset not in RB_DATASETS:
-        raise RobustscaleError(f"dataset={recipe.dataset!r} has no RobustBench leaderboard; export needs a run "
-                               f"on {' or '.join(RB_DATASETS)}")
+        raise RobustscaleError(
+            f"dataset={recipe.dataset!r} has no RobustBench leaderboard; export needs a run "
+            f"on {' or '.join(RB_DATASETS)}"
+        )
     if recipe.model not in WRN_VARIANTS and recipe.model not in DM_WRN_VARIANTS:
-        raise RobustscaleError(f"model={recipe.model!r} has no RobustBench architecture; export covers "
-                               f"{', '.join([*WRN_VARIANTS, *DM_WRN_VARIANTS])}")
+        raise RobustscaleError(
+            f"model={recipe.model!r} has no RobustBench architecture; export covers "
+            f"{', '.join([*WRN_VARIANTS, *DM_WRN_VARIANTS])}"
+        )
     if recipe.model in WRN_VARIANTS and recipe.activation != "relu":
-        raise RobustscaleError(f"activation={recipe.activation!r}: RobustBench's classic WideResNet is ReLU only; "
-                               f"a {recipe.activation} model exports as the DeepMind WideResNet (dm_wrn*)")
+        raise RobustscaleError(
+            f"activation={recipe.activation!r}: RobustBench's classic WideResNet is ReLU only; "
+            f"a {recipe.activation} model exports as the DeepMind WideResNet (dm_wrn*)"
+        )
     info = model_info(run_dir, name=name, authors=authors, venue=venue, footnote=footnote)
     model = load(run_dir, "best")
-    weights = {k: v.detach().cpu().clone() for k, v in to_robustbench(recipe.model, model.net.state_dict()).items()}
+    weights = {
+        k: v.detach().cpu().clone()
+        for k, v in to_robustbench(recipe.model, model.net.state_dict()).items()
+    }
     mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
-    line = constructor_line(recipe.model, recipe.activation, dataset_info(recipe.dataset).num_classes, mean, std)
+    line = constructor_line(
+        recipe.model, recipe.activation, dataset_info(recipe.dataset).num_classes, mean, std
+    )
     out = Path(out_dir)
     pt, js = out / f"{name}.pt", out / f"{name}.json"
     atomic_save(pt, lambda f: torch.save(weights, f))

@@ -40,7 +40,9 @@ class RefDMBlock(nn.Module):
         self.conv_1 = nn.Conv2d(cout, cout, kernel_size=3, stride=1, padding=1, bias=False)
         self.projects = cin != cout
         if self.projects:
-            self.shortcut = nn.Conv2d(cin, cout, kernel_size=1, stride=stride, padding=0, bias=False)
+            self.shortcut = nn.Conv2d(
+                cin, cout, kernel_size=1, stride=stride, padding=0, bias=False
+            )
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,26 +57,45 @@ class RefDMBlock(nn.Module):
 class RefDMGroup(nn.Module):
     def __init__(self, n: int, cin: int, cout: int, stride: int, act: type[nn.Module]):
         super().__init__()
-        self.block = nn.Sequential(*[RefDMBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, act)
-                                     for i in range(n)])
+        self.block = nn.Sequential(
+            *[
+                RefDMBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, act)
+                for i in range(n)
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
 
 
 class RefDMWideResNet(nn.Module):
-    def __init__(self, num_classes: int = 10, depth: int = 28, width: int = 10,
-                 activation_fn: type[nn.Module] = nn.ReLU, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                 num_input_channels: int = 3):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        depth: int = 28,
+        width: int = 10,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        num_input_channels: int = 3,
+    ):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(num_input_channels, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(num_input_channels, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean).view(num_input_channels, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std).view(num_input_channels, 1, 1), persistent=False
+        )
         ch = [16, 16 * width, 32 * width, 64 * width]
         n = (depth - 4) // 6
-        self.init_conv = nn.Conv2d(num_input_channels, ch[0], kernel_size=3, stride=1, padding=1, bias=False)
-        self.layer = nn.Sequential(RefDMGroup(n, ch[0], ch[1], 1, activation_fn),
-                                   RefDMGroup(n, ch[1], ch[2], 2, activation_fn),
-                                   RefDMGroup(n, ch[2], ch[3], 2, activation_fn))
+        self.init_conv = nn.Conv2d(
+            num_input_channels, ch[0], kernel_size=3, stride=1, padding=1, bias=False
+        )
+        self.layer = nn.Sequential(
+            RefDMGroup(n, ch[0], ch[1], 1, activation_fn),
+            RefDMGroup(n, ch[1], ch[2], 2, activation_fn),
+            RefDMGroup(n, ch[2], ch[3], 2, activation_fn),
+        )
         self.batchnorm = nn.BatchNorm2d(ch[3])
         self.relu = activation_fn()
         self.logits = nn.Linear(ch[3], num_classes)
@@ -96,7 +117,9 @@ class RefBasicBlock(nn.Module):
         self.relu2 = nn.ReLU()
         self.conv2 = nn.Conv2d(cout, cout, kernel_size=3, stride=1, padding=1, bias=False)
         self.same = cin == cout
-        self.convShortcut = None if self.same else nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
+        self.convShortcut = (
+            None if self.same else nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.relu1(self.bn1(x))
@@ -107,8 +130,12 @@ class RefBasicBlock(nn.Module):
 class RefNetworkBlock(nn.Module):
     def __init__(self, n: int, cin: int, cout: int, stride: int):
         super().__init__()
-        self.layer = nn.Sequential(*[RefBasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
-                                     for i in range(n)])
+        self.layer = nn.Sequential(
+            *[
+                RefBasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                for i in range(n)
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)

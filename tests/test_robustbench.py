@@ -8,10 +8,10 @@ import json
 import pytest
 import timm
 import torch
+from robustbench_reference import RefDMWideResNet, RefSwish, RefWideResNet, randomise
 from torch import nn
 
 import robustscale
-from robustbench_reference import RefDMWideResNet, RefSwish, RefWideResNet, randomise
 from robustscale import RobustscaleError
 from robustscale.cli import main
 from robustscale.models import DM_WRN_VARIANTS, count_params
@@ -19,8 +19,12 @@ from robustscale.models import DM_WRN_VARIANTS, count_params
 ACT = {"silu": RefSwish, "relu": nn.ReLU, "gelu": nn.GELU}
 
 # RobustBench's published architectures (CIFAR-10: 10 classes, 3 channels).
-DM_PARAMS = {"dm_wrn28_10": 36_479_194, "dm_wrn70_16": 266_796_506, "dm_wrn94_16": 365_915_610,
-             "dm_wrn82_8": 79_125_466}
+DM_PARAMS = {
+    "dm_wrn28_10": 36_479_194,
+    "dm_wrn70_16": 266_796_506,
+    "dm_wrn94_16": 365_915_610,
+    "dm_wrn82_8": 79_125_466,
+}
 
 
 def _x(n: int = 6, seed: int = 1) -> torch.Tensor:
@@ -51,7 +55,10 @@ def test_dm_state_dict_keys_and_shapes_are_robustbench_s(name):
 
 def test_dm_models_are_timm_models_with_swish_by_default():
     net = timm.create_model("dm_wrn10_1", num_classes=7, in_chans=1)
-    assert net(torch.rand(2, 1, 8, 8)).shape == (2, 7)  # global pooling: digits' 8x8 images work too
+    assert net(torch.rand(2, 1, 8, 8)).shape == (
+        2,
+        7,
+    )  # global pooling: digits' 8x8 images work too
     assert any(isinstance(m, nn.SiLU) for m in net.modules())
     assert {"dm_wrn28_10", "dm_wrn70_16", "dm_wrn106_16"} <= set(timm.list_models("dm_wrn*"))
 
@@ -70,13 +77,20 @@ def test_a_robustbench_dm_state_dict_gives_the_same_logits(tmp_path, act):
 def test_a_robustbench_classic_wrn_state_dict_gives_the_same_logits(tmp_path):
     ref = randomise(RefWideResNet(depth=16, widen_factor=1), seed=3)
     state = ref.state_dict()
-    state.update({f"sub_block1.{k.removeprefix('block1.')}": v for k, v in state.items()
-                  if k.startswith("block1.")})  # TRADES-era checkpoints carry this unused group
+    state.update(
+        {
+            f"sub_block1.{k.removeprefix('block1.')}": v
+            for k, v in state.items()
+            if k.startswith("block1.")
+        }
+    )  # TRADES-era checkpoints carry this unused group
     path = _save(tmp_path, {"state_dict": {f"module.{k}": v for k, v in state.items()}})
     model = robustscale.load(path, model="wrn16_1")
     x = _x()
     with torch.no_grad():
-        assert (model(x) - ref(x)).abs().max().item() <= 1e-5  # no normalisation, as RobustBench's WideResNet
+        assert (
+            model(x) - ref(x)
+        ).abs().max().item() <= 1e-5  # no normalisation, as RobustBench's WideResNet
     assert model.mean.abs().max() == 0 and (model.std == 1).all()
     with pytest.raises(RobustscaleError, match="wrn10_1.*WideResNet\\(depth=10, widen_factor=1\\)"):
         robustscale.load(path, model="wrn10_1")  # depth 16 is not wrn10_1: one line
@@ -104,8 +118,10 @@ class _TimmAdvWrapper(nn.Module):
         return self.model(self.normalize(x))
 
 
-@pytest.mark.parametrize("container,prefix", [("model_state_dict", "module.0."), ("model", "model."),
-                                              (None, "module."), ("state_dict", "")])
+@pytest.mark.parametrize(
+    "container,prefix",
+    [("model_state_dict", "module.0."), ("model", "model."), (None, "module."), ("state_dict", "")],
+)
 def test_prefixed_and_nested_dm_checkpoints_load(tmp_path, container, prefix):
     ref = randomise(RefDMWideResNet(depth=10, width=1, activation_fn=RefSwish), seed=2)
     state = {f"{prefix}{k}": v for k, v in ref.state_dict().items()}
@@ -143,8 +159,12 @@ def test_a_checkpoint_of_another_architecture_is_one_line(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "dm_wrn10_1" in msg and "DMWideResNet(depth=10, width=1)" in msg
     assert "first unexpected key 'layer.0.block.1." in msg
-    classic = _save(tmp_path, randomise(RefWideResNet(depth=10, widen_factor=1)).state_dict(), "c.pt")
-    with pytest.raises(RobustscaleError, match="first missing key 'init_conv.weight'.*first unexpected key"):
+    classic = _save(
+        tmp_path, randomise(RefWideResNet(depth=10, widen_factor=1)).state_dict(), "c.pt"
+    )
+    with pytest.raises(
+        RobustscaleError, match="first missing key 'init_conv.weight'.*first unexpected key"
+    ):
         robustscale.load(classic, model="dm_wrn10_1")
     with pytest.raises(RobustscaleError, match="needs model=NAME"):
         robustscale.load(classic)
@@ -158,8 +178,15 @@ def _write_cifar(tmp_path):
 
 def test_eval_cli_on_robustbench_files_and_bad_input_is_one_line(tmp_path, capsys):
     data = _write_cifar(tmp_path)
-    good = _save(tmp_path, {"model_state_dict": {f"module.0.{k}": v for k, v in
-                                                 randomise(RefDMWideResNet(depth=10, width=1)).state_dict().items()}})
+    good = _save(
+        tmp_path,
+        {
+            "model_state_dict": {
+                f"module.0.{k}": v
+                for k, v in randomise(RefDMWideResNet(depth=10, width=1)).state_dict().items()
+            }
+        },
+    )
     common = ["--dataset", "cifar10", "--data-dir", str(data), "--steps", "2", "--n", "4"]
     assert main(["eval", str(good), "--model", "dm_wrn10_1", *common, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -171,10 +198,13 @@ def test_eval_cli_on_robustbench_files_and_bad_input_is_one_line(tmp_path, capsy
     text.write_text("not a checkpoint")
     listed = _save(other, [1, 2, 3], "list.pt")
     deeper = _save(other, randomise(RefDMWideResNet(depth=16, width=1)).state_dict(), "deeper.pt")
-    cases = [(text, "dm_wrn10_1", "corrupt or unsafe"), (listed, "dm_wrn10_1", "no state dict of tensors"),
-             (deeper, "dm_wrn10_1", "does not fit model='dm_wrn10_1'"),
-             (other / "missing.pt", "dm_wrn10_1", "does not exist"),
-             (deeper, "dm_wrn_nope", "dm_wrn_nope")]
+    cases = [
+        (text, "dm_wrn10_1", "corrupt or unsafe"),
+        (listed, "dm_wrn10_1", "no state dict of tensors"),
+        (deeper, "dm_wrn10_1", "does not fit model='dm_wrn10_1'"),
+        (other / "missing.pt", "dm_wrn10_1", "does not exist"),
+        (deeper, "dm_wrn_nope", "dm_wrn_nope"),
+    ]
     for path, model, says in cases:
         assert main(["eval", str(path), "--model", model, *common]) == 2
         err = capsys.readouterr().err
@@ -189,10 +219,22 @@ def cifar_runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("rb")
     data = write_cifar10(root / "data", n_train=40, n_test=10)
-    base = dict(dataset="cifar10", data_dir=str(data), eps=8 / 255, step_size=2 / 255, attack_steps=1,
-                val_attack_steps=1, epochs=1, batch_size=20, val_size=10)
-    dm = robustscale.train(tiny(model="dm_wrn10_1", activation="silu", ema_decay=0.9, **base),
-                           out_root=root / "runs", progress=False)
+    base = {
+        "dataset": "cifar10",
+        "data_dir": str(data),
+        "eps": 8 / 255,
+        "step_size": 2 / 255,
+        "attack_steps": 1,
+        "val_attack_steps": 1,
+        "epochs": 1,
+        "batch_size": 20,
+        "val_size": 10,
+    }
+    dm = robustscale.train(
+        tiny(model="dm_wrn10_1", activation="silu", ema_decay=0.9, **base),
+        out_root=root / "runs",
+        progress=False,
+    )
     wrn = robustscale.train(tiny(model="wrn10_1", **base), out_root=root / "runs", progress=False)
     return dm, wrn
 
@@ -204,10 +246,26 @@ def test_export_of_a_dm_run_loads_strictly_into_robustbench_s_model(cifar_runs, 
     dm, _ = cifar_runs
     evaluate_run(dm, attack="pgd", steps=1)
     out = tmp_path / "export"
-    assert main(["export", str(dm), "--format", "robustbench", "-o", str(out), "--name", "Me2026Dm_10_1"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(dm),
+                "--format",
+                "robustbench",
+                "-o",
+                str(out),
+                "--name",
+                "Me2026Dm_10_1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    line = "DMWideResNet(num_classes=10, depth=10, width=1, activation_fn=Swish, " \
-           "mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))"
+    line = (
+        "DMWideResNet(num_classes=10, depth=10, width=1, activation_fn=Swish, "
+        "mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))"
+    )
     assert line in printed
     state = torch.load(out / "Me2026Dm_10_1.pt", weights_only=True)
     ref = RefDMWideResNet(depth=10, width=1, activation_fn=RefSwish).eval()
@@ -219,21 +277,42 @@ def test_export_of_a_dm_run_loads_strictly_into_robustbench_s_model(cifar_runs, 
         assert (robustscale.load(dm)(x) - ref(x)).abs().max().item() <= 1e-5
     info = json.loads((out / "Me2026Dm_10_1.json").read_text())
     pgd = json.loads((dm / "eval" / "pgd-8-255.json").read_text())
-    assert info["architecture"] == "WideResNet-10-1" and info["eps"] == "8/255" and info["dataset"] == "cifar10"
-    assert info["clean_acc"] == f"{pgd['clean_acc']:.2f}" and info["autoattack_acc"] == info["reported"] == ""
+    assert (
+        info["architecture"] == "WideResNet-10-1"
+        and info["eps"] == "8/255"
+        and info["dataset"] == "cifar10"
+    )
+    assert (
+        info["clean_acc"] == f"{pgd['clean_acc']:.2f}"
+        and info["autoattack_acc"] == info["reported"] == ""
+    )
     assert info["additional_data"] is False and info["number_forward_passes"] == 1
     assert info["authors"] == info["venue"] == "" and "EMA 0.9" in info["footnote"]
-    # with the standard AutoAttack result of the whole test split, its numbers as two-decimal strings
-    aa = {**pgd, "attack": "autoattack", "version": "standard", "clean_acc": 30.0, "robust_acc": 12.345}
+    # with the standard AutoAttack result of the whole test split: two-decimal strings
+    aa = {
+        **pgd,
+        "attack": "autoattack",
+        "version": "standard",
+        "clean_acc": 30.0,
+        "robust_acc": 12.345,
+    }
     atomic_write_json(dm / "eval" / "autoattack-8-255.json", aa)
     info = robustscale.robustbench.model_info(dm, name="x")
-    assert (info["clean_acc"], info["autoattack_acc"], info["reported"]) == ("30.00", "12.35", "12.35")
+    assert (info["clean_acc"], info["autoattack_acc"], info["reported"]) == (
+        "30.00",
+        "12.35",
+        "12.35",
+    )
 
 
-def test_export_of_a_classic_wrn_run_loads_into_robustbench_s_wideresnet(cifar_runs, tmp_path, capsys):
+def test_export_of_a_classic_wrn_run_loads_into_robustbench_s_wideresnet(
+    cifar_runs, tmp_path, capsys
+):
     _, wrn = cifar_runs
     res = robustscale.robustbench.export_robustbench(wrn, tmp_path, name="Me_wrn")
-    assert res["constructor"].startswith("normalize_model(WideResNet(depth=10, widen_factor=1, num_classes=10), ")
+    assert res["constructor"].startswith(
+        "normalize_model(WideResNet(depth=10, widen_factor=1, num_classes=10), "
+    )
     ref = RefWideResNet(depth=10, widen_factor=1).eval()
     ref.load_state_dict(torch.load(tmp_path / "Me_wrn.pt", weights_only=True), strict=True)
     model = robustscale.load(wrn)
@@ -247,11 +326,17 @@ def test_export_of_a_classic_wrn_run_loads_into_robustbench_s_wideresnet(cifar_r
         assert (back(x) - model(x)).abs().max().item() <= 1e-5
 
 
-def test_export_bad_input_is_one_line_and_writes_nothing(cifar_runs, standard_run, tmp_path, capsys):
+def test_export_bad_input_is_one_line_and_writes_nothing(
+    cifar_runs, standard_run, tmp_path, capsys
+):
     dm, _ = cifar_runs
     out = tmp_path / "out"
-    cases = [([str(standard_run)], "no RobustBench leaderboard"), ([str(dm), "--format", "onnx"], "onnx"),
-             ([str(dm), "--name", "../escape"], "name='../escape'"), ([str(tmp_path / "none")], "does not exist")]
+    cases = [
+        ([str(standard_run)], "no RobustBench leaderboard"),
+        ([str(dm), "--format", "onnx"], "onnx"),
+        ([str(dm), "--name", "../escape"], "name='../escape'"),
+        ([str(tmp_path / "none")], "does not exist"),
+    ]
     for args, says in cases:
         assert main(["export", *args, "-o", str(out)]) == 2
         err = capsys.readouterr().err
@@ -266,11 +351,20 @@ def test_flops_work_for_the_dm_models(capsys):
     from robustscale.cost.flops import forward_flops, measure_step_flops
     from robustscale.models import build_model
 
-    mk = lambda name: build_model(name, 10, 3, [0.5] * 3, [0.25] * 3, "silu")  # noqa: E731
+    mk = lambda name: build_model(name, 10, 3, [0.5] * 3, [0.25] * 3, "silu")
     # the same convolutions as the classic WRN: "SAME" padding changes no output size
     assert forward_flops(mk("dm_wrn16_1"), (3, 32, 32)) == forward_flops(mk("wrn16_1"), (3, 32, 32))
-    step = measure_step_flops(mk("dm_wrn10_1"), "trades", (3, 32, 32), 10, eps=8 / 255, step_size=2 / 255,
-                              attack_steps=2, trades_beta=6.0, val_steps=2)
+    step = measure_step_flops(
+        mk("dm_wrn10_1"),
+        "trades",
+        (3, 32, 32),
+        10,
+        eps=8 / 255,
+        step_size=2 / 255,
+        attack_steps=2,
+        trades_beta=6.0,
+        val_steps=2,
+    )
     assert step.train > step.forward > 0
     assert main(["flops", "dm_wrn28_10", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

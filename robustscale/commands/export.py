@@ -14,18 +14,33 @@ from typing import NoReturn
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "export", help="export a run's best checkpoint for RobustBench",
-        description="Write DIR/<name>.pt (the run's best checkpoint, EMA weights when the run had EMA, as a plain "
-        "state dict in the key names of RobustBench's DMWideResNet or WideResNet) and DIR/<name>.json "
-        "(RobustBench's model-info fields, filled from the recipe and eval/autoattack-<eps>.json; empty where "
-        "unknown), and print the model-zoo constructor line. See docs/evaluation.md.")
+        "export",
+        help="export a run's best checkpoint for RobustBench",
+        description="Write DIR/<name>.pt (the run's best checkpoint, EMA weights when the run had "
+        "EMA, as a plain state dict in the key names of RobustBench's DMWideResNet or WideResNet) "
+        "and DIR/<name>.json (RobustBench's model-info fields, filled from the recipe and "
+        "eval/autoattack-<eps>.json; empty where "
+        "unknown), and print the model-zoo constructor line. See docs/evaluation.md.",
+    )
     p.add_argument("run", metavar="RUN_DIR", help="a finished run directory")
-    p.add_argument("--format", default="robustbench", help="export format: robustbench (the only one)")
-    p.add_argument("-o", "--out", required=True, metavar="DIR", help="folder to write <name>.pt and <name>.json")
-    p.add_argument("--name", default=None, help="entry name, e.g. Smith2026Scaling_70_16 (default: the run id)")
+    p.add_argument(
+        "--format", default="robustbench", help="export format: robustbench (the only one)"
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder to write <name>.pt and <name>.json",
+    )
+    p.add_argument(
+        "--name", default=None, help="entry name, e.g. Smith2026Scaling_70_16 (default: the run id)"
+    )
     p.add_argument("--authors", default="", help="model-info authors (default empty)")
     p.add_argument("--venue", default="", help="model-info venue (default empty)")
-    p.add_argument("--footnote", default=None, help="model-info footnote (default: the recipe in one sentence)")
+    p.add_argument(
+        "--footnote", default=None, help="model-info footnote (default: the recipe in one sentence)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.error = _one_line_error  # type: ignore[method-assign]  # usage errors: one line, exit 2
     p.set_defaults(func=run)
@@ -41,15 +56,25 @@ def run(args: argparse.Namespace) -> int:
     from robustscale.robustbench import EXPORT_FORMATS, export_robustbench
 
     if args.format not in EXPORT_FORMATS:
-        raise RobustscaleError(f"--format {args.format!r} is not known; allowed: {', '.join(EXPORT_FORMATS)}")
-    out = export_robustbench(args.run, args.out, name=args.name, authors=args.authors, venue=args.venue,
-                             footnote=args.footnote)
+        raise RobustscaleError(
+            f"--format {args.format!r} is not known; allowed: {', '.join(EXPORT_FORMATS)}"
+        )
+    out = export_robustbench(
+        args.run,
+        args.out,
+        name=args.name,
+        authors=args.authors,
+        venue=args.venue,
+        footnote=args.footnote,
+    )
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     info = out["model_info"]
     print(f"wrote {out['weights']}")
-    print(f"wrote {out['info']} ({info['architecture']}, clean {info['clean_acc'] or '?'}%, "
-          f"AutoAttack {info['autoattack_acc'] or '?'}%)")
+    print(
+        f"wrote {out['info']} ({info['architecture']}, clean {info['clean_acc'] or '?'}%, "
+        f"AutoAttack {info['autoattack_acc'] or '?'}%)"
+    )
     print(f"model-zoo entry: 'model': lambda: {out['constructor']}")
     return 0

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.models import register_model
+from torch import nn
 
 from robustscale.models.wrn import _act
 
-__all__ = ["DMWideResNet", "DM_WRN_VARIANTS", "DM_DEFAULT_ACTIVATION"]
+__all__ = ["DM_DEFAULT_ACTIVATION", "DM_WRN_VARIANTS", "DMWideResNet"]
 
 DM_DEFAULT_ACTIVATION = "silu"  # Swish, as the RobustBench entries were trained
 
@@ -45,7 +45,9 @@ class _Block(nn.Module):
         self.relu_1 = _act(act)
         self.conv_1 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.has_shortcut = c_in != c_out
-        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, 0, bias=False) if self.has_shortcut else None
+        self.shortcut = (
+            nn.Conv2d(c_in, c_out, 1, stride, 0, bias=False) if self.has_shortcut else None
+        )
         self._pad = (1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,8 +60,12 @@ class _Block(nn.Module):
 class _BlockGroup(nn.Module):
     def __init__(self, n: int, c_in: int, c_out: int, stride: int, act: str):
         super().__init__()
-        self.block = nn.Sequential(*[_Block(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1, act)
-                                     for i in range(n)])
+        self.block = nn.Sequential(
+            *[
+                _Block(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1, act)
+                for i in range(n)
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -84,14 +90,18 @@ class DMWideResNet(nn.Module):
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"DMWideResNet depth must be 6n + 4 with n >= 1, got {depth}")
         if drop_rate:
-            raise ValueError("DMWideResNet has no dropout (RobustBench's has none); use drop_rate=0")
+            raise ValueError(
+                "DMWideResNet has no dropout (RobustBench's has none); use drop_rate=0"
+            )
         n = (depth - 4) // 6
         ch = [16, 16 * width, 32 * width, 64 * width]
         self.depth, self.width, self.act_name = depth, width, act
         self.num_classes = num_classes
         self.num_features = ch[3]
         self.init_conv = nn.Conv2d(in_chans, ch[0], 3, 1, 1, bias=False)
-        self.layer = nn.Sequential(*[_BlockGroup(n, ch[g], ch[g + 1], s, act) for g, s in enumerate((1, 2, 2))])
+        self.layer = nn.Sequential(
+            *[_BlockGroup(n, ch[g], ch[g + 1], s, act) for g, s in enumerate((1, 2, 2))]
+        )
         self.batchnorm = nn.BatchNorm2d(ch[3])
         self.relu = _act(act)
         self.logits = nn.Linear(ch[3], num_classes)
@@ -111,13 +121,15 @@ class DMWideResNet(nn.Module):
 
 def _dm(depth: int, width: int, pretrained: bool = False, **kwargs: object) -> DMWideResNet:
     if pretrained:
-        raise ValueError("robustscale DeepMind WideResNets have no pretrained weights; "
-                         "load RobustBench checkpoints with robustscale.load(PATH, model=NAME)")
+        raise ValueError(
+            "robustscale DeepMind WideResNets have no pretrained weights; "
+            "load RobustBench checkpoints with robustscale.load(PATH, model=NAME)"
+        )
     act = kwargs.pop("act_layer", None) or kwargs.pop("activation", DM_DEFAULT_ACTIVATION)
     return DMWideResNet(depth=depth, width=width, act=str(act), **kwargs)  # type: ignore[arg-type]
 
 
-# (depth, width) of every registered variant: RobustBench's published sizes, and small ones for tests.
+# (depth, width) of every registered variant: RobustBench's published sizes, small ones for tests.
 DM_WRN_VARIANTS = {
     "dm_wrn10_1": (10, 1),
     "dm_wrn16_1": (16, 1),

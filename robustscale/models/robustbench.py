@@ -1,4 +1,4 @@
-"""RobustBench's key names, in and out: state dicts of the field's checkpoints <-> robustscale models.
+"""RobustBench's key names, in and out: the field's checkpoints <-> robustscale models.
 
 Pure functions on state dicts (no files): :func:`weights_into` puts a checkpoint's weights into a
 robustscale model, whatever wrapper saved them; :func:`to_robustbench` gives a robustscale
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -35,11 +35,19 @@ from robustscale.models.wrn import WRN_VARIANTS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["architecture_name", "rb_normalisation", "to_robustbench", "from_robustbench", "weights_into",
-           "split_normalisation", "constructor_line", "CONTAINER_KEYS"]
+__all__ = [
+    "CONTAINER_KEYS",
+    "architecture_name",
+    "constructor_line",
+    "from_robustbench",
+    "rb_normalisation",
+    "split_normalisation",
+    "to_robustbench",
+    "weights_into",
+]
 
-# Where published checkpoints keep their weights: DM-Improves-AT and Bartoldson et al. save the EMA
-# weights under model_state_dict; RobustBench's own files and many repos use state_dict; others model.
+# Where published checkpoints keep their weights: DM-Improves-AT and Bartoldson et al. save the
+# EMA weights under model_state_dict; RobustBench's files and many repos state_dict; others model.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
 
 # RobustBench's DMWideResNet defaults (dm_wide_resnet.py CIFAR10_/CIFAR100_MEAN and _STD).
@@ -73,8 +81,9 @@ def _describe(name: str) -> str:
     return f"timm {name}"
 
 
-def rb_normalisation(name: str, dataset: str, mean: Sequence[float],
-                     std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def rb_normalisation(
+    name: str, dataset: str, mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalisation RobustBench's architecture for ``name`` applies when a checkpoint brings
     none: DMWideResNet's CIFAR statistics, none for the classic WideResNet; for anything else
     (and datasets RobustBench has no statistics for) the dataset's ``mean`` / ``std``."""
@@ -115,8 +124,10 @@ def to_robustbench(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch
     """The net's state dict (robustscale's keys, no ``net.``) in RobustBench's key names."""
     fam = _family(name)
     if fam == "timm":
-        raise RobustscaleError(f"model={name!r} has no RobustBench architecture; RobustBench export covers "
-                               f"the WideResNets: {', '.join([*WRN_VARIANTS, *DM_WRN_VARIANTS])}")
+        raise RobustscaleError(
+            f"model={name!r} has no RobustBench architecture; RobustBench export covers "
+            f"the WideResNets: {', '.join([*WRN_VARIANTS, *DM_WRN_VARIANTS])}"
+        )
     if fam == "dm":
         return dict(state)
     n = (WRN_VARIANTS[name][0] - 4) // 6
@@ -125,7 +136,8 @@ def to_robustbench(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch
         m = _OUR_BLOCK.match(key)
         if m:
             k = int(m.group(1))
-            key = f"block{k // n + 1}.layer.{k % n}.{m.group(2).replace('shortcut.', 'convShortcut.')}"
+            rest = m.group(2).replace("shortcut.", "convShortcut.")
+            key = f"block{k // n + 1}.layer.{k % n}.{rest}"
         elif key.startswith("stem."):
             key = "conv1." + key.removeprefix("stem.")
         elif key.startswith("bn."):
@@ -134,7 +146,9 @@ def to_robustbench(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
-def split_normalisation(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list[float]]]:
+def split_normalisation(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, list[float]]]:
     """(weights, {"mean": [...], "std": [...], "keys": ...}) — the normalisation buffers a wrapper
     saved (a key whose last part is ``mean`` or ``std``, e.g. ``normalize.mean``) taken out; an
     empty dict when there were none. BatchNorm's ``running_mean`` is a weight, not one of these."""
@@ -150,25 +164,34 @@ def split_normalisation(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch
     means = [k for k in found if k.rsplit(".", 1)[-1] == "mean"]
     stds = [k for k in found if k.rsplit(".", 1)[-1] == "std"]
     if len(means) != 1 or len(stds) != 1:
-        raise RobustscaleError(f"the checkpoint holds normalisation buffers {sorted(found)}; expected one "
-                               "mean and one std (e.g. normalize.mean, normalize.std)")
-    return weights, {"mean": found[means[0]].flatten().tolist(), "std": found[stds[0]].flatten().tolist(),
-                     "keys": f"{means[0]}, {stds[0]}"}
+        raise RobustscaleError(
+            f"the checkpoint holds normalisation buffers {sorted(found)}; expected one "
+            "mean and one std (e.g. normalize.mean, normalize.std)"
+        )
+    return weights, {
+        "mean": found[means[0]].flatten().tolist(),
+        "std": found[stds[0]].flatten().tolist(),
+        "keys": f"{means[0]}, {stds[0]}",
+    }
 
 
-def _best_prefix(state: dict[str, torch.Tensor], expected: set[str], anchor: str) -> tuple[str, int]:
+def _best_prefix(
+    state: dict[str, torch.Tensor], expected: set[str], anchor: str
+) -> tuple[str, int]:
     """The wrapper prefix in front of ``anchor`` under which most of ``expected`` is found."""
     best = ("", sum(k in expected for k in state))
     for key in state:
         if key == anchor or key.endswith("." + anchor):
             prefix = key[: len(key) - len(anchor)]
-            score = sum(k[len(prefix):] in expected for k in state if k.startswith(prefix))
+            score = sum(k[len(prefix) :] in expected for k in state if k.startswith(prefix))
             if score > best[1]:
                 best = (prefix, score)
     return best
 
 
-def _match(name: str, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+def _match(
+    name: str, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], str]:
     """The checkpoint's weights in the net's own keys, and the wrapper prefix that was removed."""
     if not own:
         return state, ""
@@ -180,15 +203,21 @@ def _match(name: str, state: dict[str, torch.Tensor], own: dict[str, torch.Tenso
         if rb_score > score:
             weights = {k.removeprefix(rb_prefix): v for k, v in state.items()}
             dropped = [k for k in weights if k.startswith("sub_block1.")]
-            if dropped:  # some TRADES-era checkpoints carry an unused extra group; forward never reads it
-                log.info("dropped %d sub_block1.* keys (an unused layer of RobustBench's WideResNet)", len(dropped))
+            if (
+                dropped
+            ):  # some TRADES-era checkpoints carry an unused extra group; forward never reads it
+                log.info(
+                    "dropped %d sub_block1.* keys (an unused layer of RobustBench's WideResNet)",
+                    len(dropped),
+                )
             weights = {k: v for k, v in weights.items() if not k.startswith("sub_block1.")}
             return from_robustbench(name, weights), rb_prefix
     return {k.removeprefix(prefix): v for k, v in state.items()}, prefix
 
 
-def weights_into(model: nn.Module, name: str, state: dict[str, torch.Tensor], *, dataset: str,
-                 source: str) -> dict[str, object]:
+def weights_into(
+    model: nn.Module, name: str, state: dict[str, torch.Tensor], *, dataset: str, source: str
+) -> dict[str, object]:
     """Load a checkpoint's state dict into ``model`` (a robustscale ``Normalized``, ``.net`` the
     architecture ``name``) strictly, with the normalisation the checkpoint was trained with.
 
@@ -202,17 +231,35 @@ def weights_into(model: nn.Module, name: str, state: dict[str, torch.Tensor], *,
     unexpected = [k for k in weights if k not in own]
     shapes = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        parts = [f"first missing key {missing[0]!r} ({len(missing)} missing)" if missing else "",
-                 f"first unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)" if unexpected else "",
-                 f"{shapes[0]!r} is {tuple(weights[shapes[0]].shape)} in the checkpoint, "
-                 f"{tuple(own[shapes[0]].shape)} in the model" if shapes else ""]
-        raise RobustscaleError(f"checkpoint {source!r} does not fit model={name!r} ({_describe(name)}): "
-                               + "; ".join(p for p in parts if p))
-    rb_mean, rb_std = rb_normalisation(name, dataset, model.mean.flatten().tolist(), model.std.flatten().tolist())
+        rb_name = (
+            next(iter(to_robustbench(name, {missing[0]: None})))
+            if missing and _family(name) == "wrn"
+            else None
+        )
+        also = f", RobustBench's {rb_name!r}" if rb_name and rb_name != missing[0] else ""
+        parts = [
+            f"first missing key {missing[0]!r}{also} ({len(missing)} missing)" if missing else "",
+            f"first unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)"
+            if unexpected
+            else "",
+            f"{shapes[0]!r} is {tuple(weights[shapes[0]].shape)} in the checkpoint, "
+            f"{tuple(own[shapes[0]].shape)} in the model"
+            if shapes
+            else "",
+        ]
+        raise RobustscaleError(
+            f"checkpoint {source!r} does not fit model={name!r} ({_describe(name)}): "
+            + "; ".join(p for p in parts if p)
+        )
+    rb_mean, rb_std = rb_normalisation(
+        name, dataset, model.mean.flatten().tolist(), model.std.flatten().tolist()
+    )
     if norm:
         if len(norm["mean"]) not in (1, c) or len(norm["std"]) not in (1, c):
-            raise RobustscaleError(f"checkpoint {source!r} normalises {len(norm['mean'])} channels "
-                                   f"({norm['keys']}); model={name!r} takes {c}")
+            raise RobustscaleError(
+                f"checkpoint {source!r} normalises {len(norm['mean'])} channels "
+                f"({norm['keys']}); model={name!r} takes {c}"
+            )
         mean = norm["mean"] * (c if len(norm["mean"]) == 1 else 1)
         std = norm["std"] * (c if len(norm["std"]) == 1 else 1)
         origin = f"the checkpoint's {norm['keys']}"
@@ -220,9 +267,18 @@ def weights_into(model: nn.Module, name: str, state: dict[str, torch.Tensor], *,
         mean, std, origin = list(rb_mean), list(rb_std), f"{_describe(name)}'s convention"
     differs = any(abs(a - b) > 1e-6 for a, b in zip([*mean, *std], [*rb_mean, *rb_std]))
     if norm and differs:
-        log.info("normalisation from %s: mean %s, std %s (RobustBench's %s default: mean %s, std %s)",
-                 origin, _fmt(mean), _fmt(std), _describe(name), _fmt(rb_mean), _fmt(rb_std))
-    model.net.load_state_dict(weights, strict=False)  # strict above; num_batches_tracked may be absent
+        log.info(
+            "normalisation from %s: mean %s, std %s (RobustBench's %s default: mean %s, std %s)",
+            origin,
+            _fmt(mean),
+            _fmt(std),
+            _describe(name),
+            _fmt(rb_mean),
+            _fmt(rb_std),
+        )
+    model.net.load_state_dict(
+        weights, strict=False
+    )  # strict above; num_batches_tracked may be absent
     with torch.no_grad():
         model.mean.copy_(torch.tensor(mean, dtype=torch.float32).view_as(model.mean))
         model.std.copy_(torch.tensor(std, dtype=torch.float32).view_as(model.std))
@@ -233,13 +289,16 @@ def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
 
 
-def constructor_line(name: str, activation: str, num_classes: int, mean: Sequence[float],
-                     std: Sequence[float]) -> str:
+def constructor_line(
+    name: str, activation: str, num_classes: int, mean: Sequence[float], std: Sequence[float]
+) -> str:
     """The RobustBench model-zoo constructor for an exported model (its ``model`` entry)."""
     depth, width = _depth_width(name) or (0, 0)
     if _family(name) == "dm":
-        return (f"DMWideResNet(num_classes={num_classes}, depth={depth}, width={width}, "
-                f"activation_fn={_ACTIVATION_FN[activation]}, mean={_fmt(mean)}, std={_fmt(std)})")
+        return (
+            f"DMWideResNet(num_classes={num_classes}, depth={depth}, width={width}, "
+            f"activation_fn={_ACTIVATION_FN[activation]}, mean={_fmt(mean)}, std={_fmt(std)})"
+        )
     if _family(name) == "wrn":
         net = f"WideResNet(depth={depth}, widen_factor={width}, num_classes={num_classes})"
         if all(m == 0 for m in mean) and all(s == 1 for s in std):
