@@ -370,3 +370,18 @@ def test_flops_work_for_the_dm_models(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["params"] == DM_PARAMS["dm_wrn28_10"]
     assert abs(out["forward_flops"] - 10.49e9) / 10.49e9 < 0.01
+
+
+def test_dm_grad_checkpointing_gives_the_same_gradients_and_bn_statistics():
+    from robustscale.models import build_model
+
+    plain, ckpt = (build_model("dm_wrn10_1", 10, 3, [0.5] * 3, [0.25] * 3, "silu") for _ in range(2))
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.net.set_grad_checkpointing(True)
+    x, y = _x(4), torch.arange(4)
+    for model in (plain, ckpt):
+        nn.functional.cross_entropy(model.train()(x), y).backward()
+    for a, b in zip(plain.parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+    for a, b in zip(plain.buffers(), ckpt.buffers()):
+        torch.testing.assert_close(a, b)  # running statistics updated once, as without checkpointing

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torch import nn
 
-from robustscale.models.wrn import _act
+from robustscale.models.wrn import _act, run_blocks
 
 __all__ = ["DM_DEFAULT_ACTIVATION", "DM_WRN_VARIANTS", "DMWideResNet"]
 
@@ -105,9 +105,18 @@ class DMWideResNet(nn.Module):
         self.batchnorm = nn.BatchNorm2d(ch[3])
         self.relu = _act(act)
         self.logits = nn.Linear(ch[3], num_classes)
+        self.grad_checkpointing = False
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch, as for robustscale's WideResNet: when training with autograd on,
+        recompute each block in backward instead of keeping its activations."""
+        self.grad_checkpointing = enable
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.batchnorm(self.layer(self.init_conv(x))))
+        blocks = [blk for group in self.layer for blk in group.block]
+        x = run_blocks(blocks, self.init_conv(x), self.grad_checkpointing and self.training)
+        return self.relu(self.batchnorm(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x.mean(dim=(2, 3)))
