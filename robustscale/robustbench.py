@@ -85,6 +85,9 @@ def load_weights_file(
             f"{str(path)!r} is a checkpoint file: loading it needs model=NAME "
             "(e.g. dm_wrn70_16); a run is given by its directory"
         )
+    if Path(path).is_dir():
+        raise RobustscaleError(f"{str(path)!r} is a directory: model= loads a checkpoint file; a run "
+                               "directory loads without it (it knows its model)")
     info = dataset_info(dataset)
     act = activation or (DM_DEFAULT_ACTIVATION if model in DM_WRN_VARIANTS else "relu")
     if act not in ("relu", "gelu", "silu"):
