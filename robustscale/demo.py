@@ -32,7 +32,7 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True) -> list[dict[
 
     rows = []
     for name, values in DEMO_RECIPES.items():
-        recipe = Recipe(**values)
+        recipe = Recipe.from_dict(values, site_defaults=True)
         log.info("demo: training %s (%s)", name, recipe.run_id)
         run_dir = train(recipe, out_root=out, progress=progress)
         result = evaluate_run(run_dir, attack="pgd", steps=40, eps=DEMO_EPS, checkpoint="best")

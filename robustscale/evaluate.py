@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from robustscale._callable import make_callable
 from robustscale.device import resolve_device
 from robustscale.errors import RobustscaleError
 from robustscale.recipe import format_eps, parse_fraction
@@ -360,3 +361,7 @@ def _comparable(result: dict[str, Any], eval_dir: Path) -> dict[str, Any] | None
     same = all(data.get(k) == result.get(k) for k in ("checkpoint", "n", "split")) and \
         abs(float(data.get("eps", -1)) - result["eps"]) < 1e-12
     return data if same else None
+
+
+# ``robustscale.evaluate(model, x, y, ...)`` calls evaluate() (robustscale/_callable.py says why).
+make_callable(__name__, "evaluate")
