@@ -297,7 +297,9 @@ def test_export_of_a_dm_run_loads_strictly_into_robustbench_s_model(cifar_runs, 
         "robust_acc": 12.345,
     }
     atomic_write_json(dm / "eval" / "autoattack-8-255.json", aa)
-    info = robustscale.robustbench.model_info(dm, name="x")
+    from robustscale.robustbench import model_info
+
+    info = model_info(dm, name="x")
     assert (info["clean_acc"], info["autoattack_acc"], info["reported"]) == (
         "30.00",
         "12.35",
@@ -309,7 +311,9 @@ def test_export_of_a_classic_wrn_run_loads_into_robustbench_s_wideresnet(
     cifar_runs, tmp_path, capsys
 ):
     _, wrn = cifar_runs
-    res = robustscale.robustbench.export_robustbench(wrn, tmp_path, name="Me_wrn")
+    from robustscale.robustbench import export_robustbench
+
+    res = export_robustbench(wrn, tmp_path, name="Me_wrn")
     assert res["constructor"].startswith(
         "normalize_model(WideResNet(depth=10, widen_factor=1, num_classes=10), "
     )
@@ -375,7 +379,9 @@ def test_flops_work_for_the_dm_models(capsys):
 def test_dm_grad_checkpointing_gives_the_same_gradients_and_bn_statistics():
     from robustscale.models import build_model
 
-    plain, ckpt = (build_model("dm_wrn10_1", 10, 3, [0.5] * 3, [0.25] * 3, "silu") for _ in range(2))
+    plain, ckpt = (
+        build_model("dm_wrn10_1", 10, 3, [0.5] * 3, [0.25] * 3, "silu") for _ in range(2)
+    )
     ckpt.load_state_dict(plain.state_dict())
     ckpt.net.set_grad_checkpointing(True)
     x, y = _x(4), torch.arange(4)
@@ -384,4 +390,6 @@ def test_dm_grad_checkpointing_gives_the_same_gradients_and_bn_statistics():
     for a, b in zip(plain.parameters(), ckpt.parameters()):
         torch.testing.assert_close(a.grad, b.grad)
     for a, b in zip(plain.buffers(), ckpt.buffers()):
-        torch.testing.assert_close(a, b)  # running statistics updated once, as without checkpointing
+        torch.testing.assert_close(
+            a, b
+        )  # running statistics updated once, as without checkpointing
