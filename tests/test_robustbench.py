@@ -393,3 +393,25 @@ def test_dm_grad_checkpointing_gives_the_same_gradients_and_bn_statistics():
         torch.testing.assert_close(
             a, b
         )  # running statistics updated once, as without checkpointing
+
+
+def _wrn_macs(depth: int, width: int, classes: int = 10) -> int:
+    """Multiply-adds of one 32x32 forward of a CIFAR WideResNet, counted by hand."""
+    n, ch = (depth - 4) // 6, [16, 16 * width, 32 * width, 64 * width]
+    macs = 3 * 16 * 9 * 32 * 32
+    for g, side in enumerate((32, 16, 8)):
+        cin, cout, area = ch[g], ch[g + 1], side * side
+        macs += (cin * cout * 9 + cout * cout * 9 + (cin * cout if cin != cout else 0)) * area
+        macs += (n - 1) * 2 * cout * cout * 9 * area
+    return macs + ch[3] * classes
+
+
+@pytest.mark.parametrize("name", sorted(DM_WRN_VARIANTS))
+def test_every_dm_model_has_the_wrn_flop_count(name):
+    from robustscale.cost.flops import forward_flops
+    from robustscale.models import build_model
+
+    with torch.device("meta"):  # no weights allocated, even for dm_wrn106_16
+        model = build_model(name, 10, 3, [0.5] * 3, [0.25] * 3, "silu")
+    # 2 FLOPs per multiply-add; "SAME" padding changes no output size, so no count either
+    assert forward_flops(model, (3, 32, 32)) == 2 * _wrn_macs(*DM_WRN_VARIANTS[name])
