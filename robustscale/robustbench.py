@@ -86,8 +86,10 @@ def load_weights_file(
             "(e.g. dm_wrn70_16); a run is given by its directory"
         )
     if Path(path).is_dir():
-        raise RobustscaleError(f"{str(path)!r} is a directory: model= loads a checkpoint file; a run "
-                               "directory loads without it (it knows its model)")
+        raise RobustscaleError(
+            f"{str(path)!r} is a directory: model= loads a checkpoint file; a run "
+            "directory loads without it (it knows its model)"
+        )
     info = dataset_info(dataset)
     act = activation or (DM_DEFAULT_ACTIVATION if model in DM_WRN_VARIANTS else "relu")
     if act not in ("relu", "gelu", "silu"):
@@ -190,8 +192,9 @@ def export_robustbench(
     footnote: str | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/<name>.pt`` (a plain state dict in RobustBench's key names of the run's
-    architecture: the best checkpoint, EMA weights when the run had EMA) and ``<name>.json``
-    (:func:`model_info`). ``name`` defaults to the run id. Everything is checked before anything
+    architecture: the best checkpoint, EMA weights when the run had EMA; for a classic WRN that
+    normalises, the keys of ``normalize_model(WideResNet(...))``: ``normalize.mean``,
+    ``normalize.std`` and ``model.*``) and ``<name>.json`` (:func:`model_info`). ``name`` defaults to the run id. Everything is checked before anything
     is written. Returns the paths, the model info and the model-zoo ``constructor`` line."""
     from robustscale.data import dataset_info
     from robustscale.files import atomic_save, atomic_write_json
@@ -229,6 +232,15 @@ def export_robustbench(
         for k, v in to_robustbench(recipe.model, model.net.state_dict()).items()
     }
     mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
+    if recipe.model in WRN_VARIANTS and (any(mean) or any(s != 1 for s in std)):
+        # RobustBench's WideResNet does not normalise: its entry is normalize_model(WideResNet(..)),
+        # an nn.Sequential of `normalize` (mean/std buffers) and `model`; these keys load into it.
+        c = len(mean)
+        weights = {
+            "normalize.mean": model.mean.detach().cpu().reshape(1, c, 1, 1).clone(),
+            "normalize.std": model.std.detach().cpu().reshape(1, c, 1, 1).clone(),
+            **{f"model.{k}": v for k, v in weights.items()},
+        }
     line = constructor_line(
         recipe.model, recipe.activation, dataset_info(recipe.dataset).num_classes, mean, std
     )

@@ -11,10 +11,13 @@ groups ``layer.{g}``, each ``block.{i}`` with ``batchnorm_0``, ``conv_0`` (no pa
 ``shortcut`` when the channel count changes (then it and ``conv_0`` both read act(bn_0(x)));
 ``batchnorm``; ``avg_pool2d(8)``; ``logits``. WideResNet: no normalisation; ``conv1``;
 ``block{1,2,3}.layer.{i}`` with ``bn1``, ``conv1``, ``bn2``, ``conv2``, ``convShortcut``; ``bn1``;
-``avg_pool2d(8)``; ``fc``; ReLU only.
+``avg_pool2d(8)``; ``fc``; ReLU only. ``normalize_model(model, mean, std)``: ``normalize`` +
+``model`` in an ``nn.Sequential``, how RobustBench entries normalise a WideResNet.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +162,24 @@ class RefWideResNet(nn.Module):
         h = self.block3(self.block2(self.block1(self.conv1(x))))
         h = self.relu(self.bn1(h))
         return self.fc(F.avg_pool2d(h, 8).view(-1, self.channels))
+
+
+class RefImageNormalizer(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def ref_normalize_model(model: nn.Module, mean, std) -> nn.Module:
+    """RobustBench's ``normalize_model``: an ``nn.Sequential`` of ``normalize`` (persistent
+    mean/std buffers) and ``model``, for architectures that do not normalise themselves."""
+    return nn.Sequential(
+        OrderedDict([("normalize", RefImageNormalizer(mean, std)), ("model", model)])
+    )
 
 
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -8,7 +8,13 @@ import json
 import pytest
 import timm
 import torch
-from robustbench_reference import RefDMWideResNet, RefSwish, RefWideResNet, randomise
+from robustbench_reference import (
+    RefDMWideResNet,
+    RefSwish,
+    RefWideResNet,
+    randomise,
+    ref_normalize_model,
+)
 from torch import nn
 
 import robustscale
@@ -96,28 +102,6 @@ def test_a_robustbench_classic_wrn_state_dict_gives_the_same_logits(tmp_path):
         robustscale.load(path, model="wrn10_1")  # depth 16 is not wrn10_1: one line
 
 
-class _Normalize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
-class _TimmAdvWrapper(nn.Module):
-    """timm-adv-training's layout: ``normalize.{mean,std}`` beside the net under ``model.``."""
-
-    def __init__(self, net, mean, std):
-        super().__init__()
-        self.normalize = _Normalize(mean, std)
-        self.model = net
-
-    def forward(self, x):
-        return self.model(self.normalize(x))
-
-
 @pytest.mark.parametrize(
     "container,prefix",
     [("model_state_dict", "module.0."), ("model", "model."), (None, "module."), ("state_dict", "")],
@@ -135,7 +119,7 @@ def test_prefixed_and_nested_dm_checkpoints_load(tmp_path, container, prefix):
 def test_normaliser_keys_are_dropped_and_their_normalisation_applied(tmp_path, caplog):
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # not RobustBench's CIFAR statistics
     net = randomise(RefWideResNet(depth=10, widen_factor=1), seed=4)
-    wrapped = _TimmAdvWrapper(net, mean, std).eval()
+    wrapped = ref_normalize_model(net, mean, std).eval()  # timm-adv-training's layout too
     assert {"normalize.mean", "normalize.std", "model.conv1.weight"} <= set(wrapped.state_dict())
     with caplog.at_level("INFO", logger="robustscale.models.robustbench"):
         model = robustscale.load(_save(tmp_path, {"model": wrapped.state_dict()}), model="wrn10_1")
@@ -307,26 +291,25 @@ def test_export_of_a_dm_run_loads_strictly_into_robustbench_s_model(cifar_runs, 
     )
 
 
-def test_export_of_a_classic_wrn_run_loads_into_robustbench_s_wideresnet(
-    cifar_runs, tmp_path, capsys
-):
-    _, wrn = cifar_runs
+def test_export_of_a_classic_wrn_run_loads_into_robustbench_s_wideresnet(cifar_runs, tmp_path):
     from robustscale.robustbench import export_robustbench
 
+    _, wrn = cifar_runs
     res = export_robustbench(wrn, tmp_path, name="Me_wrn")
-    assert res["constructor"].startswith(
-        "normalize_model(WideResNet(depth=10, widen_factor=1, num_classes=10), "
-    )
-    ref = RefWideResNet(depth=10, widen_factor=1).eval()
-    ref.load_state_dict(torch.load(tmp_path / "Me_wrn.pt", weights_only=True), strict=True)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+    net = "WideResNet(depth=10, widen_factor=1, num_classes=10)"
+    assert res["constructor"] == f"normalize_model({net}, mean={mean}, std={std})"
+    # RobustBench's WideResNet does not normalise; the printed entry wraps it, and the export's
+    # keys (normalize.mean, normalize.std, model.*) load strictly into that wrapper
+    ref = ref_normalize_model(RefWideResNet(depth=10, widen_factor=1), mean, std).eval()
+    exported = torch.load(tmp_path / "Me_wrn.pt", weights_only=True)
+    ref.load_state_dict(exported, strict=True)
     model = robustscale.load(wrn)
     x = _x()
-    with torch.no_grad():  # RobustBench's WideResNet has no normalisation: the entry wraps it
-        assert (model(x) - ref((x - model.mean) / model.std)).abs().max().item() <= 1e-5
-    # and the export comes back in through the loader unchanged
-    back = robustscale.load(tmp_path / "Me_wrn.pt", model="wrn10_1")
-    back.mean.copy_(model.mean), back.std.copy_(model.std)
     with torch.no_grad():
+        assert (model(x) - ref(x)).abs().max().item() <= 1e-5
+        # and the export comes back in through the loader, normalisation included
+        back = robustscale.load(tmp_path / "Me_wrn.pt", model="wrn10_1")
         assert (back(x) - model(x)).abs().max().item() <= 1e-5
 
 
