@@ -276,9 +276,16 @@ def weights_into(
             _fmt(rb_mean),
             _fmt(rb_std),
         )
-    model.net.load_state_dict(
-        weights, strict=False
-    )  # strict above; num_batches_tracked may be absent
+    dataset_stats = [*model.mean.flatten().tolist(), *model.std.flatten().tolist()]
+    if not norm and any(abs(a - b) > 1e-6 for a, b in zip([*mean, *std], dataset_stats)):
+        log.info(
+            "normalisation: mean %s, std %s, %s (the checkpoint has no mean/std keys)",
+            _fmt(mean),
+            _fmt(std),
+            origin,
+        )
+    # the key check above was strict; only num_batches_tracked counters may be absent
+    model.net.load_state_dict(weights, strict=False)
     with torch.no_grad():
         model.mean.copy_(torch.tensor(mean, dtype=torch.float32).view_as(model.mean))
         model.std.copy_(torch.tensor(std, dtype=torch.float32).view_as(model.std))
