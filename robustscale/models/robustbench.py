@@ -226,47 +226,72 @@ def weights_into(
     weights, norm = split_normalisation(state)
     own = model.net.state_dict()
     weights, prefix = _match(name, weights, own)
-    c = model.mean.numel()
+    _check_keys(name, weights, own, source)
+    mean, std, origin = _normalisation(model, name, dataset, norm, source)
+    # the key check was strict; only num_batches_tracked counters may be absent
+    model.net.load_state_dict(weights, strict=False)
+    with torch.no_grad():
+        model.mean.copy_(torch.tensor(mean, dtype=torch.float32).view_as(model.mean))
+        model.std.copy_(torch.tensor(std, dtype=torch.float32).view_as(model.std))
+    return {"mean": mean, "std": std, "normalisation_from": origin, "prefix": prefix}
+
+
+def _check_keys(
+    name: str, weights: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: str
+) -> None:
     missing = [k for k in own if k not in weights and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in weights if k not in own]
     shapes = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
         rb_name = (
-            next(iter(to_robustbench(name, {missing[0]: None})))
-            if missing and _family(name) == "wrn"
-            else None
+            next(iter(to_robustbench(name, {missing[0]: None}))) if _family(name) == "wrn" else None
         )
         also = f", RobustBench's {rb_name!r}" if rb_name and rb_name != missing[0] else ""
-        parts = [
-            f"first missing key {missing[0]!r}{also} ({len(missing)} missing)" if missing else "",
-            f"first unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)"
-            if unexpected
-            else "",
-            f"{shapes[0]!r} is {tuple(weights[shapes[0]].shape)} in the checkpoint, "
-            f"{tuple(own[shapes[0]].shape)} in the model"
-            if shapes
-            else "",
-        ]
-        raise RobustscaleError(
-            f"checkpoint {source!r} does not fit model={name!r} ({_describe(name)}): "
-            + "; ".join(p for p in parts if p)
+        parts.append(f"first missing key {missing[0]!r}{also} ({len(missing)} missing)")
+    if unexpected:
+        parts.append(f"first unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)")
+    if shapes:
+        k = shapes[0]
+        parts.append(
+            f"{k!r} is {tuple(weights[k].shape)} in the checkpoint, "
+            f"{tuple(own[k].shape)} in the model"
         )
-    rb_mean, rb_std = rb_normalisation(
-        name, dataset, model.mean.flatten().tolist(), model.std.flatten().tolist()
+    raise RobustscaleError(
+        f"checkpoint {source!r} does not fit model={name!r} "
+        f"({_describe(name)}): " + "; ".join(parts)
     )
-    if norm:
-        if len(norm["mean"]) not in (1, c) or len(norm["std"]) not in (1, c):
-            raise RobustscaleError(
-                f"checkpoint {source!r} normalises {len(norm['mean'])} channels "
-                f"({norm['keys']}); model={name!r} takes {c}"
-            )
-        mean = norm["mean"] * (c if len(norm["mean"]) == 1 else 1)
-        std = norm["std"] * (c if len(norm["std"]) == 1 else 1)
-        origin = f"the checkpoint's {norm['keys']}"
-    else:
+
+
+def _normalisation(
+    model: nn.Module, name: str, dataset: str, norm: dict, source: str
+) -> tuple[list[float], list[float], str]:
+    """(mean, std, where from): the checkpoint's normaliser keys, else RobustBench's convention
+    for the architecture; logged where it is not what one would assume."""
+    c = model.mean.numel()
+    ours = model.mean.flatten().tolist(), model.std.flatten().tolist()
+    rb_mean, rb_std = rb_normalisation(name, dataset, *ours)
+    if not norm:
         mean, std, origin = list(rb_mean), list(rb_std), f"{_describe(name)}'s convention"
-    differs = any(abs(a - b) > 1e-6 for a, b in zip([*mean, *std], [*rb_mean, *rb_std]))
-    if norm and differs:
+        if _differ([*mean, *std], [*ours[0], *ours[1]]):
+            log.info(
+                "normalisation: mean %s, std %s, %s (the checkpoint has no mean/std keys)",
+                _fmt(mean),
+                _fmt(std),
+                origin,
+            )
+        return mean, std, origin
+    if len(norm["mean"]) not in (1, c) or len(norm["std"]) not in (1, c):
+        raise RobustscaleError(
+            f"checkpoint {source!r} normalises {len(norm['mean'])} channels "
+            f"({norm['keys']}); model={name!r} takes {c}"
+        )
+    mean = norm["mean"] * (c if len(norm["mean"]) == 1 else 1)
+    std = norm["std"] * (c if len(norm["std"]) == 1 else 1)
+    origin = f"the checkpoint's {norm['keys']}"
+    if _differ([*mean, *std], [*rb_mean, *rb_std]):
         log.info(
             "normalisation from %s: mean %s, std %s (RobustBench's %s default: mean %s, std %s)",
             origin,
@@ -276,20 +301,11 @@ def weights_into(
             _fmt(rb_mean),
             _fmt(rb_std),
         )
-    dataset_stats = [*model.mean.flatten().tolist(), *model.std.flatten().tolist()]
-    if not norm and any(abs(a - b) > 1e-6 for a, b in zip([*mean, *std], dataset_stats)):
-        log.info(
-            "normalisation: mean %s, std %s, %s (the checkpoint has no mean/std keys)",
-            _fmt(mean),
-            _fmt(std),
-            origin,
-        )
-    # the key check above was strict; only num_batches_tracked counters may be absent
-    model.net.load_state_dict(weights, strict=False)
-    with torch.no_grad():
-        model.mean.copy_(torch.tensor(mean, dtype=torch.float32).view_as(model.mean))
-        model.std.copy_(torch.tensor(std, dtype=torch.float32).view_as(model.std))
-    return {"mean": mean, "std": std, "normalisation_from": origin, "prefix": prefix}
+    return mean, std, origin
+
+
+def _differ(a: Sequence[float], b: Sequence[float]) -> bool:
+    return any(abs(x - y) > 1e-6 for x, y in zip(a, b))
 
 
 def _fmt(values: Sequence[float]) -> str:
