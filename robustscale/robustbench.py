@@ -129,7 +129,9 @@ def _footnote(recipe: Any) -> str:
     loss = {"pgd": "PGD-AT", "trades": f"TRADES (beta {recipe.trades_beta:g})"}.get(
         recipe.loss, recipe.loss
     )
-    parts = [f"Trained with robustscale: {loss}{steps}, {recipe.epochs} epochs"]
+    parts = [
+        f"Trained with robustscale: {loss}{steps}, {recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''}"
+    ]
     if recipe.ema_decay is not None:
         parts.append(f"weight EMA {recipe.ema_decay:g}")
     if recipe.synthetic_data:

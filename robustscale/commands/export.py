@@ -73,8 +73,12 @@ def run(args: argparse.Namespace) -> int:
     info = out["model_info"]
     print(f"wrote {out['weights']}")
     print(
-        f"wrote {out['info']} ({info['architecture']}, clean {info['clean_acc'] or '?'}%, "
-        f"AutoAttack {info['autoattack_acc'] or '?'}%)"
+        f"wrote {out['info']} ({info['architecture']}, clean {_pct(info['clean_acc'])}, "
+        f"AutoAttack {_pct(info['autoattack_acc'])})"
     )
     print(f"model-zoo entry: 'model': lambda: {out['constructor']}")
     return 0
+
+
+def _pct(value: str) -> str:
+    return f"{value}%" if value else "not evaluated (robustscale eval RUN --attack autoattack)"
