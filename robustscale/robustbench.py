@@ -129,9 +129,8 @@ def _footnote(recipe: Any) -> str:
     loss = {"pgd": "PGD-AT", "trades": f"TRADES (beta {recipe.trades_beta:g})"}.get(
         recipe.loss, recipe.loss
     )
-    parts = [
-        f"Trained with robustscale: {loss}{steps}, {recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''}"
-    ]
+    epochs = f"{recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''}"
+    parts = [f"Trained with robustscale: {loss}{steps}, {epochs}"]
     if recipe.ema_decay is not None:
         parts.append(f"weight EMA {recipe.ema_decay:g}")
     if recipe.synthetic_data:
@@ -196,8 +195,8 @@ def export_robustbench(
     """Write ``out_dir/<name>.pt`` (a plain state dict in RobustBench's key names of the run's
     architecture: the best checkpoint, EMA weights when the run had EMA; for a classic WRN that
     normalises, the keys of ``normalize_model(WideResNet(...))``: ``normalize.mean``,
-    ``normalize.std`` and ``model.*``) and ``<name>.json`` (:func:`model_info`). ``name`` defaults to the run id. Everything is checked before anything
-    is written. Returns the paths, the model info and the model-zoo ``constructor`` line."""
+    ``normalize.std`` and ``model.*``) and ``<name>.json`` (:func:`model_info`). ``name``
+    defaults to the run id. Everything is checked before anything is written. Returns the paths, the model info and the model-zoo ``constructor`` line."""
     from robustscale.data import dataset_info
     from robustscale.files import atomic_save, atomic_write_json
     from robustscale.models import DM_WRN_VARIANTS, WRN_VARIANTS
