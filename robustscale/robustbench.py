@@ -196,7 +196,8 @@ def export_robustbench(
     architecture: the best checkpoint, EMA weights when the run had EMA; for a classic WRN that
     normalises, the keys of ``normalize_model(WideResNet(...))``: ``normalize.mean``,
     ``normalize.std`` and ``model.*``) and ``<name>.json`` (:func:`model_info`). ``name``
-    defaults to the run id. Everything is checked before anything is written. Returns the paths, the model info and the model-zoo ``constructor`` line."""
+    defaults to the run id. Everything is checked before anything is written. Returns the
+    paths, the model info and the model-zoo ``constructor`` line."""
     from robustscale.data import dataset_info
     from robustscale.files import atomic_save, atomic_write_json
     from robustscale.models import DM_WRN_VARIANTS, WRN_VARIANTS
