@@ -41,7 +41,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of tensors in a checkpoint file, out of its container (``state_dict``,
     ``model_state_dict``, ``model``, nested as saved). Never runs code from the file."""
     from robustscale.models.robustbench import CONTAINER_KEYS
-    from robustscale.train.checkpoint import safe_load
+    from robustscale.checkpoint_io import safe_load
 
     state = safe_load(path)
     while isinstance(state, dict):
@@ -112,12 +112,19 @@ def load_weights_file(
     return net
 
 
-def _eval_result(run_dir: Path, eps: float, attack: str) -> dict[str, Any] | None:
-    from robustscale.evaluate import eval_filename
-    from robustscale.files import read_json
+def _eval_result(run_dir: Path, eps: float, attack: str) -> Any:
+    """The run's evaluation of the best checkpoint on the whole test split with ``attack``
+    (standard AutoAttack for ``autoattack``), as the zoo counts it; None when there is none."""
+    from robustscale.runs import RunDir, eval_filename
 
-    path = run_dir / "eval" / eval_filename(attack, eps)
-    return read_json(path) if path.is_file() else None
+    run = RunDir(run_dir)
+    path = run.eval / eval_filename(attack, eps)
+    if not path.is_file():
+        return None
+    result = run.read_eval(path)
+    whole = result.n is not None and result.split_size in (None, result.n)
+    standard = attack != "autoattack" or (result.version or "standard") == "standard"
+    return result if whole and standard and result.checkpoint in (None, "best") else None
 
 
 def _pct(value: Any) -> str:
@@ -162,8 +169,6 @@ def model_info(
 
     recipe = read_recipe(run_dir)
     aa = _eval_result(Path(run_dir), recipe.eps, "autoattack")
-    if aa is not None and aa.get("version", "standard") != "standard":
-        aa = None
     clean_src = aa or _eval_result(Path(run_dir), recipe.eps, "pgd")
     robust = _pct(aa["robust_acc"]) if aa else ""
     return {
@@ -199,7 +204,8 @@ def export_robustbench(
     defaults to the run id. Everything is checked before anything is written. Returns the
     paths, the model info and the model-zoo ``constructor`` line."""
     from robustscale.data import dataset_info
-    from robustscale.files import atomic_save, atomic_write_json
+    from robustscale.checkpoint_io import torch_save
+    from robustscale.files import atomic_write_json
     from robustscale.models import DM_WRN_VARIANTS, WRN_VARIANTS
     from robustscale.models.robustbench import constructor_line, to_robustbench
     from robustscale.runs import load, read_recipe
@@ -248,6 +254,6 @@ def export_robustbench(
     )
     out = Path(out_dir)
     pt, js = out / f"{name}.pt", out / f"{name}.json"
-    atomic_save(pt, lambda f: torch.save(weights, f))
+    torch_save(pt, weights)
     atomic_write_json(js, info)
     return {"weights": str(pt), "info": str(js), "model_info": info, "constructor": line}
