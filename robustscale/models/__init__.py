@@ -53,8 +53,8 @@ def build_model(
     models take any size and do not accept the argument."""
     if not timm.is_model(name):
         raise RobustscaleError(
-            f"model={name!r} is not a registered timm model; use one of {', '.join([*WRN_VARIANTS, *DM_WRN_VARIANTS])} "
-            "or any name from timm.list_models()"
+            f"model={name!r} is not a registered timm model; use one of "
+            f"{', '.join([*WRN_VARIANTS, *DM_WRN_VARIANTS])} or any name from timm.list_models()"
         )
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans}
     if name in WRN_VARIANTS:
