@@ -29,6 +29,7 @@ NON_RESULT_KEYS = frozenset(
         "data_dir",
         "device",
         "checkpoint_every_steps",
+        "grad_checkpointing",  # recomputes blocks in backward: same numbers, less memory
         "pue",
         "usd_per_kwh",
         "gco2_per_kwh",
@@ -114,6 +115,7 @@ class Recipe(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+    grad_checkpointing: bool = False  # activation checkpointing (WRN-70-16 TRADES at large batches)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: Optional[int] = None
     # accounting (the paper's constants)
@@ -142,6 +144,14 @@ class Recipe(BaseModel):
     @classmethod
     def _trackers(cls, v: Any) -> list[str]:
         return check_tracker_names(v)
+
+    @field_validator("model", mode="after")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        # The model name is part of the run id, hence of file names (runs/<run_id>/, recipes/...).
+        from robustscale.files import check_component
+
+        return check_component(v, "model")
 
     @model_validator(mode="after")
     def _ranges(self) -> "Recipe":
@@ -177,8 +187,9 @@ class Recipe(BaseModel):
                            "null or an integer >= 1"))
         if self.power_watts is not None:
             checks.append(("power_watts", self.power_watts, self.power_watts > 0, "null or a number > 0"))
+        checks.append(("seed", self.seed, 0 <= self.seed < 2**63, "an integer from 0 to 2**63 - 1"))
         for key, value, ok, allowed in checks:
-            if not ok or (isinstance(value, float) and math.isnan(value)):
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
                 raise ValueError(f"{key}={value!r} is out of range; allowed: {allowed}")
         if self.synthetic_data is None and self.synthetic_fraction > 0:
             raise ValueError(
