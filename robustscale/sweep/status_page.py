@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from robustscale.errors import RobustscaleError, first_line
-from robustscale.files import atomic_write_text, read_json, read_yaml_mapping
+from robustscale.files import atomic_write_text, check_component, read_json, read_yaml_mapping
 from robustscale.sweep.ledger import STATES
 from robustscale.sweep.status import sweep_status
 
@@ -32,8 +32,8 @@ def forecast_run_flops(folder: Path, run_ids: list[str]) -> dict[str, float | No
 
     runs, ids = [], []
     for i, rid in enumerate(run_ids):
-        path = folder / "recipes" / f"{rid}.yaml"
         try:
+            path = folder / "recipes" / f"{check_component(rid, 'run id')}.yaml"
             runs.append(
                 SweepRun(i, Recipe.model_construct(**read_yaml_mapping(path, "sweep recipe")), {})
             )
@@ -51,10 +51,10 @@ def forecast_run_flops(folder: Path, run_ids: list[str]) -> dict[str, float | No
 
 
 def _cost(folder: Path, run_id: str) -> dict[str, Any]:
-    path = folder / "runs" / run_id / "cost.json"
-    if not path.is_file():
-        return {}
     try:
+        path = folder / "runs" / check_component(run_id, "run id") / "cost.json"
+        if not path.is_file():
+            return {}
         data = read_json(path)
         return data if isinstance(data, dict) else {}
     except RobustscaleError as exc:
