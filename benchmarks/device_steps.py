@@ -529,7 +529,7 @@ def compare_autoattack(run_dir: Path, device: str, n: int, batch_size: int) -> d
                 p.requires_grad_(True)
         out[name] = timed(lambda: fn(model, x, y, eps, batch_size, dev), dev)
     plain, ours = out["pyautoattack"], out["robustscale"]
-    return {
+    rec = {
         "section": "train_eval",
         "part": "autoattack-vs-plain",
         "n": len(y),
@@ -542,6 +542,14 @@ def compare_autoattack(run_dir: Path, device: str, n: int, batch_size: int) -> d
         "verdicts_identical": bool(torch.equal(plain["flags"], ours["flags"])),
         "verdicts_differing": int((plain["flags"] != ours["flags"]).sum()),
     }
+    if device == "cuda":  # the adapter's opt-in options, judged by the same two numbers
+        for name, opts in (("channels_last", {"channels_last": True}), ("compile", {"compile": True})):
+            model = load(run_dir, device=dev)
+            r = timed(lambda: rs_autoattack_option(**opts)(model, x, y, eps, batch_size, dev), dev)
+            rec[f"{name}_seconds"] = round(r["seconds"], 2)  # compile: compilation included
+            rec[f"{name}_speedup_vs_pyautoattack"] = plain["seconds"] / r["seconds"]
+            rec[f"{name}_verdicts_differing"] = int((plain["flags"] != r["flags"]).sum())
+    return rec
 
 
 STEP_FUNCTIONS = {

@@ -88,4 +88,11 @@ def summary_table(session: dict) -> str:
                 f"{r['robustscale_seconds']} s (x{r['speedup_vs_pyautoattack']:.2f}); verdicts "
                 f"{'identical' if r['verdicts_identical'] else 'DIFFER on %d' % r['verdicts_differing']}"
             )
+            for opt in ("channels_last", "compile"):
+                if f"{opt}_seconds" in r:
+                    lines.append(
+                        f"- adapter with {opt}: {r[f'{opt}_seconds']} s "
+                        f"(x{r[f'{opt}_speedup_vs_pyautoattack']:.2f}); verdicts differing "
+                        f"{r[f'{opt}_verdicts_differing']}"
+                    )
     return "\n".join(lines) + "\n"
