@@ -134,6 +134,14 @@ class Recipe(BaseModel):
     def _fraction(cls, v: Any, info: Any) -> float:
         return parse_fraction(v, info.field_name)
 
+    @field_validator("model", mode="after")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        # The model name is part of the run id, hence of file names (runs/<run_id>/, recipes/...).
+        from robustscale.files import check_component
+
+        return check_component(v, "model")
+
     @model_validator(mode="after")
     def _ranges(self) -> "Recipe":
         checks = [
@@ -168,8 +176,9 @@ class Recipe(BaseModel):
                            "null or an integer >= 1"))
         if self.power_watts is not None:
             checks.append(("power_watts", self.power_watts, self.power_watts > 0, "null or a number > 0"))
+        checks.append(("seed", self.seed, 0 <= self.seed < 2**63, "an integer from 0 to 2**63 - 1"))
         for key, value, ok, allowed in checks:
-            if not ok or (isinstance(value, float) and math.isnan(value)):
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
                 raise ValueError(f"{key}={value!r} is out of range; allowed: {allowed}")
         if self.synthetic_data is None and self.synthetic_fraction > 0:
             raise ValueError(
