@@ -72,7 +72,7 @@ def model_from_state(recipe: Recipe, state_dict: dict[str, torch.Tensor], device
     from robustscale.data import dataset_info
     from robustscale.models import build_model
 
-    info = dataset_info(recipe.dataset)
+    info = dataset_info(recipe.dataset, recipe.data_dir)
     model = build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
                         recipe.activation, recipe.drop_rate, img_size=info.shape[1:])
     try:

@@ -60,7 +60,7 @@ def test_synthetic_fraction_is_exact_in_every_batch(tmp_path, fraction, batch):
     n_real = 300
     real = (torch.zeros(n_real, 1, 8, 8), torch.zeros(n_real, dtype=torch.int64))  # real images are all 0
     syn = load_synthetic(_npz(tmp_path, 1000), DATASETS["digits"])  # synthetic images are all 1
-    plan = BatchPlan(n_real, len(syn[0]), batch, fraction, seed=3)
+    plan = BatchPlan(n_real, len(syn), batch, fraction, seed=3)
     stream = BatchStream(plan, real, syn, augment=False, device=torch.device("cpu"))
     want = round(batch * fraction)
     steps = 0
@@ -85,7 +85,7 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
 def test_bad_synthetic_file_is_one_line(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, image=np.zeros((3, 5, 5, 1), np.uint8), label=np.zeros(3))
-    with pytest.raises(RobustscaleError, match="uint8 N x 8 x 8 x 1"):
+    with pytest.raises(RobustscaleError, match="expected uint8 N x 8 x 8 x 1"):
         load_synthetic(path, DATASETS["digits"])
     np.savez(path, pictures=np.zeros((3, 8, 8, 1), np.uint8))
     with pytest.raises(RobustscaleError, match="'image' and 'label'"):

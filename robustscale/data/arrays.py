@@ -1,0 +1,225 @@
+"""Labelled uint8 image sets too large for memory: ``.npy`` files read memory-mapped.
+
+A set is one of
+* a folder holding ``image.npy`` (uint8 N x H x W x C) and ``label.npy`` (N integers);
+* a folder of shards ``image-00000.npy`` / ``label-00000.npy``, ... seen as one set;
+* an ``.npz`` with ``image`` and ``label`` (the format Gowal et al. and Wang et al. release),
+  which is held in memory; ``robustscale data convert`` turns it into the first layout.
+
+Labels are loaded whole (8 bytes an image); images never are: :meth:`ImageSource.gather`
+copies the rows a batch needs and then drops the pages it touched from this process's
+mappings (``MADV_DONTNEED``; the kernel's page cache keeps them), so the resident memory of a
+run does not grow with N.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from robustscale.errors import RobustscaleError
+
+__all__ = ["ImageSource", "InMemorySource", "MappedSource", "SubsetSource", "open_source", "check_source"]
+
+_SHARD = re.compile(r"^image-(\d+)\.npy$")
+
+
+class ImageSource:
+    """N labelled uint8 images (N x H x W x C) that batches are gathered from by index."""
+
+    path: Path
+    labels: np.ndarray  # int64, N
+    image_shape: tuple[int, int, int]  # H, W, C
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * int(np.prod(self.image_shape))
+
+    def gather(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The images at ``idx`` (k x H x W x C uint8), written into ``out`` when given."""
+        raise NotImplementedError
+
+    def chunks(self, size: int):
+        """Consecutive (images, labels) blocks of at most ``size`` images, for one pass over the set."""
+        for lo in range(0, len(self), size):
+            idx = np.arange(lo, min(lo + size, len(self)))
+            yield self.gather(idx), self.labels[idx]
+
+
+class InMemorySource(ImageSource):
+    """Images held in memory (an ``.npz``, or arrays made in Python)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, path: Path | str = "<memory>"):
+        self.path, self.images = Path(path), images
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.image_shape = tuple(images.shape[1:])
+
+    def gather(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return np.take(self.images, idx, axis=0, out=out)
+
+
+class MappedSource(ImageSource):
+    """One or more ``image*.npy`` shards, memory-mapped, seen as one set."""
+
+    def __init__(self, path: Path, shards: list[tuple[Path, Path]]):
+        self.path = path
+        self.maps: list[mmap.mmap | None] = []
+        self.arrays: list[np.ndarray] = []
+        labels = []
+        for image_file, label_file in shards:
+            mm, arr = _map_npy(image_file)
+            if arr.dtype != np.uint8 or arr.ndim != 4:
+                raise RobustscaleError(f"{str(image_file)!r} holds {arr.dtype} {tuple(arr.shape)}; expected "
+                                       "uint8 images N x H x W x C")
+            if self.arrays and arr.shape[1:] != self.arrays[0].shape[1:]:
+                raise RobustscaleError(f"shard {str(image_file)!r} has images {tuple(arr.shape[1:])}; expected "
+                                       f"{tuple(self.arrays[0].shape[1:])} like {str(shards[0][0])!r}")
+            lab = _read_labels(label_file, len(arr))
+            self.maps.append(mm)
+            self.arrays.append(arr)
+            labels.append(lab)
+        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        self.image_shape = tuple(self.arrays[0].shape[1:])
+        self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
+
+    def gather(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((len(idx), *self.image_shape), np.uint8)
+        if len(self.arrays) == 1:
+            np.take(self.arrays[0], idx, axis=0, out=out)
+        else:
+            shard = np.searchsorted(self.starts, idx, side="right") - 1
+            for s in np.unique(shard):
+                pos = np.flatnonzero(shard == s)
+                out[pos] = self.arrays[s][idx[pos] - self.starts[s]]
+        self.release()
+        return out
+
+    def release(self) -> None:
+        """Drop the mapped pages from this process (they stay in the page cache)."""
+        for mm in self.maps:
+            if mm is not None and hasattr(mm, "madvise"):
+                mm.madvise(mmap.MADV_DONTNEED)
+
+
+class SubsetSource(ImageSource):
+    """The images of ``source`` at ``indices``, in that order (a held-out split of a mapped set)."""
+
+    def __init__(self, source: ImageSource, indices: np.ndarray):
+        self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
+        self.path, self.image_shape = source.path, source.image_shape
+        self.labels = source.labels[self.indices]
+
+    def gather(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.source.gather(self.indices[idx], out=out)
+
+
+def _npy_header(f, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(f)
+        raise ValueError(f"npy format version {version} is not supported")
+    except ValueError as exc:
+        raise RobustscaleError(f"{str(path)!r} is not a readable .npy file ({exc}); expected an array "
+                               "saved with numpy.save") from None
+
+
+def _map_npy(path: Path) -> tuple[mmap.mmap | None, np.ndarray]:
+    """Map an .npy file read-only; a truncated or foreign file is one line naming it."""
+    try:
+        with open(path, "rb") as f:
+            shape, fortran, dtype = _npy_header(f, path)
+            offset = f.tell()
+            if dtype.hasobject or fortran:
+                raise RobustscaleError(f"{str(path)!r} holds {'objects' if dtype.hasobject else 'a Fortran-order'} "
+                                       "array; expected a plain C-order numeric array")
+            need = offset + int(np.prod(shape)) * dtype.itemsize
+            size = os.fstat(f.fileno()).st_size
+            if size < need:
+                raise RobustscaleError(f"{str(path)!r} is truncated: {size} bytes, expected {need} for "
+                                       f"{dtype} {tuple(shape)}")
+            if need == offset:
+                return None, np.zeros(shape, dtype)
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as exc:
+        raise RobustscaleError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    arr = np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+    return mm, arr
+
+
+def _read_labels(path: Path, n: int) -> np.ndarray:
+    if not path.is_file():
+        raise RobustscaleError(f"{str(path)!r} is missing; expected {n} labels beside the images")
+    mm, arr = _map_npy(path)
+    if arr.ndim != 1 or len(arr) != n or arr.dtype.kind not in "iu":
+        raise RobustscaleError(f"{str(path)!r} holds {arr.dtype} {tuple(arr.shape)}; expected {n} integer labels")
+    labels = arr.astype(np.int64)  # a copy: the mapping can go
+    del arr
+    if mm is not None:
+        mm.close()
+    return labels
+
+
+def _shards(folder: Path) -> list[tuple[Path, Path]]:
+    if (folder / "image.npy").is_file():
+        return [(folder / "image.npy", folder / "label.npy")]
+    shards = sorted((m.group(1), p) for p in folder.iterdir() if (m := _SHARD.match(p.name)))
+    if not shards:
+        raise RobustscaleError(f"{str(folder)!r} holds no image.npy (nor image-00000.npy shards); expected "
+                               "image.npy (uint8 N x H x W x C) and label.npy")
+    return [(p, folder / f"label-{k}.npy") for k, p in shards]
+
+
+def _npz(path: Path) -> InMemorySource:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "image" not in f or "label" not in f:
+                raise RobustscaleError(f"{str(path)!r} has arrays {sorted(f.files)}; expected 'image' and 'label'")
+            images, labels = f["image"], f["label"]
+    except (OSError, ValueError, EOFError) as exc:
+        raise RobustscaleError(f"{str(path)!r} is not a readable .npz: {exc}") from None
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise RobustscaleError(f"{str(path)!r} has images {images.dtype} {tuple(images.shape)}; expected uint8 "
+                               "N x H x W x C")
+    if images.ndim == 3:  # one channel stored without its axis
+        images = images[..., None]
+    integral = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0))
+    if labels.ndim != 1 or len(labels) != len(images) or not integral:
+        raise RobustscaleError(f"{str(path)!r} has labels {labels.dtype} {tuple(labels.shape)}; expected "
+                               f"{len(images)} integers")
+    return InMemorySource(images, labels, path)
+
+
+def open_source(path: str | Path) -> ImageSource:
+    """The image set at ``path``: an ``.npz`` (in memory), a folder or a folder of shards (mapped)."""
+    path = Path(path)
+    if path.is_dir():
+        return MappedSource(path, _shards(path))
+    if path.suffix == ".npz" and path.is_file():
+        return _npz(path)
+    raise RobustscaleError(f"{str(path)!r} is neither an .npz file nor a folder; expected an .npz with 'image' "
+                           "and 'label', or a folder holding image.npy and label.npy")
+
+
+def check_source(source: ImageSource, what: str, shape: tuple[int, int, int], num_classes: int,
+                 dataset: str) -> None:
+    """Refuse a set whose images do not fit ``shape`` (C, H, W) or whose labels leave [0, num_classes)."""
+    c, h, w = shape
+    if source.image_shape != (h, w, c):
+        raise RobustscaleError(f"{what} {str(source.path)!r} has images {source.image_shape}; expected uint8 "
+                               f"N x {h} x {w} x {c} for {dataset}")
+    lab = source.labels
+    if len(lab) and (lab.min() < 0 or lab.max() >= num_classes):
+        bad = int(lab.min()) if lab.min() < 0 else int(lab.max())
+        raise RobustscaleError(f"{what} {str(source.path)!r} has label {bad}; expected labels in "
+                               f"[0, {num_classes}) for {dataset}")
