@@ -185,8 +185,9 @@ def test_unique_synthetic_seen_is_in_cost_json_and_the_zoo(tmp_path):
 
     images, labels = _images(500)
     folder = _folder(tmp_path / "syn", images, labels)
-    run = train(tiny(synthetic_data=str(folder), synthetic_fraction=0.5, epochs=2, batch_size=128, loss="standard", attack_steps=0,
-                     val_attack_steps=1), out_root=tmp_path / "runs", progress=False)
+    recipe = tiny(synthetic_data=str(folder), synthetic_fraction=0.5, epochs=2, batch_size=128, loss="standard",
+                  attack_steps=0, val_attack_steps=1)
+    run = train(recipe, out_root=tmp_path / "runs", progress=False)
     cost = json.loads((run / "cost.json").read_text())
     steps = 2 * (1309 // 64)  # 1309 training digits after the 128 held out, 64 real a batch
     assert cost["examples_seen"] == steps * 128

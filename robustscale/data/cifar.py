@@ -63,6 +63,22 @@ class DataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refers to {module}.{name}, which is not data")
 
 
+def _plain(obj: Any, depth: int = 0) -> None:
+    """Refuse anything but dicts of str keys, lists, str/bytes, ints and uint8 arrays."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype != np.uint8:
+            raise pickle.UnpicklingError(f"an array of dtype {obj.dtype} (only uint8 images are allowed)")
+    elif isinstance(obj, dict) and depth < 4:
+        for k, v in obj.items():
+            _plain(k, depth + 1)
+            _plain(v, depth + 1)
+    elif isinstance(obj, list) and depth < 4:
+        for v in obj:
+            _plain(v, depth + 1)
+    elif not isinstance(obj, (str, bytes, int)):
+        raise pickle.UnpicklingError(f"a {type(obj).__name__}, which is not CIFAR data")
+
+
 def load_cifar_batch(path: Path, official_md5: str | None) -> dict[str, Any]:
     """One CIFAR python batch as a dict; a file that is not plain data is one RobustscaleError line."""
     try:
@@ -75,6 +91,7 @@ def load_cifar_batch(path: Path, official_md5: str | None) -> dict[str, Any]:
             entry = pickle.loads(raw, encoding="latin1")
         else:
             entry = DataUnpickler(io.BytesIO(raw), encoding="latin1").load()
+            _plain(entry)
     except Exception as exc:  # noqa: BLE001 - any parse failure of a foreign file is the user's file
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RobustscaleError(
