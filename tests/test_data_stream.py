@@ -194,3 +194,47 @@ def test_unique_synthetic_seen_is_in_cost_json_and_the_zoo(tmp_path):
     assert cost["synthetic_size"] == 500 and cost["unique_synthetic_seen"] == min(500, steps * 64) == 500
     df, _ = gather_zoo(tmp_path / "runs")
     assert int(df["unique_synthetic_seen"].iloc[0]) == 500
+
+
+def _kb(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def _big_set(folder: Path, n: int) -> Path:
+    """n CIFAR-sized images written chunk by chunk (never whole in memory)."""
+    folder.mkdir(parents=True)
+    with open(folder / "image.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (n, 32, 32, 3)})
+        for lo in range(0, n, 10_000):
+            f.write(np.full((min(10_000, n - lo), 32, 32, 3), lo // 10_000, np.uint8).tobytes())
+    np.save(folder / "label.npy", np.arange(n) % 10)
+    return folder
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux peak-RSS reset")
+def test_peak_memory_of_training_does_not_grow_with_the_extra_set(tmp_path):
+    from conftest import write_cifar10
+
+    data = write_cifar10(tmp_path / "data", n_train=100, n_test=20)
+    big = _big_set(tmp_path / "big", 100_000)  # 307 MB of images, > 2x the bound below
+    try:
+        def run(syn: Path, name: str) -> None:
+            recipe = tiny(dataset="cifar10", data_dir=str(data), synthetic_data=str(syn), synthetic_fraction=0.75,
+                          loss="standard", attack_steps=0, batch_size=64, epochs=1, val_size=0)
+            train(recipe, tmp_path / name, progress=False)
+
+        run(_folder(tmp_path / "small", *_images(3000, (32, 32, 3))), "warm")  # the same code, 3k images
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset this process's peak RSS (VmHWM) to its current RSS
+        before = _kb("VmRSS")
+        run(big, "big")
+        grew_mb = (_kb("VmHWM") - before) / 1024
+        print(f"peak RSS grew {grew_mb:.1f} MB")
+        assert grew_mb < 120, f"training with a 307 MB extra set raised peak RSS by {grew_mb:.0f} MB"
+    finally:
+        import shutil
+
+        shutil.rmtree(big)

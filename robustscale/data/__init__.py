@@ -90,30 +90,22 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _cifar(info: DatasetInfo, split: str, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.datasets import CIFAR10, CIFAR100
+    from robustscale.data.cifar import RELEASES, read_cifar
 
-    from robustscale.data.cifar import read_cifar
-
-    base = CIFAR10 if info.name == "cifar10" else CIFAR100
-    folder = data_dir / base.base_folder
-    if not _files_present(folder, base):
+    release = RELEASES[info.name]
+    folder = data_dir / release["folder"]
+    if not all((folder / f).is_file() for f, _ in release["train"] + release["test"]):
         pretty = "CIFAR-10" if info.name == "cifar10" else "CIFAR-100"
         raise RobustscaleError(
             f"{pretty} not found in {str(folder)!r}: put the python version of {pretty} there "
             f"(on a machine with internet: python -c \"import torchvision; "
-            f"torchvision.datasets.{base.__name__}({str(data_dir)!r}, download=True)\"), or set data_dir"
+            f"torchvision.datasets.{release['torchvision']}({str(data_dir)!r}, download=True)\"), or set data_dir"
         )
-    # torchvision's file list and official md5s; the files are parsed as data (robustscale/data/cifar.py)
-    files = base.train_list if split == "train" else base.test_list
-    images, labels = read_cifar(folder, [(f, md5) for f, md5 in files],
-                                "labels" if info.name == "cifar10" else "fine_labels")
+    # the files are parsed as data, never unpickled as code (robustscale/data/cifar.py)
+    images, labels = read_cifar(folder, release[split], release["label_key"])
     if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
         raise RobustscaleError(f"{info.name} labels in {str(folder)!r} must be in [0, {info.num_classes})")
     return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)
-
-
-def _files_present(folder: Path, base: type) -> bool:
-    return all((folder / f).is_file() for f, _ in base.train_list + base.test_list)
 
 
 def split_holdout(

@@ -20,7 +20,26 @@ import numpy as np
 
 from robustscale.errors import RobustscaleError
 
-__all__ = ["DataUnpickler", "load_cifar_batch", "read_cifar"]
+__all__ = ["DataUnpickler", "RELEASES", "load_cifar_batch", "read_cifar"]
+
+# The official python releases: folder, (file, md5) of each split, label key; the same
+# constants torchvision's CIFAR10/CIFAR100 carry (not imported: torchvision takes seconds to load).
+RELEASES: dict[str, dict[str, Any]] = {
+    "cifar10": {
+        "folder": "cifar-10-batches-py", "torchvision": "CIFAR10", "label_key": "labels",
+        "train": [("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+                  ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+                  ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+                  ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+                  ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb")],
+        "test": [("test_batch", "40351d587109b95175f43aff81a1287e")],
+    },
+    "cifar100": {
+        "folder": "cifar-100-python", "torchvision": "CIFAR100", "label_key": "fine_labels",
+        "train": [("train", "16019d7e3df5f24257cddd939b257f8d")],
+        "test": [("test", "f0ef6b0ae62326f3e7ffdfab6717acfc")],
+    },
+}
 
 # the numpy pieces a pickled ndarray is rebuilt from (numpy 1 and numpy 2 module names)
 _ARRAY_REBUILDERS = {
