@@ -287,3 +287,29 @@ def test_kill_and_resume_with_an_on_disk_set_equals_an_uninterrupted_run_from_ra
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
     cost = json.loads((tmp_path / "killed" / "cost.json").read_text())
     assert cost["unique_synthetic_seen"] == 1000 and cost["examples_seen"] == 2 * 40 * 64
+
+
+def test_arrays_dataset_trains_from_its_folders_with_stats_computed_once(tmp_path):
+    from robustscale.data import dataset_info
+    from robustscale.evaluate import load_split as run_examples
+    from robustscale.runs import load
+
+    data = tmp_path / "svhn-like"
+    img, lab = _images(600, (16, 16, 3), seed=1, classes=5)
+    _folder(data / "train", img, lab)
+    _folder(data / "test", *_images(100, (16, 16, 3), seed=2, classes=5))
+    recipe = tiny(dataset="arrays", data_dir=str(data), epochs=1, val_size=50, attack_steps=1, val_attack_steps=1)
+    run = train(recipe, out_root=tmp_path / "runs", progress=False)
+    stored = json.loads((data / "dataset.json").read_text())
+    assert stored["num_classes"] == 5 and stored["shape"] == [3, 16, 16] and stored["train_size"] == 600
+    want = img.reshape(-1, 3).astype(np.float64) / 255
+    assert stored["mean"] == pytest.approx(want.mean(0).tolist(), abs=1e-6)
+    assert stored["std"] == pytest.approx(want.std(0).tolist(), abs=1e-6)
+    assert dataset_info("arrays", data).num_classes == 5
+    x, y = run_examples(run, n=10)
+    assert x.shape == (10, 3, 16, 16) and load(run)(x).shape == (10, 5)
+    # a test split that does not match the training images is one line naming it
+    (data / "test" / "image.npy").unlink()
+    np.save(data / "test" / "image.npy", _images(100, (8, 8, 3))[0])
+    with pytest.raises(RobustscaleError, match=r"test' .*expected uint8 N x 16 x 16 x 3"):
+        run_examples(run, n=10)
