@@ -23,7 +23,9 @@ CPU = torch.device("cpu")
 
 def _images(n: int, shape=(8, 8, 1), seed: int = 0, classes: int = 10):
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, classes, n).astype(np.int64)
+    return rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, classes, n).astype(
+        np.int64
+    )
 
 
 def _folder(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
@@ -48,11 +50,12 @@ def test_mapped_shards_and_in_ram_sources_give_the_same_batches(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     for k, lo in enumerate(range(0, 700, 250)):  # 250, 250, 200: shards of different lengths
-        np.save(shards / f"image-{k:05d}.npy", images[lo:lo + 250])
-        np.save(shards / f"label-{k:05d}.npy", labels[lo:lo + 250])
+        np.save(shards / f"image-{k:05d}.npy", images[lo : lo + 250])
+        np.save(shards / f"label-{k:05d}.npy", labels[lo : lo + 250])
     sharded = open_source(shards)
-    assert len(sharded) == 700 and np.array_equal(sharded.gather(np.array([699, 0, 251, 250])),
-                                                  images[[699, 0, 251, 250]])
+    assert len(sharded) == 700 and np.array_equal(
+        sharded.gather(np.array([699, 0, 251, 250])), images[[699, 0, 251, 250]]
+    )
     want = _batches(ram)
     for other in (mapped, sharded):
         got = _batches(other)
@@ -72,13 +75,17 @@ def test_synthetic_walk_is_without_replacement_across_epochs_and_counted(n_syn):
     walk = torch.cat([plan.epoch_indices(e)[1].flatten() for e in range(6)])
     assert len(walk) == 6 * 15 * 30
     for c in range(0, len(walk) // n_syn):  # each full cycle is a permutation of all N
-        assert sorted(walk[c * n_syn:(c + 1) * n_syn].tolist()) == list(range(n_syn))
+        assert sorted(walk[c * n_syn : (c + 1) * n_syn].tolist()) == list(range(n_syn))
     for steps in (1, 7, 15, 40, 90):
         assert plan.unique_synthetic_seen(steps) == len(set(walk[: steps * 30].tolist()))
     assert plan.unique_synthetic_seen(90) == min(n_syn, 90 * 30)
     # a pure function of (seed, position): a fresh plan (a resumed run) walks the same way
-    assert torch.equal(BatchPlan(300, n_syn, 50, 0.6, seed=2).epoch_indices(4)[1], plan.epoch_indices(4)[1])
-    assert not torch.equal(BatchPlan(300, n_syn, 50, 0.6, seed=3).epoch_indices(0)[1], plan.epoch_indices(0)[1])
+    assert torch.equal(
+        BatchPlan(300, n_syn, 50, 0.6, seed=2).epoch_indices(4)[1], plan.epoch_indices(4)[1]
+    )
+    assert not torch.equal(
+        BatchPlan(300, n_syn, 50, 0.6, seed=3).epoch_indices(0)[1], plan.epoch_indices(0)[1]
+    )
 
 
 def test_convert_round_trips_an_npz_and_a_failed_convert_leaves_nothing(tmp_path, monkeypatch):
@@ -88,9 +95,15 @@ def test_convert_round_trips_an_npz_and_a_failed_convert_leaves_nothing(tmp_path
     monkeypatch.setattr("robustscale.data.convert.CHUNK", 100)  # many chunks, a partial last one
     out = convert(npz, tmp_path / "gen", progress=False)
     back = open_source(out)
-    assert np.array_equal(back.gather(np.arange(1234)), images) and np.array_equal(back.labels, labels)
+    assert np.array_equal(back.gather(np.arange(1234)), images) and np.array_equal(
+        back.labels, labels
+    )
     shards = convert(out, tmp_path / "gen-shards", shard_size=500, progress=False)
-    assert sorted(p.name for p in shards.iterdir())[:3] == ["image-00000.npy", "image-00001.npy", "image-00002.npy"]
+    assert sorted(p.name for p in shards.iterdir())[:3] == [
+        "image-00000.npy",
+        "image-00001.npy",
+        "image-00002.npy",
+    ]
     assert np.array_equal(open_source(shards).gather(np.arange(1234)), images)
     info = describe(shards)
     assert info["n"] == 1234 and info["image_shape"] == [32, 32, 3]
@@ -99,7 +112,9 @@ def test_convert_round_trips_an_npz_and_a_failed_convert_leaves_nothing(tmp_path
     def disk_full(*_a, **_k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("robustscale.data.convert.np.save", disk_full)  # dies after the images are written
+    monkeypatch.setattr(
+        "robustscale.data.convert.np.save", disk_full
+    )  # dies after the images are written
     with pytest.raises(RobustscaleError, match="No space left"):
         convert(npz, tmp_path / "dead", progress=False)
     assert not (tmp_path / "dead").exists() and not list(tmp_path.glob(".dead*"))
@@ -118,7 +133,9 @@ def _cli(capsys, *args):
 def test_data_info_and_convert_commands(tmp_path, capsys):
     images, labels = _images(300, (32, 32, 3))
     np.savez(tmp_path / "gen.npz", image=images, label=labels)
-    rc, _, err = _cli(capsys, "data", "convert", str(tmp_path / "gen.npz"), str(tmp_path / "gen"), "--no-progress")
+    rc, _, err = _cli(
+        capsys, "data", "convert", str(tmp_path / "gen.npz"), str(tmp_path / "gen"), "--no-progress"
+    )
     assert rc == 0, err
     rc, out, _ = _cli(capsys, "data", "info", str(tmp_path / "gen"))
     assert rc == 0 and "300 x 32 x 32 x 3 uint8" in out
@@ -134,10 +151,16 @@ def _bad_sets(tmp: Path) -> dict[str, tuple[Path, str]]:
     p.mkdir(parents=True)
     np.save(p / "image.npy", img)
     cases["missing label.npy"] = (p, "label.npy' is missing")
-    cases["wrong shape"] = (_folder(tmp / "shape", *_images(50, (9, 9, 1))), "expected uint8 N x 8 x 8 x 1")
+    cases["wrong shape"] = (
+        _folder(tmp / "shape", *_images(50, (9, 9, 1))),
+        "expected uint8 N x 8 x 8 x 1",
+    )
     p = _folder(tmp / "dtype", img.astype(np.float32), lab)
     cases["wrong dtype"] = (p, "image.npy' holds float32")
-    cases["label out of range"] = (_folder(tmp / "range", img, lab + 10), "expected labels in [0, 10)")
+    cases["label out of range"] = (
+        _folder(tmp / "range", img, lab + 10),
+        "expected labels in [0, 10)",
+    )
     p = tmp / "shards"
     p.mkdir()
     np.save(p / "image-00000.npy", img)
@@ -174,10 +197,15 @@ def test_bad_set_in_a_run_exits_2_with_one_line_and_no_run_directory(tmp_path, c
 
 
 def test_empty_synthetic_set_is_refused(tmp_path):
-    np.savez(tmp_path / "empty.npz", image=np.zeros((0, 8, 8, 1), np.uint8), label=np.zeros(0, np.int64))
+    np.savez(
+        tmp_path / "empty.npz", image=np.zeros((0, 8, 8, 1), np.uint8), label=np.zeros(0, np.int64)
+    )
     with pytest.raises(RobustscaleError, match="holds no images"):
-        train(tiny(synthetic_data=str(tmp_path / "empty.npz"), synthetic_fraction=0.5), out_root=tmp_path / "runs",
-              progress=False)
+        train(
+            tiny(synthetic_data=str(tmp_path / "empty.npz"), synthetic_fraction=0.5),
+            out_root=tmp_path / "runs",
+            progress=False,
+        )
     assert not (tmp_path / "runs").exists()
 
 
@@ -186,13 +214,23 @@ def test_unique_synthetic_seen_is_in_cost_json_and_the_zoo(tmp_path):
 
     images, labels = _images(500)
     folder = _folder(tmp_path / "syn", images, labels)
-    recipe = tiny(synthetic_data=str(folder), synthetic_fraction=0.5, epochs=2, batch_size=128, loss="standard",
-                  attack_steps=0, val_attack_steps=1)
+    recipe = tiny(
+        synthetic_data=str(folder),
+        synthetic_fraction=0.5,
+        epochs=2,
+        batch_size=128,
+        loss="standard",
+        attack_steps=0,
+        val_attack_steps=1,
+    )
     run = train(recipe, out_root=tmp_path / "runs", progress=False)
     cost = json.loads((run / "cost.json").read_text())
     steps = 2 * (1309 // 64)  # 1309 training digits after the 128 held out, 64 real a batch
     assert cost["examples_seen"] == steps * 128
-    assert cost["synthetic_size"] == 500 and cost["unique_synthetic_seen"] == min(500, steps * 64) == 500
+    assert (
+        cost["synthetic_size"] == 500
+        and cost["unique_synthetic_seen"] == min(500, steps * 64) == 500
+    )
     df, _ = gather_zoo(tmp_path / "runs")
     assert int(df["unique_synthetic_seen"].iloc[0]) == 500
 
@@ -208,7 +246,9 @@ def _big_set(folder: Path, n: int) -> Path:
     """n CIFAR-sized images written chunk by chunk (never whole in memory)."""
     folder.mkdir(parents=True)
     with open(folder / "image.npy", "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (n, 32, 32, 3)})
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "|u1", "fortran_order": False, "shape": (n, 32, 32, 3)}
+        )
         for lo in range(0, n, 10_000):
             f.write(np.full((min(10_000, n - lo), 32, 32, 3), lo // 10_000, np.uint8).tobytes())
     np.save(folder / "label.npy", np.arange(n) % 10)
@@ -222,19 +262,33 @@ def test_peak_memory_of_training_does_not_grow_with_the_extra_set(tmp_path):
     data = write_cifar10(tmp_path / "data", n_train=100, n_test=20)
     big = _big_set(tmp_path / "big", 100_000)  # 307 MB of images, > 2x the bound below
     try:
+
         def run(syn: Path, name: str) -> None:
-            recipe = tiny(dataset="cifar10", data_dir=str(data), synthetic_data=str(syn), synthetic_fraction=0.75,
-                          loss="standard", attack_steps=0, batch_size=64, epochs=1, val_size=0)
+            recipe = tiny(
+                dataset="cifar10",
+                data_dir=str(data),
+                synthetic_data=str(syn),
+                synthetic_fraction=0.75,
+                loss="standard",
+                attack_steps=0,
+                batch_size=64,
+                epochs=1,
+                val_size=0,
+            )
             train(recipe, tmp_path / name, progress=False)
 
-        run(_folder(tmp_path / "small", *_images(3000, (32, 32, 3))), "warm")  # the same code, 3k images
+        run(
+            _folder(tmp_path / "small", *_images(3000, (32, 32, 3))), "warm"
+        )  # the same code, 3k images
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset this process's peak RSS (VmHWM) to its current RSS
         before = _kb("VmRSS")
         run(big, "big")
         grew_mb = (_kb("VmHWM") - before) / 1024
         print(f"peak RSS grew {grew_mb:.1f} MB")
-        assert grew_mb < 120, f"training with a 307 MB extra set raised peak RSS by {grew_mb:.0f} MB"
+        assert grew_mb < 120, (
+            f"training with a 307 MB extra set raised peak RSS by {grew_mb:.0f} MB"
+        )
     finally:
         import shutil
 
@@ -250,17 +304,34 @@ def test_kill_and_resume_with_an_on_disk_set_equals_an_uninterrupted_run_from_ra
 
     from robustscale.train import checkpoint as ckpt
 
-    images, labels = _images(1000)  # 32 extra a step, 40 steps an epoch: epoch 2 crosses a reshuffle
+    images, labels = _images(
+        1000
+    )  # 32 extra a step, 40 steps an epoch: epoch 2 crosses a reshuffle
     npz = tmp_path / "syn.npz"
     np.savez(npz, image=images, label=labels)
     folder = _folder(tmp_path / "syn", images, labels)
-    base = dict(epochs=2, batch_size=64, loss="standard", attack_steps=0, val_attack_steps=1,
-                checkpoint_every_steps=10, synthetic_fraction=0.5)
+    base = dict(
+        epochs=2,
+        batch_size=64,
+        loss="standard",
+        attack_steps=0,
+        val_attack_steps=1,
+        checkpoint_every_steps=10,
+        synthetic_fraction=0.5,
+    )
     reference = train(tiny(synthetic_data=str(npz), **base), tmp_path / "reference", progress=False)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(tiny(synthetic_data=str(folder), **base).to_yaml())
-    cmd = [sys.executable, "-m", "robustscale", "train", str(recipe), "--run-dir", str(tmp_path / "killed"),
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "robustscale",
+        "train",
+        str(recipe),
+        "--run-dir",
+        str(tmp_path / "killed"),
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "killed" / "checkpoints" / "last.pt"
@@ -298,10 +369,21 @@ def test_arrays_dataset_trains_from_its_folders_with_stats_computed_once(tmp_pat
     img, lab = _images(600, (16, 16, 3), seed=1, classes=5)
     _folder(data / "train", img, lab)
     _folder(data / "test", *_images(100, (16, 16, 3), seed=2, classes=5))
-    recipe = tiny(dataset="arrays", data_dir=str(data), epochs=1, val_size=50, attack_steps=1, val_attack_steps=1)
+    recipe = tiny(
+        dataset="arrays",
+        data_dir=str(data),
+        epochs=1,
+        val_size=50,
+        attack_steps=1,
+        val_attack_steps=1,
+    )
     run = train(recipe, out_root=tmp_path / "runs", progress=False)
     stored = json.loads((data / "dataset.json").read_text())
-    assert stored["num_classes"] == 5 and stored["shape"] == [3, 16, 16] and stored["train_size"] == 600
+    assert (
+        stored["num_classes"] == 5
+        and stored["shape"] == [3, 16, 16]
+        and stored["train_size"] == 600
+    )
     want = img.reshape(-1, 3).astype(np.float64) / 255
     assert stored["mean"] == pytest.approx(want.mean(0).tolist(), abs=1e-6)
     assert stored["std"] == pytest.approx(want.std(0).tolist(), abs=1e-6)

@@ -48,10 +48,12 @@ def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
         from robustscale.data.arraysets import arrays_info
 
         if data_dir is None:
-            raise RobustscaleError("dataset='arrays' needs data_dir: a folder holding train/ and test/ arrays")
+            raise RobustscaleError(
+                "dataset='arrays' needs data_dir: a folder holding train/ and test/ arrays")
         return arrays_info(Path(data_dir))
     if name not in DATASETS:
-        raise RobustscaleError(f"dataset={name!r} is not known; allowed: {', '.join(DATASETS)}, arrays")
+        raise RobustscaleError(
+            f"dataset={name!r} is not known; allowed: {', '.join(DATASETS)}, arrays")
     return DATASETS[name]
 
 
@@ -99,12 +101,14 @@ def _cifar(info: DatasetInfo, split: str, data_dir: Path) -> tuple[torch.Tensor,
         raise RobustscaleError(
             f"{pretty} not found in {str(folder)!r}: put the python version of {pretty} there "
             f"(on a machine with internet: python -c \"import torchvision; "
-            f"torchvision.datasets.{release['torchvision']}({str(data_dir)!r}, download=True)\"), or set data_dir"
+            f"torchvision.datasets.{release['torchvision']}({str(data_dir)!r}, download=True)\"), "
+            "or set data_dir"
         )
     # the files are parsed as data, never unpickled as code (robustscale/data/cifar.py)
     images, labels = read_cifar(folder, release[split], release["label_key"])
     if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
-        raise RobustscaleError(f"{info.name} labels in {str(folder)!r} must be in [0, {info.num_classes})")
+        raise RobustscaleError(
+            f"{info.name} labels in {str(folder)!r} must be in [0, {info.num_classes})")
     return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)
 
 

@@ -25,7 +25,14 @@ import numpy as np
 
 from robustscale.errors import RobustscaleError
 
-__all__ = ["ImageSource", "InMemorySource", "DiskSource", "SubsetSource", "open_source", "check_source"]
+__all__ = [
+    "ImageSource",
+    "InMemorySource",
+    "DiskSource",
+    "SubsetSource",
+    "open_source",
+    "check_source",
+]
 
 _SHARD = re.compile(r"^image-(\d+)\.npy$")
 
@@ -49,7 +56,7 @@ class ImageSource:
         raise NotImplementedError
 
     def chunks(self, size: int):
-        """Consecutive (images, labels) blocks of at most ``size`` images, for one pass over the set."""
+        """Consecutive (images, labels) blocks of at most ``size`` images: one pass over the set."""
         for lo in range(0, len(self), size):
             idx = np.arange(lo, min(lo + size, len(self)))
             yield self.gather(idx), self.labels[idx]
@@ -79,11 +86,15 @@ class DiskSource(ImageSource):
         for image_file, label_file in shards:
             shape, dtype, offset = _npy_layout(image_file)
             if dtype != np.uint8 or len(shape) != 4:
-                raise RobustscaleError(f"{str(image_file)!r} holds {dtype} {tuple(shape)}; expected "
-                                       "uint8 images N x H x W x C")
+                raise RobustscaleError(
+                    f"{str(image_file)!r} holds {dtype} {tuple(shape)}; expected "
+                    "uint8 images N x H x W x C"
+                )
             if first is not None and tuple(shape[1:]) != first:
-                raise RobustscaleError(f"shard {str(image_file)!r} has images {tuple(shape[1:])}; expected "
-                                       f"{first} like {str(shards[0][0])!r}")
+                raise RobustscaleError(
+                    f"shard {str(image_file)!r} has images {tuple(shape[1:])}; expected "
+                    f"{first} like {str(shards[0][0])!r}"
+                )
             first = tuple(shape[1:])
             labels.append(_read_labels(label_file, shape[0]))
             self.files.append(image_file)
@@ -121,7 +132,9 @@ class DiskSource(ImageSource):
         while done < len(view):
             n = os.preadv(self.fds[s], [view[done:]], offset + done)
             if n <= 0:
-                raise RobustscaleError(f"{str(self.files[s])!r} ended early (was it truncated while in use?)")
+                raise RobustscaleError(
+                    f"{str(self.files[s])!r} ended early (was it truncated while in use?)"
+                )
             done += n
 
     def __del__(self) -> None:
@@ -153,12 +166,14 @@ def _npy_header(f, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
             return np.lib.format.read_array_header_2_0(f)
         raise ValueError(f"npy format version {version} is not supported")
     except ValueError as exc:
-        raise RobustscaleError(f"{str(path)!r} is not a readable .npy file ({exc}); expected an array "
-                               "saved with numpy.save") from None
+        raise RobustscaleError(
+            f"{str(path)!r} is not a readable .npy file ({exc}); expected an array "
+            "saved with numpy.save"
+        ) from None
 
 
 def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset) of an .npy file; a truncated or foreign file is one line naming it."""
+    """(shape, dtype, data offset) of an .npy file; a truncated or foreign file is one line."""
     try:
         with open(path, "rb") as f:
             shape, fortran, dtype = _npy_header(f, path)
@@ -167,12 +182,15 @@ def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     except OSError as exc:
         raise RobustscaleError(f"cannot read {str(path)!r}: {exc.strerror}") from None
     if dtype.hasobject or fortran:
-        raise RobustscaleError(f"{str(path)!r} holds {'objects' if dtype.hasobject else 'a Fortran-order'} "
-                               "array; expected a plain C-order numeric array")
+        raise RobustscaleError(
+            f"{str(path)!r} holds {'objects' if dtype.hasobject else 'a Fortran-order'} "
+            "array; expected a plain C-order numeric array"
+        )
     need = offset + int(np.prod(shape)) * dtype.itemsize
     if size < need:
-        raise RobustscaleError(f"{str(path)!r} is truncated: {size} bytes, expected {need} for "
-                               f"{dtype} {tuple(shape)}")
+        raise RobustscaleError(
+            f"{str(path)!r} is truncated: {size} bytes, expected {need} for {dtype} {tuple(shape)}"
+        )
     return tuple(shape), dtype, offset
 
 
@@ -181,7 +199,9 @@ def _read_labels(path: Path, n: int) -> np.ndarray:
         raise RobustscaleError(f"{str(path)!r} is missing; expected {n} labels beside the images")
     shape, dtype, offset = _npy_layout(path)
     if len(shape) != 1 or shape[0] != n or dtype.kind not in "iu":
-        raise RobustscaleError(f"{str(path)!r} holds {dtype} {tuple(shape)}; expected {n} integer labels")
+        raise RobustscaleError(
+            f"{str(path)!r} holds {dtype} {tuple(shape)}; expected {n} integer labels"
+        )
     with open(path, "rb") as f:
         f.seek(offset)
         return np.fromfile(f, dtype=dtype, count=n).astype(np.int64)
@@ -192,8 +212,10 @@ def _shards(folder: Path) -> list[tuple[Path, Path]]:
         return [(folder / "image.npy", folder / "label.npy")]
     shards = sorted((m.group(1), p) for p in folder.iterdir() if (m := _SHARD.match(p.name)))
     if not shards:
-        raise RobustscaleError(f"{str(folder)!r} holds no image.npy (nor image-00000.npy shards); expected "
-                               "image.npy (uint8 N x H x W x C) and label.npy")
+        raise RobustscaleError(
+            f"{str(folder)!r} holds no image.npy (nor image-00000.npy shards); expected "
+            "image.npy (uint8 N x H x W x C) and label.npy"
+        )
     return [(p, folder / f"label-{k}.npy") for k, p in shards]
 
 
@@ -201,42 +223,57 @@ def _npz(path: Path) -> InMemorySource:
     try:
         with np.load(path, allow_pickle=False) as f:
             if "image" not in f or "label" not in f:
-                raise RobustscaleError(f"{str(path)!r} has arrays {sorted(f.files)}; expected 'image' and 'label'")
+                raise RobustscaleError(
+                    f"{str(path)!r} has arrays {sorted(f.files)}; expected 'image' and 'label'"
+                )
             images, labels = f["image"], f["label"]
     except (OSError, ValueError, EOFError) as exc:
         raise RobustscaleError(f"{str(path)!r} is not a readable .npz: {exc}") from None
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise RobustscaleError(f"{str(path)!r} has images {images.dtype} {tuple(images.shape)}; expected uint8 "
-                               "N x H x W x C")
+        raise RobustscaleError(
+            f"{str(path)!r} has images {images.dtype} {tuple(images.shape)}; expected uint8 "
+            "N x H x W x C"
+        )
     if images.ndim == 3:  # one channel stored without its axis
         images = images[..., None]
-    integral = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0))
+    integral = labels.dtype.kind in "iu" or (
+        labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)
+    )
     if labels.ndim != 1 or len(labels) != len(images) or not integral:
-        raise RobustscaleError(f"{str(path)!r} has labels {labels.dtype} {tuple(labels.shape)}; expected "
-                               f"{len(images)} integers")
+        raise RobustscaleError(
+            f"{str(path)!r} has labels {labels.dtype} {tuple(labels.shape)}; expected "
+            f"{len(images)} integers"
+        )
     return InMemorySource(images, labels, path)
 
 
 def open_source(path: str | Path) -> ImageSource:
-    """The image set at ``path``: an ``.npz`` (in memory), a folder or a folder of shards (mapped)."""
+    """The image set at ``path``: an ``.npz`` (in memory), a folder or a folder of shards (on disk)."""
     path = Path(path)
     if path.is_dir():
         return DiskSource(path, _shards(path))
     if path.suffix == ".npz" and path.is_file():
         return _npz(path)
-    raise RobustscaleError(f"{str(path)!r} is neither an .npz file nor a folder; expected an .npz with 'image' "
-                           "and 'label', or a folder holding image.npy and label.npy")
+    raise RobustscaleError(
+        f"{str(path)!r} is neither an .npz file nor a folder; expected an .npz with 'image' "
+        "and 'label', or a folder holding image.npy and label.npy"
+    )
 
 
-def check_source(source: ImageSource, what: str, shape: tuple[int, int, int], num_classes: int,
-                 dataset: str) -> None:
-    """Refuse a set whose images do not fit ``shape`` (C, H, W) or whose labels leave [0, num_classes)."""
+def check_source(
+    source: ImageSource, what: str, shape: tuple[int, int, int], num_classes: int, dataset: str
+) -> None:
+    """Refuse a set whose images do not fit ``shape`` (C, H, W) or labels leave [0, num_classes)."""
     c, h, w = shape
     if source.image_shape != (h, w, c):
-        raise RobustscaleError(f"{what} {str(source.path)!r} has images {source.image_shape}; expected uint8 "
-                               f"N x {h} x {w} x {c} for {dataset}")
+        raise RobustscaleError(
+            f"{what} {str(source.path)!r} has images {source.image_shape}; expected uint8 "
+            f"N x {h} x {w} x {c} for {dataset}"
+        )
     lab = source.labels
     if len(lab) and (lab.min() < 0 or lab.max() >= num_classes):
         bad = int(lab.min()) if lab.min() < 0 else int(lab.max())
-        raise RobustscaleError(f"{what} {str(source.path)!r} has label {bad}; expected labels in "
-                               f"[0, {num_classes}) for {dataset}")
+        raise RobustscaleError(
+            f"{what} {str(source.path)!r} has label {bad}; expected labels in "
+            f"[0, {num_classes}) for {dataset}"
+        )

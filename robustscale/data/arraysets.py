@@ -1,4 +1,4 @@
-"""``dataset: arrays``: any labelled uint8 image set in the memory-mapped layout as the training set.
+"""``dataset: arrays``: any labelled uint8 image set in the on-disk layout as the training set.
 
 ``data_dir`` holds ``train/`` and ``test/``, each an image set (``image.npy`` + ``label.npy``, or
 shards; see ``robustscale/data/arrays.py``). What a model needs to know of the images (number
@@ -28,8 +28,10 @@ INFO_FILE = "dataset.json"
 def _split_source(data_dir: Path, split: str) -> ImageSource:
     folder = data_dir / split
     if not folder.is_dir():
-        raise RobustscaleError(f"dataset='arrays': {str(folder)!r} is not a folder; expected data_dir to hold "
-                               "train/ and test/, each with image.npy and label.npy")
+        raise RobustscaleError(
+            f"dataset='arrays': {str(folder)!r} is not a folder; expected data_dir to hold "
+            "train/ and test/, each with image.npy and label.npy"
+        )
     return open_source(folder)
 
 
@@ -55,15 +57,23 @@ def arrays_info(data_dir: Path):
     path = data_dir / INFO_FILE
     stored = read_json(path) if path.is_file() else {}
     if not isinstance(stored, dict):
-        raise RobustscaleError(f"{str(path)!r} is not a JSON object; delete it to have it computed again")
+        raise RobustscaleError(
+            f"{str(path)!r} is not a JSON object; delete it to have it computed again"
+        )
     train = _split_source(data_dir, "train")
     h, w, c = train.image_shape
     if stored.get("train_size") != len(train) or "mean" not in stored or "std" not in stored:
         test = _split_source(data_dir, "test")
         top = max(int(train.labels.max(initial=-1)), int(test.labels.max(initial=-1)))
         mean, std = _stats(train)
-        stored = {"num_classes": stored.get("num_classes", top + 1), "shape": [c, h, w], "mean": mean,
-                  "std": std, "train_size": len(train), "test_size": len(test)}
+        stored = {
+            "num_classes": stored.get("num_classes", top + 1),
+            "shape": [c, h, w],
+            "mean": mean,
+            "std": std,
+            "train_size": len(train),
+            "test_size": len(test),
+        }
         try:
             atomic_write_json(path, stored)
         except RobustscaleError as exc:  # a read-only data folder: use the numbers, say so
@@ -72,12 +82,18 @@ def arrays_info(data_dir: Path):
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise RobustscaleError(f"{str(path)!r} has num_classes={k!r}; expected an integer >= 2")
     if len(stored["mean"]) != c or len(stored["std"]) != c:
-        raise RobustscaleError(f"{str(path)!r} has statistics for {len(stored['mean'])} channels; expected {c}")
-    return DatasetInfo("arrays", k, (c, h, w), tuple(stored["mean"]), tuple(stored["std"]), crop_flip=True)
+        raise RobustscaleError(
+            f"{str(path)!r} has statistics for {len(stored['mean'])} channels; expected {c}"
+        )
+    return DatasetInfo(
+        "arrays", k, (c, h, w), tuple(stored["mean"]), tuple(stored["std"]), crop_flip=True
+    )
 
 
 def open_split(data_dir: Path, split: str, info) -> ImageSource:
     """The ``train`` or ``test`` set of an ``arrays`` data_dir, checked against ``info``."""
     source = _split_source(data_dir, split)
-    check_source(source, f"dataset='arrays' {split}", info.shape, info.num_classes, "this arrays dataset")
+    check_source(
+        source, f"dataset='arrays' {split}", info.shape, info.num_classes, "this arrays dataset"
+    )
     return source

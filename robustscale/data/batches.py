@@ -73,14 +73,16 @@ class BatchPlan:
         return self.steps_per_epoch * self.batch_size
 
     def epoch_indices(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(real, synthetic) index tensors of shape (steps, per_batch) for ``epoch`` (this rank's share)."""
+        """(real, synthetic) index tensors of shape (steps, per_batch) for ``epoch`` (this rank's
+        share)."""
         g = seeded_generator(self.seed, epoch, 1)
         real = torch.randperm(self.n_real, generator=g)[: self.steps_per_epoch * self.real_per_batch]
         real = real.view(self.steps_per_epoch, self.real_per_batch)
         syn = None
         if self.syn_per_batch:
             need = self.steps_per_epoch * self.syn_per_batch
-            syn = self.synthetic_positions(epoch * need, need).view(self.steps_per_epoch, self.syn_per_batch)
+            syn = self.synthetic_positions(epoch * need, need)
+            syn = syn.view(self.steps_per_epoch, self.syn_per_batch)
         if self.world_size > 1:
             real = real[:, self.rank :: self.world_size]
             syn = syn[:, self.rank :: self.world_size] if syn is not None else None
@@ -103,7 +105,8 @@ class BatchPlan:
             if len(cache) >= 2:  # an epoch spans at most two cycles when N >= one epoch's draw
                 cache.pop(min(cache))
             dtype = torch.int32 if self.n_syn < 2**31 else torch.int64  # 4 bytes an image
-            cache[cycle] = torch.randperm(self.n_syn, generator=seeded_generator(self.seed, cycle, 3), dtype=dtype)
+            g = seeded_generator(self.seed, cycle, 3)
+            cache[cycle] = torch.randperm(self.n_syn, generator=g, dtype=dtype)
         return cache[cycle]
 
     def unique_synthetic_seen(self, steps_done: int) -> int:
@@ -155,7 +158,7 @@ class BatchStream:
         self.prefetch = prefetch
 
     def epoch(self, epoch: int, start_step: int = 0):
-        """Batches ``start_step..`` of ``epoch``: the same tensors whether or not the run was resumed."""
+        """Batches ``start_step..`` of ``epoch``: the same tensors, resumed or not."""
         real_idx, syn_idx = self.plan.epoch_indices(epoch)
         parts = []
         if self.real_source is not None:
@@ -177,7 +180,8 @@ class BatchStream:
                     ys.append(sy)
                 xb, yb = (torch.cat(xs), torch.cat(ys)) if len(xs) > 1 else (xs[0], ys[0])
                 if self.augment:
-                    g = seeded_generator(self.plan.seed, epoch, step, 2 + self.plan.rank, device=self.device)
+                    g = seeded_generator(self.plan.seed, epoch, step, 2 + self.plan.rank,
+                                         device=self.device)
                     xb = random_crop_flip(xb, 4, g)
                 yield step, xb, yb
         finally:

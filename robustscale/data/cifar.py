@@ -26,16 +26,22 @@ __all__ = ["DataUnpickler", "RELEASES", "load_cifar_batch", "read_cifar"]
 # constants torchvision's CIFAR10/CIFAR100 carry (not imported: torchvision takes seconds to load).
 RELEASES: dict[str, dict[str, Any]] = {
     "cifar10": {
-        "folder": "cifar-10-batches-py", "torchvision": "CIFAR10", "label_key": "labels",
-        "train": [("data_batch_1", "c99cafc152244af753f735de768cd75f"),
-                  ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
-                  ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
-                  ("data_batch_4", "634d18415352ddfa80567beed471001a"),
-                  ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb")],
+        "folder": "cifar-10-batches-py",
+        "torchvision": "CIFAR10",
+        "label_key": "labels",
+        "train": [
+            ("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+            ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+            ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+            ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+            ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+        ],
         "test": [("test_batch", "40351d587109b95175f43aff81a1287e")],
     },
     "cifar100": {
-        "folder": "cifar-100-python", "torchvision": "CIFAR100", "label_key": "fine_labels",
+        "folder": "cifar-100-python",
+        "torchvision": "CIFAR100",
+        "label_key": "fine_labels",
         "train": [("train", "16019d7e3df5f24257cddd939b257f8d")],
         "test": [("test", "f0ef6b0ae62326f3e7ffdfab6717acfc")],
     },
@@ -43,8 +49,10 @@ RELEASES: dict[str, dict[str, Any]] = {
 
 # the numpy pieces a pickled ndarray is rebuilt from (numpy 1 and numpy 2 module names)
 _ARRAY_REBUILDERS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
 }
 _ALLOWED_DTYPES = {np.dtype(np.uint8), np.dtype(np.int8)}  # int8: the placeholder _reconstruct uses
 
@@ -62,6 +70,7 @@ def _checked_rebuild(fn: Any) -> Any:
         if isinstance(cls, type) and cls is not np.ndarray:
             raise pickle.UnpicklingError(f"an array of class {cls.__name__}")
         return fn(*args)
+
     return rebuild
 
 
@@ -75,7 +84,10 @@ class DataUnpickler(pickle.Unpickler):
             return np.ndarray
         if (module, name) == ("numpy", "dtype"):
             return _checked_dtype
-        if (module, name) == ("_codecs", "encode"):  # how protocol-2 pickles from Python 3 hold bytes
+        if (module, name) == (
+            "_codecs",
+            "encode",
+        ):  # how protocol-2 pickles from Python 3 hold bytes
             import codecs
 
             return lambda text, encoding="utf-8": codecs.encode(str(text), str(encoding))
@@ -86,7 +98,9 @@ def _plain(obj: Any, depth: int = 0) -> None:
     """Refuse anything but dicts of str keys, lists, str/bytes, ints and uint8 arrays."""
     if isinstance(obj, np.ndarray):
         if obj.dtype != np.uint8:
-            raise pickle.UnpicklingError(f"an array of dtype {obj.dtype} (only uint8 images are allowed)")
+            raise pickle.UnpicklingError(
+                f"an array of dtype {obj.dtype} (only uint8 images are allowed)"
+            )
     elif isinstance(obj, dict) and depth < 4:
         for k, v in obj.items():
             _plain(k, depth + 1)
@@ -99,7 +113,7 @@ def _plain(obj: Any, depth: int = 0) -> None:
 
 
 def load_cifar_batch(path: Path, official_md5: str | None) -> dict[str, Any]:
-    """One CIFAR python batch as a dict; a file that is not plain data is one RobustscaleError line."""
+    """One CIFAR python batch as a dict; a file that is not plain data is one error line."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -114,16 +128,21 @@ def load_cifar_batch(path: Path, official_md5: str | None) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any parse failure of a foreign file is the user's file
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RobustscaleError(
-            f"CIFAR file {str(path)!r} is not a CIFAR python batch ({msg}); expected a pickled dict "
+            f"CIFAR file {str(path)!r} is not a CIFAR python batch ({msg}); expected a pickled "
+            "dict "
             "of 'data' (uint8 N x 3072) and labels"
         ) from None
     if not isinstance(entry, dict):
-        raise RobustscaleError(f"CIFAR file {str(path)!r} holds a {type(entry).__name__}; expected a dict "
-                               "of 'data' (uint8 N x 3072) and labels")
+        raise RobustscaleError(
+            f"CIFAR file {str(path)!r} holds a {type(entry).__name__}; expected a dict "
+            "of 'data' (uint8 N x 3072) and labels"
+        )
     return entry
 
 
-def read_cifar(folder: Path, files: list[tuple[str, str]], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar(
+    folder: Path, files: list[tuple[str, str]], label_key: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8 N x 3 x 32 x 32) and labels (int64) of the batches ``files`` in ``folder``."""
     images, labels = [], []
     for name, md5 in files:
@@ -131,11 +150,24 @@ def read_cifar(folder: Path, files: list[tuple[str, str]], label_key: str) -> tu
         entry = load_cifar_batch(path, md5)
         data = entry.get("data")
         lab = entry.get(label_key, entry.get("labels"))
-        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise RobustscaleError(f"CIFAR file {str(path)!r} has no 'data' of uint8 N x 3072; expected the "
-                                   "python version of CIFAR")
-        if not isinstance(lab, list) or len(lab) != len(data) or not all(isinstance(v, int) for v in lab):
-            raise RobustscaleError(f"CIFAR file {str(path)!r} has no {label_key!r} list of {len(data)} ints")
+        if (
+            not isinstance(data, np.ndarray)
+            or data.dtype != np.uint8
+            or data.ndim != 2
+            or data.shape[1] != 3072
+        ):
+            raise RobustscaleError(
+                f"CIFAR file {str(path)!r} has no 'data' of uint8 N x 3072; expected the "
+                "python version of CIFAR"
+            )
+        if (
+            not isinstance(lab, list)
+            or len(lab) != len(data)
+            or not all(isinstance(v, int) for v in lab)
+        ):
+            raise RobustscaleError(
+                f"CIFAR file {str(path)!r} has no {label_key!r} list of {len(data)} ints"
+            )
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(np.asarray(lab, dtype=np.int64))
     return np.concatenate(images), np.concatenate(labels)

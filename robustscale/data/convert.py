@@ -31,23 +31,31 @@ def _npz_images(path: Path) -> Iterator[tuple[tuple[int, ...], Iterator[np.ndarr
     try:
         zf = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
-        raise RobustscaleError(f"{str(path)!r} is not a readable .npz ({exc}); expected an .npz with 'image' "
-                               "and 'label'") from None
+        raise RobustscaleError(
+            f"{str(path)!r} is not a readable .npz ({exc}); expected an .npz with 'image' "
+            "and 'label'"
+        ) from None
     with zf:
         names = set(zf.namelist())
         if "image.npy" not in names or "label.npy" not in names:
-            raise RobustscaleError(f"{str(path)!r} has arrays {sorted(n[:-4] for n in names)}; expected 'image' "
-                                   "and 'label'")
+            raise RobustscaleError(
+                f"{str(path)!r} has arrays {sorted(n[:-4] for n in names)}; expected 'image' "
+                "and 'label'"
+            )
         with np.load(path, allow_pickle=False) as f:
             try:
                 labels = f["label"]
             except (ValueError, OSError, zipfile.BadZipFile) as exc:
-                raise RobustscaleError(f"{str(path)!r}: its 'label' array is unreadable ({exc})") from None
+                raise RobustscaleError(
+                    f"{str(path)!r}: its 'label' array is unreadable ({exc})"
+                ) from None
         with zf.open("image.npy") as stream:
             shape, fortran, dtype = _npy_header(stream, path)
             if dtype != np.uint8 or fortran or len(shape) not in (3, 4):
-                raise RobustscaleError(f"{str(path)!r} has images {dtype} {tuple(shape)}; expected uint8 "
-                                       "N x H x W x C (C order)")
+                raise RobustscaleError(
+                    f"{str(path)!r} has images {dtype} {tuple(shape)}; expected uint8 "
+                    "N x H x W x C (C order)"
+                )
             shape = tuple(shape) if len(shape) == 4 else (*shape, 1)
             row = int(np.prod(shape[1:]))
 
@@ -57,10 +65,14 @@ def _npz_images(path: Path) -> Iterator[tuple[tuple[int, ...], Iterator[np.ndarr
                     try:
                         raw = stream.read(k * row)
                     except (OSError, zipfile.BadZipFile, EOFError) as exc:
-                        raise RobustscaleError(f"{str(path)!r}: its images are unreadable ({exc})") from None
+                        raise RobustscaleError(
+                            f"{str(path)!r}: its images are unreadable ({exc})"
+                        ) from None
                     if len(raw) != k * row:
-                        raise RobustscaleError(f"{str(path)!r} is truncated: image {lo + len(raw) // row} of "
-                                               f"{shape[0]} ends early")
+                        raise RobustscaleError(
+                            f"{str(path)!r} is truncated: image {lo + len(raw) // row} of "
+                            f"{shape[0]} ends early"
+                        )
                     yield np.frombuffer(raw, np.uint8).reshape(k, *shape[1:])
 
             yield shape, chunks(), labels
@@ -77,24 +89,36 @@ def _images(path: Path) -> Iterator[tuple[tuple[int, ...], Iterator[np.ndarray],
 
 
 def _check_labels(labels: np.ndarray, n: int, path: Path) -> np.ndarray:
-    integral = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0))
+    integral = labels.dtype.kind in "iu" or (
+        labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)
+    )
     if labels.ndim != 1 or len(labels) != n or not integral or (len(labels) and labels.min() < 0):
-        raise RobustscaleError(f"{str(path)!r} has labels {labels.dtype} {tuple(labels.shape)}; expected {n} "
-                               "integers >= 0")
+        raise RobustscaleError(
+            f"{str(path)!r} has labels {labels.dtype} {tuple(labels.shape)}; expected {n} "
+            "integers >= 0"
+        )
     return labels.astype(np.int64)
 
 
 def _write_header(f, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": shape,
+    }
     np.lib.format.write_array_header_1_0(f, header)
 
 
-def convert(src: str | Path, dst: str | Path, *, shard_size: int | None = None, progress: bool = True) -> Path:
-    """Write the image set at ``src`` (``.npz``, folder or shards) as ``dst/image.npy`` + ``label.npy``,
+def convert(
+    src: str | Path, dst: str | Path, *, shard_size: int | None = None, progress: bool = True
+) -> Path:
+    """Write the image set at ``src`` (.npz, folder, shards) as ``dst/image.npy`` + ``label.npy``,
     or as shards of ``shard_size`` images; returns ``dst``."""
     src, dst = Path(src), Path(dst)
     if dst.exists():
-        raise RobustscaleError(f"{str(dst)!r} already exists; expected a new folder to write the set into")
+        raise RobustscaleError(
+            f"{str(dst)!r} already exists; expected a new folder to write the set into"
+        )
     if shard_size is not None and shard_size < 1:
         raise RobustscaleError(f"--shard-size={shard_size}; allowed: an integer >= 1")
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
@@ -113,12 +137,21 @@ def convert(src: str | Path, dst: str | Path, *, shard_size: int | None = None, 
     return dst
 
 
-def _write_set(folder: Path, shape: tuple[int, ...], chunks: Iterator[np.ndarray], labels: np.ndarray,
-               shard_size: int, progress: bool, src: Path) -> None:
+def _write_set(
+    folder: Path,
+    shape: tuple[int, ...],
+    chunks: Iterator[np.ndarray],
+    labels: np.ndarray,
+    shard_size: int,
+    progress: bool,
+    src: Path,
+) -> None:
     from tqdm import tqdm
 
     n, single = shape[0], shard_size >= shape[0]
-    bar = tqdm(total=n, unit="img", unit_scale=True, desc=f"convert {src.name}", disable=not progress)
+    bar = tqdm(
+        total=n, unit="img", unit_scale=True, desc=f"convert {src.name}", disable=not progress
+    )
     files, f, left, shard = [], None, 0, 0
     try:
         for block in chunks:
@@ -139,7 +172,7 @@ def _write_set(folder: Path, shape: tuple[int, ...], chunks: Iterator[np.ndarray
             files.append(f)
         for k, lo in enumerate(range(0, max(n, 1), shard_size)):
             name = "label.npy" if single else f"label-{k:05d}.npy"
-            np.save(folder / name, labels[lo:lo + shard_size])
+            np.save(folder / name, labels[lo : lo + shard_size])
         if n == 0:  # an empty set is still a set (np.save writes its header)
             np.save(folder / "image.npy", np.zeros(shape, np.uint8))
         for fh in files:
@@ -156,9 +189,19 @@ def describe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     with _images(path) as (shape, _, labels):
         labels = _check_labels(labels, shape[0], path)
-    size = (sum(p.stat().st_size for p in path.iterdir() if p.suffix == ".npy") if path.is_dir()
-            else path.stat().st_size)
+    size = (
+        sum(p.stat().st_size for p in path.iterdir() if p.suffix == ".npy")
+        if path.is_dir()
+        else path.stat().st_size
+    )
     hist = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
-    return {"path": str(path), "n": int(shape[0]), "image_shape": list(shape[1:]), "dtype": "uint8",
-            "labels": {int(k): int(v) for k, v in enumerate(hist) if v}, "image_bytes": int(np.prod(shape)),
-            "bytes_on_disk": int(size), "layout": "npz (in memory)" if path.is_file() else "memory-mapped"}
+    return {
+        "path": str(path),
+        "n": int(shape[0]),
+        "image_shape": list(shape[1:]),
+        "dtype": "uint8",
+        "labels": {int(k): int(v) for k, v in enumerate(hist) if v},
+        "image_bytes": int(np.prod(shape)),
+        "bytes_on_disk": int(size),
+        "layout": "npz (in memory)" if path.is_file() else "memory-mapped",
+    }

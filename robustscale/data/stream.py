@@ -28,7 +28,9 @@ _END = object()
 class Prefetcher:
     """Batches of rows ``idx[s]`` of each (source, idx) part, gathered ahead in a worker thread."""
 
-    def __init__(self, parts: list[tuple[ImageSource, torch.Tensor]], device: torch.device, depth: int = 4):
+    def __init__(
+        self, parts: list[tuple[ImageSource, torch.Tensor]], device: torch.device, depth: int = 4
+    ):
         self.parts = [(src, idx.cpu().numpy().astype(np.int64, copy=False)) for src, idx in parts]
         self.device = device
         self.pin = device.type == "cuda"

@@ -53,9 +53,10 @@ class RunData:
     synthetic_size: int
 
 
-def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0, world_size: int = 1) -> RunData:
+def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0,
+                 world_size: int = 1) -> RunData:
     info = dataset_info(recipe.dataset, recipe.data_dir)
-    if recipe.dataset == "arrays":  # streamed from its memory map like extra data, never loaded whole
+    if recipe.dataset == "arrays":  # streamed from disk like extra data, never loaded whole
         train_set, val = _arrays_train(recipe, info)
         n_real = len(train_set)
     else:
@@ -69,8 +70,9 @@ def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0, world_size
         train_set, n_real = (x, y), len(x)
     syn = load_synthetic(recipe.synthetic_data, info) if recipe.synthetic_data else None
     if syn is not None and len(syn) == 0:
-        raise RobustscaleError(f"synthetic_data={recipe.synthetic_data!r} holds no images; expected at least one "
-                               f"with synthetic_fraction={recipe.synthetic_fraction}")
+        raise RobustscaleError(
+            f"synthetic_data={recipe.synthetic_data!r} holds no images; expected at least one "
+            f"with synthetic_fraction={recipe.synthetic_fraction}")
     plan = BatchPlan(n_real, len(syn) if syn else 0, recipe.batch_size, recipe.synthetic_fraction,
                      recipe.seed, rank, world_size)
     stream = BatchStream(plan, train_set, syn, recipe.augment and info.crop_flip, device)
@@ -87,7 +89,7 @@ def _test_head(recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _arrays_train(recipe: Recipe, info: DatasetInfo):
-    """An ``arrays`` training set as a source to stream, and its validation examples (held in memory)."""
+    """An ``arrays`` training set as a source to stream, and its validation examples (in memory)."""
     from robustscale.data.arrays import SubsetSource
     from robustscale.data.arraysets import open_split
 
@@ -98,7 +100,8 @@ def _arrays_train(recipe: Recipe, info: DatasetInfo):
         return source, _test_head(recipe)
     # the same seeded holdout as split_holdout, on indices: the held-out images alone are read
     idx = torch.arange(len(source)).view(-1, 1, 1, 1)
-    (rest, _), (held, _) = split_holdout(idx, torch.zeros(len(source)), recipe.val_size, HOLDOUT_SEED)
+    (rest, _), (held, _) = split_holdout(idx, torch.zeros(len(source)), recipe.val_size,
+                                         HOLDOUT_SEED)
     held = held.flatten().numpy()
     vx = torch.from_numpy(source.gather(held).transpose(0, 3, 1, 2).copy())
     return SubsetSource(source, rest.flatten().numpy()), (vx, torch.from_numpy(source.labels[held]))
