@@ -146,10 +146,11 @@ def main() -> None:
         _write_set(root / "3k", 3000)
         small = root / "300k"
         small.mkdir()
-        for f in sorted((root / "all").iterdir())[
-            : 2 * 3
-        ]:  # the first three shards' image + label files
-            os.link(f, small / f.name)
+        for k in range(3):  # the first three shards of the big set
+            for kind in ("image", "label"):
+                name = f"{kind}-{k:05d}.npy"
+                if (root / "all" / name).exists():
+                    os.link(root / "all" / name, small / name)
         runs = [
             ("disk", root / "3k", False),
             ("disk", small, False),
@@ -183,8 +184,10 @@ def main() -> None:
                 str(args.prefetch),
             ] + (["--cold"] if cold else [])
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or os.cpu_count())}
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if done.returncode:
+                raise SystemExit(f"{mode} {folder} failed:\n{done.stderr}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
         if args.out:
             Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
