@@ -395,3 +395,21 @@ def test_arrays_dataset_trains_from_its_folders_with_stats_computed_once(tmp_pat
     np.save(data / "test" / "image.npy", _images(100, (8, 8, 3))[0])
     with pytest.raises(RobustscaleError, match=r"test' .*expected uint8 N x 16 x 16 x 3"):
         run_examples(run, n=10)
+
+
+def test_processes_of_a_ddp_run_stream_disjoint_halves_of_each_batch(tmp_path):
+    images, labels = _images(400)
+    source = open_source(_folder(tmp_path / "syn", images, labels))
+    real = (torch.zeros(200, 1, 8, 8), torch.zeros(200, dtype=torch.int64))
+    whole = BatchPlan(200, 400, 40, 0.5, seed=1)
+    halves = [BatchPlan(200, 400, 40, 0.5, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    streams = [BatchStream(p, real, source, augment=False, device=CPU) for p in halves]
+    one = BatchStream(whole, real, source, augment=False, device=CPU)
+    for (_, x, y), (_, x0, y0), (_, x1, y1) in zip(
+        one.epoch(1), streams[0].epoch(1), streams[1].epoch(1)
+    ):
+        assert len(y0) == len(y1) == 20
+        rows = lambda t: sorted(
+            map(bytes, (t[len(t) // 2 :] * 255).to(torch.uint8).flatten(1).numpy())
+        )
+        assert rows(x) == sorted(rows(x0) + rows(x1))  # the extra halves make up the whole
