@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from robustscale.commands import values
 from typing import Any, NoReturn
 
 
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default="standard", help="AutoAttack version: standard, rand or plus (default standard)")
     p.add_argument("--n", type=int, default=None, help="first N test examples (default: the whole test split)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per attack batch (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of PGD's random start and of AutoAttack (default 0)")
+    p.add_argument("--seed", type=values.seed(), default=0, help="seed of PGD's random start and of AutoAttack (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--model", default=None, help="model name, when RUN_DIR|CHECKPOINT is a checkpoint file")
     p.add_argument("--dataset", default="cifar10", help="dataset of a checkpoint file (default cifar10)")
@@ -70,7 +72,7 @@ def run_eval(args: argparse.Namespace) -> int:
         result = evaluate_run(target, checkpoint=args.checkpoint, eps=args.eps, **common)
         where = target / "eval"
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_json(), indent=2))
     else:
         print(format_table(result))
         from robustscale.evaluate import result_filename

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from robustscale.errors import RobustscaleError
+from robustscale.runs import RunDir, SweepFolder
 from robustscale.sweep.ledger import Claim, Heartbeat, Ledger
 from robustscale.sweep.spec import Sweep
 
@@ -54,26 +55,6 @@ class LaunchOptions:
     sync_bn: bool = False
 
 
-@dataclass(frozen=True)
-class SweepFolder:
-    """``<out>/ledger.sqlite``, ``recipes/<run_id>.yaml``, ``runs/<run_id>/`` and ``logs/<run_id>.log``."""
-
-    root: Path
-
-    @property
-    def ledger(self) -> Path:
-        return self.root / "ledger.sqlite"
-
-    def recipe(self, run_id: str) -> Path:
-        return self.root / "recipes" / f"{run_id}.yaml"
-
-    def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
-
-    def log(self, run_id: str) -> Path:
-        return self.root / "logs" / f"{run_id}.log"
-
-
 def prepare(sweep: Sweep, out: str | Path, *, wal: bool = True) -> tuple[SweepFolder, Ledger]:
     """Create the sweep folder, write each run's recipe and record the runs in the ledger
     (runs already there keep their state). Safe to call from several launchers at once."""
@@ -81,7 +62,12 @@ def prepare(sweep: Sweep, out: str | Path, *, wal: bool = True) -> tuple[SweepFo
 
     folder = SweepFolder(Path(out))
     for sub in ("recipes", "runs", "logs"):
-        (folder.root / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            (folder.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only or full disk, or a file where the folder should be
+            from robustscale.files import fs_error
+
+            raise fs_error(folder.root / sub, exc) from None
     for run in sweep.runs:
         path = folder.recipe(run.run_id)
         if not path.exists():
@@ -282,12 +268,11 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _run_done(run_dir: Path) -> bool:
-    from robustscale.runs import read_status
-
     try:
-        return (read_status(run_dir) or {}).get("state") == "done"
-    except Exception:  # noqa: BLE001 - an unreadable status is not done
+        status = RunDir(run_dir).read_status()
+    except RobustscaleError:  # an unreadable status is not done
         return False
+    return status is not None and status.state == "done"
 
 
 def launch_local(sweep: Sweep, out: str | Path, options: LaunchOptions | None = None) -> dict[str, int]:

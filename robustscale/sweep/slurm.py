@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from robustscale.errors import RobustscaleError
+from robustscale.runs import SweepFolder
 from robustscale.sweep.launch import prepare
 from robustscale.sweep.ledger import Claim, Heartbeat, Ledger
 from robustscale.sweep.spec import Sweep
@@ -106,7 +107,7 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             if self.sync_bn:
                 os.environ["ROBUSTSCALE_SYNC_BN"] = "1"
-        ledger = Ledger(Path(self.folder) / "ledger.sqlite", wal=False)
+        ledger = Ledger(SweepFolder(Path(self.folder)).ledger, wal=False)
         if env.global_rank != 0:
             return self._follow(ledger, env.job_id)
         return self._lead(ledger, env.job_id)
@@ -130,12 +131,12 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
         from robustscale.recipe import Recipe
         from robustscale.train import train
 
-        folder = Path(self.folder)
+        folder = SweepFolder(Path(self.folder))
         beat = Heartbeat(ledger, self.heartbeat)
         beat.add(claim)
         try:
-            recipe = Recipe.from_yaml(folder / "recipes" / f"{self.run_id}.yaml")
-            train(recipe, folder / "runs" / self.run_id, progress=False, final_eval=self.final_eval)
+            recipe = Recipe.from_yaml(folder.recipe(self.run_id))
+            train(recipe, folder.run_dir(self.run_id), progress=False, final_eval=self.final_eval)
         except Exception as exc:  # noqa: BLE001 - record it; SystemExit (requeue) passes through
             error = str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}"
             ledger.finish(claim, ok=False, error=error.splitlines()[0] if error else type(exc).__name__)
@@ -155,8 +156,9 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
         while time.time() < deadline:
             row = (ledger.rows([self.run_id]) or [{}])[0]
             if row.get("state") == "running" and row.get("job_id") == job_id:
-                recipe = Recipe.from_yaml(Path(self.folder) / "recipes" / f"{self.run_id}.yaml")
-                train(recipe, Path(self.folder) / "runs" / self.run_id, progress=False)
+                folder = SweepFolder(Path(self.folder))
+                recipe = Recipe.from_yaml(folder.recipe(self.run_id))
+                train(recipe, folder.run_dir(self.run_id), progress=False)
                 return "done"
             if row.get("state") == "done" or (row.get("state") == "running" and row.get("job_id") != job_id
                                               and time.time() - (row.get("heartbeat") or 0) < self.lease_timeout):
@@ -169,7 +171,7 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
         the requeued job resumes the run from its last.pt."""
         if self._claim is not None:
             try:
-                Ledger(Path(self.folder) / "ledger.sqlite", wal=False).release(self._claim, "requeued")
+                Ledger(SweepFolder(Path(self.folder)).ledger, wal=False).release(self._claim, "requeued")
             except Exception as exc:  # noqa: BLE001 - a stale lease is taken over anyway
                 log.warning("could not give %s back before the requeue: %s", self.run_id, exc)
         return super().checkpoint(*args, **kwargs)
@@ -246,7 +248,7 @@ def launch_slurm(sweep: Sweep, out: str | Path, options: SlurmOptions | None = N
     if not todo:
         return []
     try:
-        executor = submitit.AutoExecutor(folder=folder.root / "slurm" / "%j", cluster=cluster,
+        executor = submitit.AutoExecutor(folder=folder.slurm / "%j", cluster=cluster,
                                          slurm_max_num_timeout=o.max_timeouts, local_max_num_timeout=o.max_timeouts)
     except RuntimeError as exc:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
         raise RobustscaleError(f"cannot submit to Slurm here ({exc}); allowed: run on a Slurm login node, "

@@ -113,10 +113,10 @@ def expand(spec: Any, *, base_dir: Path = Path("."), name: str = "sweep", overri
 def _validate(data: dict[str, Any], check_files: bool, placeholder: Path) -> tuple[Recipe, list[str]]:
     syn = data.get("synthetic_data")
     if check_files or not isinstance(syn, str) or Path(syn).is_file() or Path(syn).suffix != ".npz":
-        return Recipe.from_dict(data), []
+        return Recipe.from_dict(data, site_defaults=True), []
     # Every check runs, the file-existence one against an empty placeholder; the recipe then
     # carries the real path (built from validated values, so nothing else is skipped).
-    checked = Recipe.from_dict({**data, "synthetic_data": str(placeholder)})
+    checked = Recipe.from_dict({**data, "synthetic_data": str(placeholder)}, site_defaults=True)
     return Recipe.model_construct(**{**checked.model_dump(), "synthetic_data": syn}), [syn]
 
 

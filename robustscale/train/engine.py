@@ -22,16 +22,15 @@ import torch
 from robustscale.attacks.pgd import frozen_bn_stats, pgd_accuracy
 from robustscale.data.batches import seeded_generator
 from robustscale.errors import RobustscaleError, first_line
-from robustscale.files import append_csv_row, atomic_write_json, read_csv_rows, rewrite_csv
 from robustscale.losses import clean_monitor_steps, compute_loss, samples_clean_accuracy
 from robustscale.recipe import Recipe
-from robustscale.runs import RunDir, read_status
+from robustscale.runs import METRIC_COLUMNS, CostRecord, MetricsRow, RunDir, RunFileError
 from robustscale.train import checkpoint as ckpt
-from robustscale.train.records import METRIC_COLUMNS, check_run_dir, create_run_dir, write_status
+from robustscale.train.records import check_run_dir, create_run_dir, remove_debris, write_status
 from robustscale.train import distributed
 from robustscale.train.setup import (
     Forward, check_precision, make_ema, make_optimizer, make_scheduler, prepare_data, resolve_device,
-    seed_everything,
+    seed_everything, enable_grad_checkpointing,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +69,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
     clean = started = False
 
     def failed(exc: BaseException) -> None:  # record why, keep the last good checkpoint
+        if isinstance(exc, RunFileError):  # a damaged file: reported, and no other file changed
+            return
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
             str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}")
         if started and dist.is_main and run.recipe.exists():
@@ -79,9 +80,12 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
         done = check_run_dir(run, recipe) if dist.is_main else False
         distributed.barrier(dist)
         if not dist.is_main:
-            done = (read_status(run.path) or {}).get("state") == "done"
+            status = run.read_status()
+            done = status is not None and status.state == "done"
         started = True
         if done:
+            if dist.is_main:
+                remove_debris(run)
             clean = True
         else:
             # Data, model and FLOPs are set up before anything is written, so a bad value
@@ -129,6 +133,8 @@ class _Engine:
         info = self.data.info
         model = build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
                             recipe.activation, recipe.drop_rate, img_size=info.shape[1:]).to(self.device)
+        if recipe.grad_checkpointing:
+            enable_grad_checkpointing(model, recipe.model)
         if recipe.channels_last:
             model = model.to(memory_format=torch.channels_last)
         plain = model  # FLOPs are counted on a meta copy of this one (SyncBatchNorm needs a GPU)
@@ -179,7 +185,7 @@ class _Engine:
         state, path = ckpt.load_resume_checkpoint(self.run.checkpoints)
         if state is None:  # a fresh start: rows left by an attempt killed before its first checkpoint go
             if self.main and self.run.metrics.exists():
-                rewrite_csv(self.run.metrics, METRIC_COLUMNS, [])
+                self.run.rewrite_metrics([])
             return
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
@@ -194,9 +200,18 @@ class _Engine:
         ckpt.set_rng_state(state["rng"])
         # metrics rows written after this checkpoint are replayed by the resumed run
         if self.main:
-            rows = [row for row in read_csv_rows(self.run.metrics) if int(row["epoch"]) <= self.p.epoch]
-            rewrite_csv(self.run.metrics, METRIC_COLUMNS, rows)
+            self.run.rewrite_metrics(self._kept_metrics())
         log.info("resuming %s from %s at epoch %d step %d", self.run.path, path.name, self.p.epoch + 1, self.p.step)
+
+    def _kept_metrics(self) -> list[MetricsRow]:
+        """The metrics rows up to the resumed checkpoint (later ones are replayed); rows that
+        do not reach the checkpoint's epoch mean a damaged metrics.csv: one line, nothing changed."""
+        rows = [row for row in self.run.read_metrics() if row.epoch <= self.p.epoch]
+        epochs = [row.epoch for row in rows]
+        if epochs != list(range(1, self.p.epoch + 1)):
+            raise RunFileError(self.run.metrics, f"holds rows for epochs {_span(epochs)} but the "
+                               f"checkpoint has completed {self.p.epoch}")
+        return rows
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -332,20 +347,20 @@ class _Engine:
         # FLOPs outside the training objective: validation, and PGD-AT's sampled clean forwards
         val_flops = self.flops.val * val_n + self.flops.forward * clean_monitor_steps(
             r.loss, plan.steps_per_epoch) * plan.batch_size
-        row = {
-            "epoch": epoch + 1,
-            "lr": self.opt.param_groups[0]["lr"],
-            "train_loss": p.acc["loss"] / n,
-            "train_clean_acc": 100.0 * p.acc["clean"] / p.acc["n_clean"] if p.acc["n_clean"] else None,
-            "train_robust_acc": 100.0 * p.acc["adv"] / n if r.adversarial else None,
-            "val_clean_acc": val_clean,
-            "val_pgd40_acc": val_pgd,
-            "epoch_flops": self.flops.train * examples,
-            "val_flops": val_flops,
-            "epoch_energy_kwh": self._kwh(joules) if self._metered else None,
-            "seconds": seconds,
-            "examples": examples,
-        }
+        row = MetricsRow(
+            epoch=epoch + 1,
+            lr=self.opt.param_groups[0]["lr"],
+            train_loss=p.acc["loss"] / n,
+            train_clean_acc=100.0 * p.acc["clean"] / p.acc["n_clean"] if p.acc["n_clean"] else None,
+            train_robust_acc=100.0 * p.acc["adv"] / n if r.adversarial else None,
+            val_clean_acc=val_clean,
+            val_pgd40_acc=val_pgd,
+            epoch_flops=self.flops.train * examples,
+            val_flops=val_flops,
+            epoch_energy_kwh=self._kwh(joules) if self._metered else None,
+            seconds=seconds,
+            examples=examples,
+        )
         c = p.cost
         c["train_flops"] += self.flops.train * examples
         c["train_flops_paper"] += self.flops.train_paper * examples
@@ -366,13 +381,13 @@ class _Engine:
                 "model": eval_net.state_dict(), "epoch": epoch + 1, "val_clean_acc": val_clean,
                 "val_pgd40_acc": val_pgd, "recipe": r.to_dict()})
         if self.main:
-            append_csv_row(self.run.metrics, METRIC_COLUMNS, row)
+            self.run.append_metrics(row)
             self._save_last()
             self._write_cost()
             write_status(self.run, r, "running", p)
         log.info("epoch %d/%d  loss %.4f  train clean %s%s  |  val clean %s  pgd%d %s  |  %.1fs",
-                 epoch + 1, r.epochs, row["train_loss"], _fmt(row["train_clean_acc"]),
-                 f" robust {row['train_robust_acc']:.1f}" if row["train_robust_acc"] is not None else "",
+                 epoch + 1, r.epochs, row.train_loss, _fmt(row.train_clean_acc),
+                 f" robust {row.train_robust_acc:.1f}" if row.train_robust_acc is not None else "",
                  _fmt(val_clean), r.val_attack_steps, _fmt(val_pgd), seconds)
 
     def _validate(self) -> tuple[float | None, float | None]:
@@ -395,30 +410,38 @@ class _Engine:
 
         c, r = self.p.cost, self.r
         money = bill(c["energy_joules"], pue=r.pue, usd_per_kwh=r.usd_per_kwh, gco2_per_kwh=r.gco2_per_kwh)
-        atomic_write_json(self.run.cost, {
-            "params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-            "forward_flops": self.flops.forward,
-            "train_flops_per_example": self.flops.train,
-            "train_flops_paper_per_example": self.flops.train_paper,
-            "val_flops_per_example": self.flops.val,
-            "train_flops": c["train_flops"],
-            "train_flops_paper": c["train_flops_paper"],
-            "val_flops": c["val_flops"],
-            "examples_seen": c["examples_seen"],
-            "synthetic_size": self.data.synthetic_size,
-            "unique_synthetic_seen": self.data.plan.unique_synthetic_seen(
+        self.run.write_cost(CostRecord(
+            params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            forward_flops=self.flops.forward,
+            train_flops_per_example=self.flops.train,
+            train_flops_paper_per_example=self.flops.train_paper,
+            val_flops_per_example=self.flops.val,
+            train_flops=c["train_flops"],
+            train_flops_paper=c["train_flops_paper"],
+            val_flops=c["val_flops"],
+            examples_seen=c["examples_seen"],
+            synthetic_size=self.data.synthetic_size,
+            unique_synthetic_seen=self.data.plan.unique_synthetic_seen(
                 self.p.epoch * self.data.plan.steps_per_epoch + self.p.step),
-            "device_seconds": c["device_seconds"],
-            "device_hours": c["device_seconds"] / 3600.0,
-            **money,
-            "energy_measured": self.meter.measured,
-            "energy_source": self.meter.source,
-            "pue": r.pue,
-            "usd_per_kwh": r.usd_per_kwh,
-            "gco2_per_kwh": r.gco2_per_kwh,
-            "devices": self.meter.device_names,
-            "num_devices": self._num_devices,
-        })
+            device_seconds=c["device_seconds"],
+            device_hours=c["device_seconds"] / 3600.0,
+            energy_kwh=money["energy_kwh"],
+            electricity_cost_usd=money["electricity_cost_usd"],
+            co2_kg=money["co2_kg"],
+            energy_measured=self.meter.measured,
+            energy_source=self.meter.source,
+            pue=r.pue,
+            usd_per_kwh=r.usd_per_kwh,
+            gco2_per_kwh=r.gco2_per_kwh,
+            devices=list(self.meter.device_names),
+            num_devices=self._num_devices,
+        ))
+
+
+def _span(epochs: list[int]) -> str:
+    if not epochs:
+        return "none"
+    return ", ".join(map(str, epochs)) if len(epochs) <= 4 else f"{epochs[0]}..{epochs[-1]} ({len(epochs)} rows)"
 
 
 def _fmt(v: float | None) -> str:
