@@ -134,6 +134,14 @@ class Recipe(BaseModel):
     def _fraction(cls, v: Any, info: Any) -> float:
         return parse_fraction(v, info.field_name)
 
+    @field_validator("model", mode="after")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        # The model name is part of the run id, hence of file names (runs/<run_id>/, recipes/...).
+        from robustscale.files import check_component
+
+        return check_component(v, "model")
+
     @model_validator(mode="after")
     def _ranges(self) -> "Recipe":
         checks = [

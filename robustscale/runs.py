@@ -462,8 +462,7 @@ class RunDir:
         if not self.recipe.is_file():
             raise RobustscaleError(f"{str(self.path)!r} is not a run directory (no recipe.yaml)")
         try:
-            if not self.recipe.read_bytes().strip():
-                raise RunFileError(self.recipe, "is empty (a recipe must hold key: value lines)")
+            self._check_recipe_whole()
             return Recipe.from_yaml(self.recipe)
         except RunFileError:
             raise
@@ -474,12 +473,25 @@ class RunDir:
                 raise RunFileError(self.recipe, str(exc).split(f"{str(self.recipe)!r}", 1)[-1].strip()) from None
             raise RunFileError(self.recipe, f"holds an invalid recipe ({exc})") from None
 
+    def _check_recipe_whole(self) -> None:
+        """An empty recipe.yaml, or one whose last line is cut (a truncated file can still parse
+        as YAML, with the later keys silently at their defaults), is damaged."""
+        raw = self.recipe.read_bytes()
+        if not raw.strip():
+            raise RunFileError(self.recipe, "is empty (a recipe must hold key: value lines)")
+        if not raw.endswith(b"\n"):  # the writer (a YAML dump) always ends its last line
+            raise RunFileError(self.recipe, "is cut short (its last line is incomplete)")
+
     def read_recipe_record(self) -> RecipeRecord:
         """The recipe's zoo columns, read leniently (:class:`RecipeRecord`)."""
         from robustscale.files import read_yaml_mapping
 
         if not self.recipe.is_file():
             raise RunFileError(self.recipe, MISSING)
+        try:
+            self._check_recipe_whole()
+        except OSError as exc:
+            raise RunFileError(self.recipe, f"cannot be read ({exc.strerror or exc})") from None
         try:
             data = read_yaml_mapping(self.recipe, "recipe")
         except RobustscaleError as exc:

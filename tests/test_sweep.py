@@ -251,6 +251,8 @@ def test_slurm_submission_with_a_faked_sbatch(tmp_path, monkeypatch):
                                     'for a in "$@"; do f="$a"; done\ncat "$f" >> "$FAKE_SBATCH_LOG"\n'
                                     'echo "Submitted batch job 1234"\n')
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    # squeue: every task of job 1234 still queued (a real squeue on this machine would not know it)
+    (bin_dir / "squeue").write_text("#!/bin/sh\nfor i in 0 1 2 3 4 5 6 7; do echo \"1234_$i PENDING 0 None\"; done\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
