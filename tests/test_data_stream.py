@@ -4,6 +4,7 @@ walk is without replacement across epochs and counted, convert/info, bad sets ar
 from __future__ import annotations
 
 import json
+import sys
 import os
 from pathlib import Path
 
@@ -413,3 +414,32 @@ def test_processes_of_a_ddp_run_stream_disjoint_halves_of_each_batch(tmp_path):
             map(bytes, (t[len(t) // 2 :] * 255).to(torch.uint8).flatten(1).numpy())
         )
         assert rows(x) == sorted(rows(x0) + rows(x1))  # the extra halves make up the whole
+
+
+def test_data_benchmark_child_measures_both_sources(tmp_path, monkeypatch):
+    """Smoke run of benchmarks/data.py's measurement at a toy size (the benchmark is run by hand)."""
+    import argparse
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import benchmarks.data
+    from benchmarks.data import _write_set, child
+
+    monkeypatch.setattr(benchmarks.data, "SHARD", 1000)
+    _write_set(tmp_path / "set", 2500)  # three shards
+    assert len(open_source(tmp_path / "set")) == 2500
+    for mode in ("disk", "ram"):
+        args = argparse.Namespace(
+            mode=mode,
+            set=str(tmp_path / "set"),
+            steps=3,
+            warmup=1,
+            batch_size=32,
+            fraction=0.5,
+            device="cpu",
+            threads=0,
+            prefetch=2,
+            cold=mode == "disk",
+        )
+        row = child(args)
+        assert row["mode"] == mode and row["n"] == 2500 and row["images_per_s"] > 0
+        assert row["peak_rss_mb"] >= row["rss_before_data_mb"] > 0
