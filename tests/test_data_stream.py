@@ -417,7 +417,7 @@ def test_processes_of_a_ddp_run_stream_disjoint_halves_of_each_batch(tmp_path):
 
 
 def test_data_benchmark_child_measures_both_sources(tmp_path, monkeypatch):
-    """Smoke run of benchmarks/data.py's measurement at a toy size (the benchmark is run by hand)."""
+    """Smoke run of benchmarks/data.py's measurement at a toy size (run by hand otherwise)."""
     import argparse
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

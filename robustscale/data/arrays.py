@@ -248,7 +248,7 @@ def _npz(path: Path) -> InMemorySource:
 
 
 def open_source(path: str | Path) -> ImageSource:
-    """The image set at ``path``: an ``.npz`` (in memory), a folder or a folder of shards (on disk)."""
+    """The image set at ``path``: an ``.npz`` (in memory), a folder or shards (on disk)."""
     path = Path(path)
     if path.is_dir():
         return DiskSource(path, _shards(path))
