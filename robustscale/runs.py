@@ -662,10 +662,24 @@ def model_from_state(recipe: Recipe, state_dict: dict[str, "torch.Tensor"],
     return model.to(device).eval()
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: "str | torch.device" = "cpu") -> "nn.Module":
+def load(run_dir: str | Path, checkpoint: str = "best", device: "str | torch.device" = "cpu", *,
+         model: str | None = None, dataset: str = "cifar10",
+         activation: str | None = None) -> "nn.Module":
     """The trained classifier of a run: ``checkpoint`` is ``best`` (selected epoch; EMA weights
-    when EMA was on) or ``last``. Eval mode, parameters frozen, inputs in [0, 1]."""
+    when EMA was on) or ``last``. Eval mode, parameters frozen, inputs in [0, 1].
+
+    A checkpoint *file* trained elsewhere (a RobustBench or other published state dict) loads
+    with ``model=NAME`` (and ``dataset``, ``activation``): robustscale.robustbench.load_weights_file."""
     from robustscale.checkpoint_io import load_checkpoint
+
+    if model is not None or Path(run_dir).is_file():
+        from robustscale.robustbench import load_weights_file
+
+        if checkpoint != "best":
+            raise RobustscaleError(f"checkpoint={checkpoint!r} applies to a run directory; a checkpoint "
+                                   "file is loaded as it is")
+        return load_weights_file(run_dir, model=model, dataset=dataset, activation=activation,
+                                 device=device)
 
     run = RunDir(Path(run_dir))
     recipe = run.read_recipe()
