@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "robustscale.commands.zoo",
     "robustscale.commands.analyze",
     "robustscale.commands.plan",
+    "robustscale.commands.data",
 ]
 
 
