@@ -20,11 +20,13 @@ COMMAND_MODULES = [
     "robustscale.commands.train",
     "robustscale.commands.demo",
     "robustscale.commands.evaluate",
+    "robustscale.commands.export",
     "robustscale.commands.flops",
     "robustscale.commands.sweep",
     "robustscale.commands.zoo",
     "robustscale.commands.analyze",
     "robustscale.commands.plan",
+    "robustscale.commands.data",
 ]
 
 

@@ -35,8 +35,12 @@ NON_RESULT_KEYS = frozenset(
         "gco2_per_kwh",
         "power_watts",
         "power_sample_interval",
+        "trackers",
     }
 )
+
+# Experiment trackers a run can log to (robustscale/trackers/; each an optional extra).
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
 
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 
@@ -78,7 +82,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # data
-    dataset: Literal["cifar10", "cifar100", "digits"] = "digits"
+    dataset: Literal["cifar10", "cifar100", "digits", "arrays"] = "digits"
     data_dir: str = "data"
     synthetic_data: Optional[str] = None
     synthetic_fraction: float = 0.0
@@ -120,6 +124,8 @@ class Recipe(BaseModel):
     gco2_per_kwh: float = 566.3
     power_watts: Optional[float] = None  # only for an explicitly *estimated* energy
     power_sample_interval: float = 0.1
+    # where researchers watch the run (not a result: left out of the run id)
+    trackers: list[str] = []
 
     def __init__(self, **data: Any):
         # No I/O here: a Recipe is a pure function of its keys. The site's robustscale.toml
@@ -133,6 +139,11 @@ class Recipe(BaseModel):
     @classmethod
     def _fraction(cls, v: Any, info: Any) -> float:
         return parse_fraction(v, info.field_name)
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> list[str]:
+        return check_tracker_names(v)
 
     @field_validator("model", mode="after")
     @classmethod
@@ -187,10 +198,10 @@ class Recipe(BaseModel):
             )
         if self.synthetic_data is not None:
             path = Path(self.synthetic_data)
-            if path.suffix != ".npz" or not path.is_file():
+            if not ((path.suffix == ".npz" and path.is_file()) or path.is_dir()):
                 raise ValueError(
-                    f"synthetic_data={self.synthetic_data!r} is not an existing .npz file; allowed: null or a path "
-                    "to an .npz with 'image' (uint8 NxHxWxC) and 'label'"
+                    f"synthetic_data={self.synthetic_data!r} is not an existing .npz file or folder; allowed: null, "
+                    "a path to an .npz with 'image' (uint8 NxHxWxC) and 'label', or a folder of image.npy + label.npy"
                 )
             if self.synthetic_fraction <= 0:
                 raise ValueError("synthetic_fraction=0.0 with synthetic_data set; allowed: a number in (0, 1)")
@@ -253,6 +264,24 @@ class Recipe(BaseModel):
         """Keys whose values differ between two recipes (ignoring ``ignore``)."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+def check_tracker_names(names: Any) -> list[str]:
+    """The ``trackers`` value as a list of known names, each once (``null`` or a comma-separated
+    string also accepted); raises ValueError naming the bad entry and what is allowed."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"trackers={names!r} is not a list; allowed: a list of {', '.join(TRACKER_NAMES)}")
+    out: list[str] = []
+    for name in names:
+        if name not in TRACKER_NAMES:
+            raise ValueError(f"trackers: {name!r} is not a known tracker; allowed: {', '.join(TRACKER_NAMES)}")
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

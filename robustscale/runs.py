@@ -194,7 +194,7 @@ class MetricsRow:
 
 METRIC_COLUMNS: list[str] = [f.name for f in fields(MetricsRow)]
 
-_COST_INTS = ("params", "examples_seen", "synthetic_size", "num_devices")
+_COST_INTS = ("params", "examples_seen", "synthetic_size", "unique_synthetic_seen", "num_devices")
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,7 @@ class CostRecord:
     val_flops: float | None = None
     examples_seen: int | None = None
     synthetic_size: int | None = None
+    unique_synthetic_seen: int | None = None  # distinct extra images trained on (data/batches.py)
     device_seconds: float | None = None
     device_hours: float | None = None
     energy_kwh: float | None = None
@@ -658,7 +659,7 @@ def model_from_state(recipe: Recipe, state_dict: dict[str, "torch.Tensor"],
     from robustscale.data import dataset_info
     from robustscale.models import build_model
 
-    info = dataset_info(recipe.dataset)
+    info = dataset_info(recipe.dataset, recipe.data_dir)
     model = build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
                         recipe.activation, recipe.drop_rate, img_size=info.shape[1:])
     try:
@@ -669,10 +670,24 @@ def model_from_state(recipe: Recipe, state_dict: dict[str, "torch.Tensor"],
     return model.to(device).eval()
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: "str | torch.device" = "cpu") -> "nn.Module":
+def load(run_dir: str | Path, checkpoint: str = "best", device: "str | torch.device" = "cpu", *,
+         model: str | None = None, dataset: str = "cifar10",
+         activation: str | None = None) -> "nn.Module":
     """The trained classifier of a run: ``checkpoint`` is ``best`` (selected epoch; EMA weights
-    when EMA was on) or ``last``. Eval mode, parameters frozen, inputs in [0, 1]."""
+    when EMA was on) or ``last``. Eval mode, parameters frozen, inputs in [0, 1].
+
+    A checkpoint *file* trained elsewhere (a RobustBench or other published state dict) loads
+    with ``model=NAME`` (and ``dataset``, ``activation``): robustscale.robustbench.load_weights_file."""
     from robustscale.checkpoint_io import load_checkpoint
+
+    if model is not None or Path(run_dir).is_file():
+        from robustscale.robustbench import load_weights_file
+
+        if checkpoint != "best":
+            raise RobustscaleError(f"checkpoint={checkpoint!r} applies to a run directory; a checkpoint "
+                                   "file is loaded as it is")
+        return load_weights_file(run_dir, model=model, dataset=dataset, activation=activation,
+                                 device=device)
 
     run = RunDir(Path(run_dir))
     recipe = run.read_recipe()
