@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute-aware adversarial robustness: train, evaluate, cost, sweep, analyse.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars and no progress lines, warnings and errors only "
+                        "(bars are also off when stderr is not a terminal: one line per stage then)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -49,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from robustscale.progress import set_quiet
+
+    set_quiet(args.quiet)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )

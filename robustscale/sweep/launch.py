@@ -222,9 +222,14 @@ class LocalLauncher:
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         elif "OMP_NUM_THREADS" not in env:
-            # CPU runs side by side: split the cores, since oversubscribed OpenMP threads spin
-            # (measured: a digits run took 6x longer with 2 threads on 2 busy cores than with 1).
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n_slots // o.nproc_per_run))
+            # CPU runs side by side get one thread each, since oversubscribed OpenMP threads spin
+            # (measured: a digits run took 6x longer with 2 threads on 2 busy cores than with 1);
+            # a lone run gets the usable physical cores (robustscale/threads.py).
+            from robustscale.threads import default_threads
+
+            per_run = default_threads(self.n_slots * o.nproc_per_run)
+            env["OMP_NUM_THREADS"] = str(per_run if self.n_slots * o.nproc_per_run > 1
+                                         else max(1, per_run // o.nproc_per_run))
         if o.sync_bn:
             env["ROBUSTSCALE_SYNC_BN"] = "1"
         log_path = f.log(rid)

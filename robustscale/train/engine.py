@@ -29,6 +29,7 @@ from robustscale.runs import RunDir, read_status
 from robustscale.train import checkpoint as ckpt
 from robustscale.train.records import METRIC_COLUMNS, check_run_dir, create_run_dir, write_status
 from robustscale.train import distributed
+from robustscale.threads import configure_cpu_threads, warn_if_changed
 from robustscale.train.setup import (
     Forward, check_precision, make_ema, make_optimizer, make_scheduler, prepare_data, resolve_device,
     seed_everything,
@@ -82,6 +83,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
             done = (read_status(run.path) or {}).get("state") == "done"
         started = True
         if done:
+            _note_threads(run, recipe.device, "run again")
             clean = True
         else:
             # Data, model and FLOPs are set up before anything is written, so a bad value
@@ -122,6 +124,7 @@ class _Engine:
         self.r, self.run, self.show_progress = recipe, run, show_progress and dist.is_main
         self.device = resolve_device(recipe.device)
         check_precision(recipe.precision, self.device)
+        self.threads = configure_cpu_threads() if self.device.type == "cpu" else None
         seed_everything(recipe.seed)
         self.data = prepare_data(recipe, self.device, dist.rank, dist.world_size)
         from robustscale.models import build_model
@@ -181,6 +184,8 @@ class _Engine:
             if self.main and self.run.metrics.exists():
                 rewrite_csv(self.run.metrics, METRIC_COLUMNS, [])
             return
+        if self.main and self.threads is not None:
+            warn_if_changed(self.run.path, (read_status(self.run.path) or {}).get("threads"), self.threads)
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
@@ -204,7 +209,7 @@ class _Engine:
         r = self.r
         self._resume()
         if self.main:
-            write_status(self.run, r, "running", self.p)
+            write_status(self.run, r, "running", self.p, threads=self.threads)
         log.info("run %s: %s, %d params, %d steps/epoch, %.3g training FLOPs/example", self.run.path,
                  r.model, sum(p.numel() for p in self.model.parameters()), self.data.plan.steps_per_epoch,
                  self.flops.train)
@@ -212,7 +217,7 @@ class _Engine:
             self._train_epoch(epoch)
             self._end_epoch(epoch)
         if self.main:
-            write_status(self.run, r, "done", self.p)
+            write_status(self.run, r, "done", self.p, threads=self.threads)
             self._write_cost()
         self.meter.close()
 
@@ -369,7 +374,7 @@ class _Engine:
             append_csv_row(self.run.metrics, METRIC_COLUMNS, row)
             self._save_last()
             self._write_cost()
-            write_status(self.run, r, "running", p)
+            write_status(self.run, r, "running", p, threads=self.threads)
         log.info("epoch %d/%d  loss %.4f  train clean %s%s  |  val clean %s  pgd%d %s  |  %.1fs",
                  epoch + 1, r.epochs, row["train_loss"], _fmt(row["train_clean_acc"]),
                  f" robust {row['train_robust_acc']:.1f}" if row["train_robust_acc"] is not None else "",
@@ -417,6 +422,16 @@ class _Engine:
             "devices": self.meter.device_names,
             "num_devices": self._num_devices,
         })
+
+
+def _note_threads(run: RunDir, device: str, what: str) -> None:
+    """Warn when a finished CPU run is used again under another thread count than it trained with."""
+    try:
+        if resolve_device(device).type != "cpu":
+            return
+    except RobustscaleError:
+        return
+    warn_if_changed(run.path, (read_status(run.path) or {}).get("threads"), configure_cpu_threads(), what)
 
 
 def _fmt(v: float | None) -> str:

@@ -59,10 +59,13 @@ def create_run_dir(run: RunDir, recipe: Recipe) -> None:
 
 
 def write_status(run: RunDir, recipe: Recipe, state: str, progress: Any = None,
-                 reason: str | None = None) -> None:
+                 reason: str | None = None, threads: int | None = None) -> None:
     """Rewrite status.json; without ``progress`` (epoch, best_epoch, best_val_pgd40) the previous
-    values are kept, so a failure after a kill still says how far the run got."""
-    previous = read_status(run.path) if run.status.exists() and progress is None else None
+    values are kept, so a failure after a kill still says how far the run got. ``threads`` is
+    the CPU intra-op thread count the run trains with (None on a GPU, or to keep the previous)."""
+    previous = read_status(run.path) if run.status.exists() and (progress is None or threads is None) else None
+    if threads is None:
+        threads = (previous or {}).get("threads")
     p = progress
     atomic_write_json(run.status, {
         "run_id": recipe.run_id,
@@ -75,4 +78,5 @@ def write_status(run: RunDir, recipe: Recipe, state: str, progress: Any = None,
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "threads": threads,
     })
