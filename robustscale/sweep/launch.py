@@ -227,9 +227,7 @@ class LocalLauncher:
             # a lone run gets the usable physical cores (robustscale/threads.py).
             from robustscale.threads import default_threads
 
-            per_run = default_threads(self.n_slots * o.nproc_per_run)
-            env["OMP_NUM_THREADS"] = str(per_run if self.n_slots * o.nproc_per_run > 1
-                                         else max(1, per_run // o.nproc_per_run))
+            env["OMP_NUM_THREADS"] = str(default_threads(self.n_slots * o.nproc_per_run))
         if o.sync_bn:
             env["ROBUSTSCALE_SYNC_BN"] = "1"
         log_path = f.log(rid)
