@@ -19,6 +19,7 @@ from robustscale.errors import RobustscaleError
 COMMAND_MODULES = [
     "robustscale.commands.train",
     "robustscale.commands.demo",
+    "robustscale.commands.study",
     "robustscale.commands.evaluate",
     "robustscale.commands.flops",
     "robustscale.commands.sweep",

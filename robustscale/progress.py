@@ -76,7 +76,8 @@ class _StageLine:
         if self.enabled and not _QUIET:
             extra = f" ({self.postfix})" if self.postfix else ""
             n = int(self.n) if float(self.n).is_integer() else self.n
-            log.info("%s: %s %s in %.1fs%s", self.desc, n, self.unit, time.perf_counter() - self.t0, extra)
+            unit = self.unit if n == 1 or self.unit.endswith("s") else self.unit + "s"
+            log.info("%s: %s %s in %.1fs%s", self.desc, n, unit, time.perf_counter() - self.t0, extra)
 
     def __enter__(self) -> "_StageLine":
         return self

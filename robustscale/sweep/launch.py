@@ -176,11 +176,15 @@ class LocalLauncher:
                        for i, g in enumerate(slots)]
             for t in threads:
                 t.start()
+            bar = _SweepBar(self)
             try:
                 while any(t.is_alive() for t in threads):
                     for t in threads:
                         t.join(timeout=0.2)
+                    bar.poll()
+                bar.close()
             except KeyboardInterrupt:
+                bar.close()
                 log.warning("interrupted: stopping the runs of this launcher; their leases go back to pending")
                 self.stop.set()
                 self._terminate_children()
@@ -278,6 +282,31 @@ class LocalLauncher:
                 child.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+class _SweepBar:
+    """Runs done / running / failed of this launcher's sweep, read from the ledger about once a second."""
+
+    def __init__(self, launcher: "LocalLauncher"):
+        from robustscale.progress import bar
+
+        self.launcher, self.last = launcher, 0.0
+        self.bar = bar(len(launcher.run_ids), f"sweep {launcher.sweep.name}", unit="run")
+        self.poll(force=True)
+
+    def poll(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 1.0:
+            return
+        self.last = now
+        c = self.launcher.counts()
+        done = c["done"] + c["failed"]
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(f"done {c['done']}, running {c['running']}, failed {c['failed']}")
+
+    def close(self) -> None:
+        self.poll(force=True)
+        self.bar.close()
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -311,13 +311,13 @@ class _Engine:
         return self.meter.read_joules()
 
     def _bar(self, epoch: int, start_step: int):
-        if not self.show_progress:
-            return None
-        from tqdm import tqdm
+        from robustscale.progress import bar, bars_on
 
+        if not bars_on(self.show_progress):
+            return None  # each epoch logs its own line
         plan = self.data.plan
-        return tqdm(total=plan.examples_per_epoch, initial=start_step * plan.batch_size, unit="img",
-                    unit_scale=True, desc=f"epoch {epoch + 1}/{self.r.epochs}", leave=False, dynamic_ncols=True)
+        return bar(plan.examples_per_epoch, f"epoch {epoch + 1}/{self.r.epochs}", unit="img",
+                   initial=start_step * plan.batch_size, unit_scale=True)
 
     def _end_epoch(self, epoch: int) -> None:
         r, p, plan = self.r, self.p, self.data.plan
