@@ -62,9 +62,25 @@ def read_recipe(run_dir: str | Path) -> Recipe:
     return Recipe.from_yaml(run.recipe)
 
 
+# The selection metric is PGD with the recipe's ``val_attack_steps`` (5 or 10 in the digits
+# recipes, 40 in the paper's), so its names say "pgd", not "pgd40"; files written before the
+# rename are read under the new names.
+STATUS_RENAMES = {"best_val_pgd40_acc": "best_val_pgd_acc"}
+METRIC_RENAMES = {"val_pgd40_acc": "val_pgd_acc"}
+
+
+def renamed(record: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    """``record`` with old key names replaced by their new ones (a new name already there wins)."""
+    if not any(old in record for old in renames):
+        return record
+    out = {renames.get(k, k): v for k, v in record.items() if k not in renames or renames[k] not in record}
+    return out
+
+
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    """status.json as a dict (old key names read under the new ones), or None when absent."""
     path = RunDir(Path(run_dir)).status
-    return read_json(path) if path.exists() else None
+    return renamed(read_json(path), STATUS_RENAMES) if path.exists() else None
 
 
 def model_from_state(recipe: Recipe, state_dict: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> nn.Module:

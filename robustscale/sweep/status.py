@@ -37,7 +37,9 @@ def sweep_status(folder: str | Path) -> list[dict[str, Any]]:
                 shown = "running (stale)"
         elif row["job_id"] and row["state"] == "pending":
             where = f"submitted as job {row['job_id']}"
+        elif row["state"] in ("done", "failed") and row["host"]:  # where it ran last
+            where = f"{row['host']}" + (f" job {row['job_id']}" if row["job_id"] else "")
         out.append({**row, "shown_state": shown, "where": where, "epoch": status.get("epoch", 0),
                     "epochs": status.get("epochs"), "run_state": status.get("state"),
-                    "best_val_pgd40_acc": status.get("best_val_pgd40_acc")})
+                    "best_val_pgd_acc": status.get("best_val_pgd_acc")})
     return out

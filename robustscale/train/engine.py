@@ -25,7 +25,7 @@ from robustscale.errors import RobustscaleError, first_line
 from robustscale.files import append_csv_row, atomic_write_json, read_csv_rows, rewrite_csv
 from robustscale.losses import clean_monitor_steps, compute_loss, samples_clean_accuracy
 from robustscale.recipe import Recipe
-from robustscale.runs import RunDir, read_status
+from robustscale.runs import METRIC_RENAMES, RunDir, read_status, renamed
 from robustscale.train import checkpoint as ckpt
 from robustscale.train.records import METRIC_COLUMNS, check_run_dir, create_run_dir, write_status
 from robustscale.train import distributed
@@ -199,7 +199,8 @@ class _Engine:
         ckpt.set_rng_state(state["rng"])
         # metrics rows written after this checkpoint are replayed by the resumed run
         if self.main:
-            rows = [row for row in read_csv_rows(self.run.metrics) if int(row["epoch"]) <= self.p.epoch]
+            rows = [renamed(row, METRIC_RENAMES) for row in read_csv_rows(self.run.metrics)
+                    if int(row["epoch"]) <= self.p.epoch]
             rewrite_csv(self.run.metrics, METRIC_COLUMNS, rows)
         log.info("resuming %s from %s at epoch %d step %d", self.run.path, path.name, self.p.epoch + 1, self.p.step)
 
@@ -344,7 +345,7 @@ class _Engine:
             "train_clean_acc": 100.0 * p.acc["clean"] / p.acc["n_clean"] if p.acc["n_clean"] else None,
             "train_robust_acc": 100.0 * p.acc["adv"] / n if r.adversarial else None,
             "val_clean_acc": val_clean,
-            "val_pgd40_acc": val_pgd,
+            "val_pgd_acc": val_pgd,
             "epoch_flops": self.flops.train * examples,
             "val_flops": val_flops,
             "epoch_energy_kwh": self._kwh(joules) if self._metered else None,
@@ -369,7 +370,7 @@ class _Engine:
             eval_net = self.ema.module if self.ema is not None else self.model
             ckpt.save_checkpoint(self.run.checkpoints / "best.pt", {
                 "model": eval_net.state_dict(), "epoch": epoch + 1, "val_clean_acc": val_clean,
-                "val_pgd40_acc": val_pgd, "recipe": r.to_dict()})
+                "val_pgd_acc": val_pgd, "val_attack_steps": r.val_attack_steps, "recipe": r.to_dict()})
         if self.main:
             append_csv_row(self.run.metrics, METRIC_COLUMNS, row)
             self._save_last()

@@ -19,7 +19,7 @@ from robustscale.runs import RunDir, read_recipe, read_status
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = [
-    "epoch", "lr", "train_loss", "train_clean_acc", "train_robust_acc", "val_clean_acc", "val_pgd40_acc",
+    "epoch", "lr", "train_loss", "train_clean_acc", "train_robust_acc", "val_clean_acc", "val_pgd_acc",
     "epoch_flops", "val_flops", "epoch_energy_kwh", "seconds", "examples",
 ]
 
@@ -60,8 +60,9 @@ def create_run_dir(run: RunDir, recipe: Recipe) -> None:
 
 def write_status(run: RunDir, recipe: Recipe, state: str, progress: Any = None,
                  reason: str | None = None, threads: int | None = None) -> None:
-    """Rewrite status.json; without ``progress`` (epoch, best_epoch, best_val_pgd40) the previous
-    values are kept, so a failure after a kill still says how far the run got. ``threads`` is
+    """Rewrite status.json; without ``progress`` (epoch, best_epoch, best_val_pgd) the previous
+    values are kept, so a failure after a kill still says how far the run got. ``best_val_pgd_acc``
+    is PGD-``val_attack_steps`` accuracy on the held-out examples (recorded beside it). ``threads`` is
     the CPU intra-op thread count the run trains with (None on a GPU, or to keep the previous)."""
     previous = read_status(run.path) if run.status.exists() and (progress is None or threads is None) else None
     if threads is None:
@@ -74,7 +75,8 @@ def write_status(run: RunDir, recipe: Recipe, state: str, progress: Any = None,
         "epoch": p.epoch if p else (previous or {}).get("epoch", 0),
         "epochs": recipe.epochs,
         "best_epoch": p.best_epoch if p else (previous or {}).get("best_epoch"),
-        "best_val_pgd40_acc": p.best_val_pgd40 if p else (previous or {}).get("best_val_pgd40_acc"),
+        "best_val_pgd_acc": p.best_val_pgd40 if p else (previous or {}).get("best_val_pgd_acc"),
+        "val_attack_steps": recipe.val_attack_steps,
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
