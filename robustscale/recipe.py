@@ -228,6 +228,10 @@ class Recipe(BaseModel):
         return {k: v for k, v in self.to_dict().items()
                 if k not in NON_RESULT_KEYS and not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
 
+    def train_subset_size(self, n: int) -> int:
+        """Training examples kept of ``n`` (after the validation hold-out) at ``train_fraction``."""
+        return n if self.train_fraction >= 1 else max(1, round(self.train_fraction * n))
+
     @property
     def adversarial(self) -> bool:
         return self.loss != "standard"

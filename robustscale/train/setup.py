@@ -65,7 +65,7 @@ def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0, world_size
                 raise RobustscaleError(f"val_size={recipe.val_size} exceeds the {len(tx)} test examples")
             val = (tx[: recipe.val_size], ty[: recipe.val_size])
     if recipe.train_fraction < 1:
-        x, y = train_subset(x, y, recipe.train_fraction)
+        x, y = train_subset(x, y, recipe.train_subset_size(len(x)))
     syn = load_synthetic(recipe.synthetic_data, info) if recipe.synthetic_data else None
     if syn is not None and syn[0].dtype != x.dtype:
         syn = (syn[0].to(x.dtype), syn[1])
@@ -77,13 +77,12 @@ def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0, world_size
     return RunData(info, plan, stream, val, len(syn[0]) if syn else 0)
 
 
-def train_subset(x: torch.Tensor, y: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``fraction`` of a fixed random order of the training examples (at least one).
+def train_subset(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` of a fixed random order of the training examples (``train_fraction``).
 
     The order does not depend on the run's seed, so smaller fractions are subsets of larger
     ones and runs of different seeds see the same examples: only the amount of unique data varies.
     """
-    k = max(1, round(fraction * len(x)))
     g = torch.Generator().manual_seed(10_007 * HOLDOUT_SEED + 29)
     keep = torch.randperm(len(x), generator=g)[:k].sort().values
     return x[keep], y[keep]
