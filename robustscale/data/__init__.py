@@ -92,11 +92,33 @@ def _cifar(info: DatasetInfo, split: str, data_dir: Path) -> tuple[torch.Tensor,
         )
     try:
         ds = _Local(str(data_dir), train=(split == "train"), download=False)
+    except KeyError:  # a file of another format: name it and the keys a CIFAR batch has
+        raise RobustscaleError(_wrong_keys(folder, base, split)) from None
     except Exception as exc:  # a truncated or foreign file: one line, naming the folder
         raise RobustscaleError(f"could not read {info.name} from {str(folder)!r}: {exc}") from None
     x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))  # N x C x H x W uint8
     y = torch.tensor(ds.targets, dtype=torch.int64)
     return x, y
+
+
+def _wrong_keys(folder: Path, base: type, split: str) -> str:
+    """Which CIFAR file lacks the keys torchvision reads, with the keys it has and those expected."""
+    import pickle
+
+    label = "labels" if base.__name__ == "CIFAR10" else "fine_labels"
+    wanted = [(f, ("data", label)) for f, _ in (base.train_list if split == "train" else base.test_list)]
+    wanted.append((base.meta["filename"], (base.meta["key"],)))
+    for name, keys in wanted:
+        try:
+            with open(folder / name, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")  # as torchvision reads it
+        except Exception:  # noqa: BLE001 - unreadable files get the general message
+            continue
+        have = sorted(map(str, entry)) if isinstance(entry, dict) else f"a {type(entry).__name__}, not a dict"
+        if not isinstance(entry, dict) or any(k not in entry for k in keys):
+            return (f"{str(folder / name)!r} is not a CIFAR python-format file: it has keys {have}; "
+                    f"expected a dict with {', '.join(repr(k) for k in keys)}")
+    return f"could not read {base.__name__} from {str(folder)!r}: a file lacks the keys of the CIFAR python format"
 
 
 def _files_present(folder: Path, base: type) -> bool:

@@ -55,6 +55,7 @@ class RunData:
 def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0, world_size: int = 1) -> RunData:
     info = dataset_info(recipe.dataset)
     x, y = load_split(recipe.dataset, "train", recipe.data_dir)
+    check_data_fit(recipe, len(x))
     val = None
     if recipe.val_size:
         if recipe.val_source == "train":
@@ -75,6 +76,37 @@ def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0, world_size
     if val is not None:
         val = (val[0].to(device), val[1].to(device))
     return RunData(info, plan, stream, val, len(syn[0]) if syn else 0)
+
+
+def check_data_fit(recipe: Recipe, n_train: int) -> None:
+    """Every way ``val_size`` and ``batch_size`` do not fit ``n_train`` training examples, in one
+    line with values that would (a shipped CIFAR recipe on a small CIFAR-format set)."""
+    problems, fits = [], []
+    val = recipe.val_size if recipe.val_source == "train" else 0
+    if val >= n_train:
+        val = max(1, n_train // 10) if n_train > 1 else 0
+        problems.append(f"val_size={recipe.val_size} leaves none of the {n_train} training examples")
+        fits.append(f"val_size={val}")
+    left = recipe.train_subset_size(n_train - val)
+    frac = recipe.synthetic_fraction if recipe.synthetic_data else 0.0
+
+    def real(batch: int) -> int:  # the real (not synthetic) examples of a batch, as BatchPlan counts them
+        return batch - int(round(batch * frac))
+
+    if real(recipe.batch_size) > left:
+        what = f"batch_size={recipe.batch_size}" + (
+            f" ({real(recipe.batch_size)} real examples per batch)" if frac else "")
+        problems.append(f"{what} is larger than the {left} training examples left"
+                        + (f" after val_size={val}" if val else "")
+                        + (f" and train_fraction={recipe.train_fraction:g}" if recipe.train_fraction < 1 else ""))
+        fitting = 1 << max(0, recipe.batch_size.bit_length())
+        while fitting > 1 and real(fitting) > left:  # the largest power of two that fits
+            fitting //= 2
+        fits.append(f"batch_size={fitting}")
+    if problems:
+        where = "" if recipe.dataset == "digits" else f" in {recipe.data_dir!r}"
+        raise RobustscaleError(f"{recipe.dataset}{where} is too small for this recipe: "
+                               f"{'; '.join(problems)}; values that fit: {' '.join('--set ' + f for f in fits)}")
 
 
 def train_subset(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
