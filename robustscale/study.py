@@ -144,7 +144,9 @@ def _span(seconds: float | None) -> str:
 def _write_about(result: StudyResult, name: str, command: str, parallel: int) -> Path:
     """``<zoo>.about.txt``: how the table was made, so a shipped copy says where it came from."""
     path = result.zoo_path.with_name(result.zoo_path.name + ".about.txt")
-    threads = os.environ.get("OMP_NUM_THREADS", "1 per run (launcher default)")
+    from robustscale.threads import default_threads
+
+    threads = os.environ.get("OMP_NUM_THREADS") or f"{default_threads(parallel)} per run (launcher default)"
     text = "\n".join([
         f"zoo table {result.zoo_path.name}: study {name}, {result.rows} runs "
         f"({result.with_autoattack} with AutoAttack, {len(result.collapsed)} collapsed at <= "

@@ -5,8 +5,8 @@ or shared CPU that oversubscribes the cores: OpenMP's threads spin waiting for e
 (measured on a 2-core machine with other load: a digits PGD-AT run took 4 min 05 s with the
 default threads, 12.6 s with one). So a CPU run uses the physical cores this process may run
 on (``os.sched_getaffinity``, hyper-threads counted once), and the local sweep launcher gives
-each of several runs side by side one thread. ``OMP_NUM_THREADS`` (or ``torch.set_num_threads``
-called beforehand) always wins.
+each of several runs side by side one thread (so does each process of a CPU run under
+torchrun). ``OMP_NUM_THREADS`` always wins.
 
 The thread count changes floating-point reduction order, so CPU results are bitwise
 reproducible only at the same count. It is not a recipe key (it does not change what a run
@@ -61,7 +61,7 @@ def configure_cpu_threads() -> int:
 
     if os.environ.get(_ENV, "").strip():
         return torch.get_num_threads()  # torch read OMP_NUM_THREADS itself
-    n = default_threads()
+    n = default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # torchrun's processes
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
