@@ -82,12 +82,14 @@ def machine_line() -> str:
 
 def run_study(spec: str | Path | None = None, out: str | Path = "sweeps/digits-study",
               zoo_path: str | Path = "digits-zoo.csv", *, overrides: dict[str, Any] | None = None,
-              max_parallel: int | None = None, max_attempts: int = 3, command: str | None = None) -> StudyResult:
+              max_parallel: int | None = None, max_attempts: int = 3, command: str | None = None,
+              train: bool = True) -> StudyResult:
     """Train and AutoAttack every run of ``spec`` into ``out``, then write the zoo table ``zoo_path``.
 
     ``max_parallel`` defaults to the usable physical cores, each run with one thread. Runs that
     failed for good are reported in ``counts`` and left out of the table; the table is written
-    whenever at least one run finished.
+    whenever at least one run finished. ``train=False`` trains nothing: it writes the table of
+    the runs finished so far (a study still running elsewhere, or one that was stopped).
     """
     from robustscale.sweep.launch import LaunchOptions, launch_local
     from robustscale.sweep.spec import load_sweep
@@ -104,12 +106,18 @@ def run_study(spec: str | Path | None = None, out: str | Path = "sweeps/digits-s
     log.info("study %s: %d runs, %d at a time, each trained and evaluated with AutoAttack, into %s",
              sweep.name, len(sweep.runs), parallel, out)
     t0 = time.time()
-    counts = launch_local(sweep, out, LaunchOptions(max_parallel=parallel, final_eval="autoattack",
-                                                    max_attempts=max_attempts))
+    if train:
+        counts = launch_local(sweep, out, LaunchOptions(max_parallel=parallel, final_eval="autoattack",
+                                                        max_attempts=max_attempts))
+    else:
+        counts = _ledger_counts(out, [r.run_id for r in sweep.runs])
     seconds = time.time() - t0
     span = _sweep_span(out, [r.run_id for r in sweep.runs])
     df, _ = gather_zoo(out)
-    df = df[df["run_id"].isin([r.run_id for r in sweep.runs])].reset_index(drop=True)
+    # the sweep's runs the ledger has settled as done (trained and evaluated): not one still in
+    # its final AutoAttack, whose status.json already says done
+    done = _ledger_done(out, [r.run_id for r in sweep.runs])
+    df = df[df["run_id"].isin(done)].reset_index(drop=True)
     if not len(df):
         raise RobustscaleError(f"no run of the study finished ({_counts(counts)}); see: robustscale status {out}")
     write_zoo(df, zoo_path)
@@ -118,8 +126,29 @@ def run_study(spec: str | Path | None = None, out: str | Path = "sweeps/digits-s
     result = StudyResult(zoo_path=zoo_path, sweep_dir=out, counts=counts, rows=len(df),
                          with_autoattack=int(aa.notna().sum()), collapsed=collapsed, seconds=seconds, span=span)
     result.about = _write_about(result, sweep.name, command or " ".join(["robustscale", *sys.argv[1:]]),
-                                parallel)
+                                parallel if train else None)
     return result
+
+
+def _ledger_done(out: Path, run_ids: list[str]) -> list[str]:
+    from robustscale.sweep.launch import SweepFolder
+    from robustscale.sweep.ledger import Ledger
+
+    return [r["run_id"] for r in Ledger(SweepFolder(out).ledger).rows(run_ids) if r["state"] == "done"]
+
+
+def _ledger_counts(out: Path, run_ids: list[str]) -> dict[str, int]:
+    from robustscale.sweep.launch import SweepFolder
+    from robustscale.sweep.ledger import Ledger
+
+    path = SweepFolder(out).ledger
+    if not path.is_file():
+        raise RobustscaleError(f"{str(out)!r} holds no study (no ledger.sqlite); run robustscale study first")
+    counts = {s: 0 for s in ("pending", "running", "done", "failed")}
+    for row in Ledger(path).rows(run_ids):
+        counts[row["state"]] += 1
+    counts["pending"] += len(run_ids) - sum(counts.values())  # not in the ledger yet
+    return counts
 
 
 def _sweep_span(out: Path, run_ids: list[str]) -> float | None:
@@ -141,12 +170,14 @@ def _span(seconds: float | None) -> str:
     return "unknown" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def _write_about(result: StudyResult, name: str, command: str, parallel: int) -> Path:
+def _write_about(result: StudyResult, name: str, command: str, parallel: int | None) -> Path:
     """``<zoo>.about.txt``: how the table was made, so a shipped copy says where it came from."""
     path = result.zoo_path.with_name(result.zoo_path.name + ".about.txt")
     from robustscale.threads import default_threads
 
-    threads = os.environ.get("OMP_NUM_THREADS") or f"{default_threads(parallel)} per run (launcher default)"
+    threads = os.environ.get("OMP_NUM_THREADS") or f"{default_threads(parallel or 1)} per run (launcher default)"
+    runs_line = (f"runs at a time: {parallel}; OMP_NUM_THREADS: {threads}" if parallel is not None
+                 else "this invocation trained nothing (--no-train)")
     text = "\n".join([
         f"zoo table {result.zoo_path.name}: study {name}, {result.rows} runs "
         f"({result.with_autoattack} with AutoAttack, {len(result.collapsed)} collapsed at <= "
@@ -154,10 +185,12 @@ def _write_about(result: StudyResult, name: str, command: str, parallel: int) ->
         f"command: {command}",
         f"written: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
         f"machine: {machine_line()}",
-        f"runs at a time: {parallel}; OMP_NUM_THREADS: {threads}",
+        runs_line,
         f"wall time: {_span(result.span)} from the first run's start to the last run's end (ledger); "
         f"this invocation {result.seconds:.0f} s",
-        f"ledger: {_counts(result.counts)}",
+        f"ledger: {_counts(result.counts)}"
+        + ("" if result.counts.get("done", 0) + result.counts.get("failed", 0) == sum(result.counts.values())
+           else " (the study is not finished: this table holds the runs done so far)"),
         "",
     ])
     atomic_write_text(path, text)

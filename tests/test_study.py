@@ -48,6 +48,11 @@ def test_ci_sized_study_trains_attacks_and_writes_the_zoo(tmp_path):
     assert "AutoAttack apgd-ce:" in logs and "examples robust" in logs
     again = _cli("study", "ci.yaml", "--out", "sw", "-o", "zoo.csv", cwd=tmp_path)  # nothing left to train
     assert again.returncode == 0 and "started" not in again.stderr
+    table = _cli("study", "ci.yaml", "--out", "sw", "-o", "again.csv", "--no-train", cwd=tmp_path)
+    assert table.returncode == 0 and read_zoo(tmp_path / "again.csv").equals(zoo)
+    assert "trained nothing" in (tmp_path / "again.csv.about.txt").read_text()
+    missing = _cli("study", "ci.yaml", "--out", "nowhere", "--no-train", cwd=tmp_path)
+    assert missing.returncode == 2 and "holds no study" in missing.stderr and not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="examples/digits-zoo.csv not generated in this checkout")

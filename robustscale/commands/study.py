@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-parallel", type=int, metavar="N",
                    help="runs at once, one CPU thread each (default: the usable physical cores)")
     p.add_argument("--max-attempts", type=int, default=3, metavar="N", help="tries per run (default 3)")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: write the table of the runs finished so far (a study still running "
+                   "in another terminal, or one that was stopped)")
     p.set_defaults(func=run)
 
 
@@ -32,12 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from robustscale.study import run_study
 
     r = run_study(args.spec, args.out, args.output, overrides=parse_overrides(args.overrides),
-                  max_parallel=args.max_parallel, max_attempts=args.max_attempts)
+                  max_parallel=args.max_parallel, max_attempts=args.max_attempts, train=not args.no_train)
     failed = r.counts.get("failed", 0)
+    left = r.counts.get("pending", 0) + r.counts.get("running", 0)
+    if left:
+        print(f"study: {left} runs not finished yet; the table holds the {r.rows} done so far")
     print(f"study: {r.rows} runs in {r.zoo_path} ({r.with_autoattack} with AutoAttack, {len(r.collapsed)} "
           f"collapsed at <= 10% AutoAttack, {failed} failed) in {r.seconds:.0f}s; about: {r.about}")
     print("next:")
     print(f"  robustscale analyze {r.zoo_path} -o report --target-acc 40")
     print(f"  robustscale predict recipes/digits-trades.yaml --zoo {r.zoo_path}")
-    print(f"  robustscale plan --budget 1e13 --zoo {r.zoo_path} --models wrn10_1,wrn16_1,wrn16_2 -o planned.yaml")
+    print(f"  robustscale plan --budget 1e13 --zoo {r.zoo_path} --models wrn10_1,wrn16_1,wrn22_1 -o planned.yaml")
     return 1 if failed else 0
