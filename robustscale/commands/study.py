@@ -12,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "over 3 model sizes, 3 amounts of unique data, both losses, 2/3/5 attack steps, EMA on and off), "
         "evaluate each with standard AutoAttack on the whole test split, and write the zoo table that "
         "analyze, predict and plan read, with <table>.about.txt (command, machine, time) beside it. Offline, on "
-        "a CPU: 70 min on a shared 2-core machine (examples/digits-zoo.csv.about.txt); started again on the "
-        "same --out it skips finished runs and resumes interrupted ones.")
+        "a CPU, AutoAttack taking most of the time (what it took where examples/digits-zoo.csv was made: "
+        "examples/digits-zoo.csv.about.txt); started again on the same --out it skips finished runs and "
+        "resumes interrupted ones.")
     p.add_argument("spec", nargs="?", metavar="SPEC.yaml", help="sweep file (default: the digits study)")
     p.add_argument("--out", default="sweeps/digits-study", metavar="DIR",
                    help="sweep folder: ledger, run directories, logs (default: sweeps/digits-study)")
