@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "robustscale.commands.demo",
     "robustscale.commands.study",
     "robustscale.commands.evaluate",
+    "robustscale.commands.export",
     "robustscale.commands.flops",
     "robustscale.commands.sweep",
     "robustscale.commands.zoo",
@@ -52,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except RobustscaleError as exc:  # a flag's type check (robustscale/commands/values.py)
+        print(f"robustscale: error: {exc}", file=sys.stderr)
+        return 2
     from robustscale.progress import set_quiet
 
     set_quiet(args.quiet)

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from robustscale.files import read_json
 from robustscale.recipe import Recipe
+from robustscale.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +32,22 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True) -> list[dict[
 
     rows = []
     for name, values in DEMO_RECIPES.items():
-        recipe = Recipe(**values)
+        recipe = Recipe.from_dict(values, site_defaults=True)
         log.info("demo: training %s (%s)", name, recipe.run_id)
         run_dir = train(recipe, out_root=out, progress=progress)
         result = evaluate_run(run_dir, attack="pgd", steps=40, eps=DEMO_EPS, checkpoint="best")
-        cost = read_json(Path(run_dir) / "cost.json")
+        cost = RunDir(Path(run_dir)).read_cost()
         rows.append({
             "name": name,
-            "clean_acc": result["clean_acc"],
-            "pgd40_acc": result["robust_acc"],
-            "train_seconds": cost["device_seconds"] / max(cost.get("num_devices") or 1, 1),
-            "train_flops": cost["train_flops"],
-            "device_hours": cost["device_hours"],
-            "energy_kwh": cost["energy_kwh"],
-            "electricity_cost_usd": cost["electricity_cost_usd"],
-            "co2_kg": cost["co2_kg"],
-            "energy_source": cost["energy_source"],
+            "clean_acc": result.clean_acc,
+            "pgd40_acc": result.robust_acc,
+            "train_seconds": (cost.device_seconds or 0.0) / max(cost.num_devices or 1, 1),
+            "train_flops": cost.train_flops,
+            "device_hours": cost.device_hours,
+            "energy_kwh": cost.energy_kwh,
+            "electricity_cost_usd": cost.electricity_cost_usd,
+            "co2_kg": cost.co2_kg,
+            "energy_source": cost.energy_source,
             "run_dir": str(run_dir),
         })
     return rows

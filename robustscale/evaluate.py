@@ -1,7 +1,7 @@
 """Robust evaluation: PGD-k (ours, the one training uses) and AutoAttack (the reference code).
 
-Three doors, one result dict (docs/run-directory.md, "eval/<attack>-<eps>.json"; file names in
-:func:`eval_filename`):
+Three doors, one result record (:class:`robustscale.runs.EvalResult`, written as
+docs/run-directory.md's "eval/<attack>-<eps>.json"; file names in :func:`eval_filename`):
 
 * ``load_split(run_dir_or_dataset, split="test", n=None)`` gives the exact examples an
   evaluation uses, as float32 [0, 1] tensors in a fixed order, so any other attack library can
@@ -20,14 +20,17 @@ import logging
 import re
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from robustscale._callable import make_callable
 from robustscale.device import resolve_device
 from robustscale.errors import RobustscaleError
 from robustscale.recipe import format_eps, parse_fraction
+from robustscale.runs import EvalResult, RunDir, eval_filename, result_filename, state_filename
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +58,8 @@ def _load_examples(run_dir_or_dataset: str | Path, split: str, n: int | None,
     from robustscale.data import DATASETS, load_split as load_all, to_float
 
     target = Path(run_dir_or_dataset)
-    if (target / "recipe.yaml").is_file():
-        from robustscale.runs import read_recipe
-
-        recipe = read_recipe(target)
+    if RunDir(target).recipe.is_file():
+        recipe = RunDir(target).read_recipe()
         name, folder = recipe.dataset, data_dir if data_dir is not None else recipe.data_dir
     elif str(run_dir_or_dataset) in DATASETS:
         name, folder = str(run_dir_or_dataset), data_dir if data_dir is not None else "data"
@@ -79,7 +80,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str 
              norm: str = "linf", steps: int = 40, step_size: float | str | None = None, restarts: int = 1,
              version: str = "standard", attacks: list[str] | None = None, seed: int = 0, batch_size: int = 256,
              device: str | torch.device = "auto", state_path: str | Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True) -> EvalResult:
     """Clean and robust accuracy (percent) of ``model`` on (x, y) under ``attack``.
 
     ``pgd``: our PGD with a random start, CE loss, ``restarts`` restarts (an example counts as
@@ -88,8 +89,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str 
     ``state_path`` makes a killed run resume (see robustscale.attacks.autoattack). The model is
     evaluated in eval mode with frozen parameters and put back as it was. With
     ``device="auto"`` the model stays where it is. ``progress``: a bar on a terminal, a line per
-    stage elsewhere, nothing under ``--quiet`` (robustscale.progress). Returns the dict written
-    to eval JSONs.
+    stage elsewhere, nothing under ``--quiet`` (robustscale.progress). Returns the
+    :class:`EvalResult` (read like the dict written to eval JSONs).
     """
     cfg = _check_settings(attack, eps, norm, steps, step_size, restarts, version, seed, batch_size)
     if attacks is not None and cfg["attack"] != "autoattack":
@@ -99,15 +100,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str 
     x, y = x.detach().float().cpu(), y.detach().long().cpu()
     if x.min() < 0 or x.max() > 1:
         raise RobustscaleError(f"x must hold images in [0, 1]; got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
-    t0 = time.perf_counter()
+    t0, seconds_before = time.perf_counter(), 0.0
     with _frozen(model, device) as dev:
         if attack == "pgd":
             result = _evaluate_pgd(model, x, y, cfg, dev, progress)
         else:
-            result = _evaluate_autoattack(model, x, y, cfg, dev, attacks, state_path, progress)
-    result["seconds"] = round(result.pop("seconds_before", 0.0) + time.perf_counter() - t0, 3)
-    result["device"] = str(dev)
-    return result
+            try:
+                result, seconds_before = _evaluate_autoattack(model, x, y, cfg, dev, attacks, state_path,
+                                                               progress)
+            except OSError as exc:  # AutoAttack's state file on a full or read-only disk
+                from robustscale.files import fs_error
+
+                raise fs_error(Path(exc.filename or state_path or "."), exc) from None
+    return result.replace(seconds=round(seconds_before + time.perf_counter() - t0, 3), device=str(dev))
 
 
 def _check_settings(attack: str, eps: float | str, norm: str, steps: int, step_size: float | str | None,
@@ -162,8 +167,8 @@ def _frozen(model: nn.Module, device: str | torch.device) -> Iterator[torch.devi
         model.train(was_training).to(home)
 
 
-def _evaluate_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any], dev: torch.device,
-                  progress: bool = True) -> dict[str, Any]:
+def _evaluate_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any],
+                  dev: torch.device, progress: bool = True) -> EvalResult:
     from robustscale.attacks.pgd import pgd_accuracy
 
     from robustscale.progress import bar
@@ -205,77 +210,40 @@ def _library_checks(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> lis
 
 def _evaluate_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any], dev: torch.device,
                          attacks: list[str] | None, state_path: str | Path | None,
-                         progress: bool = True) -> dict[str, Any]:
+                         progress: bool = True) -> tuple[EvalResult, float]:
+    """The result, and the seconds spent before a resume (added to this attempt's own)."""
     from robustscale.attacks.autoattack import run_autoattack
 
     out = run_autoattack(model, x, y, eps=cfg["eps"], norm="Linf", version=cfg["version"], attacks=attacks,
                          seed=cfg["seed"], batch_size=cfg["batch_size"], device=dev, state_path=state_path,
                          progress=progress)
     result = _result(cfg, len(y), out.clean_acc, out.robust_acc, out.per_attack, out.warnings)
-    if attacks is not None:
-        result["version"] = f"custom:{'+'.join(attacks)}"
-    result["resumed_after"] = out.resumed_after
-    result["seconds_before"] = out.seconds_before
-    return result
+    version = f"custom:{'+'.join(attacks)}" if attacks is not None else result.version
+    return result.replace(version=version, resumed_after=list(out.resumed_after)), out.seconds_before
 
 
 def _result(cfg: dict[str, Any], n: int, clean: float, robust: float, per_attack: dict[str, float] | None,
-            warnings: list[str]) -> dict[str, Any]:
-    keys = ("attack", "eps", "norm", "steps", "restarts", "step_size", "step_size_rule", "version", "seed", "batch_size")
-    return {**{k: cfg[k] for k in keys[:3]}, "n": n, "clean_acc": clean, "robust_acc": robust,
-            "per_attack": per_attack, **{k: cfg[k] for k in keys[3:]}, "warnings": list(warnings)}
-
-
-def eval_filename(attack: str, eps: float, checkpoint: str = "best", *, version: str | None = None,
-                  n: int | None = None, split_size: int | None = None) -> str:
-    """``<attack>-<eps>[-<version>][-n<N>][-last].json``.
-
-    eps is ``8-255`` when a whole number of 255ths, else the decimal. ``-<version>`` appears for
-    an AutoAttack version other than ``standard``; ``-n<N>`` when the evaluation covered only the
-    first N of the split's ``split_size`` examples (n given and not the whole split); ``-last``
-    for the ``last`` checkpoint. So ``autoattack-<eps>.json`` is only ever the standard version
-    of the ``best`` checkpoint on the whole test split, the number the zoo reads, and subset,
-    other-version and ``last`` evaluations never overwrite it."""
-    parts = [attack, format_eps(eps).replace("/", "-")]
-    if attack == "autoattack" and version not in (None, "standard"):
-        parts.append(re.sub(r"[^A-Za-z0-9.]+", "-", str(version)).strip("-"))
-    if n is not None and n != split_size:
-        parts.append(f"n{n}")
-    if checkpoint == "last":
-        parts.append("last")
-    return "-".join(parts) + ".json"
-
-
-def result_filename(result: dict[str, Any]) -> str:
-    """The ``eval/`` file name of a result dict written by :func:`evaluate_run` or :func:`evaluate_checkpoint`."""
-    return eval_filename(result["attack"], result["eps"], result.get("checkpoint", "best"),
-                         version=result.get("version"), n=result.get("n"), split_size=result.get("split_size"))
-
-
-def state_filename(eps: float, checkpoint: str, *, version: str = "standard", n: int | None = None,
-                   split_size: int | None = None) -> str:
-    """``.autoattack-<eps>[-<version>][-n<N>]-<checkpoint>.state``: the AutoAttack state (and,
-    beside it, ``<state>.progress.json``) of one evaluation. The checkpoint is ``best``, ``last``
-    or a checkpoint file's stem, so evaluations of different checkpoints, versions or subsets can
-    run at the same time in one ``eval/`` folder without overwriting each other's state."""
-    base = eval_filename("autoattack", eps, "best", version=version, n=n, split_size=split_size)
-    tag = checkpoint if checkpoint in ("best", "last") else Path(checkpoint).stem
-    return f".{base.removesuffix('.json')}-{re.sub(r'[^A-Za-z0-9._]+', '-', tag)}.state"
+            warnings: list[str]) -> EvalResult:
+    return EvalResult(attack=cfg["attack"], eps=cfg["eps"], norm=cfg["norm"], n=n, clean_acc=clean,
+                      robust_acc=robust, per_attack=per_attack, steps=cfg["steps"], restarts=cfg["restarts"],
+                      step_size=cfg["step_size"], step_size_rule=cfg["step_size_rule"],
+                      version=cfg["version"], seed=cfg["seed"], batch_size=cfg["batch_size"],
+                      warnings=list(warnings))
 
 
 def evaluate_run(run_dir: str | Path, *, attack: str = "pgd", checkpoint: str = "best", eps: float | str | None = None,
                  n: int | None = None, steps: int = 40, restarts: int = 1, norm: str = "linf", batch_size: int = 256,
-                 version: str = "standard", seed: int = 0, device: str = "auto") -> dict[str, Any]:
+                 version: str = "standard", seed: int = 0, device: str = "auto") -> EvalResult:
     """Evaluate a run's ``checkpoint`` on the first ``n`` test examples (all when None) and write
     ``<run_dir>/eval/`` + :func:`eval_filename` (``-<version>``, ``-n<N>``, ``-last`` parts when
     they apply); eps defaults to the recipe's. Returns the result dict. An AutoAttack evaluation
     keeps its state in ``eval/`` + :func:`state_filename` and resumes from it when killed. (No
     custom attack subsets here: the zoo reads ``autoattack-<eps>.json`` as the final number;
     use :func:`evaluate` for those.)"""
-    from robustscale.runs import RunDir, load, read_recipe
+    from robustscale.runs import load
 
     run = RunDir(Path(run_dir))
-    recipe = read_recipe(run.path)
+    recipe = run.read_recipe()
     settings = dict(attack=attack, eps=recipe.eps if eps is None else eps, norm=norm, steps=steps, restarts=restarts,
                     version=version, attacks=None, seed=seed, batch_size=batch_size)
     _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
@@ -290,53 +258,41 @@ def evaluate_checkpoint(path: str | Path, *, model: str, dataset: str = "cifar10
                         out_dir: str | Path | None = None, attack: str = "pgd", eps: float | str = 8 / 255,
                         n: int | None = None, steps: int = 40, restarts: int = 1, norm: str = "linf",
                         batch_size: int = 256, version: str = "standard", seed: int = 0,
-                        device: str = "auto") -> dict[str, Any]:
+                        device: str = "auto", activation: str | None = None) -> EvalResult:
     """Evaluate weights trained elsewhere: ``path`` holds a state dict for ``model`` (a robustscale
-    or timm model name, built as robustscale builds it: [0, 1] inputs, the dataset's
-    normalisation inside), plain or under a ``model`` / ``state_dict`` key. Results go to
-    ``out_dir`` (default: ``eval/`` beside the checkpoint)."""
-    from robustscale.recipe import Recipe
-    from robustscale.runs import model_from_state
+    or timm model name, built as robustscale builds it: [0, 1] inputs, normalisation inside), as
+    published checkpoints ship it (RobustBench's key names, wrapper prefixes, ``state_dict`` /
+    ``model_state_dict`` / ``model`` containers: robustscale.robustbench.load_weights_file).
+    Results go to ``out_dir`` (default: ``eval/`` beside the checkpoint)."""
+    from robustscale.robustbench import load_weights_file
 
     settings = dict(attack=attack, eps=eps, norm=norm, steps=steps, restarts=restarts, version=version,
                     attacks=None, seed=seed, batch_size=batch_size)
     _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
+    if not Path(path).is_file():
+        raise RobustscaleError(f"checkpoint {str(path)!r} does not exist")
     dev = resolve_device(device)
+    net = load_weights_file(path, model=model, dataset=dataset, activation=activation, device=dev)
     x, y, total = _load_examples(dataset, "test", n, data_dir)
-    net = model_from_state(Recipe(dataset=dataset, model=model), _read_weights(Path(path)), dev)
     out = Path(out_dir) if out_dir is not None else Path(path).parent / "eval"
     return _evaluate_into(net, x, y, total, out, settings, dev, checkpoint=str(path), recipe=None, run_id=None)
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from robustscale.train.checkpoint import safe_load
-
-    state = safe_load(path)  # never runs code from the file
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RobustscaleError(f"checkpoint {str(path)!r} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved weights too
-
-
 def _evaluate_into(model: nn.Module, x: torch.Tensor, y: torch.Tensor, split_size: int, eval_dir: Path,
                    settings: dict[str, Any], dev: torch.device, *, checkpoint: str, recipe: Any,
-                   run_id: str | None) -> dict[str, Any]:
-    from robustscale.files import atomic_write_json
-
+                   run_id: str | None) -> EvalResult:
     state = None
     if settings["attack"] == "autoattack":
         state = eval_dir / state_filename(parse_fraction(settings["eps"], "eps"), checkpoint,
                                           version=settings["version"], n=len(y), split_size=split_size)
     result = evaluate(model, x, y, **settings, device=dev, state_path=state)
-    result.update(checkpoint=checkpoint, split="test", split_size=split_size, run_id=run_id)
-    result["warnings"] += run_warnings(result, recipe, eval_dir)
-    atomic_write_json(eval_dir / result_filename(result), result)
+    result = result.replace(checkpoint=checkpoint, split="test", split_size=split_size, run_id=run_id)
+    result = result.replace(warnings=result.warnings + run_warnings(result, recipe, eval_dir))
+    RunDir(eval_dir.parent).write_eval(result, folder=eval_dir)
     return result
 
 
-def run_warnings(result: dict[str, Any], recipe: Any, eval_dir: Path) -> list[str]:
+def run_warnings(result: Mapping[str, Any], recipe: Any, eval_dir: Path) -> list[str]:
     """Sanity checks that need the run: gradient masking on a standard model, PGD weaker than
     AutoAttack's result on the same examples, and model selection on the test examples."""
     found = []
@@ -361,7 +317,7 @@ def run_warnings(result: dict[str, Any], recipe: Any, eval_dir: Path) -> list[st
     return found
 
 
-def _comparable(result: dict[str, Any], eval_dir: Path) -> dict[str, Any] | None:
+def _comparable(result: Mapping[str, Any], eval_dir: Path) -> EvalResult | None:
     """The other L-inf attack's eval JSON for the same checkpoint, eps, n and split, if any."""
     if result["attack"] not in ("pgd", "autoattack"):
         return None
@@ -370,13 +326,15 @@ def _comparable(result: dict[str, Any], eval_dir: Path) -> dict[str, Any] | None
                                     n=result.get("n"), split_size=result.get("split_size"))
     if not path.is_file():
         return None
-    from robustscale.files import read_json
-
     try:
-        data = read_json(path)
+        data = RunDir(eval_dir.parent).read_eval(path)
     except RobustscaleError as exc:
         log.warning("warning: ignoring %s", exc)
         return None
     same = all(data.get(k) == result.get(k) for k in ("checkpoint", "n", "split")) and \
-        abs(float(data.get("eps", -1)) - result["eps"]) < 1e-12
+        abs(data.eps - result["eps"]) < 1e-12
     return data if same else None
+
+
+# ``robustscale.evaluate(model, x, y, ...)`` calls evaluate() (robustscale/_callable.py says why).
+make_callable(__name__, "evaluate")

@@ -16,19 +16,62 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from robustscale.errors import RobustscaleError
+from robustscale.errors import RobustscaleError, first_line
 
 
-def _fs_error(path: Path, exc: OSError) -> RobustscaleError:
+def fs_error(path: Path, exc: OSError) -> RobustscaleError:
+    """One line naming the path, the cause (its errno name) and what to do."""
+    cause = errno.errorcode.get(exc.errno or 0, "")
+    why = f"{exc.strerror or exc}" + (f" ({cause})" if cause else "")
     if exc.errno == errno.ENOSPC:
-        return RobustscaleError(f"no space left on the device while writing {str(path)!r}; the previous version is kept")
+        return RobustscaleError(f"no space left on the device while writing {str(path)!r} (ENOSPC); "
+                                "the previous version is kept; free space and run the command again")
+    if exc.errno in (errno.EDQUOT, errno.EFBIG):
+        return RobustscaleError(f"cannot write {str(path)!r}: {why}; the previous version is kept; "
+                                "free space (or raise the limit) and run the command again")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return RobustscaleError(f"cannot write {str(path)!r}: {exc.strerror}; choose a writable output folder")
-    return RobustscaleError(f"cannot write {str(path)!r}: {exc.strerror or exc}")
+        return RobustscaleError(f"cannot write {str(path)!r}: {why}; "
+                                "choose a writable output folder")
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+        return RobustscaleError(f"cannot write {str(path)!r}: {why}; give a file path whose parent "
+                                "is a folder")
+    return RobustscaleError(f"cannot write {str(path)!r}: {why}")
+
+
+_fs_error = fs_error
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """``path`` as a file to write: refused (one line) when it is a folder or its parent is a file,
+    before any work is done; the parent folder need not exist yet."""
+    path = Path(path)
+    if path.is_dir():
+        raise RobustscaleError(f"{what} {str(path)!r} is a folder; give a file path such as "
+                               f"{str(path / 'out')!r} plus a suffix")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RobustscaleError(f"{what} {str(path)!r}: {str(parent)!r} is a file, "
+                                       "not a folder")
+            break
+    return path
+
+
+def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
+    """``path`` as a folder to write into: refused (one line) when it, or a parent, is a file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise RobustscaleError(f"{what} {str(path)!r}: {str(p)!r} is a file, not a folder; "
+                                       "give a folder")
+            break
+    return path
 
 
 @contextlib.contextmanager
@@ -108,13 +151,16 @@ def atomic_save(path: str | Path, write: Callable[[io.IOBase], None]) -> None:
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file's value; missing, unreadable, undecodable or invalid JSON is one line."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise RobustscaleError(f"{str(path)!r} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RobustscaleError(f"{str(path)!r} is not valid JSON: {exc}") from None
+        raise RobustscaleError(f"{str(path)!r} is not valid JSON: {first_line(exc)}") from None
+    except OSError as exc:
+        raise RobustscaleError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
 
 
 def read_yaml_mapping(path: str | Path, what: str = "recipe file") -> dict[str, Any]:
@@ -127,6 +173,11 @@ def read_yaml_mapping(path: str | Path, what: str = "recipe file") -> dict[str, 
         raise RobustscaleError(f"{what} {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise RobustscaleError(f"{what} {str(path)!r} is not UTF-8 text ({first_line(exc)}); "
+                               "it is damaged or not a YAML file") from None
+    except OSError as exc:
+        raise RobustscaleError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
         raise RobustscaleError(f"{what} {str(path)!r} is not valid YAML: {first}") from None
@@ -142,16 +193,19 @@ def append_csv_row(path: str | Path, columns: list[str], row: dict[str, Any]) ->
     path = Path(path)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    new = not path.exists() or path.stat().st_size == 0
-    if new:
-        writer.writeheader()
-    writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+    size = 0
     try:
+        size = path.stat().st_size if path.exists() else 0
+        if size == 0:
+            writer.writeheader()
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
         with open(path, "a") as f:
             f.write(buf.getvalue())
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
+        with contextlib.suppress(OSError):  # no part-row for the next append to continue
+            os.truncate(path, size)
         raise _fs_error(path, exc) from None
 
 
@@ -182,3 +236,26 @@ def rewrite_csv(path: str | Path, columns: list[str], rows: list[dict[str, Any]]
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k)) if not isinstance(row.get(k), str) else row.get(k) for k in columns})
     atomic_write_text(path, buf.getvalue())
+
+
+# One path component built from a user value (a run id, a sweep or model name): letters,
+# digits and _ . - ; not starting with '.', so never '..', a hidden file, a '/' or an absolute path.
+_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
+
+
+def check_component(value: Any, what: str) -> str:
+    """``value`` when it is one safe path component, else a one-line RobustscaleError."""
+    if not isinstance(value, str) or not _COMPONENT.fullmatch(value):
+        raise RobustscaleError(f"{what} {value!r} cannot be used in a file name; allowed: letters, "
+                               "digits and _ . - (at most 200, not starting with '.'; no '/', '..' "
+                               "or absolute paths)")
+    return value
+
+
+def contained(root: str | Path, path: str | Path) -> Path:
+    """``path`` resolved, when it lies inside ``root`` (links followed); else a RobustscaleError."""
+    base, target = Path(root).resolve(), Path(path).resolve()
+    if target != base and base not in target.parents:
+        raise RobustscaleError(f"{str(path)!r} resolves to {str(target)!r}, outside {str(base)!r}; "
+                               "refusing to write there")
+    return target

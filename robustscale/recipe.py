@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from robustscale.errors import RobustscaleError
+from robustscale.site_config import cost_defaults
 
 # Settings that never change what a run computes: they are left out of the run id and may
 # differ when a run directory is resumed.
@@ -28,6 +29,7 @@ NON_RESULT_KEYS = frozenset(
         "data_dir",
         "device",
         "checkpoint_every_steps",
+        "grad_checkpointing",  # recomputes blocks in backward: same numbers, less memory
         "pue",
         "usd_per_kwh",
         "gco2_per_kwh",
@@ -116,6 +118,7 @@ class Recipe(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+    grad_checkpointing: bool = False  # activation checkpointing (WRN-70-16 TRADES at large batches)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: Optional[int] = None
     # accounting (the paper's constants)
@@ -126,7 +129,8 @@ class Recipe(BaseModel):
     power_sample_interval: float = 0.1
 
     def __init__(self, **data: Any):
-        data = _with_cost_defaults(data)  # robustscale.toml [cost]; see the end of this file
+        # No I/O here: a Recipe is a pure function of its keys. The site's robustscale.toml
+        # [cost] table is applied by the loaders that ask for it (site_defaults=True).
         try:
             super().__init__(**data)
         except ValidationError as exc:
@@ -136,6 +140,14 @@ class Recipe(BaseModel):
     @classmethod
     def _fraction(cls, v: Any, info: Any) -> float:
         return parse_fraction(v, info.field_name)
+
+    @field_validator("model", mode="after")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        # The model name is part of the run id, hence of file names (runs/<run_id>/, recipes/...).
+        from robustscale.files import check_component
+
+        return check_component(v, "model")
 
     @model_validator(mode="after")
     def _ranges(self) -> "Recipe":
@@ -172,8 +184,9 @@ class Recipe(BaseModel):
                            "null or an integer >= 1"))
         if self.power_watts is not None:
             checks.append(("power_watts", self.power_watts, self.power_watts > 0, "null or a number > 0"))
+        checks.append(("seed", self.seed, 0 <= self.seed < 2**63, "an integer from 0 to 2**63 - 1"))
         for key, value, ok, allowed in checks:
-            if not ok or (isinstance(value, float) and math.isnan(value)):
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
                 raise ValueError(f"{key}={value!r} is out of range; allowed: {allowed}")
         if self.synthetic_data is None and self.synthetic_fraction > 0:
             raise ValueError(
@@ -194,20 +207,26 @@ class Recipe(BaseModel):
     # ---- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
-        """Validate a plain dict; raise RobustscaleError with one line on any problem."""
+    def from_dict(cls, data: dict[str, Any], site_defaults: bool = False) -> "Recipe":
+        """Validate a plain dict; raise RobustscaleError with one line on any problem.
+
+        ``site_defaults=True`` fills the cost constants the dict does not give from the site's
+        robustscale.toml ``[cost]`` table (robustscale/site_config.py); the CLI's loaders ask
+        for it, a resolved recipe.yaml of a run never needs it."""
         if not isinstance(data, dict):
             raise RobustscaleError(f"a recipe must be a mapping of key: value, got {type(data).__name__}")
-        return cls(**data)
+        return cls(**(_with_cost_defaults(data) if site_defaults else data))
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "Recipe":
-        """Load a YAML recipe file, apply ``key=value`` overrides, validate."""
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None,
+                  site_defaults: bool = False) -> "Recipe":
+        """Load a YAML recipe file, apply ``key=value`` overrides, validate (``site_defaults``:
+        as :meth:`from_dict`)."""
         from robustscale.files import read_yaml_mapping
 
         data = read_yaml_mapping(path, "recipe file")
         data.update(parse_overrides(overrides or []))
-        return cls.from_dict(data)
+        return cls.from_dict(data, site_defaults=site_defaults)
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Recipe":
         """A new recipe with ``key=value`` strings (or a dict) applied, validated."""
@@ -285,14 +304,12 @@ def _one_line(exc: ValidationError, data: dict[str, Any]) -> str:
     return msg
 
 
-# ---- site defaults for the cost constants (robustscale.toml [cost]; robustscale/cost/config.py) ----
+# ---- site defaults for the cost constants (robustscale.toml [cost]; robustscale/site_config.py) ----
 
 
 def _with_cost_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with the cost keys it does not give taken from robustscale.toml's [cost] table:
     the recipe (and --set) wins, the file beats the paper's defaults."""
-    from robustscale.cost.config import cost_defaults
-
     defaults = cost_defaults()
     missing = {k: v for k, v in defaults.items() if k not in data}
     return {**data, **missing} if missing else data

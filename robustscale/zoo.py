@@ -4,23 +4,22 @@ The zoo table (``docs/zoo-schema.md``) is a public interface: another lab's tabl
 same columns must analyse exactly like ours. :data:`ZOO_COLUMNS` is the one place in the code
 that lists those columns; everything else (analysis, tests, docs checks) reads it from here.
 
-Gathering follows ``docs/run-directory.md``: only runs whose ``status.json`` says ``done`` are
-rows; unfinished and broken runs are returned with a reason and left out. Missing values are
-empty cells (NaN / <NA>), never 0.
+Gathering follows ``docs/run-directory.md`` and reads every file through
+:class:`robustscale.runs.RunDir`: only runs whose ``status.json`` says ``done`` are rows;
+unfinished and damaged runs are returned with a reason and left out. Missing values are empty
+cells (NaN / <NA>), never 0.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from robustscale.errors import RobustscaleError, first_line
+from robustscale.runs import MISSING, TEST_SPLIT_SIZES, EvalResult, RunDir, RunFileError
 
 if TYPE_CHECKING:  # pandas is imported lazily so that the CLI's --help stays fast
     import pandas as pd
@@ -63,65 +62,26 @@ NONNEGATIVE_COLUMNS: list[str] = [
 
 @dataclass(frozen=True)
 class SkippedRun:
-    """A run directory that is not in the zoo, and why."""
+    """A run directory that is not in the zoo, and why. ``damaged`` runs (a file missing or
+    unreadable, a best checkpoint missing or truncated) are listed apart from unfinished ones."""
 
     path: str
     reason: str
+    damaged: bool = False
 
 
 class _Skip(Exception):
     """Internal: this run directory cannot be a row (message = the reason)."""
 
-
-# ---- reading one run directory ------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise _Skip(f"missing {path.name}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise _Skip(f"unreadable {path.name}: {first_line(exc)}")
-    if not isinstance(data, dict):
-        raise _Skip(f"unreadable {path.name}: not a JSON object")
-    return data
+    def __init__(self, reason: str, damaged: bool = False):
+        super().__init__(reason)
+        self.damaged = damaged
 
 
-def _read_recipe(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise _Skip("missing recipe.yaml")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise _Skip(f"unreadable recipe.yaml: {first_line(exc)}")
-    if not isinstance(data, dict):
-        raise _Skip("unreadable recipe.yaml: not a mapping")
-    return data
+# ---- one run directory -> one row (the files are read through robustscale.runs) --------------
 
 
-def _number(value: Any) -> float | None:
-    """A float from a JSON/YAML value; None (missing) for null, NaN, bools and non-numbers."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, str) and "/" in value:  # eps as "8/255"
-        num, _, den = value.partition("/")
-        try:
-            return float(num) / float(den)
-        except (ValueError, ZeroDivisionError):
-            return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(out) else out
-
-
-# Test-split sizes, for eval JSONs written before evaluations recorded ``split_size``.
-_TEST_SPLIT_SIZES = {"cifar10": 10_000, "cifar100": 10_000, "digits": 360}
-
-
-def _eval_results(run_dir: Path, eps: float | None, dataset: Any = None) -> dict[str, dict[str, Any]]:
+def _zoo_evals(run: RunDir, eps: float | None, dataset: str | None) -> dict[str, EvalResult]:
     """Final evaluations of the ``best`` checkpoint at the recipe's eps on the whole test split,
     keyed by attack name; an ``autoattack`` entry is the ``standard`` version only.
 
@@ -130,49 +90,29 @@ def _eval_results(run_dir: Path, eps: float | None, dataset: Any = None) -> dict
     split is ``n == split_size``, or, for a file without ``split_size``, ``n`` equal to the
     dataset's test-split size. Subset, other-version and custom-subset evaluations are skipped.
     """
-    out: dict[str, dict[str, Any]] = {}
-    eval_dir = run_dir / "eval"
-    if not eval_dir.is_dir():
-        return out
-    for path in sorted(eval_dir.glob("*.json")):
-        data = _read_json(path)  # a corrupt evaluation makes the whole run unreliable
-        if data.get("checkpoint", "best") != "best" or data.get("split", "test") != "test":
+    out: dict[str, EvalResult] = {}
+    for path, result in run.read_evals():  # a corrupt evaluation makes the whole run unreliable
+        if result.checkpoint != "best" or result.split != "test":
             continue
-        file_eps = _number(data.get("eps"))
-        if eps is not None and (file_eps is None or abs(file_eps - eps) > 1e-6):
+        if eps is not None and abs(result.eps - eps) > 1e-6:
             continue
-        attack = str(data.get("attack"))
-        if attack == "autoattack" and data.get("version") != "standard":
-            log.debug("%s: AutoAttack version %r is not the zoo's (standard)", path, data.get("version"))
+        if result.attack == "autoattack" and result.version != "standard":
+            log.debug("%s: AutoAttack version %r is not the zoo's (standard)", path, result.version)
             continue
-        if not _whole_split(data, dataset):
-            log.debug("%s: n=%r is not the whole test split; not the zoo's number", path, data.get("n"))
+        size = result.split_size if result.split_size is not None else TEST_SPLIT_SIZES.get(str(dataset))
+        if result.n != size:
+            log.debug("%s: n=%r is not the whole test split; not the zoo's number", path, result.n)
             continue
-        out.setdefault(attack, data)
+        out.setdefault(result.attack, result)
     return out
 
 
-def _whole_split(data: dict[str, Any], dataset: Any) -> bool:
-    n = data.get("n")
-    size = data.get("split_size")
-    if size is None:  # written before evaluations recorded it
-        size = _TEST_SPLIT_SIZES.get(str(dataset))
-    return isinstance(n, int) and not isinstance(n, bool) and isinstance(size, int) and n == size
-
-
-def _best_epoch_clean_acc(run_dir: Path, best_epoch: Any) -> float | None:
-    path = run_dir / "metrics.csv"
-    if best_epoch is None or not path.is_file():
+def _best_epoch_clean_acc(run: RunDir, best_epoch: int | None) -> float | None:
+    if best_epoch is None:
         return None
-    import csv
-
-    try:
-        with path.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                if str(row.get("epoch", "")).strip() == str(best_epoch):
-                    return _number(row.get("val_clean_acc") or None)
-    except (OSError, csv.Error):
-        return None
+    for row in run.read_metrics():
+        if row.epoch == best_epoch:
+            return row.val_clean_acc
     return None
 
 
@@ -181,54 +121,65 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
 
     Raises ``ValueError`` with the reason when the run is unfinished or broken.
     """
-    run_dir = Path(run_dir)
     try:
-        return _read_run(run_dir)
+        return _read_run(RunDir(Path(run_dir)))
     except _Skip as exc:
         raise ValueError(str(exc)) from None
 
 
-def _read_run(run_dir: Path) -> dict[str, Any]:
-    status = _read_json(run_dir / "status.json")
-    state = status.get("state")
-    if state != "done":
-        detail = f": {status['reason']}" if status.get("reason") else ""
-        progress = f" (epoch {status.get('epoch')}/{status.get('epochs')})" if state == "running" else ""
-        raise _Skip(f"unfinished: state {state!r}{progress}{detail}")
-    recipe = _read_recipe(run_dir / "recipe.yaml")
-    cost = _read_json(run_dir / "cost.json")
-    eps = _number(recipe.get("eps"))
-    evals = _eval_results(run_dir, eps, recipe.get("dataset"))
-    synthetic = recipe.get("synthetic_data") is not None
+def _read_run(run: RunDir) -> dict[str, Any]:
+    try:
+        return _row(run)
+    except RunFileError as exc:
+        raise _Skip(exc.reason, damaged=True) from None
+
+
+def _row(run: RunDir) -> dict[str, Any]:
+    """The zoo row: typed records of the run directory mapped to the schema's columns."""
+    status = run.read_status()
+    if status is None:
+        raise RunFileError(run.status, MISSING)
+    if status.state != "done":
+        detail = f": {status.reason}" if status.reason else ""
+        progress = f" (epoch {status.epoch}/{status.epochs})" if status.state == "running" else ""
+        raise _Skip(f"unfinished: state {status.state!r}{progress}{detail}")
+    recipe = run.read_recipe_record()
+    cost = run.read_cost()
+    damage = run.damage()
+    if damage:
+        raise _Skip(damage, damaged=True)
+    evals = _zoo_evals(run, recipe.eps, recipe.dataset)
+    aa, pgd = evals.get("autoattack"), evals.get("pgd")
+    clean = aa.clean_acc if aa is not None else None
+    if clean is None and pgd is not None:
+        clean = pgd.clean_acc
+    if clean is None:
+        clean = _best_epoch_clean_acc(run, status.best_epoch)
     row: dict[str, Any] = {
-        "run_id": status.get("run_id") or run_dir.name,
-        "dataset": recipe.get("dataset"),
-        "model": recipe.get("model"),
-        "params": _number(cost.get("params")),
-        "activation": recipe.get("activation"),
-        "loss": recipe.get("loss"),
-        "attack_steps": _number(recipe.get("attack_steps")),
-        "epochs": _number(recipe.get("epochs")),
-        "ema": recipe.get("ema_decay") is not None,  # the Recipe's defaults are null: no EMA, no extra data
-        "synthetic_data": synthetic,
-        "synthetic_fraction": _number(recipe.get("synthetic_fraction", 0.0)) if synthetic else 0.0,
-        "examples_seen": _number(cost.get("examples_seen")),
-        "synthetic_size": _number(cost.get("synthetic_size")) if synthetic else 0,
-        "eps": eps,
-        "seed": _number(recipe.get("seed")),
+        "run_id": status.run_id or run.path.name,
+        "dataset": recipe.dataset,
+        "model": recipe.model,
+        "params": cost.params,
+        "activation": recipe.activation,
+        "loss": recipe.loss,
+        "attack_steps": recipe.attack_steps,
+        "epochs": recipe.epochs,
+        "ema": recipe.ema,
+        "synthetic_data": recipe.synthetic_data,
+        "synthetic_fraction": recipe.synthetic_fraction,
+        "examples_seen": cost.examples_seen,
+        "synthetic_size": cost.synthetic_size if recipe.synthetic_data else 0,
+        "eps": recipe.eps,
+        "seed": recipe.seed,
+        "train_flops": cost.train_flops,
+        "device_hours": cost.device_hours,
+        "energy_kwh": cost.energy_kwh,
+        "electricity_cost_usd": cost.electricity_cost_usd,
+        "co2_kg": cost.co2_kg,
+        "clean_acc": clean,
+        "pgd40_acc": status.best_val_pgd_acc,
+        "autoattack_acc": aa.robust_acc if aa is not None else None,
     }
-    for key in ("train_flops", "device_hours", "energy_kwh", "electricity_cost_usd", "co2_kg"):
-        row[key] = _number(cost.get(key))
-    aa, pgd = evals.get("autoattack", {}), evals.get("pgd", {})
-    # the selection metric (PGD-val_attack_steps on the held-out examples); old files' name too
-    row["pgd40_acc"] = _number(status.get("best_val_pgd_acc", status.get("best_val_pgd40_acc")))
-    row["autoattack_acc"] = _number(aa.get("robust_acc"))
-    clean = _number(aa.get("clean_acc"))
-    if clean is None:
-        clean = _number(pgd.get("clean_acc"))
-    if clean is None:
-        clean = _best_epoch_clean_acc(run_dir, status.get("best_epoch"))
-    row["clean_acc"] = clean
     return {name: row.get(name) for name in COLUMN_NAMES}
 
 
@@ -242,11 +193,9 @@ def _run_dirs(root: Path) -> list[Path]:
 def gather_zoo(root: str | Path) -> tuple["pd.DataFrame", list[SkippedRun]]:
     """Every finished run directory under ``root`` as one zoo table, plus the runs left out.
 
-    Unfinished (state != done) and broken (missing or unreadable files) runs are returned as
-    :class:`SkippedRun` with the reason (and logged at debug level; the CLI prints them). One run
-    id in two folders is resolved by content: the copy with more results (AutoAttack first) is
-    the row, the other is returned as skipped with a reason naming the kept path; two copies
-    with the same row are merged silently.
+    Unfinished (state != done) runs and damaged ones (a missing or unreadable file, a missing or
+    truncated best checkpoint) are returned as :class:`SkippedRun` with the reason (and logged
+    at debug level; the CLI prints them, the damaged ones in their own section).
     """
     root = Path(root)
     if not root.is_dir():
@@ -256,9 +205,9 @@ def gather_zoo(root: str | Path) -> tuple["pd.DataFrame", list[SkippedRun]]:
     where: dict[str, tuple[int, Path]] = {}  # run_id -> (index in rows, run directory)
     for run_dir in _run_dirs(root):
         try:
-            row = _read_run(run_dir)
+            row = _read_run(RunDir(run_dir))
         except _Skip as exc:
-            skipped.append(SkippedRun(str(run_dir), str(exc)))
+            skipped.append(SkippedRun(str(run_dir), str(exc), damaged=exc.damaged))
             log.debug("left out %s: %s", run_dir, exc)
             continue
         if row["run_id"] not in where:
@@ -359,9 +308,19 @@ def coerce_types(df: "pd.DataFrame", source: str = "table") -> "pd.DataFrame":
             bad = num.isna() & col.notna() & (col.astype("string").str.strip() != "")
             if bad.any():
                 value = col[bad].iloc[0]
-                raise RobustscaleError(f"zoo {source}: column {name!r} has non-numeric value {value!r}; "
-                                       f"allowed: a number or an empty cell")
+                raise RobustscaleError(f"zoo {source}: {_where(df, bad)} column {name!r} has non-numeric "
+                                       f"value {value!r}; allowed: a number or an empty cell")
+            num = num.astype("float64")
+            infinite = num.notna() & ~num.map(math.isfinite, na_action="ignore").fillna(True).astype(bool)
+            if infinite.any():
+                raise RobustscaleError(f"zoo {source}: {_where(df, infinite)} column {name!r} has "
+                                       f"{col[infinite].iloc[0]!r}, not a finite number; allowed: a finite "
+                                       "number or an empty cell")
             if kind == "int":
+                huge = num.notna() & (num.abs() >= 2.0**63)
+                if huge.any():
+                    raise RobustscaleError(f"zoo {source}: {_where(df, huge)} column {name!r} has "
+                                           f"{num[huge].iloc[0]:g}, too large for an integer count")
                 frac = num.notna() & (num != num.round())
                 if frac.any():
                     raise RobustscaleError(f"zoo {source}: column {name!r} has non-integer value "
@@ -370,6 +329,19 @@ def coerce_types(df: "pd.DataFrame", source: str = "table") -> "pd.DataFrame":
             else:
                 df[name] = num.astype("float64")
     return df
+
+
+def _where(df: "pd.DataFrame", mask: "pd.Series") -> str:
+    """``row N (run 'x')`` of the first True in ``mask``: N counts data rows from 1, as in the file."""
+    pos = int(mask.to_numpy().nonzero()[0][0])
+    run = df["run_id"].iloc[pos] if "run_id" in df.columns else None
+    return f"row {pos + 1}" + (f" (run {run!r})" if isinstance(run, str) else "")
+
+
+# Above this a value is no training run's FLOPs (the paper's costliest run is ~4e19; all the
+# compute ever spent on machine learning is far below 1e30): a typo or a unit slip.
+MAX_TRAIN_FLOPS = 1e30
+POSITIVE_COLUMNS = ("params", "train_flops")
 
 
 def validate_zoo(df: "pd.DataFrame", source: str = "table") -> None:
@@ -398,10 +370,49 @@ def validate_zoo(df: "pd.DataFrame", source: str = "table") -> None:
             run = df.loc[neg, "run_id"].iloc[0]
             raise RobustscaleError(f"zoo {source}: column {name!r} is negative ({col[neg].iloc[0]:g}) "
                                    f"for run {run!r}; allowed: a number >= 0 (FLOPs in FLOPs, not log)")
+    for name in POSITIVE_COLUMNS:
+        col = df[name]
+        bad = col.notna() & (col <= 0)
+        if bad.any():
+            raise RobustscaleError(f"zoo {source}: {_where(df, bad)} column {name!r} is {col[bad].iloc[0]:g}; "
+                                   "allowed: a number > 0 (or an empty cell)")
+    big = df["train_flops"].notna() & (df["train_flops"] >= MAX_TRAIN_FLOPS)
+    if big.any():
+        raise RobustscaleError(f"zoo {source}: {_where(df, big)} column 'train_flops' is "
+                               f"{df['train_flops'][big].iloc[0]:g}; allowed: below {MAX_TRAIN_FLOPS:g} "
+                               "(FLOPs of one training run, not a log or a sum of zoos)")
     dup = df["run_id"].dropna().duplicated()
     if dup.any():
         raise RobustscaleError(f"zoo {source}: run_id {df['run_id'].dropna()[dup].iloc[0]!r} appears twice; "
                                "run ids must be unique")
+
+
+def _check_csv_rows(path: Path) -> None:
+    """Every row has the header's number of cells: a torn last line (a truncated copy) or a
+    damaged row is one line naming the row, not a partial value read as a number."""
+    import csv
+    import io
+
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise RobustscaleError(f"zoo table {str(path)!r} is not UTF-8 text; it is damaged or not a "
+                               "CSV file") from None
+    except OSError as exc:
+        raise RobustscaleError(f"cannot read zoo table {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise RobustscaleError(f"zoo table {str(path)!r} is not valid CSV: {first_line(exc)}") from None
+    if not rows:
+        raise RobustscaleError(f"zoo table {str(path)!r} is empty; a zoo table needs a header row "
+                               "with the columns of zoo_schema.md")
+    width = len(rows[0])
+    for i, row in enumerate(rows[1:], start=1):
+        if row and len(row) != width:
+            torn = " (the file ends mid-row: truncated)" if i == len(rows) - 1 and not text.endswith("\n") else ""
+            raise RobustscaleError(f"zoo table {str(path)!r}: row {i} has {len(row)} cells, the header "
+                                   f"{width}{torn}; restore the file or remove the row")
 
 
 def read_zoo(path: str | Path) -> "pd.DataFrame":
@@ -416,6 +427,7 @@ def read_zoo(path: str | Path) -> "pd.DataFrame":
         if suffix == ".parquet":
             df = pd.read_parquet(path)
         elif suffix in (".csv", ".txt"):
+            _check_csv_rows(path)
             df = pd.read_csv(path, keep_default_na=True, na_values=[""], dtype=str)
         else:
             raise RobustscaleError(f"zoo table {str(path)!r} has suffix {suffix!r}; allowed: .csv or .parquet")
@@ -432,17 +444,25 @@ def read_zoo(path: str | Path) -> "pd.DataFrame":
     return df
 
 
-def write_zoo(df: "pd.DataFrame", path: str | Path) -> Path:
-    """Write a zoo table as CSV (empty cells for missing values) or Parquet, by suffix."""
+def check_zoo_output(path: str | Path) -> Path:
+    """Refuse an output table name without a .csv/.parquet suffix (before any work)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise RobustscaleError(f"output {str(path)!r} has suffix {suffix!r}; allowed: .csv or .parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if suffix == ".parquet":
-        df.to_parquet(tmp, index=False)
+    return path
+
+
+def write_zoo(df: "pd.DataFrame", path: str | Path) -> Path:
+    """Write a zoo table as CSV (empty cells for missing values) or Parquet, by suffix, atomically
+    (a full or read-only disk is one line and leaves no temporary file)."""
+    from robustscale.files import atomic_open, check_output_file
+
+    path = check_zoo_output(check_output_file(path, "zoo table"))
+    if path.suffix.lower() == ".parquet":
+        with atomic_open(path, "wb") as f:
+            df.to_parquet(f, index=False)
     else:
-        df.to_csv(tmp, index=False, na_rep="")
-    tmp.replace(path)
+        with atomic_open(path, "w") as f:
+            df.to_csv(f, index=False, na_rep="")
     return path

@@ -488,16 +488,20 @@ def test_toml_cost_defaults_and_precedence(tmp_path, monkeypatch, capsys):
     assert (paper.pue, paper.usd_per_kwh, paper.gco2_per_kwh, paper.power_watts) == (1.58, 0.12, 566.3, None)
     (tmp_path / "robustscale.toml").write_text(
         "[cost]\npue = 1.1\nusd_per_kwh = 0.3\ngco2_per_kwh = 50\npower_watts = 200\n\n[other]\nx = 1\n")
-    r = Recipe()
+    # Recipe() itself does no I/O: only a loader that asks for the site's defaults reads the file
+    assert Recipe().pue == 1.58
+    r = Recipe.from_dict({}, site_defaults=True)
     assert (r.pue, r.usd_per_kwh, r.gco2_per_kwh, r.power_watts) == (1.1, 0.3, 50.0, 200.0)
     assert r.run_id == paper.run_id  # cost constants never change what a run computes
     # the recipe and --set win over the file
-    assert Recipe(pue=1.3).pue == 1.3 and Recipe(pue=1.3).usd_per_kwh == 0.3
+    site_pue = Recipe.from_dict({"pue": 1.3}, site_defaults=True)
+    assert site_pue.pue == 1.3 and site_pue.usd_per_kwh == 0.3
     assert r.with_overrides(["usd_per_kwh=0.5"]).usd_per_kwh == 0.5
     path = tmp_path / "r.yaml"
     path.write_text("dataset: digits\nloss: pgd\nattack_steps: 2\ngco2_per_kwh: 400\n")
-    assert Recipe.from_yaml(path).gco2_per_kwh == 400.0 and Recipe.from_yaml(path).pue == 1.1
-    assert Recipe.from_yaml(path, ["pue=2"]).pue == 2.0
+    site = Recipe.from_yaml(path, site_defaults=True)
+    assert site.gco2_per_kwh == 400.0 and site.pue == 1.1
+    assert Recipe.from_yaml(path, ["pue=2"], site_defaults=True).pue == 2.0
     # the CLI forecast uses them: power from the file (an estimate), the file's prices
     assert main(["flops", str(path), "--throughput", "100", "--json"]) == 0
     fc = json.loads(capsys.readouterr().out)["forecast"]
@@ -510,10 +514,10 @@ def test_toml_cost_defaults_and_precedence(tmp_path, monkeypatch, capsys):
     other.parent.mkdir()
     other.write_text("[cost]\nusd_per_kwh = 0.05\n")
     monkeypatch.setenv("ROBUSTSCALE_CONFIG", str(other))
-    r = Recipe()
+    r = Recipe.from_dict({}, site_defaults=True)
     assert (r.pue, r.usd_per_kwh, r.power_watts) == (1.58, 0.05, None)
     other.write_text("[cost]\nusd_per_kwh = 0.07\n# changed\n")  # re-read when the file changes
-    assert Recipe().usd_per_kwh == 0.07
+    assert Recipe.from_dict({}, site_defaults=True).usd_per_kwh == 0.07
 
 
 @pytest.mark.parametrize("text,words", [
@@ -535,7 +539,7 @@ def test_toml_bad_cost_table_is_one_line_error(tmp_path, monkeypatch, capsys, te
     monkeypatch.chdir(tmp_path)
     (tmp_path / "robustscale.toml").write_text(text)
     with pytest.raises(RobustscaleError) as info:
-        Recipe()
+        Recipe.from_dict({}, site_defaults=True)
     msg = str(info.value)
     assert "robustscale.toml" in msg and "\n" not in msg
     assert all(w in msg for w in words), msg
@@ -550,7 +554,7 @@ def test_toml_config_env_must_exist(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ROBUSTSCALE_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(RobustscaleError, match="ROBUSTSCALE_CONFIG=.*missing.toml.* is not an existing file"):
-        Recipe()
+        Recipe.from_dict({}, site_defaults=True)
 
 
 # ---- a run where nothing can be metered ------------------------------------------------------

@@ -21,6 +21,7 @@ from robustscale.analysis.predictor import Predictor, fit_predictor
 from robustscale.analysis.scaling import N_BINS, PowerLaw, fit_envelope_laws
 from robustscale.analysis.target import cost_of_target
 from robustscale.errors import RobustscaleError
+from robustscale.files import atomic_write_text, fs_error
 from robustscale.zoo import coerce_types, validate_zoo
 
 log = logging.getLogger(__name__)
@@ -170,13 +171,16 @@ def analyze_zoo(df: Any, out_dir: str | Path, target_acc: float | None = None, s
         _add_joint(a, seed)
         timings["joint"] = time.perf_counter() - t0 - sum(timings.values())
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fs_error(out_dir, exc) from None
     fits = fits_dict(a, target_acc)
     fits["figures"] = {name: path.name for name, path in draw_figures(a, out_dir / "figures").items()}
     timings["figures"] = time.perf_counter() - t0 - sum(timings.values())
     fits["timings"] = timings
     fits = _clean_json(fits)
-    (out_dir / "fits.json").write_text(json.dumps(fits, indent=2))
+    atomic_write_text(out_dir / "fits.json", json.dumps(fits, indent=2))
     write_report(a, fits, out_dir)
     fits["seconds"] = time.perf_counter() - t0
     log.info("analysis of %d runs in %.1f s -> %s", len(a.zoo), fits["seconds"], out_dir)

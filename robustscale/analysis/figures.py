@@ -22,12 +22,17 @@ MARKERS = {"pgd": "o", "trades": "^", "standard": "s"}
 
 def save(fig: Any, out_dir: Path, name: str) -> Path:
     """Write ``name.png`` and ``name.svg``; return the PNG's path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from robustscale.files import atomic_open
+
     fig.tight_layout()
     png = out_dir / f"{name}.png"
-    fig.savefig(png, dpi=110)
-    fig.savefig(out_dir / f"{name}.svg")
-    plt.close(fig)
+    try:
+        with atomic_open(png, "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
+        with atomic_open(out_dir / f"{name}.svg", "wb") as f:
+            fig.savefig(f, format="svg")
+    finally:
+        plt.close(fig)
     return png
 
 

@@ -127,6 +127,8 @@ def write_report(a: Analysis, fits: dict[str, Any], out_dir: Path) -> Path:
              "margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}img{max-width:100%}")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>robustscale analysis</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    from robustscale.files import atomic_write_text
+
     path = out_dir / "report.html"
-    path.write_text(page)
+    atomic_write_text(path, page)
     return path

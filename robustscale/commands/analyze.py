@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from robustscale.commands import values
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -14,10 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and write report.html, fits.json and the figures into REPORT_DIR.")
     p.add_argument("zoo", help="zoo table, .csv or .parquet")
     p.add_argument("-o", "--output", default="report", help="report folder (default ./report)")
-    p.add_argument("--target-acc", type=float, default=None, metavar="X",
+    p.add_argument("--target-acc", type=values.number("--target-acc", low=0, high=100, low_open=True),
+                   default=None, metavar="X",
                    help="also give the FLOPs, kWh, USD and kg CO2 the laws say X%% AutoAttack accuracy takes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the bootstrap (default 0)")
-    p.add_argument("--collapse-threshold", type=float, default=10.0, metavar="PCT",
+    p.add_argument("--seed", type=values.seed(), default=0, help="seed of the splits and the bootstrap (default 0)")
+    p.add_argument("--collapse-threshold", type=values.number("--collapse-threshold", low=0, high=100),
+                   default=10.0, metavar="PCT",
                    help="runs with AutoAttack accuracy at or below this are collapsed and left out (default 10)")
     p.set_defaults(func=run_analyze)
 
@@ -27,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and forecast its FLOPs, kWh, USD and kg CO2 from the zoo's laws.")
     q.add_argument("recipe", help="recipe YAML")
     q.add_argument("--zoo", required=True, help="zoo table, .csv or .parquet")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=values.seed(), default=0)
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=run_predict)
 
@@ -35,8 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_analyze(args: argparse.Namespace) -> int:
     from robustscale.analysis import analyze_zoo
     from robustscale.analysis.target import describe_target
+    from robustscale.files import check_output_folder
     from robustscale.zoo import read_zoo
 
+    check_output_folder(args.output, "report folder")  # before the fit
     fits = analyze_zoo(read_zoo(args.zoo), args.output, target_acc=args.target_acc, seed=args.seed,
                        collapse_threshold=args.collapse_threshold)
     acc = fits["scaling"]["accuracy"]

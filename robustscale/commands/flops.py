@@ -88,7 +88,7 @@ def _recipe(args: argparse.Namespace) -> int:
     from robustscale.cost.forecast import calibrate, forecast_recipe
     from robustscale.recipe import Recipe
 
-    recipe = Recipe.from_yaml(args.target, args.overrides)
+    recipe = Recipe.from_yaml(args.target, args.overrides, site_defaults=True)
     throughput, power, source, cal = args.throughput, args.power_watts, "given", None
     if power is None and recipe.power_watts is not None:
         power = recipe.power_watts

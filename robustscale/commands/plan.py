@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from robustscale.commands import values
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -15,8 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "writes; or, with --target-acc, the cheapest plan reaching it.")
     p.add_argument("--zoo", required=True, help="zoo table, .csv or .parquet")
     goal = p.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--budget", type=float, help="compute budget, in --unit")
-    goal.add_argument("--target-acc", type=float, metavar="X", help="cheapest plan predicted to reach X%% AutoAttack")
+    goal.add_argument("--budget", type=values.number("--budget", low=0, low_open=True),
+                      help="compute budget, in --unit")
+    goal.add_argument("--target-acc", type=values.number("--target-acc", low=0, high=100, low_open=True),
+                      metavar="X", help="cheapest plan predicted to reach X%% AutoAttack")
     p.add_argument("--unit", default="flops", choices=["flops", "usd", "kwh", "kgco2"],
                    help="unit of --budget (default flops); converted with the zoo's cost laws")
     p.add_argument("--loss", default=None, help="fit on runs with this loss only (e.g. trades)")
@@ -26,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default=None, metavar="NAMES",
                    help="candidate models, comma-separated timm names or patterns (e.g. 'wrn28_10,resnet18,"
                    "resnet*'; at most 50 models per pattern); default: the WideResNets wrn10_1 ... wrn70_16")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=values.seed(), default=0)
     p.add_argument("-o", "--output", default=None, metavar="RECIPE.yaml", help="write the recipe here")
     p.set_defaults(func=run)
 
@@ -40,7 +44,11 @@ def _fmt_bill(bill: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from robustscale.analysis.planner import plan, recipe_yaml
+    from robustscale.files import atomic_write_text, check_output_file
     from robustscale.zoo import read_zoo
+
+    if args.output:
+        check_output_file(args.output, "recipe output")  # before the fit
 
     out = plan(read_zoo(args.zoo), budget=args.budget, unit=args.unit, target_acc=args.target_acc,
                loss=args.loss, attack_steps=args.attack_steps, seed=args.seed, synthetic_data=args.synthetic_data,
@@ -69,6 +77,6 @@ def run(args: argparse.Namespace) -> int:
     for warning in out["warnings"]:
         print(f"warning: {warning}")
     if args.output:
-        Path(args.output).write_text(recipe_yaml(out["recipe"]))
+        atomic_write_text(Path(args.output), recipe_yaml(out["recipe"]))
         print(f"recipe: {args.output}")
     return 0

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from robustscale.recipe import Recipe
     from robustscale.train import train
 
-    recipe = Recipe.from_yaml(args.recipe, args.overrides)
+    recipe = Recipe.from_yaml(args.recipe, args.overrides, site_defaults=True)
     run_dir = train(recipe, args.run_dir, out_root=args.out, progress=not args.no_progress,
                     final_eval=args.final_eval)
     if args.final_eval:  # the evaluation's lines, as `robustscale eval` prints them

@@ -11,8 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "zoo",
         help="gather every finished run directory under DIR into one zoo table",
         description="Gather every finished run directory under DIR into one zoo table "
-        "(columns: docs/zoo-schema.md). Unfinished or broken runs are listed with the reason "
-        "and left out. With --import, read an external zoo table (CSV or Parquet) instead, check "
+        "(columns: docs/zoo-schema.md). Unfinished runs are listed with the reason and left "
+        "out; damaged runs (a file missing or unreadable, a missing or truncated best checkpoint) "
+        "are listed in a 'damaged runs' section and kept out of the table. With --import, read an external zoo table (CSV or Parquet) instead, check "
         "it, and write it out in our format.",
     )
     p.add_argument("dir", help="folder holding run directories (searched recursively), or with "
@@ -24,14 +25,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustscale.zoo import gather_zoo, read_zoo, write_zoo
+    from robustscale.files import check_output_file
+    from robustscale.zoo import check_zoo_output, gather_zoo, read_zoo, write_zoo
 
+    check_zoo_output(check_output_file(args.output, "zoo table"))  # before any reading
     if args.import_table:
         df, skipped = read_zoo(args.dir), []
     else:
         df, skipped = gather_zoo(args.dir)
     path = write_zoo(df, args.output)
+    damaged = [item for item in skipped if item.damaged]
     for item in skipped:
-        print(f"left out {item.path}: {item.reason}", file=sys.stderr)
-    print(f"{len(df)} runs -> {path}" + (f" ({len(skipped)} left out)" if skipped else ""))
+        if not item.damaged:
+            print(f"left out {item.path}: {item.reason}", file=sys.stderr)
+    if damaged:
+        print(f"damaged runs ({len(damaged)}; kept out of the table: restore the file named, or "
+              "delete the run directory and train the run again):", file=sys.stderr)
+        for item in damaged:
+            print(f"  {item.path}: {item.reason}", file=sys.stderr)
+    extra = f" ({len(skipped)} left out" + (f", {len(damaged)} damaged" if damaged else "") + ")"
+    print(f"{len(df)} runs -> {path}" + (extra if skipped else ""))
     return 0

@@ -7,7 +7,7 @@
 * :func:`bill`: joules -> kWh (x PUE), USD, kg CO2.
 * :func:`forecast_recipe`: FLOPs (and, given throughput and power, hours / kWh / USD / CO2) of a
   recipe before training it.
-* :func:`robustscale.cost.config.cost_defaults`: site defaults for ``pue``, ``usd_per_kwh``,
+* :func:`robustscale.site_config.cost_defaults`: site defaults for ``pue``, ``usd_per_kwh``,
   ``gco2_per_kwh`` and ``power_watts`` from ``robustscale.toml``'s ``[cost]`` table (recipes
   that do not set a key take it from there).
 

@@ -75,15 +75,32 @@ class Ledger:
     """The run states of one sweep folder. Each call opens its own short connection, so a
     ledger object may be shared by threads."""
 
-    def __init__(self, path: str | Path, *, wal: bool = True, busy_timeout: float = 60.0):
+    def __init__(self, path: str | Path, *, wal: bool = True, busy_timeout: float = 60.0, create: bool = True):
+        """``create=False`` (readers such as ``status``) opens an existing ledger without
+        creating or repairing anything: a file that is not a ledger is one line."""
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self.host = socket.gethostname()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._init_schema(wal)
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._init_schema(wal)
+            else:
+                self._check_schema()
         except (sqlite3.Error, OSError) as exc:
-            raise RobustscaleError(f"cannot open the sweep ledger {str(self.path)!r}: {exc}") from None
+            raise RobustscaleError(f"cannot open the sweep ledger {str(self.path)!r}: {exc}; restore it, "
+                                   "or start the sweep again into a new --out folder") from None
+
+    def _check_schema(self) -> None:
+        if not self.path.is_file():
+            raise RobustscaleError(f"sweep ledger {str(self.path)!r} does not exist")
+        with self._connect() as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = {"runs", "meta"} - tables
+        if missing:
+            raise RobustscaleError(f"sweep ledger {str(self.path)!r} has no {', '.join(sorted(missing))} table "
+                                   "(damaged or not a ledger); restore it, or start the sweep again into "
+                                   "a new --out folder")
 
     def _init_schema(self, wal: bool) -> None:
         # Two launchers starting together can both try to switch the journal mode or create the
@@ -140,7 +157,12 @@ class Ledger:
 
     def meta(self) -> dict[str, Any]:
         with self._connect() as con:
-            return {r["key"]: json.loads(r["value"]) for r in con.execute("SELECT key, value FROM meta")}
+            rows = list(con.execute("SELECT key, value FROM meta"))
+        try:
+            return {r["key"]: json.loads(r["value"]) for r in rows}
+        except (TypeError, ValueError):
+            raise RobustscaleError(f"sweep ledger {str(self.path)!r} has a meta value that is not JSON; "
+                                   "restore it, or start the sweep again into a new --out folder") from None
 
     def rows(self, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
         with self._connect() as con:
@@ -149,7 +171,13 @@ class Ledger:
             else:
                 cur = con.execute("SELECT * FROM runs WHERE run_id IN (SELECT value FROM json_each(?)) "
                                   "ORDER BY idx, run_id", (json.dumps(run_ids),))
-            return [dict(r) for r in cur]
+            rows = [dict(r) for r in cur]
+        for row in rows:
+            if row.get("state") not in STATES:
+                raise RobustscaleError(
+                    f"sweep ledger {str(self.path)!r}: run {row.get('run_id')!r} has state {row.get('state')!r}; "
+                    f"allowed: {', '.join(STATES)}; restore the ledger, or set the run's state to pending")
+        return rows
 
     # ---- leases ----------------------------------------------------------------------------
 

@@ -6,27 +6,28 @@ replaces the old one, the old one becomes ``last-prev.pt``, so a truncated or co
 ``last.pt`` still leaves an intact checkpoint to resume from. ``best.pt`` holds the selected
 weights (the EMA weights when EMA is on) and the score that selected them.
 
-Loading always uses ``torch.load(..., weights_only=True)``: a checkpoint file can never run
-code. Python and NumPy RNG states are stored as tensors and lists for that reason.
+Loading (``robustscale/checkpoint_io.py``) always uses ``torch.load(..., weights_only=True)``:
+a checkpoint file can never run code. Python and NumPy RNG states are stored as tensors and
+lists for that reason.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from robustscale.errors import RobustscaleError, first_line
-from robustscale.files import atomic_save, replace_files
+from robustscale.checkpoint_io import FORMAT_VERSION, load_checkpoint, safe_load, torch_save
+from robustscale.errors import RobustscaleError
+from robustscale.files import replace_files
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_VERSION", "load_checkpoint", "safe_load", "save_checkpoint", "load_resume_checkpoint",
+           "rng_state", "set_rng_state"]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool = False) -> None:
@@ -35,31 +36,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool
     state = {"format_version": FORMAT_VERSION, **state}
     if keep_previous and path.exists():
         tmp = path.with_name(f".{path.name}.next")
-        atomic_save(tmp, lambda f: torch.save(state, f))
+        torch_save(tmp, state)
         replace_files((path, path.with_name(f"{path.stem}-prev{path.suffix}")), (tmp, path))
     else:
-        atomic_save(path, lambda f: torch.save(state, f))
-
-
-def safe_load(path: str | Path) -> Any:
-    """``torch.load`` that never runs code from the file; a missing, truncated, corrupt or unsafe
-    file is one clear line naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise RobustscaleError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        reason = first_line(exc)[:160]
-        raise RobustscaleError(f"checkpoint {str(path)!r} is truncated, corrupt or unsafe to load ({reason})") from None
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A robustscale checkpoint (a dict with a ``model`` state dict), loaded safely."""
-    state = safe_load(path)
-    if not isinstance(state, dict) or "model" not in state:
-        raise RobustscaleError(f"checkpoint {str(path)!r} is not a robustscale checkpoint (no 'model' entry)")
-    return state
+        torch_save(path, state)
 
 
 def load_resume_checkpoint(ckpt_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:

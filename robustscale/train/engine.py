@@ -22,17 +22,16 @@ import torch
 from robustscale.attacks.pgd import frozen_bn_stats, pgd_accuracy
 from robustscale.data.batches import seeded_generator
 from robustscale.errors import RobustscaleError, first_line
-from robustscale.files import append_csv_row, atomic_write_json, read_csv_rows, rewrite_csv
 from robustscale.losses import clean_monitor_steps, compute_loss, samples_clean_accuracy
 from robustscale.recipe import Recipe
-from robustscale.runs import METRIC_RENAMES, RunDir, read_status, renamed
+from robustscale.runs import METRIC_COLUMNS, CostRecord, MetricsRow, RunDir, RunFileError
 from robustscale.train import checkpoint as ckpt
-from robustscale.train.records import METRIC_COLUMNS, check_run_dir, create_run_dir, write_status
+from robustscale.train.records import check_run_dir, create_run_dir, remove_debris, write_status
 from robustscale.train import distributed
 from robustscale.threads import configure_cpu_threads, warn_if_changed
 from robustscale.train.setup import (
     Forward, check_precision, make_ema, make_optimizer, make_scheduler, prepare_data, resolve_device,
-    seed_everything,
+    seed_everything, enable_grad_checkpointing,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ class Progress:
     step: int = 0  # steps completed in the current epoch
     best_score: float = -math.inf
     best_epoch: int | None = None
-    best_val_pgd40: float | None = None
+    best_val_pgd: float | None = None
     cost: dict[str, Any] = field(default_factory=lambda: {
         "train_flops": 0.0, "train_flops_paper": 0.0, "val_flops": 0.0, "examples_seen": 0,
         "device_seconds": 0.0, "energy_joules": None})
@@ -71,6 +70,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
     clean = started = False
 
     def failed(exc: BaseException) -> None:  # record why, keep the last good checkpoint
+        if isinstance(exc, RunFileError):  # a damaged file: reported, and no other file changed
+            return
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
             str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}")
         if started and dist.is_main and run.recipe.exists():
@@ -80,10 +81,12 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
         done = check_run_dir(run, recipe) if dist.is_main else False
         distributed.barrier(dist)
         if not dist.is_main:
-            done = (read_status(run.path) or {}).get("state") == "done"
+            status = run.read_status()
+            done = status is not None and status.state == "done"
         started = True
         if done:
-            _note_threads(run, recipe.device, "run again")
+            if dist.is_main:
+                remove_debris(run)
             clean = True
         else:
             # Data, model and FLOPs are set up before anything is written, so a bad value
@@ -132,6 +135,8 @@ class _Engine:
         info = self.data.info
         model = build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
                             recipe.activation, recipe.drop_rate, img_size=info.shape[1:]).to(self.device)
+        if recipe.grad_checkpointing:
+            enable_grad_checkpointing(model, recipe.model)
         if recipe.channels_last:
             model = model.to(memory_format=torch.channels_last)
         plain = model  # FLOPs are counted on a meta copy of this one (SyncBatchNorm needs a GPU)
@@ -182,10 +187,10 @@ class _Engine:
         state, path = ckpt.load_resume_checkpoint(self.run.checkpoints)
         if state is None:  # a fresh start: rows left by an attempt killed before its first checkpoint go
             if self.main and self.run.metrics.exists():
-                rewrite_csv(self.run.metrics, METRIC_COLUMNS, [])
+                self.run.rewrite_metrics([])
             return
         if self.main and self.threads is not None:
-            warn_if_changed(self.run.path, (read_status(self.run.path) or {}).get("threads"), self.threads)
+            warn_if_changed(self.run.path, getattr(_status_or_none(self.run), "threads", None), self.threads)
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
@@ -199,10 +204,18 @@ class _Engine:
         ckpt.set_rng_state(state["rng"])
         # metrics rows written after this checkpoint are replayed by the resumed run
         if self.main:
-            rows = [renamed(row, METRIC_RENAMES) for row in read_csv_rows(self.run.metrics)
-                    if int(row["epoch"]) <= self.p.epoch]
-            rewrite_csv(self.run.metrics, METRIC_COLUMNS, rows)
+            self.run.rewrite_metrics(self._kept_metrics())
         log.info("resuming %s from %s at epoch %d step %d", self.run.path, path.name, self.p.epoch + 1, self.p.step)
+
+    def _kept_metrics(self) -> list[MetricsRow]:
+        """The metrics rows up to the resumed checkpoint (later ones are replayed); rows that
+        do not reach the checkpoint's epoch mean a damaged metrics.csv: one line, nothing changed."""
+        rows = [row for row in self.run.read_metrics() if row.epoch <= self.p.epoch]
+        epochs = [row.epoch for row in rows]
+        if epochs != list(range(1, self.p.epoch + 1)):
+            raise RunFileError(self.run.metrics, f"holds rows for epochs {_span(epochs)} but the "
+                               f"checkpoint has completed {self.p.epoch}")
+        return rows
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -338,20 +351,20 @@ class _Engine:
         # FLOPs outside the training objective: validation, and PGD-AT's sampled clean forwards
         val_flops = self.flops.val * val_n + self.flops.forward * clean_monitor_steps(
             r.loss, plan.steps_per_epoch) * plan.batch_size
-        row = {
-            "epoch": epoch + 1,
-            "lr": self.opt.param_groups[0]["lr"],
-            "train_loss": p.acc["loss"] / n,
-            "train_clean_acc": 100.0 * p.acc["clean"] / p.acc["n_clean"] if p.acc["n_clean"] else None,
-            "train_robust_acc": 100.0 * p.acc["adv"] / n if r.adversarial else None,
-            "val_clean_acc": val_clean,
-            "val_pgd_acc": val_pgd,
-            "epoch_flops": self.flops.train * examples,
-            "val_flops": val_flops,
-            "epoch_energy_kwh": self._kwh(joules) if self._metered else None,
-            "seconds": seconds,
-            "examples": examples,
-        }
+        row = MetricsRow(
+            epoch=epoch + 1,
+            lr=self.opt.param_groups[0]["lr"],
+            train_loss=p.acc["loss"] / n,
+            train_clean_acc=100.0 * p.acc["clean"] / p.acc["n_clean"] if p.acc["n_clean"] else None,
+            train_robust_acc=100.0 * p.acc["adv"] / n if r.adversarial else None,
+            val_clean_acc=val_clean,
+            val_pgd_acc=val_pgd,
+            epoch_flops=self.flops.train * examples,
+            val_flops=val_flops,
+            epoch_energy_kwh=self._kwh(joules) if self._metered else None,
+            seconds=seconds,
+            examples=examples,
+        )
         c = p.cost
         c["train_flops"] += self.flops.train * examples
         c["train_flops_paper"] += self.flops.train_paper * examples
@@ -366,19 +379,19 @@ class _Engine:
         p.acc = {k: 0.0 for k in p.acc}
         if improved and self.main:
             p.best_score = score if score is not None else p.best_score
-            p.best_epoch, p.best_val_pgd40 = epoch + 1, val_pgd
+            p.best_epoch, p.best_val_pgd = epoch + 1, val_pgd
             eval_net = self.ema.module if self.ema is not None else self.model
             ckpt.save_checkpoint(self.run.checkpoints / "best.pt", {
                 "model": eval_net.state_dict(), "epoch": epoch + 1, "val_clean_acc": val_clean,
                 "val_pgd_acc": val_pgd, "val_attack_steps": r.val_attack_steps, "recipe": r.to_dict()})
         if self.main:
-            append_csv_row(self.run.metrics, METRIC_COLUMNS, row)
+            self.run.append_metrics(row)
             self._save_last()
             self._write_cost()
             write_status(self.run, r, "running", p, threads=self.threads)
         log.info("epoch %d/%d  loss %.4f  train clean %s%s  |  val clean %s  pgd%d %s  |  %.1fs",
-                 epoch + 1, r.epochs, row["train_loss"], _fmt(row["train_clean_acc"]),
-                 f" robust {row['train_robust_acc']:.1f}" if row["train_robust_acc"] is not None else "",
+                 epoch + 1, r.epochs, row.train_loss, _fmt(row.train_clean_acc),
+                 f" robust {row.train_robust_acc:.1f}" if row.train_robust_acc is not None else "",
                  _fmt(val_clean), r.val_attack_steps, _fmt(val_pgd), seconds)
 
     def _validate(self) -> tuple[float | None, float | None]:
@@ -401,28 +414,44 @@ class _Engine:
 
         c, r = self.p.cost, self.r
         money = bill(c["energy_joules"], pue=r.pue, usd_per_kwh=r.usd_per_kwh, gco2_per_kwh=r.gco2_per_kwh)
-        atomic_write_json(self.run.cost, {
-            "params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-            "forward_flops": self.flops.forward,
-            "train_flops_per_example": self.flops.train,
-            "train_flops_paper_per_example": self.flops.train_paper,
-            "val_flops_per_example": self.flops.val,
-            "train_flops": c["train_flops"],
-            "train_flops_paper": c["train_flops_paper"],
-            "val_flops": c["val_flops"],
-            "examples_seen": c["examples_seen"],
-            "synthetic_size": self.data.synthetic_size,
-            "device_seconds": c["device_seconds"],
-            "device_hours": c["device_seconds"] / 3600.0,
-            **money,
-            "energy_measured": self.meter.measured,
-            "energy_source": self.meter.source,
-            "pue": r.pue,
-            "usd_per_kwh": r.usd_per_kwh,
-            "gco2_per_kwh": r.gco2_per_kwh,
-            "devices": self.meter.device_names,
-            "num_devices": self._num_devices,
-        })
+        self.run.write_cost(CostRecord(
+            params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            forward_flops=self.flops.forward,
+            train_flops_per_example=self.flops.train,
+            train_flops_paper_per_example=self.flops.train_paper,
+            val_flops_per_example=self.flops.val,
+            train_flops=c["train_flops"],
+            train_flops_paper=c["train_flops_paper"],
+            val_flops=c["val_flops"],
+            examples_seen=c["examples_seen"],
+            synthetic_size=self.data.synthetic_size,
+            device_seconds=c["device_seconds"],
+            device_hours=c["device_seconds"] / 3600.0,
+            energy_kwh=money["energy_kwh"],
+            electricity_cost_usd=money["electricity_cost_usd"],
+            co2_kg=money["co2_kg"],
+            energy_measured=self.meter.measured,
+            energy_source=self.meter.source,
+            pue=r.pue,
+            usd_per_kwh=r.usd_per_kwh,
+            gco2_per_kwh=r.gco2_per_kwh,
+            devices=list(self.meter.device_names),
+            num_devices=self._num_devices,
+        ))
+
+
+def _span(epochs: list[int]) -> str:
+    if not epochs:
+        return "none"
+    return ", ".join(map(str, epochs)) if len(epochs) <= 4 else f"{epochs[0]}..{epochs[-1]} ({len(epochs)} rows)"
+
+
+def _status_or_none(run: RunDir) -> Any:
+    """The run's Status, or None when it has none or it cannot be read (the warning is optional)."""
+    try:
+        return run.read_status()
+    except RobustscaleError:
+        return None
 
 
 def _note_threads(run: RunDir, device: str, what: str) -> None:
@@ -432,7 +461,7 @@ def _note_threads(run: RunDir, device: str, what: str) -> None:
             return
     except RobustscaleError:
         return
-    warn_if_changed(run.path, (read_status(run.path) or {}).get("threads"), configure_cpu_threads(), what)
+    warn_if_changed(run.path, getattr(_status_or_none(run), "threads", None), configure_cpu_threads(), what)
 
 
 def _fmt(v: float | None) -> str:
