@@ -87,6 +87,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
         if done:
             if dist.is_main:
                 remove_debris(run)
+                _note_threads(run, recipe.device, "run again")
             clean = True
         else:
             # Data, model and FLOPs are set up before anything is written, so a bad value
