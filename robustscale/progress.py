@@ -77,7 +77,9 @@ class _StageLine:
             extra = f" ({self.postfix})" if self.postfix else ""
             n = int(self.n) if float(self.n).is_integer() else self.n
             unit = self.unit if n == 1 or self.unit.endswith("s") else self.unit + "s"
-            log.info("%s: %s %s in %.1fs%s", self.desc, n, unit, time.perf_counter() - self.t0, extra)
+            log.info(
+                "%s: %s %s in %.1fs%s", self.desc, n, unit, time.perf_counter() - self.t0, extra
+            )
 
     def __enter__(self) -> "_StageLine":
         return self
@@ -86,8 +88,17 @@ class _StageLine:
         self.close()
 
 
-def bar(total: float | None, desc: str, unit: str = "it", *, enabled: bool = True, leave: bool = False,
-        initial: float = 0, unit_scale: bool = False, stage_line: bool = True) -> Any:
+def bar(
+    total: float | None,
+    desc: str,
+    unit: str = "it",
+    *,
+    enabled: bool = True,
+    leave: bool = False,
+    initial: float = 0,
+    unit_scale: bool = False,
+    stage_line: bool = True,
+) -> Any:
     """A progress bar for one stage: tqdm on a terminal, else a silent counter that logs one
     line at ``close()`` (``stage_line=False`` for stages too small to be worth a line).
 
@@ -98,8 +109,16 @@ def bar(total: float | None, desc: str, unit: str = "it", *, enabled: bool = Tru
     if bars_on(enabled):
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, leave=leave, initial=initial, unit_scale=unit_scale,
-                    dynamic_ncols=True, file=sys.stderr)
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            leave=leave,
+            initial=initial,
+            unit_scale=unit_scale,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
     line = _StageLine(desc, total, unit, enabled and stage_line)
     line.n = initial
     return line

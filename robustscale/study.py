@@ -57,8 +57,10 @@ def find_spec(spec: str | Path | None) -> Path:
     for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
         if (base / STUDY_SPEC).is_file():
             return base / STUDY_SPEC
-    raise RobustscaleError(f"{STUDY_SPEC} is not in this folder nor beside the installed package; "
-                           "run from a robustscale checkout or give the sweep file")
+    raise RobustscaleError(
+        f"{STUDY_SPEC} is not in this folder nor beside the installed package; "
+        "run from a robustscale checkout or give the sweep file"
+    )
 
 
 def machine_line() -> str:
@@ -76,14 +78,23 @@ def machine_line() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}; {physical_cores()} physical core(s), {len(usable_cpus())} usable logical CPU(s); {gpu}; "
-            f"{platform.system()} {platform.release()}; Python {platform.python_version()}; torch {torch.__version__}")
+    return (
+        f"{cpu}; {physical_cores()} physical core(s), {len(usable_cpus())} usable logical CPU(s); {gpu}; "
+        f"{platform.system()} {platform.release()}; Python {platform.python_version()}; torch {torch.__version__}"
+    )
 
 
-def run_study(spec: str | Path | None = None, out: str | Path = "sweeps/digits-study",
-              zoo_path: str | Path = "digits-zoo.csv", *, overrides: dict[str, Any] | None = None,
-              max_parallel: int | None = None, max_attempts: int = 3, command: str | None = None,
-              train: bool = True) -> StudyResult:
+def run_study(
+    spec: str | Path | None = None,
+    out: str | Path = "sweeps/digits-study",
+    zoo_path: str | Path = "digits-zoo.csv",
+    *,
+    overrides: dict[str, Any] | None = None,
+    max_parallel: int | None = None,
+    max_attempts: int = 3,
+    command: str | None = None,
+    train: bool = True,
+) -> StudyResult:
     """Train and AutoAttack every run of ``spec`` into ``out``, then write the zoo table ``zoo_path``.
 
     ``max_parallel`` defaults to the usable physical cores, each run with one thread. Runs that
@@ -98,17 +109,29 @@ def run_study(spec: str | Path | None = None, out: str | Path = "sweeps/digits-s
 
     zoo_path, out = Path(zoo_path), Path(out)
     if zoo_path.suffix.lower() not in (".csv", ".parquet"):
-        raise RobustscaleError(f"output {str(zoo_path)!r} has suffix {zoo_path.suffix!r}; allowed: .csv or .parquet")
+        raise RobustscaleError(
+            f"output {str(zoo_path)!r} has suffix {zoo_path.suffix!r}; allowed: .csv or .parquet"
+        )
     if max_parallel is not None and max_parallel < 1:
         raise RobustscaleError(f"--max-parallel={max_parallel}; allowed: an integer >= 1")
     sweep = load_sweep(find_spec(spec), overrides or {})
     parallel = max_parallel or physical_cores()
-    log.info("study %s: %d runs, %d at a time, each trained and evaluated with AutoAttack, into %s",
-             sweep.name, len(sweep.runs), parallel, out)
+    log.info(
+        "study %s: %d runs, %d at a time, each trained and evaluated with AutoAttack, into %s",
+        sweep.name,
+        len(sweep.runs),
+        parallel,
+        out,
+    )
     t0 = time.time()
     if train:
-        counts = launch_local(sweep, out, LaunchOptions(max_parallel=parallel, final_eval="autoattack",
-                                                        max_attempts=max_attempts))
+        counts = launch_local(
+            sweep,
+            out,
+            LaunchOptions(
+                max_parallel=parallel, final_eval="autoattack", max_attempts=max_attempts
+            ),
+        )
     else:
         counts = _ledger_counts(out, [r.run_id for r in sweep.runs])
     seconds = time.time() - t0
@@ -119,14 +142,28 @@ def run_study(spec: str | Path | None = None, out: str | Path = "sweeps/digits-s
     done = _ledger_done(out, [r.run_id for r in sweep.runs])
     df = df[df["run_id"].isin(done)].reset_index(drop=True)
     if not len(df):
-        raise RobustscaleError(f"no run of the study finished ({_counts(counts)}); see: robustscale status {out}")
+        raise RobustscaleError(
+            f"no run of the study finished ({_counts(counts)}); see: robustscale status {out}"
+        )
     write_zoo(df, zoo_path)
     aa = df["autoattack_acc"]
     collapsed = df.loc[aa.notna() & (aa <= COLLAPSE_THRESHOLD), "run_id"].astype(str).tolist()
-    result = StudyResult(zoo_path=zoo_path, sweep_dir=out, counts=counts, rows=len(df),
-                         with_autoattack=int(aa.notna().sum()), collapsed=collapsed, seconds=seconds, span=span)
-    result.about = _write_about(result, sweep.name, command or " ".join(["robustscale", *sys.argv[1:]]),
-                                parallel if train else None)
+    result = StudyResult(
+        zoo_path=zoo_path,
+        sweep_dir=out,
+        counts=counts,
+        rows=len(df),
+        with_autoattack=int(aa.notna().sum()),
+        collapsed=collapsed,
+        seconds=seconds,
+        span=span,
+    )
+    result.about = _write_about(
+        result,
+        sweep.name,
+        command or " ".join(["robustscale", *sys.argv[1:]]),
+        parallel if train else None,
+    )
     return result
 
 
@@ -134,7 +171,9 @@ def _ledger_done(out: Path, run_ids: list[str]) -> list[str]:
     from robustscale.sweep.launch import SweepFolder
     from robustscale.sweep.ledger import Ledger
 
-    return [r["run_id"] for r in Ledger(SweepFolder(out).ledger).rows(run_ids) if r["state"] == "done"]
+    return [
+        r["run_id"] for r in Ledger(SweepFolder(out).ledger).rows(run_ids) if r["state"] == "done"
+    ]
 
 
 def _ledger_counts(out: Path, run_ids: list[str]) -> dict[str, int]:
@@ -143,7 +182,9 @@ def _ledger_counts(out: Path, run_ids: list[str]) -> dict[str, int]:
 
     path = SweepFolder(out).ledger
     if not path.is_file():
-        raise RobustscaleError(f"{str(out)!r} holds no study (no ledger.sqlite); run robustscale study first")
+        raise RobustscaleError(
+            f"{str(out)!r} holds no study (no ledger.sqlite); run robustscale study first"
+        )
     counts = {s: 0 for s in ("pending", "running", "done", "failed")}
     for row in Ledger(path).rows(run_ids):
         counts[row["state"]] += 1
@@ -175,24 +216,36 @@ def _write_about(result: StudyResult, name: str, command: str, parallel: int | N
     path = result.zoo_path.with_name(result.zoo_path.name + ".about.txt")
     from robustscale.threads import default_threads
 
-    threads = os.environ.get("OMP_NUM_THREADS") or f"{default_threads(parallel or 1)} per run (launcher default)"
-    runs_line = (f"runs at a time: {parallel}; OMP_NUM_THREADS: {threads}" if parallel is not None
-                 else "this invocation trained nothing (--no-train)")
-    text = "\n".join([
-        f"zoo table {result.zoo_path.name}: study {name}, {result.rows} runs "
-        f"({result.with_autoattack} with AutoAttack, {len(result.collapsed)} collapsed at <= "
-        f"{COLLAPSE_THRESHOLD:g}% AutoAttack)",
-        f"command: {command}",
-        f"written: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-        f"machine: {machine_line()}",
-        runs_line,
-        f"wall time: {_span(result.span)} from the first run's start to the last run's end (ledger); "
-        f"this invocation {result.seconds:.0f} s",
-        f"ledger: {_counts(result.counts)}"
-        + ("" if result.counts.get("done", 0) + result.counts.get("failed", 0) == sum(result.counts.values())
-           else " (the study is not finished: this table holds the runs done so far)"),
-        "",
-    ])
+    threads = (
+        os.environ.get("OMP_NUM_THREADS")
+        or f"{default_threads(parallel or 1)} per run (launcher default)"
+    )
+    runs_line = (
+        f"runs at a time: {parallel}; OMP_NUM_THREADS: {threads}"
+        if parallel is not None
+        else "this invocation trained nothing (--no-train)"
+    )
+    text = "\n".join(
+        [
+            f"zoo table {result.zoo_path.name}: study {name}, {result.rows} runs "
+            f"({result.with_autoattack} with AutoAttack, {len(result.collapsed)} collapsed at <= "
+            f"{COLLAPSE_THRESHOLD:g}% AutoAttack)",
+            f"command: {command}",
+            f"written: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+            f"machine: {machine_line()}",
+            runs_line,
+            f"wall time: {_span(result.span)} from the first run's start to the last run's end (ledger); "
+            f"this invocation {result.seconds:.0f} s",
+            f"ledger: {_counts(result.counts)}"
+            + (
+                ""
+                if result.counts.get("done", 0) + result.counts.get("failed", 0)
+                == sum(result.counts.values())
+                else " (the study is not finished: this table holds the runs done so far)"
+            ),
+            "",
+        ]
+    )
     atomic_write_text(path, text)
     return path
 

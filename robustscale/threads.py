@@ -71,10 +71,22 @@ def warn_if_changed(run_path: Path, recorded: object, current: int, what: str = 
     """Warn when a run trained with ``recorded`` threads is ``what`` with ``current``; True if so."""
     if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded == current:
         return False
-    log.warning("%s was trained with %d CPU thread(s) and is %s with %d: CPU results are bitwise "
-                "identical only at the same count (set OMP_NUM_THREADS=%d to match)", run_path, recorded,
-                what, current, recorded)
+    log.warning(
+        "%s was trained with %d CPU thread(s) and is %s with %d: CPU results are bitwise "
+        "identical only at the same count (set OMP_NUM_THREADS=%d to match)",
+        run_path,
+        recorded,
+        what,
+        current,
+        recorded,
+    )
     return True
 
 
-__all__ = ["configure_cpu_threads", "default_threads", "physical_cores", "usable_cpus", "warn_if_changed"]
+__all__ = [
+    "configure_cpu_threads",
+    "default_threads",
+    "physical_cores",
+    "usable_cpus",
+    "warn_if_changed",
+]

@@ -20,16 +20,31 @@ from zoo_factory import make_run
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "robustscale", *args], capture_output=True, text=True,
-                          env=full, cwd=cwd or REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "robustscale", *args],
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=cwd or REPO,
+        timeout=600,
+    )
 
 
 def _fast(**kw) -> dict:
     """A standard digits run of a second: 5% of the training data, one epoch."""
-    base = dict(loss="standard", attack_steps=0, epochs=1, train_fraction=0.2, val_size=16, val_attack_steps=1,
-                batch_size=32)
+    base = dict(
+        loss="standard",
+        attack_steps=0,
+        epochs=1,
+        train_fraction=0.2,
+        val_size=16,
+        val_attack_steps=1,
+        batch_size=32,
+    )
     return {**base, **kw}
 
 
@@ -54,19 +69,29 @@ def test_default_threads_are_the_usable_physical_cores_and_one_when_several_run(
 def test_threads_are_recorded_and_a_rerun_under_another_count_warns(tmp_path):
     recipe = _recipe_file(tmp_path)
     run = tmp_path / "run"
-    first = _cli("train", str(recipe), "--run-dir", str(run), "--no-progress", env={"OMP_NUM_THREADS": "2"})
+    first = _cli(
+        "train", str(recipe), "--run-dir", str(run), "--no-progress", env={"OMP_NUM_THREADS": "2"}
+    )
     assert first.returncode == 0, first.stderr
     status = json.loads((run / "status.json").read_text())
-    assert status["threads"] == 2 and status["val_attack_steps"] == 1 and "best_val_pgd_acc" in status
-    same = _cli("train", str(recipe), "--run-dir", str(run), "--no-progress", env={"OMP_NUM_THREADS": "2"})
+    assert (
+        status["threads"] == 2 and status["val_attack_steps"] == 1 and "best_val_pgd_acc" in status
+    )
+    same = _cli(
+        "train", str(recipe), "--run-dir", str(run), "--no-progress", env={"OMP_NUM_THREADS": "2"}
+    )
     assert same.returncode == 0 and "CPU thread(s)" not in same.stderr
-    other = _cli("train", str(recipe), "--run-dir", str(run), "--no-progress", env={"OMP_NUM_THREADS": "1"})
+    other = _cli(
+        "train", str(recipe), "--run-dir", str(run), "--no-progress", env={"OMP_NUM_THREADS": "1"}
+    )
     assert other.returncode == 0
     assert "trained with 2 CPU thread(s) and is run again with 1" in other.stderr
     # killed after its last checkpoint, before "done": the resume says so too
     status["state"] = "running"
     (run / "status.json").write_text(json.dumps(status))
-    resumed = _cli("train", str(recipe), "--run-dir", str(run), "--no-progress", env={"OMP_NUM_THREADS": "1"})
+    resumed = _cli(
+        "train", str(recipe), "--run-dir", str(run), "--no-progress", env={"OMP_NUM_THREADS": "1"}
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "trained with 2 CPU thread(s) and is resumed with 1" in resumed.stderr
 
@@ -84,8 +109,14 @@ def _pty_run(args: list[str]) -> str:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "robustscale", *args], stdout=slave, stderr=slave,
-                            stdin=subprocess.DEVNULL, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robustscale", *args],
+        stdout=slave,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=REPO,
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -218,15 +249,46 @@ def test_small_cifar_set_says_every_misfit_at_once(tmp_path):
     data = tmp_path / "data"
     write_cifar10(data, n_train=50, n_test=20)
     recipe = REPO / "recipes" / "cifar10-wrn28_10-pgd10-100ep.yaml"
-    out = _cli("train", str(recipe), "--set", f"data_dir={data}", "--set", "model=wrn10_1",
-               "--run-dir", str(tmp_path / "run"))
+    out = _cli(
+        "train",
+        str(recipe),
+        "--set",
+        f"data_dir={data}",
+        "--set",
+        "model=wrn10_1",
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
     assert out.returncode == 2
     err = out.stderr.strip().splitlines()
-    assert len(err) == 1 and "val_size=" in err[0] and "batch_size=" in err[0] and "values that fit" in err[0]
+    assert (
+        len(err) == 1
+        and "val_size=" in err[0]
+        and "batch_size=" in err[0]
+        and "values that fit" in err[0]
+    )
     fits = [w for w in err[0].split() if "=" in w and w[0].isalpha()][-2:]
-    again = _cli("train", str(recipe), "--set", f"data_dir={data}", "--set", "model=wrn10_1", "--set", "epochs=1",
-                 "--set", "attack_steps=1", "--set", "val_attack_steps=1", "--set", fits[0], "--set", fits[1],
-                 "--run-dir", str(tmp_path / "run"), "--no-progress")
+    again = _cli(
+        "train",
+        str(recipe),
+        "--set",
+        f"data_dir={data}",
+        "--set",
+        "model=wrn10_1",
+        "--set",
+        "epochs=1",
+        "--set",
+        "attack_steps=1",
+        "--set",
+        "val_attack_steps=1",
+        "--set",
+        fits[0],
+        "--set",
+        fits[1],
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+    )
     assert again.returncode == 0, again.stderr
 
 
@@ -236,12 +298,22 @@ def test_cifar_file_with_wrong_keys_names_the_file_and_the_keys(tmp_path):
     folder = write_cifar10(tmp_path, n_train=10, n_test=5) / "cifar-10-batches-py"
     with open(folder / "data_batch_2", "wb") as fh:
         pickle.dump({"images": [], "targets": []}, fh)
-    with pytest.raises(RobustscaleError, match=r"data_batch_2.*'images', 'targets'.*expected.*'data', 'labels'"):
+    with pytest.raises(
+        RobustscaleError, match=r"data_batch_2.*'images', 'targets'.*expected.*'data', 'labels'"
+    ):
         load_split("cifar10", "train", tmp_path)
 
 
 def test_train_final_eval_prints_the_evaluation(tmp_path):
     recipe = _recipe_file(tmp_path)
-    out = _cli("train", str(recipe), "--run-dir", str(tmp_path / "run"), "--no-progress", "--final-eval", "pgd")
+    out = _cli(
+        "train",
+        str(recipe),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--final-eval",
+        "pgd",
+    )
     assert out.returncode == 0, out.stderr
     assert "PGD-40" in out.stdout and "clean" in out.stdout and "wrote " in out.stdout

@@ -155,8 +155,8 @@ class _Progress:
         from robustscale.progress import bars_on
 
         if not bars_on():  # no bar: one line per attack instead
-            log.info("AutoAttack %s: %d of %d examples robust (%.1f%%) after %.1fs", attack, robust, self.n,
-                     100.0 * robust / self.n, time.perf_counter() - self.t_attack)
+            log.info("AutoAttack %s: %d of %d examples robust (%.1f%%) after %.1fs", attack, robust,
+                     self.n, 100.0 * robust / self.n, time.perf_counter() - self.t_attack)
 
     def _show(self, extra: str = "") -> None:
         left = "?" if self.robust is None else str(self.robust)
