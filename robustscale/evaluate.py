@@ -250,8 +250,13 @@ def evaluate_run(run_dir: str | Path, *, attack: str = "pgd", checkpoint: str = 
     dev = resolve_device(device)
     x, y, total = _load_examples(run.path, "test", n, None)
     model = load(run.path, checkpoint, dev)
-    return _evaluate_into(model, x, y, total, run.eval, settings, dev, checkpoint=checkpoint, recipe=recipe,
-                          run_id=run.path.name)
+    result = _evaluate_into(model, x, y, total, run.eval, settings, dev, checkpoint=checkpoint, recipe=recipe,
+                            run_id=run.path.name)
+    if recipe.trackers:  # the final numbers, beside the run's curves
+        from robustscale.trackers import log_eval
+
+        log_eval(run.path, recipe.trackers, recipe.run_id, recipe.to_dict(), result)
+    return result
 
 
 def evaluate_checkpoint(path: str | Path, *, model: str, dataset: str = "cifar10", data_dir: str | Path = "data",

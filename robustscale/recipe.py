@@ -35,12 +35,16 @@ NON_RESULT_KEYS = frozenset(
         "gco2_per_kwh",
         "power_watts",
         "power_sample_interval",
+        "trackers",
     }
 )
 
 # Result keys added after run ids were first handed out, with the default that means "as before":
 # left out of the id at that default, so existing run directories keep their ids.
 _LATER_KEYS = {"train_fraction": 1.0}
+
+# Experiment trackers a run can log to (robustscale/trackers/; each an optional extra).
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
 
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 
@@ -127,6 +131,8 @@ class Recipe(BaseModel):
     gco2_per_kwh: float = 566.3
     power_watts: Optional[float] = None  # only for an explicitly *estimated* energy
     power_sample_interval: float = 0.1
+    # where researchers watch the run (not a result: left out of the run id)
+    trackers: list[str] = []
 
     def __init__(self, **data: Any):
         # No I/O here: a Recipe is a pure function of its keys. The site's robustscale.toml
@@ -140,6 +146,11 @@ class Recipe(BaseModel):
     @classmethod
     def _fraction(cls, v: Any, info: Any) -> float:
         return parse_fraction(v, info.field_name)
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> list[str]:
+        return check_tracker_names(v)
 
     @field_validator("model", mode="after")
     @classmethod
@@ -267,6 +278,24 @@ class Recipe(BaseModel):
         """Keys whose values differ between two recipes (ignoring ``ignore``)."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+def check_tracker_names(names: Any) -> list[str]:
+    """The ``trackers`` value as a list of known names, each once (``null`` or a comma-separated
+    string also accepted); raises ValueError naming the bad entry and what is allowed."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"trackers={names!r} is not a list; allowed: a list of {', '.join(TRACKER_NAMES)}")
+    out: list[str] = []
+    for name in names:
+        if name not in TRACKER_NAMES:
+            raise ValueError(f"trackers: {name!r} is not a known tracker; allowed: {', '.join(TRACKER_NAMES)}")
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

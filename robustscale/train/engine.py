@@ -79,6 +79,10 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
 
     try:
         done = check_run_dir(run, recipe) if dist.is_main else False
+        if dist.is_main and recipe.trackers:  # a missing extra or folder fails before any write
+            from robustscale.trackers import check_trackers
+
+            check_trackers(recipe.trackers, run.path)
         distributed.barrier(dist)
         if not dist.is_main:
             status = run.read_status()
@@ -163,6 +167,7 @@ class _Engine:
         self.meter = open_meter(self.device, interval=recipe.power_sample_interval, power_watts=recipe.power_watts,
                                 devices=[self.device.index] if self.device.type == "cuda" else None)
         self.p = Progress()
+        self.trackers = None  # robustscale.trackers.TrackerSet, opened by fit on the main process
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -221,6 +226,14 @@ class _Engine:
     # ---- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> None:
+        """Train to the last epoch; the run's trackers are closed however it ends."""
+        try:
+            self._fit()
+        finally:
+            if self.trackers is not None:
+                self.trackers.close(finished=self.p.epoch >= self.r.epochs)
+
+    def _fit(self) -> None:
         r = self.r
         self._resume()
         if self.main:
@@ -228,6 +241,11 @@ class _Engine:
         log.info("run %s: %s, %d params, %d steps/epoch, %.3g training FLOPs/example", self.run.path,
                  r.model, sum(p.numel() for p in self.model.parameters()), self.data.plan.steps_per_epoch,
                  self.flops.train)
+        if self.main and r.trackers:  # open them; send the rows an interrupted process did not
+            from robustscale.trackers import open_trackers
+
+            self.trackers = open_trackers(r.trackers, self.run.path, r.to_dict(), r.run_id)
+            self._sync_trackers()
         for epoch in range(self.p.epoch, r.epochs):
             self._train_epoch(epoch)
             self._end_epoch(epoch)
@@ -235,6 +253,11 @@ class _Engine:
             write_status(self.run, r, "done", self.p, threads=self.threads)
             self._write_cost()
         self.meter.close()
+
+    def _sync_trackers(self) -> None:
+        """Trackers read the epoch back from metrics.csv and cost.json, so they equal the files."""
+        if self.trackers is not None:
+            self.trackers.sync_epochs()
 
     def _train_epoch(self, epoch: int) -> None:
         r, plan, p = self.r, self.data.plan, self.p
@@ -390,6 +413,7 @@ class _Engine:
             self._save_last()
             self._write_cost()
             write_status(self.run, r, "running", p, threads=self.threads)
+            self._sync_trackers()
         log.info("epoch %d/%d  loss %.4f  train clean %s%s  |  val clean %s  pgd%d %s  |  %.1fs",
                  epoch + 1, r.epochs, row.train_loss, _fmt(row.train_clean_acc),
                  f" robust {row.train_robust_acc:.1f}" if row.train_robust_acc is not None else "",
