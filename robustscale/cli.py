@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "robustscale.commands.zoo",
     "robustscale.commands.analyze",
     "robustscale.commands.plan",
+    "robustscale.commands.data",
 ]
 
 

@@ -86,7 +86,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # data
-    dataset: Literal["cifar10", "cifar100", "digits"] = "digits"
+    dataset: Literal["cifar10", "cifar100", "digits", "arrays"] = "digits"
     data_dir: str = "data"
     synthetic_data: Optional[str] = None
     synthetic_fraction: float = 0.0
@@ -206,10 +206,10 @@ class Recipe(BaseModel):
             )
         if self.synthetic_data is not None:
             path = Path(self.synthetic_data)
-            if path.suffix != ".npz" or not path.is_file():
+            if not ((path.suffix == ".npz" and path.is_file()) or path.is_dir()):
                 raise ValueError(
-                    f"synthetic_data={self.synthetic_data!r} is not an existing .npz file; allowed: null or a path "
-                    "to an .npz with 'image' (uint8 NxHxWxC) and 'label'"
+                    f"synthetic_data={self.synthetic_data!r} is not an existing .npz file or folder; allowed: null, "
+                    "a path to an .npz with 'image' (uint8 NxHxWxC) and 'label', or a folder of image.npy + label.npy"
                 )
             if self.synthetic_fraction <= 0:
                 raise ValueError("synthetic_fraction=0.0 with synthetic_data set; allowed: a number in (0, 1)")

@@ -210,7 +210,7 @@ class MetricsRow:
 
 METRIC_COLUMNS: list[str] = [f.name for f in fields(MetricsRow)]
 
-_COST_INTS = ("params", "examples_seen", "synthetic_size", "num_devices")
+_COST_INTS = ("params", "examples_seen", "synthetic_size", "unique_synthetic_seen", "num_devices")
 
 
 @dataclass(frozen=True)
@@ -228,6 +228,7 @@ class CostRecord:
     val_flops: float | None = None
     examples_seen: int | None = None
     synthetic_size: int | None = None
+    unique_synthetic_seen: int | None = None  # distinct extra images trained on (data/batches.py)
     device_seconds: float | None = None
     device_hours: float | None = None
     energy_kwh: float | None = None
@@ -666,7 +667,7 @@ def model_from_state(recipe: Recipe, state_dict: dict[str, "torch.Tensor"],
     from robustscale.data import dataset_info
     from robustscale.models import build_model
 
-    info = dataset_info(recipe.dataset)
+    info = dataset_info(recipe.dataset, recipe.data_dir)
     model = build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
                         recipe.activation, recipe.drop_rate, img_size=info.shape[1:])
     try:

@@ -51,12 +51,15 @@ ZOO_COLUMNS: list[tuple[str, str]] = [
     ("clean_acc", "pct"),
     ("pgd40_acc", "pct"),
     ("autoattack_acc", "pct"),
+    ("unique_synthetic_seen", "int"),
 ]
+# columns a table made elsewhere may lack (zoo_schema.md: optional); read as empty
+OPTIONAL_COLUMNS: list[str] = ["unique_synthetic_seen"]
 COLUMN_NAMES: list[str] = [name for name, _ in ZOO_COLUMNS]
 ACCURACY_COLUMNS: list[str] = [name for name, kind in ZOO_COLUMNS if kind == "pct"]
 NONNEGATIVE_COLUMNS: list[str] = [
     "params", "attack_steps", "epochs", "examples_seen", "synthetic_size", "train_flops",
-    "device_hours", "energy_kwh", "electricity_cost_usd", "co2_kg",
+    "device_hours", "energy_kwh", "electricity_cost_usd", "co2_kg", "unique_synthetic_seen",
 ]
 
 
@@ -169,6 +172,8 @@ def _row(run: RunDir) -> dict[str, Any]:
         "synthetic_fraction": recipe.synthetic_fraction,
         "examples_seen": cost.examples_seen,
         "synthetic_size": cost.synthetic_size if recipe.synthetic_data else 0,
+        # runs trained before it was counted have no value: empty, never a guess
+        "unique_synthetic_seen": cost.unique_synthetic_seen if recipe.synthetic_data else 0,
         "eps": recipe.eps,
         "seed": recipe.seed,
         "train_flops": cost.train_flops,
@@ -436,6 +441,9 @@ def read_zoo(path: str | Path) -> "pd.DataFrame":
     except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
         raise RobustscaleError(f"zoo table {str(path)!r} could not be read: {first_line(exc)}") from None
     df.columns = [str(c).strip() for c in df.columns]
+    for name in OPTIONAL_COLUMNS:
+        if name not in df.columns:
+            df[name] = None
     missing = [c for c in COLUMN_NAMES if c not in df.columns]
     if missing:  # checked before typing so that the missing column is the one line reported
         validate_zoo(df, source=path.name)

@@ -299,7 +299,7 @@ def test_cifar_file_with_wrong_keys_names_the_file_and_the_keys(tmp_path):
     with open(folder / "data_batch_2", "wb") as fh:
         pickle.dump({"images": [], "targets": []}, fh)
     with pytest.raises(
-        RobustscaleError, match=r"data_batch_2.*'images', 'targets'.*expected.*'data', 'labels'"
+        RobustscaleError, match=r"data_batch_2.*'images', 'targets'.*expected.*'data' and 'labels'"
     ):
         load_split("cifar10", "train", tmp_path)
 

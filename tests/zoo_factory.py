@@ -77,7 +77,7 @@ def power_law_zoo(n: int = 400, alpha: float = 0.05, C: float = 5.0, noise: floa
     df["co2_kg"] = kwh * 0.5663
     if with_collapsed:
         df.loc[: with_collapsed - 1, "autoattack_acc"] = rng.uniform(0, 9.5, with_collapsed)
-    return df[COLUMN_NAMES]
+    return df.reindex(columns=COLUMN_NAMES)  # optional columns it does not set stay empty
 
 
 def _features(rng: np.random.Generator, n: int) -> pd.DataFrame:
@@ -109,7 +109,7 @@ def planted_zoo(n: int = 600, seed: int = 0) -> pd.DataFrame:
     df["device_hours"] = df["energy_kwh"] * 2
     df["electricity_cost_usd"] = df["energy_kwh"] * 0.12
     df["co2_kg"] = df["energy_kwh"] * 0.5663
-    return df[COLUMN_NAMES]
+    return df.reindex(columns=COLUMN_NAMES)  # optional columns it does not set stay empty
 
 
 JOINT_THETA = (35.0, 1000.0, 0.35, 2000.0, 0.30)  # E, A, alpha, B, beta: robust error in percent
@@ -137,4 +137,4 @@ def joint_zoo(n: int = 300, noise: float = 0.01, seed: int = 0, theta=JOINT_THET
     df["device_hours"] = df["energy_kwh"] * 2
     df["electricity_cost_usd"] = df["energy_kwh"] * 0.12
     df["co2_kg"] = df["energy_kwh"] * 0.5663
-    return df[COLUMN_NAMES]
+    return df.reindex(columns=COLUMN_NAMES)  # optional columns it does not set stay empty

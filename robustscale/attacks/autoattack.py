@@ -222,11 +222,13 @@ class _Fast(nn.Module):
     Both change which kernels compute a logit (not what it means), so their last bits may
     differ from the eager NCHW model's and an attack's path can fork on a near-tie; they are
     opt-in, and ``benchmarks/eval.py --attacks autoattack-options`` checks per-example verdicts
-    against the plain library run before a figure is trusted (docs/performance.md)."""
+    against the plain library run before a figure is trusted (docs/performance.md). The weights
+    are left as they are: a channels_last input picks the kernels (for 3-channel images; a
+    1-channel batch is NCHW and NHWC at once, so the first convolution may keep NCHW)."""
 
     def __init__(self, model: nn.Module, channels_last: bool, compile: bool):
         super().__init__()
-        self.model = model  # the weights stay as they are: a channels_last input picks the kernels
+        self.model = model
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # dynamic: the attacks shrink their batches as examples break (Square every query)
         self.fn = torch.compile(self.model, dynamic=True) if compile else self.model

@@ -44,7 +44,7 @@ def recipe_model(recipe: Any, device: torch.device | str = "meta") -> torch.nn.M
     from robustscale.data import dataset_info
     from robustscale.models import build_model
 
-    info = dataset_info(recipe.dataset)
+    info = dataset_info(recipe.dataset, recipe.data_dir)
     with torch.device(device):
         return build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
                            recipe.activation, recipe.drop_rate, img_size=info.shape[1:])
@@ -186,7 +186,7 @@ def calibrate(recipe: Any, *, steps: int = 3, warmup: int = 1, batch_size: int |
     if steps < 1 or warmup < 0:
         raise RobustscaleError(f"calibration steps={steps}, warmup={warmup}; allowed: steps >= 1, warmup >= 0")
     device = resolve_device(recipe.device)
-    info = dataset_info(recipe.dataset)
+    info = dataset_info(recipe.dataset, recipe.data_dir)
     bs = batch_size or recipe.batch_size
     model = recipe_model(recipe, device).train()
     fmt = torch.channels_last if recipe.channels_last else torch.contiguous_format

@@ -450,6 +450,8 @@ class _Engine:
             val_flops=c["val_flops"],
             examples_seen=c["examples_seen"],
             synthetic_size=self.data.synthetic_size,
+            unique_synthetic_seen=self.data.plan.unique_synthetic_seen(
+                self.p.epoch * self.data.plan.steps_per_epoch + self.p.step),
             device_seconds=c["device_seconds"],
             device_hours=c["device_seconds"] / 3600.0,
             energy_kwh=money["energy_kwh"],

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,30 +56,61 @@ class RunData:
     synthetic_size: int
 
 
-def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0, world_size: int = 1) -> RunData:
-    info = dataset_info(recipe.dataset)
-    x, y = load_split(recipe.dataset, "train", recipe.data_dir)
-    check_data_fit(recipe, len(x))
-    val = None
-    if recipe.val_size:
-        if recipe.val_source == "train":
-            (x, y), val = split_holdout(x, y, recipe.val_size, HOLDOUT_SEED)
-        else:
-            tx, ty = load_split(recipe.dataset, "test", recipe.data_dir)
-            if recipe.val_size > len(tx):
-                raise RobustscaleError(f"val_size={recipe.val_size} exceeds the {len(tx)} test examples")
-            val = (tx[: recipe.val_size], ty[: recipe.val_size])
-    if recipe.train_fraction < 1:
-        x, y = train_subset(x, y, recipe.train_subset_size(len(x)))
+def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0,
+                 world_size: int = 1) -> RunData:
+    info = dataset_info(recipe.dataset, recipe.data_dir)
+    if recipe.dataset == "arrays":  # streamed from disk like extra data, never loaded whole
+        train_set, val = _arrays_train(recipe, info)
+        n_real = len(train_set)
+    else:
+        x, y = load_split(recipe.dataset, "train", recipe.data_dir)
+        check_data_fit(recipe, len(x))
+        val = None
+        if recipe.val_size:
+            if recipe.val_source == "train":
+                (x, y), val = split_holdout(x, y, recipe.val_size, HOLDOUT_SEED)
+            else:
+                val = _test_head(recipe)
+        if recipe.train_fraction < 1:
+            x, y = train_subset(x, y, recipe.train_subset_size(len(x)))
+        train_set, n_real = (x, y), len(x)
     syn = load_synthetic(recipe.synthetic_data, info) if recipe.synthetic_data else None
-    if syn is not None and syn[0].dtype != x.dtype:
-        syn = (syn[0].to(x.dtype), syn[1])
-    plan = BatchPlan(len(x), len(syn[0]) if syn else 0, recipe.batch_size, recipe.synthetic_fraction,
+    if syn is not None and len(syn) == 0:
+        raise RobustscaleError(
+            f"synthetic_data={recipe.synthetic_data!r} holds no images; expected at least one "
+            f"with synthetic_fraction={recipe.synthetic_fraction}")
+    plan = BatchPlan(n_real, len(syn) if syn else 0, recipe.batch_size, recipe.synthetic_fraction,
                      recipe.seed, rank, world_size)
-    stream = BatchStream(plan, (x, y), syn, recipe.augment and info.crop_flip, device)
+    stream = BatchStream(plan, train_set, syn, recipe.augment and info.crop_flip, device)
     if val is not None:
         val = (val[0].to(device), val[1].to(device))
-    return RunData(info, plan, stream, val, len(syn[0]) if syn else 0)
+    return RunData(info, plan, stream, val, len(syn) if syn else 0)
+
+
+def _test_head(recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    tx, ty = load_split(recipe.dataset, "test", recipe.data_dir)
+    if recipe.val_size > len(tx):
+        raise RobustscaleError(f"val_size={recipe.val_size} exceeds the {len(tx)} test examples")
+    return tx[: recipe.val_size], ty[: recipe.val_size]
+
+
+def _arrays_train(recipe: Recipe, info: DatasetInfo):
+    """An ``arrays`` training set as a source to stream, and its validation examples (in memory)."""
+    from robustscale.data.arrays import SubsetSource
+    from robustscale.data.arraysets import open_split
+
+    source = open_split(Path(recipe.data_dir), "train", info)
+    if not recipe.val_size:
+        return source, None
+    if recipe.val_source == "test":
+        return source, _test_head(recipe)
+    # the same seeded holdout as split_holdout, on indices: the held-out images alone are read
+    idx = torch.arange(len(source)).view(-1, 1, 1, 1)
+    (rest, _), (held, _) = split_holdout(idx, torch.zeros(len(source)), recipe.val_size,
+                                         HOLDOUT_SEED)
+    held = held.flatten().numpy()
+    vx = torch.from_numpy(source.gather(held).transpose(0, 3, 1, 2).copy())
+    return SubsetSource(source, rest.flatten().numpy()), (vx, torch.from_numpy(source.labels[held]))
 
 
 def check_data_fit(recipe: Recipe, n_train: int) -> None:
