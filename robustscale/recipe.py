@@ -39,6 +39,10 @@ NON_RESULT_KEYS = frozenset(
     }
 )
 
+# Result keys added after run ids were first handed out, with the default that means "as before":
+# left out of the id at that default, so existing run directories keep their ids.
+_LATER_KEYS = {"train_fraction": 1.0}
+
 # Experiment trackers a run can log to (robustscale/trackers/; each an optional extra).
 TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
 
@@ -89,6 +93,9 @@ class Recipe(BaseModel):
     augment: bool = True  # random crop (4 px) + horizontal flip; CIFAR only
     val_size: int = 256
     val_source: Literal["train", "test"] = "train"
+    # the first (seeded-random) fraction of the training examples, after the validation
+    # hold-out: the "how much unique data" axis of a study (digits-study.yaml)
+    train_fraction: float = 1.0
     # model
     model: str = "wrn10_1"
     activation: Literal["relu", "gelu", "silu"] = "relu"
@@ -168,6 +175,7 @@ class Recipe(BaseModel):
             ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
             ("trades_beta", self.trades_beta, self.trades_beta >= 0, "a number >= 0"),
             ("val_size", self.val_size, self.val_size >= 0, "an integer >= 0"),
+            ("train_fraction", self.train_fraction, 0 < self.train_fraction <= 1, "a number in (0, 1]"),
             ("val_attack_steps", self.val_attack_steps, self.val_attack_steps >= 1, "an integer >= 1"),
             ("drop_rate", self.drop_rate, 0 <= self.drop_rate < 1, "a number in [0, 1)"),
             ("pue", self.pue, self.pue >= 1, "a number >= 1"),
@@ -245,8 +253,14 @@ class Recipe(BaseModel):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def result_dict(self) -> dict[str, Any]:
-        """The keys that change what the run computes (everything but NON_RESULT_KEYS)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_KEYS}
+        """The keys that change what the run computes (everything but NON_RESULT_KEYS). Keys added
+        after runs were made are left out at their default, so those runs keep their ids."""
+        return {k: v for k, v in self.to_dict().items()
+                if k not in NON_RESULT_KEYS and not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
+
+    def train_subset_size(self, n: int) -> int:
+        """Training examples kept of ``n`` (after the validation hold-out) at ``train_fraction``."""
+        return n if self.train_fraction >= 1 else max(1, round(self.train_fraction * n))
 
     @property
     def adversarial(self) -> bool:

@@ -32,7 +32,7 @@ def test_page_numbers_come_from_the_ledger_and_the_run_files(tmp_path):
     assert data["spent_flops"] == cost["train_flops"] and data["spent_kwh"] == cost["energy_kwh"]
     assert data["forecast_flops"] == sum(forecast_flops(sweep.runs))
     assert data["best"]["run_id"] == claim.run_id
-    assert data["best"]["best_val_pgd40_acc"] == status["best_val_pgd40_acc"]
+    assert data["best"]["best_val_pgd_acc"] == status["best_val_pgd_acc"]
     assert data["forecast_kwh"] == cost["energy_kwh"] / cost["train_flops"] * data["forecast_flops"]
 
 

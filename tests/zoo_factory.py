@@ -34,7 +34,7 @@ def make_run(root: Path, run_id: str, *, state: str = "done", model: str = "wrn2
               "seed": 0, "batch_size": 128}
     status = {"run_id": run_id, "state": state, "reason": "CUDA out of memory" if state == "failed" else None,
               "epoch": epochs if state == "done" else 3, "epochs": epochs, "best_epoch": 2,
-              "best_val_pgd40_acc": pgd40, "updated": "2025-01-01T00:00:00Z", "host": "h", "pid": 1}
+              "best_val_pgd_acc": pgd40, "updated": "2025-01-01T00:00:00Z", "host": "h", "pid": 1}
     cost = {"params": MODELS.get(model, 1000), "train_flops": flops, "examples_seen": epochs * 50_000,
             "device_hours": 2.0, "energy_kwh": energy_kwh,
             "electricity_cost_usd": None if energy_kwh is None else energy_kwh * 0.12,
@@ -47,7 +47,7 @@ def make_run(root: Path, run_id: str, *, state: str = "done", model: str = "wrn2
             {"attack": "autoattack", "eps": 8 / 255, "norm": "Linf", "n": 10_000, "version": "standard",
              "clean_acc": aa_clean,
              "robust_acc": autoattack, "per_attack": None, "checkpoint": "best", "split": "test"})
-    files["metrics.csv"] = "epoch,val_clean_acc,val_pgd40_acc\n1,70.0,40.0\n2,81.5,53.0\n"
+    files["metrics.csv"] = "epoch,val_clean_acc,val_pgd_acc\n1,70.0,40.0\n2,81.5,53.0\n"
     for name, text in files.items():
         if name not in skip:
             (d / name).write_text(text)

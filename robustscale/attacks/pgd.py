@@ -155,13 +155,15 @@ def pgd_accuracy(
     restarts: int = 1,
     norm: Literal["linf", "l2"] = "linf",
     seed: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean and PGD-robust correct counts (device tensors) over ``x`` in batches; one clean
     forward per example, robust a subset of clean. Each batch's random start depends only on
     ``(seed, batch index)``, so the numbers do not depend on what ran before. This is the
-    evaluation both model selection during training and ``robustscale eval`` use."""
+    evaluation both model selection during training and ``robustscale eval`` use.
+    ``on_batch(n)`` is called after each batch of ``n`` examples (a progress bar)."""
     counts = pgd_counts(model, x, y, eps, steps, step_size, batch_size=batch_size, restarts=restarts,
-                        norm=norm, seed=seed, with_losses=False)
+                        norm=norm, seed=seed, with_losses=False, on_batch=on_batch)
     return counts.clean, counts.robust
 
 
@@ -196,6 +198,7 @@ def pgd_counts(
     norm: Literal["linf", "l2"] = "linf",
     seed: int = 0,
     with_losses: bool = True,
+    on_batch: Callable[[int], None] | None = None,
 ) -> PGDCounts:
     """:func:`pgd_accuracy`'s counts, plus with ``with_losses`` the summed robust cross-entropy
     and CW margin at the adversarial examples (one more forward per example): the continuous
@@ -223,6 +226,8 @@ def pgd_counts(
                 logits = model(x_adv).float()
             ce += ce_sum(logits, yb).double()
             cw += cw_margin_sum(logits, yb).double()
+        if on_batch is not None:
+            on_batch(len(yb))
     if not with_losses:
         return PGDCounts(clean, robust)
     return PGDCounts(clean, robust, ce, cw)

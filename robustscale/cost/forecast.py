@@ -29,13 +29,14 @@ TRAIN_SPLIT_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1437}
 
 
 def train_examples(recipe: Any) -> int:
-    """Real training examples: the train split minus the validation hold-out when it comes from it."""
+    """Real training examples: the train split minus the validation hold-out when it comes from it,
+    times ``train_fraction``."""
     n = TRAIN_SPLIT_SIZES[recipe.dataset]
     if recipe.val_source == "train":
         if recipe.val_size >= n:
             raise RobustscaleError(f"val_size={recipe.val_size} leaves no training data; allowed: fewer than {n}")
         n -= recipe.val_size
-    return n
+    return recipe.train_subset_size(n)  # train_fraction of what is left
 
 
 def recipe_model(recipe: Any, device: torch.device | str = "meta") -> torch.nn.Module:

@@ -157,8 +157,9 @@ def read_cifar(
             or data.shape[1] != 3072
         ):
             raise RobustscaleError(
-                f"CIFAR file {str(path)!r} has no 'data' of uint8 N x 3072; expected the "
-                "python version of CIFAR"
+                f"CIFAR file {str(path)!r} has no 'data' of uint8 N x 3072 (its keys: "
+                f"{sorted(map(str, entry))}); expected the python version of CIFAR, with keys "
+                f"'data' and {label_key!r}"
             )
         if (
             not isinstance(lab, list)
@@ -166,7 +167,8 @@ def read_cifar(
             or not all(isinstance(v, int) for v in lab)
         ):
             raise RobustscaleError(
-                f"CIFAR file {str(path)!r} has no {label_key!r} list of {len(data)} ints"
+                f"CIFAR file {str(path)!r} has no {label_key!r} list of {len(data)} ints (its keys: "
+                f"{sorted(map(str, entry))}); expected keys 'data' and {label_key!r}"
             )
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(np.asarray(lab, dtype=np.int64))

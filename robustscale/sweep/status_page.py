@@ -76,8 +76,8 @@ def page_data(
         cost = _cost(root, r["run_id"])
         r["train_flops"], r["energy_kwh"] = cost.get("train_flops"), cost.get("energy_kwh")
         r["forecast_flops"] = forecast.get(r["run_id"])
-    scored = [r for r in rows if r.get("best_val_pgd40_acc") is not None]
-    best = max(scored, key=lambda r: r["best_val_pgd40_acc"], default=None)
+    scored = [r for r in rows if r.get("best_val_pgd_acc") is not None]
+    best = max(scored, key=lambda r: r["best_val_pgd_acc"], default=None)
     spent_flops = sum(r["train_flops"] or 0.0 for r in rows)
     metered = [r for r in rows if r["energy_kwh"] is not None and r["train_flops"]]
     spent_kwh = sum(r["energy_kwh"] for r in metered) if metered else None
@@ -128,7 +128,7 @@ def render_page(data: dict[str, Any], refresh: int = 30) -> str:
     )
     best = data["best"]
     best_text = (
-        f"{best['best_val_pgd40_acc']:.2f}% validation PGD-40 accuracy: run {e(best['run_id'])} "
+        f"{best['best_val_pgd_acc']:.2f}% validation PGD-40 accuracy: run {e(best['run_id'])} "
         f"({e(best['label'] or 'base')}, {best['shown_state']})"
         if best
         else "no run has been validated yet"
@@ -204,7 +204,7 @@ def _run_row(r: dict[str, Any]) -> str:
         e(r["shown_state"]),
         str(r["attempts"]),
         _progress(r),
-        _num(r["best_val_pgd40_acc"], ".2f"),
+        _num(r["best_val_pgd_acc"], ".2f"),
         _num(r["train_flops"]),
         _num(r["forecast_flops"]),
         _num(r["energy_kwh"]),

@@ -64,12 +64,15 @@ def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0,
         n_real = len(train_set)
     else:
         x, y = load_split(recipe.dataset, "train", recipe.data_dir)
+        check_data_fit(recipe, len(x))
         val = None
         if recipe.val_size:
             if recipe.val_source == "train":
                 (x, y), val = split_holdout(x, y, recipe.val_size, HOLDOUT_SEED)
             else:
                 val = _test_head(recipe)
+        if recipe.train_fraction < 1:
+            x, y = train_subset(x, y, recipe.train_subset_size(len(x)))
         train_set, n_real = (x, y), len(x)
     syn = load_synthetic(recipe.synthetic_data, info) if recipe.synthetic_data else None
     if syn is not None and len(syn) == 0:
@@ -108,6 +111,48 @@ def _arrays_train(recipe: Recipe, info: DatasetInfo):
     held = held.flatten().numpy()
     vx = torch.from_numpy(source.gather(held).transpose(0, 3, 1, 2).copy())
     return SubsetSource(source, rest.flatten().numpy()), (vx, torch.from_numpy(source.labels[held]))
+
+
+def check_data_fit(recipe: Recipe, n_train: int) -> None:
+    """Every way ``val_size`` and ``batch_size`` do not fit ``n_train`` training examples, in one
+    line with values that would (a shipped CIFAR recipe on a small CIFAR-format set)."""
+    problems, fits = [], []
+    val = recipe.val_size if recipe.val_source == "train" else 0
+    if val >= n_train:
+        val = max(1, n_train // 10) if n_train > 1 else 0
+        problems.append(f"val_size={recipe.val_size} leaves none of the {n_train} training examples")
+        fits.append(f"val_size={val}")
+    left = recipe.train_subset_size(n_train - val)
+    frac = recipe.synthetic_fraction if recipe.synthetic_data else 0.0
+
+    def real(batch: int) -> int:  # the real (not synthetic) examples of a batch, as BatchPlan counts them
+        return batch - int(round(batch * frac))
+
+    if real(recipe.batch_size) > left:
+        what = f"batch_size={recipe.batch_size}" + (
+            f" ({real(recipe.batch_size)} real examples per batch)" if frac else "")
+        problems.append(f"{what} is larger than the {left} training examples left"
+                        + (f" after val_size={val}" if val else "")
+                        + (f" and train_fraction={recipe.train_fraction:g}" if recipe.train_fraction < 1 else ""))
+        fitting = 1 << max(0, recipe.batch_size.bit_length())
+        while fitting > 1 and real(fitting) > left:  # the largest power of two that fits
+            fitting //= 2
+        fits.append(f"batch_size={fitting}")
+    if problems:
+        where = "" if recipe.dataset == "digits" else f" in {recipe.data_dir!r}"
+        raise RobustscaleError(f"{recipe.dataset}{where} is too small for this recipe: "
+                               f"{'; '.join(problems)}; values that fit: {' '.join('--set ' + f for f in fits)}")
+
+
+def train_subset(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` of a fixed random order of the training examples (``train_fraction``).
+
+    The order does not depend on the run's seed, so smaller fractions are subsets of larger
+    ones and runs of different seeds see the same examples: only the amount of unique data varies.
+    """
+    g = torch.Generator().manual_seed(10_007 * HOLDOUT_SEED + 29)
+    keep = torch.randperm(len(x), generator=g)[:k].sort().values
+    return x[keep], y[keep]
 
 
 class Forward(nn.Module):
