@@ -60,10 +60,11 @@ def digits_model_run(work_dir: Path) -> Path:
 
 def timed(fn: Callable[[], dict], device: torch.device) -> dict:
     sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     sync(device)
-    return {**out, "seconds": time.perf_counter() - t0}
+    # on a shared CPU the process's CPU time is what other processes' load disturbs least
+    return {**out, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
 # ---- the implementations -------------------------------------------------------------------------
@@ -150,6 +151,47 @@ def plain_autoattack(model, x, y, eps, bs, device) -> dict:
     return {"robust_acc": 100.0 * robust / len(y), "clean_acc": 100.0 * clean / len(y)}
 
 
+def plain_autoattack_flags(model, x, y, eps, bs, device) -> dict:
+    """pyautoattack called plainly, its per-example verdicts read from its own state file."""
+    import logging
+    import tempfile
+
+    from pyautoattack import AutoAttack
+    from pyautoattack.state import EvaluationState
+
+    model.eval()
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "aa.state"
+        aa.run_standard_evaluation(x.to(device), y.to(device), batch_size=bs, state_path=path)
+        flags = EvaluationState.from_disk(path).robust_flags.bool().cpu()
+    model.zero_grad(set_to_none=True)
+    return {"robust_acc": 100.0 * flags.float().mean().item(), "flags": flags}
+
+
+def rs_autoattack_option(**options) -> Callable:
+    """robustscale's adapter with one option: ``channels_last``, ``compile`` or a ``batch_scale``."""
+    def fn(model, x, y, eps, bs, device) -> dict:
+        from robustscale.attacks.autoattack import run_autoattack
+
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        scale = options.get("batch_scale", 1)
+        out = run_autoattack(model, x, y, eps=eps, batch_size=bs * scale, device=device,
+                             **{k: v for k, v in options.items() if k != "batch_scale"})
+        return {"robust_acc": out.robust_acc, "flags": out.robust.bool().cpu()}
+    return fn
+
+
+# AutoAttack variants: each one's per-example verdicts are compared with the plain library's.
+AA_OPTIONS = {"pyautoattack": plain_autoattack_flags, "robustscale": rs_autoattack_option(),
+              "channels_last": rs_autoattack_option(channels_last=True),
+              "compile": rs_autoattack_option(compile=True),
+              "channels_last+compile": rs_autoattack_option(channels_last=True, compile=True),
+              "batch_x2": rs_autoattack_option(batch_scale=2)}
+
 PGD = {"robustscale": rs_pgd, "peer-pgd": peer_pgd, "apgd-ce": plain_apgd, "robustscale-bf16": rs_pgd_bf16}
 AUTOATTACK = {"robustscale": rs_autoattack, "pyautoattack": plain_autoattack}
 
@@ -169,6 +211,8 @@ def run(args: argparse.Namespace) -> Iterator[dict]:
     common = {"bench": "eval", **device_info(device), "torch": torch.__version__, "run": str(run_dir),
               "model": recipe.model, "dataset": recipe.dataset, "n": len(y), "eps": eps,
               "batch_size": args.batch_size}
+    if "autoattack-options" in args.attacks:
+        yield from aa_options(args, run_dir, x, y, eps, device, common)
     for attack, impls, repeats in (("pgd40", PGD, args.repeats), ("autoattack", AUTOATTACK, 1)):
         if attack not in args.attacks:
             continue
@@ -183,7 +227,8 @@ def run(args: argparse.Namespace) -> Iterator[dict]:
         records = []
         for name, rs in results.items():
             secs = [r["seconds"] for r in rs]
-            rec = {**common, "attack": attack, "impl": name, **{k: v for k, v in rs[0].items() if k != "seconds"},
+            rec = {**common, "attack": attack, "impl": name,
+                   **{k: v for k, v in rs[0].items() if k not in ("seconds", "cpu_seconds")},
                    "seconds": median(secs), "seconds_all": secs, "examples_per_s": len(y) / median(secs)}
             records.append(rec)
         ours = next(r for r in records if r["attack"] == attack and r["impl"] == "robustscale")
@@ -198,6 +243,43 @@ def run(args: argparse.Namespace) -> Iterator[dict]:
         yield from records
 
 
+def aa_options(args: argparse.Namespace, run_dir: Path, x: torch.Tensor, y: torch.Tensor, eps: float,
+               device: torch.device, common: dict) -> Iterator[dict]:
+    """Plain pyautoattack against robustscale's adapter with each of ``--aa-options``, interleaved
+    for ``--aa-repeats`` rounds (the first round of ``compile`` includes its compilation, so
+    the median of three or more rounds is the figure); verdicts compared example by example."""
+    from robustscale.runs import load
+
+    names = ["pyautoattack"] + [n for n in args.aa_options.split(",") if n and n != "pyautoattack"]
+    unknown = [n for n in names if n not in AA_OPTIONS]
+    if unknown:
+        raise SystemExit(f"--aa-options: unknown {unknown}; allowed: {', '.join(AA_OPTIONS)}")
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    for _ in range(args.aa_repeats):
+        for name in names:
+            model = load(run_dir, device=device)
+            if name == "pyautoattack":  # as a user holds it: parameters requiring grad
+                for p in model.parameters():
+                    p.requires_grad_(True)
+            results[name].append(timed(lambda: AA_OPTIONS[name](model, x, y, eps, args.batch_size, device),
+                                       device))
+    ref = results["pyautoattack"][0]["flags"]
+    base = median(r["seconds"] for r in results["pyautoattack"])
+    for name, rs in results.items():
+        secs = [r["seconds"] for r in rs]
+        cpu = [r["cpu_seconds"] for r in rs]
+        same = [bool(torch.equal(r["flags"], ref)) for r in rs]
+        yield {**common, "attack": "autoattack", "impl": name, "robust_acc": rs[0]["robust_acc"],
+               "seconds": median(secs), "seconds_all": secs, "examples_per_s": len(y) / median(secs),
+               "verdicts_identical_to_pyautoattack": all(same),
+               "verdicts_differing": max(int((r["flags"] != ref).sum()) for r in rs),
+               "speedup_vs_pyautoattack": base / median(secs),
+               "speedup_paired_median": median(b["seconds"] / r["seconds"]
+                                               for b, r in zip(results["pyautoattack"], rs)),
+               "cpu_seconds": median(cpu), "cpu_seconds_all": cpu,
+               "speedup_cpu_time": median(r["cpu_seconds"] for r in results["pyautoattack"]) / median(cpu)}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default=None, help="a trained run directory (default: a digits PGD-AT model)")
@@ -205,8 +287,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=None, help="first N test examples (default: all)")
     p.add_argument("--eps", type=float, default=None, help="default: the run's eps")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--attacks", default="pgd40,autoattack")
+    p.add_argument("--attacks", default="pgd40,autoattack", help="comma list of pgd40, autoattack, "
+                   "autoattack-options (plain pyautoattack against each of --aa-options, verdicts compared)")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the PGD-40 timings (AutoAttack: 1)")
+    p.add_argument("--aa-options", default="robustscale,channels_last",
+                   help=f"with --attacks autoattack-options: comma list of {', '.join(AA_OPTIONS)}")
+    p.add_argument("--aa-repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None)

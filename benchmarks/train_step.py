@@ -24,6 +24,11 @@ implementations, so their ratio is the speed ratio; ``executed_flops_per_example
 each implementation actually computes (FlopCounterMode on a meta copy), which for the
 baseline includes the attack's weight gradients and the extra forwards.
 
+A setting that runs out of GPU memory is recorded as ``"fits": false`` (with the error) instead
+of ending the run; ``--project-epochs N`` adds the wall time of N epochs of ``--epoch-examples``
+at the measured rate (the step alone: no data loading, no validation).
+``benchmarks/device_check.py`` runs this script's GPU variants in one call.
+
 Example (the GPU target)::
 
     python benchmarks/train_step.py --model wrn28_10 --batch-size 512 --precision bf16 \\
@@ -364,6 +369,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--project-epochs", type=int, default=None,
+                   help="also report the wall time of this many epochs of --epoch-examples at the measured rate")
+    p.add_argument("--epoch-examples", type=int, default=50_000, help="examples per epoch (CIFAR: 50,000)")
     p.add_argument("--out", type=Path, default=None, help="append JSON lines to this file")
     args = p.parse_args(argv)
     if args.threads:
@@ -376,7 +384,23 @@ def main(argv: list[str] | None = None) -> None:
     y = torch.randint(0, args.num_classes, (args.batch_size,), device=device, generator=g)
     for loss in args.loss.split(","):
         for k in (int(s) for s in args.steps.split(",")):
-            for rec in measure(args, device, loss, k, base_model, x, y):
+            try:
+                records = measure(args, device, loss, k, base_model, x, y)
+            except torch.OutOfMemoryError as exc:  # "does it fit?" is itself a figure
+                records = [{"bench": "train_step", **device_info(device), "torch": torch.__version__,
+                            "model": args.model, "batch_size": args.batch_size, "loss": loss, "steps": k,
+                            "impl": "robustscale", "precision": args.precision,
+                            "channels_last": args.channels_last, "compile": args.compile,
+                            "grad_checkpointing": args.grad_checkpointing, "fits": False,
+                            "error": str(exc).splitlines()[0]}]
+            if device.type == "cuda":  # the failed attempt's tensors are gone with its frames
+                torch.cuda.empty_cache()
+            for rec in records:
+                if "examples_per_s" in rec:
+                    rec["fits"] = True
+                    if args.project_epochs:  # one GPU, this step alone (no data loading, no validation)
+                        rec["projected_epochs"] = args.project_epochs
+                        rec["projected_wall_s"] = args.project_epochs * args.epoch_examples / rec["examples_per_s"]
                 emit(rec, args.out)
 
 
@@ -386,6 +410,10 @@ def emit(rec: dict, out: Path | None) -> None:
     if out is not None:
         with open(out, "a") as f:
             f.write(line + "\n")
+    if not rec.get("fits", True):
+        print(f"{rec['impl']:>11} {rec['loss']:>6} k={rec['steps']:<2} does not fit: {rec['error']}",
+              file=sys.stderr, flush=True)
+        return
     ratio = ""
     if "speedup_vs_baseline" in rec:
         ratio = f"  x{rec['speedup_vs_baseline']:.2f} vs baseline (min x{rec['speedup_min']:.2f}"

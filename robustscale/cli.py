@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "robustscale.commands.train",
     "robustscale.commands.demo",
     "robustscale.commands.evaluate",
+    "robustscale.commands.export",
     "robustscale.commands.flops",
     "robustscale.commands.sweep",
     "robustscale.commands.zoo",

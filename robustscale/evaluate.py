@@ -249,34 +249,24 @@ def evaluate_checkpoint(path: str | Path, *, model: str, dataset: str = "cifar10
                         out_dir: str | Path | None = None, attack: str = "pgd", eps: float | str = 8 / 255,
                         n: int | None = None, steps: int = 40, restarts: int = 1, norm: str = "linf",
                         batch_size: int = 256, version: str = "standard", seed: int = 0,
-                        device: str = "auto") -> EvalResult:
+                        device: str = "auto", activation: str | None = None) -> EvalResult:
     """Evaluate weights trained elsewhere: ``path`` holds a state dict for ``model`` (a robustscale
-    or timm model name, built as robustscale builds it: [0, 1] inputs, the dataset's
-    normalisation inside), plain or under a ``model`` / ``state_dict`` key. Results go to
-    ``out_dir`` (default: ``eval/`` beside the checkpoint)."""
-    from robustscale.recipe import Recipe
-    from robustscale.runs import model_from_state
+    or timm model name, built as robustscale builds it: [0, 1] inputs, normalisation inside), as
+    published checkpoints ship it (RobustBench's key names, wrapper prefixes, ``state_dict`` /
+    ``model_state_dict`` / ``model`` containers: robustscale.robustbench.load_weights_file).
+    Results go to ``out_dir`` (default: ``eval/`` beside the checkpoint)."""
+    from robustscale.robustbench import load_weights_file
 
     settings = dict(attack=attack, eps=eps, norm=norm, steps=steps, restarts=restarts, version=version,
                     attacks=None, seed=seed, batch_size=batch_size)
     _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
+    if not Path(path).is_file():
+        raise RobustscaleError(f"checkpoint {str(path)!r} does not exist")
     dev = resolve_device(device)
+    net = load_weights_file(path, model=model, dataset=dataset, activation=activation, device=dev)
     x, y, total = _load_examples(dataset, "test", n, data_dir)
-    net = model_from_state(Recipe(dataset=dataset, model=model), _read_weights(Path(path)), dev)
     out = Path(out_dir) if out_dir is not None else Path(path).parent / "eval"
     return _evaluate_into(net, x, y, total, out, settings, dev, checkpoint=str(path), recipe=None, run_id=None)
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from robustscale.checkpoint_io import safe_load
-
-    state = safe_load(path)  # never runs code from the file
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RobustscaleError(f"checkpoint {str(path)!r} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved weights too
 
 
 def _evaluate_into(model: nn.Module, x: torch.Tensor, y: torch.Tensor, split_size: int, eval_dir: Path,

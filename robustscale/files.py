@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -235,3 +236,26 @@ def rewrite_csv(path: str | Path, columns: list[str], rows: list[dict[str, Any]]
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k)) if not isinstance(row.get(k), str) else row.get(k) for k in columns})
     atomic_write_text(path, buf.getvalue())
+
+
+# One path component built from a user value (a run id, a sweep or model name): letters,
+# digits and _ . - ; not starting with '.', so never '..', a hidden file, a '/' or an absolute path.
+_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
+
+
+def check_component(value: Any, what: str) -> str:
+    """``value`` when it is one safe path component, else a one-line RobustscaleError."""
+    if not isinstance(value, str) or not _COMPONENT.fullmatch(value):
+        raise RobustscaleError(f"{what} {value!r} cannot be used in a file name; allowed: letters, "
+                               "digits and _ . - (at most 200, not starting with '.'; no '/', '..' "
+                               "or absolute paths)")
+    return value
+
+
+def contained(root: str | Path, path: str | Path) -> Path:
+    """``path`` resolved, when it lies inside ``root`` (links followed); else a RobustscaleError."""
+    base, target = Path(root).resolve(), Path(path).resolve()
+    if target != base and base not in target.parents:
+        raise RobustscaleError(f"{str(path)!r} resolves to {str(target)!r}, outside {str(base)!r}; "
+                               "refusing to write there")
+    return target

@@ -29,6 +29,7 @@ NON_RESULT_KEYS = frozenset(
         "data_dir",
         "device",
         "checkpoint_every_steps",
+        "grad_checkpointing",  # recomputes blocks in backward: same numbers, less memory
         "pue",
         "usd_per_kwh",
         "gco2_per_kwh",
@@ -110,6 +111,7 @@ class Recipe(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+    grad_checkpointing: bool = False  # activation checkpointing (WRN-70-16 TRADES at large batches)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: Optional[int] = None
     # accounting (the paper's constants)
@@ -131,6 +133,14 @@ class Recipe(BaseModel):
     @classmethod
     def _fraction(cls, v: Any, info: Any) -> float:
         return parse_fraction(v, info.field_name)
+
+    @field_validator("model", mode="after")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        # The model name is part of the run id, hence of file names (runs/<run_id>/, recipes/...).
+        from robustscale.files import check_component
+
+        return check_component(v, "model")
 
     @model_validator(mode="after")
     def _ranges(self) -> "Recipe":

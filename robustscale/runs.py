@@ -461,8 +461,7 @@ class RunDir:
         if not self.recipe.is_file():
             raise RobustscaleError(f"{str(self.path)!r} is not a run directory (no recipe.yaml)")
         try:
-            if not self.recipe.read_bytes().strip():
-                raise RunFileError(self.recipe, "is empty (a recipe must hold key: value lines)")
+            self._check_recipe_whole()
             return Recipe.from_yaml(self.recipe)
         except RunFileError:
             raise
@@ -473,12 +472,25 @@ class RunDir:
                 raise RunFileError(self.recipe, str(exc).split(f"{str(self.recipe)!r}", 1)[-1].strip()) from None
             raise RunFileError(self.recipe, f"holds an invalid recipe ({exc})") from None
 
+    def _check_recipe_whole(self) -> None:
+        """An empty recipe.yaml, or one whose last line is cut (a truncated file can still parse
+        as YAML, with the later keys silently at their defaults), is damaged."""
+        raw = self.recipe.read_bytes()
+        if not raw.strip():
+            raise RunFileError(self.recipe, "is empty (a recipe must hold key: value lines)")
+        if not raw.endswith(b"\n"):  # the writer (a YAML dump) always ends its last line
+            raise RunFileError(self.recipe, "is cut short (its last line is incomplete)")
+
     def read_recipe_record(self) -> RecipeRecord:
         """The recipe's zoo columns, read leniently (:class:`RecipeRecord`)."""
         from robustscale.files import read_yaml_mapping
 
         if not self.recipe.is_file():
             raise RunFileError(self.recipe, MISSING)
+        try:
+            self._check_recipe_whole()
+        except OSError as exc:
+            raise RunFileError(self.recipe, f"cannot be read ({exc.strerror or exc})") from None
         try:
             data = read_yaml_mapping(self.recipe, "recipe")
         except RobustscaleError as exc:
@@ -651,10 +663,24 @@ def model_from_state(recipe: Recipe, state_dict: dict[str, "torch.Tensor"],
     return model.to(device).eval()
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: "str | torch.device" = "cpu") -> "nn.Module":
+def load(run_dir: str | Path, checkpoint: str = "best", device: "str | torch.device" = "cpu", *,
+         model: str | None = None, dataset: str = "cifar10",
+         activation: str | None = None) -> "nn.Module":
     """The trained classifier of a run: ``checkpoint`` is ``best`` (selected epoch; EMA weights
-    when EMA was on) or ``last``. Eval mode, parameters frozen, inputs in [0, 1]."""
+    when EMA was on) or ``last``. Eval mode, parameters frozen, inputs in [0, 1].
+
+    A checkpoint *file* trained elsewhere (a RobustBench or other published state dict) loads
+    with ``model=NAME`` (and ``dataset``, ``activation``): robustscale.robustbench.load_weights_file."""
     from robustscale.checkpoint_io import load_checkpoint
+
+    if model is not None or Path(run_dir).is_file():
+        from robustscale.robustbench import load_weights_file
+
+        if checkpoint != "best":
+            raise RobustscaleError(f"checkpoint={checkpoint!r} applies to a run directory; a checkpoint "
+                                   "file is loaded as it is")
+        return load_weights_file(run_dir, model=model, dataset=dataset, activation=activation,
+                                 device=device)
 
     run = RunDir(Path(run_dir))
     recipe = run.read_recipe()

@@ -160,6 +160,23 @@ def test_grad_checkpointing_applies_only_when_training_with_autograd(monkeypatch
     assert len(calls) == len(model.net.blocks)
 
 
+def test_grad_checkpointing_recipe_key_checkpoints_and_trains_the_same_run(tmp_path, monkeypatch):
+    from conftest import tiny
+    from robustscale.models import wrn
+    from robustscale.train.checkpoint import load_checkpoint
+
+    calls = []
+    real = wrn.checkpoint
+    monkeypatch.setattr(wrn, "checkpoint", lambda fn, *a, **kw: calls.append(fn) or real(fn, *a, **kw))
+    plain = train(tiny(epochs=1), out_root=tmp_path / "plain", progress=False)
+    assert calls == []
+    ckpt = train(tiny(epochs=1, grad_checkpointing=True), out_root=tmp_path / "ckpt", progress=False)
+    assert calls  # the engine turned it on
+    assert plain.name == ckpt.name  # not a result key: the same run id
+    a, b = (load_checkpoint(r / "checkpoints" / "last.pt")["model"] for r in (plain, ckpt))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # and the same weights, bit for bit
+
+
 # ---- bf16 does not weaken the attack ------------------------------------------------------------
 
 def _robust_acc(model: torch.nn.Module, precision: str, x: torch.Tensor, y: torch.Tensor,

@@ -100,7 +100,8 @@ def test_every_shipped_recipe_validates(tmp_path):
     import yaml
 
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
-    assert len(recipes) == 35  # 32 paper set-ups + 3 digits
+    assert len(recipes) == 39  # 32 paper set-ups (ReLU WRN) + 4 DeepMind WRN with Swish + 3 digits
+    assert sum(p.name.startswith("cifar10-dm_wrn") for p in recipes) == 4
     npz = tmp_path / "synthetic.npz"
     np.savez(npz, image=np.zeros((2, 32, 32, 3), np.uint8), label=np.zeros(2, np.int64))
     for path in recipes:
@@ -109,6 +110,10 @@ def test_every_shipped_recipe_validates(tmp_path):
             assert data["synthetic_fraction"] == 0.7
             data["synthetic_data"] = str(npz)  # the 1M-image file is not shipped
         r = Recipe.from_dict(data)
+        if r.model.startswith("dm_wrn"):
+            assert r.activation == "silu"  # the paper's smooth arm, as its code trained it
+        elif r.dataset == "cifar10":
+            assert r.activation == "relu"
         if r.dataset == "cifar10":
             assert r.eps == pytest.approx(8 / 255) and r.attack_steps == 10
             assert (r.epochs, r.ema_decay) in {(100, None), (400, 0.995)}

@@ -74,8 +74,11 @@ def test_paper_grid_expands_to_320_distinct_runs_with_the_paper_values():
     assert len(runs) == 320
     assert len({r.run_id for r in runs}) == 320
     assert [r.run_id for r in load_sweep(PAPER, check_files=False).runs] == [r.run_id for r in runs]  # stable
-    assert Counter(r.model for r in runs) == {m: 80 for m in ("wrn28_10", "wrn34_10", "wrn34_20", "wrn70_16")}
-    assert Counter(r.activation for r in runs) == {"relu": 160, "gelu": 160}
+    sizes = ("wrn28_10", "wrn34_10", "wrn34_20", "wrn70_16")
+    assert Counter(r.model for r in runs) == {m: 40 for s in sizes for m in (s, f"dm_{s}")}
+    # the smooth-activation arm is the DeepMind WRN with Swish, as the paper's code trained it
+    assert Counter((r.model.startswith("dm_"), r.activation) for r in runs) == {(False, "relu"): 160,
+                                                                               (True, "silu"): 160}
     assert Counter(r.loss for r in runs) == {"pgd": 160, "trades": 160}
     assert Counter(r.attack_steps for r in runs) == {k: 64 for k in (1, 2, 5, 7, 10)}
     for r in runs:
@@ -251,6 +254,8 @@ def test_slurm_submission_with_a_faked_sbatch(tmp_path, monkeypatch):
                                     'for a in "$@"; do f="$a"; done\ncat "$f" >> "$FAKE_SBATCH_LOG"\n'
                                     'echo "Submitted batch job 1234"\n')
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    # squeue: every task of job 1234 still queued (a real squeue on this machine would not know it)
+    (bin_dir / "squeue").write_text("#!/bin/sh\nfor i in 0 1 2 3 4 5 6 7; do echo \"1234_$i PENDING 0 None\"; done\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

@@ -165,24 +165,47 @@ def _listening(listener: _Listener) -> Iterator[None]:
         logger.propagate = saved[1]
 
 
+class _Fast(nn.Module):
+    """The model as the attacks call it: channels_last inputs and/or ``torch.compile``.
+
+    Both change which kernels compute a logit (not what it means), so their last bits may
+    differ from the eager NCHW model's and an attack's path can fork on a near-tie; they are
+    opt-in, and ``benchmarks/eval.py --attacks autoattack-options`` checks per-example verdicts
+    against the plain library run before a figure is trusted (docs/performance.md)."""
+
+    def __init__(self, model: nn.Module, channels_last: bool, compile: bool):
+        super().__init__()
+        self.model = model  # the weights stay as they are: a channels_last input picks the kernels
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # dynamic: the attacks shrink their batches as examples break (Square every query)
+        self.fn = torch.compile(self.model, dynamic=True) if compile else self.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x.contiguous(memory_format=self.memory_format))
+
+
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
                    version: str = "standard", attacks: list[str] | None = None, seed: int = 0,
                    batch_size: int = 256, device: torch.device | str = "cpu",
-                   state_path: str | Path | None = None) -> AutoAttackOutcome:
+                   state_path: str | Path | None = None, channels_last: bool = False,
+                   compile: bool = False) -> AutoAttackOutcome:
     """Run pyautoattack on (x, y) (CPU tensors, x in [0, 1]) and read back per-attack accuracy.
 
     ``attacks`` runs a custom list (version ``custom``) with the version's settings otherwise
     unchanged: for plumbing tests. With ``state_path`` a killed run resumes at the attack it was
     in (the state and its snapshot are removed once the run finishes); without, a temporary
     state file is used. The model must already be in eval mode with frozen parameters.
+    ``channels_last`` / ``compile`` run the model that way under the attacks (see :class:`_Fast`;
+    off by default because they can move a near-tie verdict).
     """
     from pyautoattack import AutoAttack
 
     listener = _Listener()
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    net = _Fast(model, channels_last, compile) if channels_last or compile else model
     with contextlib.ExitStack() as stack:
         stack.enter_context(_listening(listener))
-        aa = AutoAttack(model, eps=eps, norm=norm, version=version, seed=seed, device=device)
+        aa = AutoAttack(net, eps=eps, norm=norm, version=version, seed=seed, device=device)
         if attacks is not None:  # the version's settings, a custom list of attacks
             aa.version, aa.attacks_to_run = "custom", list(attacks)
         order = list(aa.attacks_to_run)
@@ -191,7 +214,9 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         state_path = Path(state_path)
         state_path.parent.mkdir(parents=True, exist_ok=True)
         key = fingerprint(model, x, y, eps=eps, norm=norm, version=version, attacks=order, seed=seed,
-                          batch_size=batch_size, pyautoattack=_library_version())
+                          batch_size=batch_size, pyautoattack=_library_version(),
+                          **({"channels_last": True} if channels_last else {}),
+                          **({"compile": True} if compile else {}))
         listener.snapshots = snaps = _Snapshots(state_path, key, len(y), order)
         resumed = snaps.load()
         todo = order[len(resumed):]

@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=values.seed(), default=0, help="seed of PGD's random start and of AutoAttack (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--model", default=None, help="model name, when RUN_DIR|CHECKPOINT is a checkpoint file")
+    p.add_argument("--activation", default=None, help="activation of a checkpoint file's model: relu, gelu or "
+                   "silu (default: the model's own; silu (Swish) for dm_wrn*, as RobustBench's entries)")
     p.add_argument("--dataset", default="cifar10", help="dataset of a checkpoint file (default cifar10)")
     p.add_argument("--data-dir", default="data", help="dataset folder for a checkpoint file (default ./data)")
     p.add_argument("--json", action="store_true", help="print the result JSON instead of the table")
@@ -57,17 +59,17 @@ def run_eval(args: argparse.Namespace) -> int:
     common = dict(attack=args.attack, n=args.n, steps=args.steps, restarts=args.restarts, norm=args.norm,
                   batch_size=args.batch_size, version=args.version, seed=args.seed, device=args.device)
     target = Path(args.target)
-    if target.is_file():
+    if target.is_file() or (args.model is not None and not target.exists()):
         if args.model is None:
             raise RobustscaleError(f"{args.target!r} is a file: evaluating a checkpoint file needs --model NAME "
                                    "(and --dataset); a run is given by its directory")
         eps = args.eps if args.eps is not None else 8 / 255
         result = evaluate_checkpoint(target, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-                                     eps=eps, **common)
+                                     eps=eps, activation=args.activation, **common)
         where = target.parent / "eval"
     else:
-        if args.model is not None:
-            raise RobustscaleError(f"--model applies to a checkpoint file; {args.target!r} is not a file "
+        if args.model is not None or args.activation is not None:
+            raise RobustscaleError(f"--model and --activation apply to a checkpoint file; {args.target!r} is not a file "
                                    "(a run directory knows its model)")
         result = evaluate_run(target, checkpoint=args.checkpoint, eps=args.eps, **common)
         where = target / "eval"

@@ -34,16 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     loc = p.add_argument_group("local backend")
     loc.add_argument("--max-parallel", type=int, metavar="N",
                      help="runs at once (default: visible GPUs / nproc-per-run, or 1 on a CPU)")
-    loc.add_argument("--lease-timeout", type=float, default=300.0, metavar="S",
-                     help="seconds without a heartbeat before another launcher takes a run over (default 300)")
-    loc.add_argument("--heartbeat", type=float, default=30.0, metavar="S", help="seconds between heartbeats (default 30)")
+    loc.add_argument("--lease-timeout", type=float, metavar="S",
+                     help="seconds without a heartbeat before another launcher takes a run "
+                     "over (default 300; Slurm: 900); at least 2 and 3x --heartbeat")
+    loc.add_argument("--heartbeat", type=float, metavar="S",
+                     help="seconds between heartbeats (default 30; Slurm: 60); at least 0.1")
     slurm = p.add_argument_group("slurm backend (flags override the sweep file's slurm: section)")
     slurm.add_argument("--partition")
     slurm.add_argument("--account")
     slurm.add_argument("--qos")
     slurm.add_argument("--time-min", type=int, metavar="MIN", help="time limit per job; runs requeue and resume past it")
-    slurm.add_argument("--gpus-per-run", type=int, metavar="N")
-    slurm.add_argument("--cpus-per-task", type=int, metavar="N")
+    slurm.add_argument("--gpus-per-run", type=int, metavar="N",
+                       help="GPUs per run (0: a CPU partition, no GPU request)")
+    slurm.add_argument("--cpus-per-task", type=int, metavar="N",
+                       help="CPUs per task; also the job's torch threads")
     slurm.add_argument("--mem-gb", type=int, metavar="GB")
     slurm.add_argument("--array-parallelism", type=int, metavar="N", help="runs of the job array at once")
     slurm.add_argument("--max-timeouts", type=int, metavar="N",
@@ -74,10 +78,20 @@ def run_sweep(args: argparse.Namespace) -> int:
         return _dry_run(load_sweep(args.spec, overrides, check_files=False), args)
     if not args.out:
         raise RobustscaleError("--out DIR is required to run a sweep (it holds the ledger and the runs)")
-    for flag in ("max_attempts", "nproc_per_run", "max_parallel", "gpus_per_run", "array_parallelism"):
+    for flag in ("max_attempts", "nproc_per_run", "max_parallel", "array_parallelism",
+                 "cpus_per_task", "time_min", "mem_gb"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise RobustscaleError(f"--{flag.replace('_', '-')}={value}; allowed: an integer >= 1")
+    if args.gpus_per_run is not None and args.gpus_per_run < 0:
+        raise RobustscaleError(f"--gpus-per-run={args.gpus_per_run}; allowed: an integer >= 0 "
+                               "(0: no GPU)")
+    if args.lease_timeout is not None or args.heartbeat is not None or args.backend == "local":
+        from robustscale.sweep.slurm_options import check_leases
+
+        default = (300.0, 30.0) if args.backend == "local" else (900.0, 60.0)
+        check_leases(default[0] if args.lease_timeout is None else args.lease_timeout,
+                     default[1] if args.heartbeat is None else args.heartbeat, flags=True)
     if args.max_timeouts is not None and args.max_timeouts < 0:
         raise RobustscaleError(f"--max-timeouts={args.max_timeouts}; allowed: an integer >= 0")
     if args.backend != "slurm" and (args.resubmit or args.max_timeouts is not None):
@@ -89,28 +103,34 @@ def run_sweep(args: argparse.Namespace) -> int:
     from robustscale.sweep.launch import LaunchOptions, launch_local
 
     opts = LaunchOptions(max_parallel=args.max_parallel, nproc_per_run=args.nproc_per_run or 1,
-                         max_attempts=args.max_attempts, lease_timeout=args.lease_timeout,
-                         heartbeat=min(args.heartbeat, args.lease_timeout / 3), final_eval=args.final_eval,
+                         max_attempts=args.max_attempts,
+                         lease_timeout=300.0 if args.lease_timeout is None else args.lease_timeout,
+                         heartbeat=30.0 if args.heartbeat is None else args.heartbeat,
+                         final_eval=args.final_eval,
                          sync_bn=args.sync_bn)
     t0 = time.time()
     counts = launch_local(sweep, args.out, opts)
     print(f"sweep {sweep.name}: {_counts(counts)} in {time.time() - t0:.0f}s; see: robustscale status {args.out}")
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or counts["running"] else 0
 
 
 def _slurm(sweep: Any, args: argparse.Namespace) -> int:
     from robustscale.sweep.slurm import SlurmOptions, launch_slurm
 
     flags = {k: getattr(args, k) for k in ("partition", "account", "qos", "time_min", "gpus_per_run",
-                                           "cpus_per_task", "mem_gb", "array_parallelism", "max_timeouts")}
+                                           "cpus_per_task", "mem_gb", "array_parallelism",
+                                           "max_timeouts", "lease_timeout", "heartbeat")}
     if args.nproc_per_run:
         flags["gpus_per_run"] = args.nproc_per_run
     opts = SlurmOptions.from_sources(sweep.slurm, {k: v for k, v in flags.items() if v is not None})
+    notes: list[str] = []
     jobs = launch_slurm(sweep, args.out, opts, max_attempts=args.max_attempts, cluster=args.cluster,
-                        final_eval=args.final_eval, sync_bn=args.sync_bn, resubmit=args.resubmit)
+                        final_eval=args.final_eval, sync_bn=args.sync_bn, resubmit=args.resubmit,
+                        notes=notes)
     ids = sorted({j.job_id.split("_")[0] for j in jobs})
-    print(f"sweep {sweep.name}: submitted {len(jobs)} run(s) as job(s) {', '.join(ids) or '-'}; "
-          f"see: robustscale status {args.out}")
+    asked = f" ({'; '.join(notes)})" if notes else ""
+    print(f"sweep {sweep.name}: submitted {len(jobs)} run(s) as job(s) "
+          f"{', '.join(ids) or '-'}{asked}; see: robustscale status {args.out}")
     return 0
 
 
@@ -151,11 +171,17 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1, default=str))
         return 0
     width = max([len(r["run_id"]) for r in rows] + [6])
-    print(f"{'#':>4}  {'run_id':<{width}}  {'state':<15} {'tries':>5}  {'epoch':>9}  where")
+    slurm = any(r["job_id"] for r in rows)  # Slurm's job id and state beside the ledger's
+    jw = max([len(r["job_id"] or "") for r in rows] + [6])
+    sw = max([len(r["scheduler_state"]) for r in rows] + [11])
+    extra = f"  {'job':<{jw}}  {'slurm state':<{sw}}" if slurm else ""
+    print(f"{'#':>4}  {'run_id':<{width}}  {'state':<15} {'tries':>5}  {'epoch':>9}{extra}  where")
     for r in rows:
         progress = f"{r['epoch']}/{r['epochs']}" if r["epochs"] else "-"
+        extra = (f"  {r['job_id'] or '-':<{jw}}  {r['scheduler_state'] or '-':<{sw}}"
+                 if slurm else "")
         print(f"{r['idx'] + 1:>4}  {r['run_id']:<{width}}  {r['shown_state']:<15} {r['attempts']:>5}  "
-              f"{progress:>9}  {r['where']}")
+              f"{progress:>9}{extra}  {r['where']}")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

@@ -13,10 +13,13 @@ import torch
 from torch import nn
 
 from robustscale.errors import RobustscaleError, first_line
+from robustscale.models import dm_wrn as _dm_wrn  # noqa: F401  (registers the DeepMind WideResNets)
 from robustscale.models import wrn as _wrn  # noqa: F401  (registers the WideResNets with timm)
+from robustscale.models.dm_wrn import DM_WRN_VARIANTS, DMWideResNet
 from robustscale.models.wrn import WRN_VARIANTS, WideResNet
 
-__all__ = ["Normalized", "build_model", "count_params", "WideResNet", "WRN_VARIANTS"]
+__all__ = ["Normalized", "build_model", "count_params", "WideResNet", "WRN_VARIANTS", "DMWideResNet",
+           "DM_WRN_VARIANTS"]
 
 
 class Normalized(nn.Module):
@@ -50,19 +53,24 @@ def build_model(
     models take any size and do not accept the argument."""
     if not timm.is_model(name):
         raise RobustscaleError(
-            f"model={name!r} is not a registered timm model; use one of {', '.join(WRN_VARIANTS)} "
-            "or any name from timm.list_models()"
+            f"model={name!r} is not a registered timm model; use one of "
+            f"{', '.join([*WRN_VARIANTS, *DM_WRN_VARIANTS])} or any name from timm.list_models()"
         )
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans}
     if name in WRN_VARIANTS:
         kwargs.update(act_layer=activation, drop_rate=drop_rate)
+    elif name in DM_WRN_VARIANTS:
+        if drop_rate:
+            raise RobustscaleError(f"drop_rate={drop_rate!r} is not allowed for model={name!r}: the DeepMind "
+                                   "WideResNet has no dropout; allowed: 0")
+        kwargs["act_layer"] = activation
     else:
         if drop_rate:
             kwargs["drop_rate"] = drop_rate
         if activation != "relu":
             kwargs["act_layer"] = activation
     try:
-        if img_size is not None and name not in WRN_VARIANTS:
+        if img_size is not None and name not in WRN_VARIANTS and name not in DM_WRN_VARIANTS:
             try:
                 net = timm.create_model(name, pretrained=False, img_size=tuple(img_size), **kwargs)
             except TypeError:  # a model without an img_size argument: it takes any input size

@@ -9,7 +9,7 @@ The activation is a constructor argument because the paper's grid varies it (ReL
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -41,6 +41,24 @@ def _bn_stats_untouched(module: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for b, s in zip(bufs, saved):
                 b.copy_(s)
+
+
+def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+    """``x`` through ``blocks`` in order; with ``checkpointed`` (and autograd on) each block is
+    recomputed in backward instead of keeping its activations, its BatchNorm statistics updated
+    once per forward as without checkpointing."""
+    if not (checkpointed and torch.is_grad_enabled()):
+        for blk in blocks:
+            x = blk(x)
+        return x
+    compiling = torch.compiler.is_compiling()
+    for blk in blocks:
+        if compiling:  # traced once: the recomputation replays no buffer mutation
+            x = checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = checkpoint(blk, x, use_reentrant=False,
+                           context_fn=lambda blk=blk: (contextlib.nullcontext(), _bn_stats_untouched(blk)))
+    return x
 
 
 class BasicBlock(nn.Module):
@@ -118,16 +136,7 @@ class WideResNet(nn.Module):
         self.grad_checkpointing = enable
 
     def _blocks(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
-            return self.blocks(x)
-        compiling = torch.compiler.is_compiling()
-        for blk in self.blocks:
-            if compiling:  # traced once: the recomputation replays no buffer mutation
-                x = checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = checkpoint(blk, x, use_reentrant=False,
-                               context_fn=lambda blk=blk: (contextlib.nullcontext(), _bn_stats_untouched(blk)))
-        return x
+        return run_blocks(self.blocks, x, self.grad_checkpointing and self.training)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self._blocks(self.stem(x))))

@@ -58,9 +58,14 @@ class LaunchOptions:
 def prepare(sweep: Sweep, out: str | Path, *, wal: bool = True) -> tuple[SweepFolder, Ledger]:
     """Create the sweep folder, write each run's recipe and record the runs in the ledger
     (runs already there keep their state). Safe to call from several launchers at once."""
-    from robustscale.files import atomic_write_text
+    from robustscale.files import atomic_write_text, check_component, contained
 
     folder = SweepFolder(Path(out))
+    for run in sweep.runs:  # every name checked and every path contained before anything is written
+        check_component(run.run_id, "run id")
+        for path in (folder.recipe(run.run_id), folder.run_dir(run.run_id), folder.log(run.run_id)):
+            contained(folder.root, path)
+    check_folder_permissions(folder.root)
     for sub in ("recipes", "runs", "logs"):
         try:
             (folder.root / sub).mkdir(parents=True, exist_ok=True)
@@ -73,9 +78,44 @@ def prepare(sweep: Sweep, out: str | Path, *, wal: bool = True) -> tuple[SweepFo
         if not path.exists():
             atomic_write_text(path, run.recipe.to_yaml())
     ledger = Ledger(folder.ledger, wal=wal)
+    check_states(ledger)
     ledger.add_runs([(r.run_id, r.index, r.label) for r in sweep.runs])
     ledger.set_meta(name=sweep.name, source=str(sweep.path) if sweep.path else None)
     return folder, ledger
+
+
+def check_folder_permissions(root: Path) -> None:
+    """Refuse a sweep folder (or its ``slurm/``) that anyone may write, warn when its group may.
+
+    Whoever can write the folder can change what runs: a recipe, the ledger, and under Slurm
+    the pickles submitit's jobs execute (``slurm/<job>/*_submitted.pkl``). docs/security.md."""
+    import stat
+
+    for path in (root, root / "slurm"):
+        try:
+            mode = path.stat().st_mode
+        except OSError:  # not created yet: created below under this user's umask (slurm/: 0700)
+            continue
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            raise RobustscaleError(f"sweep folder {str(path)!r} is writable by every user (mode "
+                                   f"{stat.filemode(mode)}); anyone could change what its runs "
+                                   "execute; allowed: writable by its owner only "
+                                   f"(chmod go-w {str(path)!r})")
+        if mode & stat.S_IWGRP:
+            log.warning("sweep folder %s is writable by its group (mode %s): every member can "
+                        "change what its runs execute (chmod g-w to prevent it)",
+                        path, stat.filemode(mode))
+
+
+def check_states(ledger: Ledger) -> None:
+    """A ledger row in a state this version does not know is one line, not a KeyError later."""
+    from robustscale.sweep.ledger import STATES
+
+    for row in ledger.rows():
+        if row["state"] not in STATES:
+            raise RobustscaleError(f"ledger {str(ledger.path)!r}: run {row['run_id']} has state "
+                                   f"{row['state']!r}; allowed: {', '.join(STATES)} (was it "
+                                   "written by another program?)")
 
 
 def visible_gpus() -> list[str]:
@@ -127,6 +167,9 @@ class LocalLauncher:
 
     def __init__(self, sweep: Sweep, out: str | Path, options: LaunchOptions | None = None):
         self.opt = options or LaunchOptions()
+        from robustscale.sweep.slurm_options import check_leases
+
+        check_leases(self.opt.lease_timeout, self.opt.heartbeat)
         if self.opt.nproc_per_run < 1:
             raise RobustscaleError(f"nproc_per_run={self.opt.nproc_per_run}; allowed: an integer >= 1")
         self.sweep = sweep
@@ -197,6 +240,9 @@ class LocalLauncher:
             self.beat.add(claim)
             try:
                 self._train(claim, devices)
+            except Exception as exc:  # noqa: BLE001 - e.g. its log cannot be opened
+                self.ledger.finish(claim, ok=False, error=f"launcher: {type(exc).__name__}: {exc}")
+                log.error("%s: could not be started here: %s", claim.run_id, exc)
             finally:
                 self.beat.remove(claim)
 
@@ -282,5 +328,6 @@ def launch_local(sweep: Sweep, out: str | Path, options: LaunchOptions | None = 
     return LocalLauncher(sweep, out, options).run()
 
 
-__all__ = ["LaunchOptions", "LocalLauncher", "SweepFolder", "launch_local", "prepare", "last_error_line",
+__all__ = ["LaunchOptions", "LocalLauncher", "SweepFolder", "check_folder_permissions",
+           "check_states", "launch_local", "prepare", "last_error_line",
            "train_command", "visible_gpus"]

@@ -12,7 +12,9 @@ submitit requeues a job after at most ``max_num_timeout`` time-outs (3 by defaul
 are not counted); :attr:`SlurmOptions.max_timeouts` raises that to 1,000, so that a run longer
 than many time limits continues. A run given back as ``pending`` whose job is gone (it timed out
 more often than that, was cancelled while queued, or its node failed) is submitted again: the
-launcher asks ``sacct`` whether each recorded job is still alive.
+launcher asks ``squeue`` (or ``sacct`` where squeue cannot answer; robustscale.sweep.slurm_queue)
+whether each recorded job is still alive. Anything ``sbatch`` refuses is one RobustscaleError
+line with sbatch's own words, and no run is recorded as submitted.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from robustscale.errors import RobustscaleError
 from robustscale.runs import SweepFolder
 from robustscale.sweep.launch import prepare
 from robustscale.sweep.ledger import Claim, Heartbeat, Ledger
+from robustscale.sweep.slurm_options import SlurmOptions
+from robustscale.sweep.slurm_queue import QueueView, queue_view
 from robustscale.sweep.spec import Sweep
 
 log = logging.getLogger(__name__)
@@ -40,62 +43,23 @@ except ImportError:  # pragma: no cover
     Checkpointable = object  # type: ignore[assignment,misc]
 
 
-@dataclass
-class SlurmOptions:
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time_min: int = 1440
-    gpus_per_run: int = 1
-    cpus_per_task: int | None = None
-    mem_gb: int | None = None
-    array_parallelism: int = 64
-    lease_timeout: float = 900.0
-    heartbeat: float = 60.0
-    max_timeouts: int = 1000  # requeues after a time-out per job (submitit's max_num_timeout; its default is 3)
-    additional: dict[str, Any] | None = None  # passed as slurm_additional_parameters
-
-    @classmethod
-    def from_sources(cls, sweep_file: dict[str, Any], flags: dict[str, Any]) -> SlurmOptions:
-        """The sweep file's ``slurm:`` section, overridden by command-line flags."""
-        known = {f.name for f in fields(cls)}
-        merged = {**sweep_file, **flags}
-        unknown = [k for k in merged if k not in known]
-        if unknown:
-            raise RobustscaleError(f"unknown slurm option {unknown[0]!r}; allowed: {', '.join(sorted(known))}")
-        out = cls(**merged)
-        if not isinstance(out.max_timeouts, int) or isinstance(out.max_timeouts, bool) or out.max_timeouts < 0:
-            raise RobustscaleError(f"slurm option max_timeouts={out.max_timeouts!r}; allowed: an integer >= 0")
-        return out
-
-    def executor_parameters(self, name: str) -> dict[str, Any]:
-        p: dict[str, Any] = {"name": name, "timeout_min": self.time_min, "gpus_per_node": self.gpus_per_run,
-                             "tasks_per_node": max(1, self.gpus_per_run), "nodes": 1,
-                             "slurm_array_parallelism": self.array_parallelism}
-        for key, value in (("cpus_per_task", self.cpus_per_task), ("mem_gb", self.mem_gb),
-                           ("slurm_partition", self.partition), ("slurm_account", self.account),
-                           ("slurm_qos", self.qos), ("slurm_additional_parameters", self.additional)):
-            if value is not None:
-                p[key] = value
-        return p
-
-
 class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
     """What one array task runs: claim the run, train it (retrying up to ``max_attempts``), record."""
 
     def __init__(self, folder: str, run_id: str, *, max_attempts: int, lease_timeout: float, heartbeat: float,
-                 final_eval: str | None = None, sync_bn: bool = False):
+                 final_eval: str | None = None, sync_bn: bool = False, threads: int | None = None):
         self.folder, self.run_id = str(folder), run_id
         self.max_attempts, self.lease_timeout, self.heartbeat = max_attempts, lease_timeout, heartbeat
-        self.final_eval, self.sync_bn = final_eval, sync_bn
+        self.final_eval, self.sync_bn, self.threads = final_eval, sync_bn, threads
         self._claim: Claim | None = None
+        self._requeued = False  # set by checkpoint() (USR2): the job is being requeued
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_claim", "_beat")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_claim", "_beat", "_requeued")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._claim = None
+        self._claim, self._requeued = None, False
 
     def __call__(self) -> str:
         import submitit
@@ -103,6 +67,12 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
         env = submitit.JobEnvironment()
         if not logging.getLogger().handlers:  # the run's log lines go to the job's log file
             logging.basicConfig(level=logging.INFO, format="%(message)s")
+        if getattr(self, "threads", None):  # --cpus-per-task: torch's intra-op threads
+            import torch
+
+            torch.set_num_threads(self.threads)
+            log.info("%s: torch intra-op threads %d (--cpus-per-task)", self.run_id,
+                     torch.get_num_threads())
         if env.num_tasks > 1:  # one run on several GPUs: join the tasks into one process group
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             if self.sync_bn:
@@ -138,6 +108,13 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
             recipe = Recipe.from_yaml(folder.recipe(self.run_id))
             train(recipe, folder.run_dir(self.run_id), progress=False, final_eval=self.final_eval)
         except Exception as exc:  # noqa: BLE001 - record it; SystemExit (requeue) passes through
+            if getattr(self, "_requeued", False):
+                # Raised inside the USR2 handler after checkpoint() gave the run back: `scontrol
+                # requeue` (a child of the job) is often killed by the requeue it asked for. Not a
+                # failure of the run; this process is about to be killed and the job restarts.
+                log.warning("%s: requeue in progress (%s); not counted as a failure",
+                            self.run_id, exc)
+                raise
             error = str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}"
             ledger.finish(claim, ok=False, error=error.splitlines()[0] if error else type(exc).__name__)
             log.error("%s failed (attempt %d): %s", self.run_id, claim.attempt, error)
@@ -169,6 +146,7 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Time-out or pre-emption: give the lease back (the attempt is not counted) and requeue;
         the requeued job resumes the run from its last.pt."""
+        self._requeued = True
         if self._claim is not None:
             try:
                 Ledger(SweepFolder(Path(self.folder)).ledger, wal=False).release(self._claim, "requeued")
@@ -177,41 +155,11 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
         return super().checkpoint(*args, **kwargs)
 
 
-# sacct states of a job that will not run (again) by itself; any other state is a live job.
-DEAD_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
-                         "PREEMPTED", "REVOKED", "TIMEOUT"})
-
-
-def slurm_job_states(job_ids: list[str]) -> dict[str, str] | None:
-    """The sacct state (``PENDING``, ``TIMEOUT``, ...) of each job or array task in ``job_ids``
-    that sacct knows; None when sacct cannot be asked (not on PATH, an error)."""
-    if not job_ids:
-        return {}
-    from submitit.slurm.slurm import SlurmInfoWatcher
-
-    bases = sorted({str(j).split("_")[0] for j in job_ids})
-    cmd = ["sacct", "-o", "JobID,State", "--parsable2", "-j", ",".join(bases)]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("cannot ask sacct whether the recorded jobs are alive (%s); pending runs with a job are "
-                    "not submitted again (use --resubmit)", exc)
-        return None
-    info = SlurmInfoWatcher().read_info(res.stdout)
-    states = {}
-    for job_id in job_ids:
-        state = (info.get(str(job_id)) or {}).get("State") or ""
-        if state:
-            states[str(job_id)] = state.split()[0].rstrip("+")  # "CANCELLED by 123" -> CANCELLED
-    return states
-
-
-def dead_jobs(job_ids: list[str], states: Callable[[list[str]], dict[str, str] | None] = slurm_job_states,
-              ) -> set[str]:
-    """The jobs among ``job_ids`` known to be over (a job sacct does not know yet counts as alive:
-    accounting lags behind a fresh submission)."""
-    known = states(job_ids) or {}
-    return {j for j in job_ids if known.get(j) in DEAD_STATES}
+def dead_jobs(job_ids: list[str],
+              view: Callable[[list[str]], QueueView | None] = queue_view) -> set[str]:
+    """The jobs among ``job_ids`` known to be over (none when Slurm cannot be asked)."""
+    answer = view(job_ids)
+    return set() if answer is None else {j for j in job_ids if answer.over(j)}
 
 
 def runs_to_submit(ledger: Ledger, run_ids: list[str], *, max_attempts: int, lease_timeout: float,
@@ -233,20 +181,35 @@ def runs_to_submit(ledger: Ledger, run_ids: list[str], *, max_attempts: int, lea
 
 def launch_slurm(sweep: Sweep, out: str | Path, options: SlurmOptions | None = None, *, max_attempts: int = 3,
                  cluster: str = "slurm", final_eval: str | None = None, sync_bn: bool = False,
-                 resubmit: bool = False) -> list[Any]:
+                 resubmit: bool = False, notes: list[str] | None = None) -> list[Any]:
     """Submit one array task per run that needs one; returns the submitit jobs. Starting it
     again submits only what is not done, not held by a live lease, and not pending under a job
-    that is still alive (sacct; with ``resubmit`` every pending run is submitted again)."""
+    that is still alive (squeue or sacct; with ``resubmit`` every pending run is submitted again).
+    A refusal by sbatch is one RobustscaleError line, and no run is recorded as submitted.
+    ``notes`` (a list) receives one line on what Slurm was asked about the recorded jobs."""
     import submitit
 
     o = options or SlurmOptions()
+    o.validate()
     folder, ledger = prepare(sweep, out, wal=False)  # jobs on several nodes: no WAL (docs/sweeps.md)
     ledger.set_meta(lease_timeout=o.lease_timeout, max_attempts=max_attempts, backend="slurm")
+    def jobs_over(job_ids: list[str]) -> set[str]:
+        view = queue_view(job_ids)
+        over = set() if view is None else {j for j in job_ids if view.over(j)}
+        if notes is not None:
+            notes.append(f"asked {view.source} about {len(job_ids)} recorded job(s): "
+                         f"{len(over)} over" if view is not None else
+                         "neither squeue nor sacct answered: pending runs with a job are not "
+                         "submitted again (--resubmit to force it)")
+        return over
+
     todo = runs_to_submit(ledger, [r.run_id for r in sweep.runs], max_attempts=max_attempts,
                           lease_timeout=o.lease_timeout, resubmit=resubmit,
-                          jobs_over=dead_jobs if cluster == "slurm" else None)
+                          jobs_over=jobs_over if cluster == "slurm" else None)
     if not todo:
         return []
+    # submitit's pickles in slurm/ are what the jobs run: only their owner may write there.
+    (folder.root / "slurm").mkdir(mode=0o700, exist_ok=True)
     try:
         executor = submitit.AutoExecutor(folder=folder.slurm / "%j", cluster=cluster,
                                          slurm_max_num_timeout=o.max_timeouts, local_max_num_timeout=o.max_timeouts)
@@ -256,15 +219,35 @@ def launch_slurm(sweep: Sweep, out: str | Path, options: SlurmOptions | None = N
     params = o.executor_parameters(f"rs-{sweep.name}")
     if cluster != "slurm":
         params = {k: v for k, v in params.items() if not k.startswith("slurm_") and k != "nodes"}
-        params["gpus_per_node"] = min(params["gpus_per_node"], len(_visible()))
+        params["gpus_per_node"] = min(params.get("gpus_per_node", 0), len(_visible()))
     executor.update_parameters(**params)
-    with executor.batch():
-        jobs = [executor.submit(SweepJob(str(folder.root), rid, max_attempts=max_attempts,
-                                         lease_timeout=o.lease_timeout, heartbeat=o.heartbeat,
-                                         final_eval=final_eval, sync_bn=sync_bn)) for rid in todo]
+    tasks = [SweepJob(str(folder.root), rid, max_attempts=max_attempts,
+                      lease_timeout=o.lease_timeout, heartbeat=o.heartbeat, final_eval=final_eval,
+                      sync_bn=sync_bn, threads=o.cpus_per_task) for rid in todo]
+    jobs = _submit(executor, tasks)
     ledger.record_jobs([(rid, job.job_id) for rid, job in zip(todo, jobs)])
     log.info("submitted %d run(s) of sweep %s: jobs %s", len(jobs), sweep.name,
              sorted({j.job_id.split("_")[0] for j in jobs}))
+    return jobs
+
+
+def _submit(executor: Any, tasks: list[SweepJob]) -> list[Any]:
+    """Submit ``tasks`` as one array; sbatch's refusal becomes one line (submitit would print
+    sbatch's stderr and raise FailedJobError with a traceback)."""
+    import contextlib
+    import io
+
+    from submitit.core.utils import FailedJobError
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), executor.batch():
+            jobs = [executor.submit(task) for task in tasks]
+    except (FailedJobError, subprocess.SubprocessError, OSError) as exc:
+        words = [ln.strip() for ln in (str(exc) or said.getvalue()).splitlines() if ln.strip()]
+        words = [w.removeprefix("sbatch: error: ") for w in words] or [type(exc).__name__]
+        raise RobustscaleError(f"sbatch refused the job array of {len(tasks)} run(s): "
+                               f"{'; '.join(words)} (no run was submitted)") from None
     return jobs
 
 
@@ -274,4 +257,4 @@ def _visible() -> list[str]:
     return visible_gpus()
 
 
-__all__ = ["SlurmOptions", "SweepJob", "dead_jobs", "launch_slurm", "runs_to_submit", "slurm_job_states"]
+__all__ = ["SlurmOptions", "SweepJob", "dead_jobs", "launch_slurm", "runs_to_submit"]

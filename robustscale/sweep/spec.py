@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from robustscale.errors import RobustscaleError
-from robustscale.files import read_yaml_mapping
+from robustscale.files import check_component, read_yaml_mapping
 from robustscale.recipe import Recipe, format_eps
 
 TOP_KEYS = ("name", "base", "set", "axes", "zip", "slurm", "local")
@@ -82,6 +82,10 @@ def expand(spec: Any, *, base_dir: Path = Path("."), name: str = "sweep", overri
     if unknown:
         raise RobustscaleError(f"unknown sweep key {unknown[0]!r}; allowed: {', '.join(TOP_KEYS)}")
     name = str(spec.get("name") or name)
+    try:  # the name reaches file names and Slurm job names
+        check_component(name, "sweep name")
+    except RobustscaleError as exc:
+        raise RobustscaleError(f"{exc}; set name: in the sweep file") from None
     base = {**_base(spec.get("base"), base_dir), **_mapping(spec.get("set"), "set")}
     factors = _factors(spec)
     varying_keys = [k for f in factors if len(f) > 1 for k in f[0]]

@@ -23,8 +23,10 @@ def sweep_status(folder: str | Path) -> list[dict[str, Any]]:
     ledger = Ledger(sweep.ledger, wal=False, create=False)  # a reader: never recreates a table
     timeout = float(ledger.meta().get("lease_timeout") or 300.0)
     now = time.time()
+    rows = ledger.rows()
+    scheduler = _scheduler_states(rows) if ledger.meta().get("backend") == "slurm" else {}
     out = []
-    for row in ledger.rows():
+    for row in rows:
         run = sweep.run(row["run_id"])
         damage = None
         try:
@@ -47,5 +49,19 @@ def sweep_status(folder: str | Path) -> list[dict[str, Any]]:
         out.append({**row, "shown_state": shown, "where": where, "damage": damage,
                     "epoch": status.epoch if status else 0, "epochs": status.epochs if status else None,
                     "run_state": status.state if status else None,
-                    "best_val_pgd40_acc": status.best_val_pgd40_acc if status else None})
+                    "best_val_pgd40_acc": status.best_val_pgd40_acc if status else None,
+                    "scheduler_state": scheduler.get(row["job_id"] or "", "")})
     return out
+
+
+def _scheduler_states(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Slurm's state of the job of every run not settled yet (``PENDING``, ``RUNNING``,
+    ``PENDING (requeued 1x)``; ``gone`` for a job Slurm no longer lists)."""
+    from robustscale.sweep.slurm_queue import queue_view
+
+    ids = [r["job_id"] for r in rows if r["job_id"] and r["state"] in ("pending", "running")]
+    view = queue_view(ids) if ids else None
+    if view is None:
+        return {}
+    return {j: (view.jobs[j].shown if j in view.jobs else "gone" if view.over(j) else "unknown")
+            for j in ids}

@@ -30,7 +30,7 @@ from robustscale.train.records import check_run_dir, create_run_dir, remove_debr
 from robustscale.train import distributed
 from robustscale.train.setup import (
     Forward, check_precision, make_ema, make_optimizer, make_scheduler, prepare_data, resolve_device,
-    seed_everything,
+    seed_everything, enable_grad_checkpointing,
 )
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,8 @@ class _Engine:
         info = self.data.info
         model = build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
                             recipe.activation, recipe.drop_rate, img_size=info.shape[1:]).to(self.device)
+        if recipe.grad_checkpointing:
+            enable_grad_checkpointing(model, recipe.model)
         if recipe.channels_last:
             model = model.to(memory_format=torch.channels_last)
         plain = model  # FLOPs are counted on a meta copy of this one (SyncBatchNorm needs a GPU)

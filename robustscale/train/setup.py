@@ -28,10 +28,13 @@ HOLDOUT_SEED = 0
 
 
 def resolve_device(name: str) -> torch.device:
-    """The recipe's device, with cuDNN autotuning and TF32 matmuls on for CUDA training."""
+    """The recipe's device, with cuDNN autotuning and TF32 matmuls on for CUDA training.
+
+    Under ``torch.use_deterministic_algorithms(True)`` autotuning stays off: it may pick
+    another (deterministic) convolution algorithm in a resumed process than in the first one."""
     device = _resolve(name)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device
@@ -102,6 +105,20 @@ class Forward(nn.Module):
         fn = self.ddp if self.ddp is not None and torch.is_grad_enabled() and not x.requires_grad else self.fn
         with ctx:
             return fn(x).float()
+
+
+def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
+    """Turn on activation checkpointing through timm's switch (``set_grad_checkpointing``) on the
+    network inside :class:`robustscale.models.Normalized`; a model without one is refused."""
+    net = getattr(model, "net", model)
+    switch = getattr(net, "set_grad_checkpointing", None)
+    if switch is None:
+        raise RobustscaleError(f"grad_checkpointing=true: model={name!r} has no set_grad_checkpointing; "
+                               "use a WideResNet or a timm model that supports it")
+    try:
+        switch(True)
+    except (NotImplementedError, AssertionError) as exc:
+        raise RobustscaleError(f"grad_checkpointing=true: model={name!r} does not support it ({exc})") from None
 
 
 def check_precision(precision: str, device: torch.device) -> None:
