@@ -46,11 +46,14 @@ sys.path.insert(0, str(ROOT))
 
 STEPS = ("environment", "cuda_tests", "train_step", "train_eval")
 # Seconds per step: on an H100/H200 (inside the 8-minute budget), and at --quick sizes on a CPU.
-LIMITS = {"cuda": {"environment": 30, "cuda_tests": 150, "train_step": 160, "train_eval": 80},
-          "cpu": {"environment": 60, "cuda_tests": 120, "train_step": 120, "train_eval": 180}}
+LIMITS = {
+    "cuda": {"environment": 30, "cuda_tests": 150, "train_step": 160, "train_eval": 80},
+    "cpu": {"environment": 60, "cuda_tests": 120, "train_step": 120, "train_eval": 180},
+}
 
 
 # ---- the parent: sessions, time limits, the JSON file ---------------------------------------------
+
 
 def _write_json(path: Path, data: dict) -> None:
     """Atomic: a reader (or a cut-off run) only ever sees a whole file."""
@@ -90,15 +93,23 @@ def cuda_available() -> tuple[bool, str]:
     """Whether torch sees a CUDA GPU, asked in a subprocess so the parent never holds one."""
     code = "import torch; print(torch.cuda.is_available(), torch.__version__, torch.version.cuda)"
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
         ok, ver, cuda = out.stdout.split()
         return ok == "True", f"torch {ver}, CUDA build {cuda}"
     except (subprocess.SubprocessError, ValueError) as exc:
         return False, f"torch not usable ({exc})"
 
 
-def run_steps(steps: list[str], args: argparse.Namespace, session: dict, data: dict, json_path: Path,
-              budget: float | None) -> None:
+def run_steps(
+    steps: list[str],
+    args: argparse.Namespace,
+    session: dict,
+    data: dict,
+    json_path: Path,
+    budget: float | None,
+) -> None:
     """Run ``steps`` in one worker process, each under its own time limit (and all inside
     ``budget``), merging records into the JSON as they appear. A step past its limit ends the
     worker; a new one takes the steps left. A worker start costs an interpreter and torch."""
@@ -108,20 +119,44 @@ def run_steps(steps: list[str], args: argparse.Namespace, session: dict, data: d
     while left:
         launch += 1
         records_path = Path(session["work_dir"]) / f"records-{launch}.jsonl"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", ",".join(left),
-               "--device", session["device"], "--work-dir", session["work_dir"], "--records", str(records_path)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            ",".join(left),
+            "--device",
+            session["device"],
+            "--work-dir",
+            session["work_dir"],
+            "--records",
+            str(records_path),
+        ]
         cmd += ["--quick"] if session["quick"] else []
         cmd += ["--no-compile"] if args.no_compile else []
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+            ),
+            "PYTHONUNBUFFERED": "1",
+        }
         with open(args.out / session["log"], "a") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+            )
             left = _watch(proc, records_path, left, session, data, json_path, t0, budget)
 
 
-def _watch(proc: subprocess.Popen, records_path: Path, steps: list[str], session: dict, data: dict,
-           json_path: Path, t0: float, budget: float | None) -> list[str]:
+def _watch(
+    proc: subprocess.Popen,
+    records_path: Path,
+    steps: list[str],
+    session: dict,
+    data: dict,
+    json_path: Path,
+    t0: float,
+    budget: float | None,
+) -> list[str]:
     """Follow one worker until it ends or its current step runs out of time; returns the steps
     still to run."""
     seen, current, started = 0, None, 0.0
@@ -140,10 +175,12 @@ def _watch(proc: subprocess.Popen, records_path: Path, steps: list[str], session
                 current, started = step, time.monotonic()
                 limit = session["limits"][step]
                 remaining = None if budget is None else budget - (started - t0)
-                entry.update(state="running", limit_s=limit if remaining is None else min(limit, remaining))
+                entry.update(
+                    state="running", limit_s=limit if remaining is None else min(limit, remaining)
+                )
                 if remaining is not None and remaining < 10:  # this step and the rest are not run
                     _kill(proc)
-                    for s in steps[steps.index(step):]:
+                    for s in steps[steps.index(step) :]:
                         session["steps"][s] = {"state": "skipped (budget spent)", "records": []}
                     _write_json(json_path, data)
                     return []
@@ -158,27 +195,36 @@ def _watch(proc: subprocess.Popen, records_path: Path, steps: list[str], session
             _write_json(json_path, data)
         if done:
             break
-        if current is not None and time.monotonic() - started > session["steps"][current]["limit_s"]:
+        if (
+            current is not None
+            and time.monotonic() - started > session["steps"][current]["limit_s"]
+        ):
             _kill(proc)
             entry = session["steps"][current]
             entry.update(state="timed out", seconds=round(time.monotonic() - started, 1))
             _report(current, entry)
             _write_json(json_path, data)
-            rest = steps[steps.index(current) + 1:]
+            rest = steps[steps.index(current) + 1 :]
             if budget is not None and budget - (time.monotonic() - t0) < 10:
                 for s in rest:
                     session["steps"][s] = {"state": "skipped (budget spent)", "records": []}
                 return []
             return rest
-    unfinished = [s for s in steps if session["steps"].get(s, {}).get("state") in (None, "waiting", "running")]
+    unfinished = [
+        s for s in steps if session["steps"].get(s, {}).get("state") in (None, "waiting", "running")
+    ]
     if proc.returncode != 0 and unfinished == steps and current is None:  # it died before any step
         for s in steps:
-            session["steps"][s].update(state=f"failed (worker exit {proc.returncode} before the step)")
+            session["steps"][s].update(
+                state=f"failed (worker exit {proc.returncode} before the step)"
+            )
         _write_json(json_path, data)
         return []
     if current is not None:  # the worker died inside a step
-        session["steps"][current].update(state=f"failed (worker exit {proc.returncode})",
-                                         seconds=round(time.monotonic() - started, 1))
+        session["steps"][current].update(
+            state=f"failed (worker exit {proc.returncode})",
+            seconds=round(time.monotonic() - started, 1),
+        )
         _report(current, session["steps"][current])
         unfinished.remove(current)
     _write_json(json_path, data)
@@ -186,8 +232,12 @@ def _watch(proc: subprocess.Popen, records_path: Path, steps: list[str], session
 
 
 def _report(step: str, entry: dict) -> None:
-    print(f"device_check: {step}: {entry['state']} in {entry.get('seconds')} s "
-          f"({len(entry['records'])} records)", file=sys.stderr, flush=True)
+    print(
+        f"device_check: {step}: {entry['state']} in {entry.get('seconds')} s "
+        f"({len(entry['records'])} records)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -211,11 +261,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--quick", action="store_true", help="toy sizes (always on a CPU)")
     p.add_argument("--skip", default="", help=f"comma list of steps to skip: {', '.join(STEPS)}")
-    p.add_argument("--budget", type=float, default=None,
-                   help="seconds for all steps together (default: 420 on a GPU, none on a CPU)")
-    p.add_argument("--work-dir", type=Path, default=None, help="data and run directories (default DIR/work)")
-    p.add_argument("--limit", default="", metavar="STEP=SECONDS,...",
-                   help="override steps' time limits (defaults: LIMITS in this file)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for all steps together (default: 420 on a GPU, none on a CPU)",
+    )
+    p.add_argument(
+        "--work-dir", type=Path, default=None, help="data and run directories (default DIR/work)"
+    )
+    p.add_argument(
+        "--limit",
+        default="",
+        metavar="STEP=SECONDS,...",
+        help="override steps' time limits (defaults: LIMITS in this file)",
+    )
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # comma list of steps, run in this process
     p.add_argument("--records", type=Path, help=argparse.SUPPRESS)
@@ -223,16 +283,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         from benchmarks.device_steps import run_worker
 
-        run_worker(args.worker.split(","), device=args.device, quick=args.quick, work=args.work_dir,
-                   records=args.records, compile=not args.no_compile)
+        run_worker(
+            args.worker.split(","),
+            device=args.device,
+            quick=args.quick,
+            work=args.work_dir,
+            records=args.records,
+            compile=not args.no_compile,
+        )
         return 0
     if args.out is None:
         p.error("--out DIR is required")
     skip = [s for s in args.skip.split(",") if s]
     bad = [s for s in skip if s not in STEPS]
     if bad:
-        print(f"device_check: --skip {','.join(bad)}: no such step; steps are {', '.join(STEPS)}",
-              file=sys.stderr)
+        print(
+            f"device_check: --skip {','.join(bad)}: no such step; steps are {', '.join(STEPS)}",
+            file=sys.stderr,
+        )
         return 2
     limits = {}
     for item in (i for i in args.limit.split(",") if i):
@@ -242,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError
             limits[step] = float(secs)
         except ValueError:
-            print(f"device_check: --limit {item!r}: give STEP=SECONDS with a step of {', '.join(STEPS)} "
-                  "and seconds > 0", file=sys.stderr)
+            print(
+                f"device_check: --limit {item!r}: give STEP=SECONDS with a step of {', '.join(STEPS)} "
+                "and seconds > 0",
+                file=sys.stderr,
+            )
             return 2
     if args.out.exists() and not args.out.is_dir():
         print(f"device_check: --out {args.out} exists and is not a folder", file=sys.stderr)
@@ -266,14 +337,24 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick or device == "cpu"
     idx = len(data["sessions"]) + 1
     work = (args.work_dir or args.out / "work") / f"s{idx}"
-    if work.exists():  # left by an earlier session (another --out, or a removed JSON): kept as it is
+    if (
+        work.exists()
+    ):  # left by an earlier session (another --out, or a removed JSON): kept as it is
         work = work.with_name(f"s{idx}-{int(time.time())}")
     work.mkdir(parents=True)
-    session = {"index": idx, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "argv": sys.argv[1:] if argv is None else argv, "device": device, "quick": quick,
-               "limits": {**LIMITS[device], **limits},
-               "requested_device": args.device, "note": note, "work_dir": str(work), "log": f"s{idx}.log",
-               "steps": {}}
+    session = {
+        "index": idx,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "device": device,
+        "quick": quick,
+        "limits": {**LIMITS[device], **limits},
+        "requested_device": args.device,
+        "note": note,
+        "work_dir": str(work),
+        "log": f"s{idx}.log",
+        "steps": {},
+    }
     data["sessions"].append(session)
     _write_json(json_path, data)
 
@@ -286,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         session["steps"][step] = {"state": "waiting", "records": []}
     run_steps(todo, args, session, data, json_path, budget)
     session["seconds"] = round(time.monotonic() - t0, 1)
-    from benchmarks.device_steps import summary_table
+    from benchmarks.device_summary import summary_table
 
     table = summary_table(session)
     session["summary"] = table

@@ -26,26 +26,74 @@ SIZES = {
     "cuda": {
         "step_common": ["--warmup", "1", "--iters", "2", "--repeats", "3"],
         "wrn28": ["--model", "wrn28_10", "--batch-size", "512", "--loss", "pgd", "--steps", "10"],
-        "wrn70": ["--model", "wrn70_16", "--batch-size", "128", "--loss", "trades", "--steps", "10",
-                  "--project-epochs", "400"],
-        "data": (4096, 1000), "train": dict(model="wrn28_10", batch_size=512, attack_steps=10,
-                                            val_attack_steps=10, val_size=512, channels_last=True),
-        "eval_n": 500, "eval_batch": 500,
+        "wrn70": [
+            "--model",
+            "wrn70_16",
+            "--batch-size",
+            "128",
+            "--loss",
+            "trades",
+            "--steps",
+            "10",
+            "--project-epochs",
+            "400",
+        ],
+        "data": (4096, 1000),
+        "train": dict(
+            model="wrn28_10",
+            batch_size=512,
+            attack_steps=10,
+            val_attack_steps=10,
+            val_size=512,
+            channels_last=True,
+        ),
+        "eval_n": 500,
+        "eval_batch": 500,
     },
     "quick": {
-        "step_common": ["--warmup", "0", "--iters", "1", "--repeats", "1", "--threads", "1",
-                        "--image-size", "16"],
+        "step_common": [
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--image-size",
+            "16",
+        ],
         "wrn28": ["--model", "wrn10_1", "--batch-size", "8", "--loss", "pgd", "--steps", "1"],
-        "wrn70": ["--model", "wrn16_1", "--batch-size", "8", "--loss", "trades", "--steps", "1",
-                  "--project-epochs", "400"],
-        "data": (192, 64), "train": dict(model="wrn10_1", batch_size=64, attack_steps=1,
-                                         val_attack_steps=2, val_size=32, channels_last=False),
-        "eval_n": 16, "eval_batch": 16,
+        "wrn70": [
+            "--model",
+            "wrn16_1",
+            "--batch-size",
+            "8",
+            "--loss",
+            "trades",
+            "--steps",
+            "1",
+            "--project-epochs",
+            "400",
+        ],
+        "data": (192, 64),
+        "train": dict(
+            model="wrn10_1",
+            batch_size=64,
+            attack_steps=1,
+            val_attack_steps=2,
+            val_size=32,
+            channels_last=False,
+        ),
+        "eval_n": 16,
+        "eval_batch": 16,
     },
 }
 
 
-def run_worker(steps: list[str], *, device: str, quick: bool, work: Path, records: Path, compile: bool) -> None:
+def run_worker(
+    steps: list[str], *, device: str, quick: bool, work: Path, records: Path, compile: bool
+) -> None:
     """Run ``steps`` in order on ``device``, appending to ``records`` (JSON lines) a start and an
     end event per step and each result as soon as it exists. A step that raises is recorded as
     failed and the next one runs."""
@@ -57,13 +105,16 @@ def run_worker(steps: list[str], *, device: str, quick: bool, work: Path, record
         torch.set_num_threads(1)  # the CPU check runs on shared machines (benchmarks/README.md)
     sizes = SIZES["quick" if quick else "cuda"]
     for step in steps:
+
         def record(rec: dict, step: str = step) -> None:
             with open(records, "a") as f:
                 f.write(json.dumps({"_step": step, **rec}, default=str) + "\n")
 
         record({"_event": "start"})
         try:
-            STEP_FUNCTIONS[step](device=device, sizes=sizes, work=work, record=record, compile=compile)
+            STEP_FUNCTIONS[step](
+                device=device, sizes=sizes, work=work, record=record, compile=compile
+            )
             state = "done"
         except Exception as exc:
             traceback.print_exc()
@@ -74,6 +125,7 @@ def run_worker(steps: list[str], *, device: str, quick: bool, work: Path, record
 
 # ---- 1. environment -----------------------------------------------------------------------------
 
+
 def step_environment(*, device: str, record: Record, **_: object) -> None:
     import platform
 
@@ -81,23 +133,52 @@ def step_environment(*, device: str, record: Record, **_: object) -> None:
 
     from benchmarks.train_step import peak_tflops
 
-    out = {"section": "environment", "device": device, "torch": torch.__version__,
-           "cuda_build": torch.version.cuda, "python": platform.python_version(), "host": platform.node()}
+    out = {
+        "section": "environment",
+        "device": device,
+        "torch": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         dev = torch.device("cuda")
-        out.update(gpu=props.name, gpu_count=torch.cuda.device_count(), capability=f"{props.major}.{props.minor}",
-                   multiprocessors=props.multi_processor_count, memory_gib=round(props.total_memory / 2**30, 1),
-                   cudnn=torch.backends.cudnn.version(), bf16_supported=torch.cuda.is_bf16_supported(),
-                   driver=_driver_version(), peak_tflops_bf16=peak_tflops(dev, "bf16")[0],
-                   peak_tflops_fp32=peak_tflops(dev, "fp32")[0], peak_basis=peak_tflops(dev, "bf16")[1])
+        out.update(
+            gpu=props.name,
+            gpu_count=torch.cuda.device_count(),
+            capability=f"{props.major}.{props.minor}",
+            multiprocessors=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            cudnn=torch.backends.cudnn.version(),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+            driver=_driver_version(),
+            peak_tflops_bf16=peak_tflops(dev, "bf16")[0],
+            peak_tflops_fp32=peak_tflops(dev, "fp32")[0],
+            peak_basis=peak_tflops(dev, "bf16")[1],
+        )
     else:
         from robustscale.cost.energy import _cpu_name
 
-        mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
-                    if ln.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
-        out.update(cpu=_cpu_name(), cpu_count=os.cpu_count(), threads=torch.get_num_threads(),
-                   memory_gib=round(int(mem) / 2**20, 1) if mem else None, peak_basis="CPU: no MFU")
+        mem = (
+            next(
+                (
+                    ln.split()[1]
+                    for ln in Path("/proc/meminfo").read_text().splitlines()
+                    if ln.startswith("MemTotal")
+                ),
+                None,
+            )
+            if Path("/proc/meminfo").exists()
+            else None
+        )
+        out.update(
+            cpu=_cpu_name(),
+            cpu_count=os.cpu_count(),
+            threads=torch.get_num_threads(),
+            memory_gib=round(int(mem) / 2**20, 1) if mem else None,
+            peak_basis="CPU: no MFU",
+        )
     from robustscale.cost import open_meter
 
     with open_meter(device) as meter:
@@ -117,14 +198,19 @@ def _driver_version() -> str | None:
             pynvml.nvmlShutdown()
     except Exception:  # no pynvml or no NVML: ask nvidia-smi
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
         except (OSError, subprocess.SubprocessError, IndexError):
             return None
 
 
 # ---- 2. the CUDA-marked tests -------------------------------------------------------------------
+
 
 def step_cuda_tests(*, work: Path, record: Record, **_: object) -> None:
     import xml.etree.ElementTree as ET
@@ -134,8 +220,20 @@ def step_cuda_tests(*, work: Path, record: Record, **_: object) -> None:
     xml = work / "cuda-tests.xml"
     t0 = time.monotonic()
     os.chdir(ROOT)  # in this process: one interpreter start less (the check runs in CI too)
-    code = int(pytest.main(["-m", "cuda", "tests/test_cuda.py", "-q", "-rA", "-p", "no:cacheprovider",
-                            f"--junitxml={xml}"]))
+    code = int(
+        pytest.main(
+            [
+                "-m",
+                "cuda",
+                "tests/test_cuda.py",
+                "-q",
+                "-rA",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={xml}",
+            ]
+        )
+    )
     tests = []
     if xml.exists():
         for case in ET.parse(xml).getroot().iter("testcase"):
@@ -144,15 +242,35 @@ def step_cuda_tests(*, work: Path, record: Record, **_: object) -> None:
                 el = case.find(tag)
                 if el is not None:
                     outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                    message = (el.get("message") or "").splitlines()[0][:300] if el.get("message") else None
-            tests.append({"test": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0)),
-                          "message": message})
-    counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
-    record({"section": "cuda_tests", "exit_code": code, "seconds": round(time.monotonic() - t0, 1),
-            **counts, "tests": tests})
+                    message = (
+                        (el.get("message") or "").splitlines()[0][:300]
+                        if el.get("message")
+                        else None
+                    )
+            tests.append(
+                {
+                    "test": case.get("name"),
+                    "outcome": outcome,
+                    "seconds": float(case.get("time", 0)),
+                    "message": message,
+                }
+            )
+    counts = {
+        k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")
+    }
+    record(
+        {
+            "section": "cuda_tests",
+            "exit_code": code,
+            "seconds": round(time.monotonic() - t0, 1),
+            **counts,
+            "tests": tests,
+        }
+    )
 
 
 # ---- 3. the training step -----------------------------------------------------------------------
+
 
 def train_step_variants(sizes: dict, compile: bool) -> list[tuple[str, list[str]]]:
     """(label, train_step.py arguments), in the order run: the WRN-70-16 pair before compile,
@@ -161,18 +279,34 @@ def train_step_variants(sizes: dict, compile: bool) -> list[tuple[str, list[str]
     variants = [
         ("fp32 (+ baseline)", w28 + c),
         ("bf16", w28 + c + ["--precision", "bf16", "--no-baseline"]),
-        ("bf16 + channels_last", w28 + c + ["--precision", "bf16", "--channels-last", "--no-baseline"]),
-        ("trades bf16 + channels_last", w70 + c + ["--precision", "bf16", "--channels-last", "--no-baseline"]),
-        ("trades bf16 + channels_last + checkpointing",
-         w70 + c + ["--precision", "bf16", "--channels-last", "--grad-checkpointing", "--no-baseline"]),
+        (
+            "bf16 + channels_last",
+            w28 + c + ["--precision", "bf16", "--channels-last", "--no-baseline"],
+        ),
+        (
+            "trades bf16 + channels_last",
+            w70 + c + ["--precision", "bf16", "--channels-last", "--no-baseline"],
+        ),
+        (
+            "trades bf16 + channels_last + checkpointing",
+            w70
+            + c
+            + ["--precision", "bf16", "--channels-last", "--grad-checkpointing", "--no-baseline"],
+        ),
     ]
     if compile:
-        variants.append(("bf16 + channels_last + compile",
-                         w28 + c + ["--precision", "bf16", "--channels-last", "--compile", "--no-baseline"]))
+        variants.append(
+            (
+                "bf16 + channels_last + compile",
+                w28 + c + ["--precision", "bf16", "--channels-last", "--compile", "--no-baseline"],
+            )
+        )
     return variants
 
 
-def step_train_step(*, device: str, sizes: dict, work: Path, record: Record, compile: bool, **_: object) -> None:
+def step_train_step(
+    *, device: str, sizes: dict, work: Path, record: Record, compile: bool, **_: object
+) -> None:
     import torch
 
     from benchmarks import train_step
@@ -190,8 +324,15 @@ def step_train_step(*, device: str, sizes: dict, work: Path, record: Record, com
         for rec in recs:
             record({"section": "train_step", "variant": label, **rec})
         if error or not recs:
-            record({"section": "train_step", "variant": label, "impl": "robustscale", "error": error or "no result",
-                    "seconds": round(time.monotonic() - t0, 1)})
+            record(
+                {
+                    "section": "train_step",
+                    "variant": label,
+                    "impl": "robustscale",
+                    "error": error or "no result",
+                    "seconds": round(time.monotonic() - t0, 1),
+                }
+            )
         gc.collect()
         if device == "cuda":
             torch._dynamo.reset()
@@ -199,6 +340,7 @@ def step_train_step(*, device: str, sizes: dict, work: Path, record: Record, com
 
 
 # ---- 4. a short real training, then AutoAttack ----------------------------------------------------
+
 
 def write_random_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
     """CIFAR-10 in torchvision's on-disk layout (``cifar-10-batches-py``), random uint8 images."""
@@ -208,13 +350,32 @@ def write_random_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     per = [n_train // 5 + (1 if i < n_train % 5 else 0) for i in range(5)]
-    batches = [(f"data_batch_{i + 1}", n, f"training batch {i + 1} of 5") for i, n in enumerate(per)]
+    batches = [
+        (f"data_batch_{i + 1}", n, f"training batch {i + 1} of 5") for i, n in enumerate(per)
+    ]
     for name, n, label in batches + [("test_batch", n_test, "testing batch 1 of 1")]:
         with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": label, "labels": rng.integers(0, 10, size=n).tolist(),
-                         "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-                         "filenames": [f"img_{i}.png" for i in range(n)]}, f)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+            pickle.dump(
+                {
+                    "batch_label": label,
+                    "labels": rng.integers(0, 10, size=n).tolist(),
+                    "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+                    "filenames": [f"img_{i}.png" for i in range(n)],
+                },
+                f,
+            )
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": names, "num_cases_per_batch": per[0], "num_vis": 3072}, f)
     return root
@@ -241,8 +402,9 @@ def _cli(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
             for h in [h for h in root.handlers if h not in handlers]:
                 root.removeHandler(h)
     sys.stdout.write(out.getvalue()[-4000:] + err.getvalue()[-4000:])
-    return subprocess.CompletedProcess(["robustscale", *args], code or 0, out.getvalue(), err.getvalue()), \
-        time.monotonic() - t0
+    return subprocess.CompletedProcess(
+        ["robustscale", *args], code or 0, out.getvalue(), err.getvalue()
+    ), time.monotonic() - t0
 
 
 def step_train_eval(*, device: str, sizes: dict, work: Path, record: Record, **_: object) -> None:
@@ -250,18 +412,48 @@ def step_train_eval(*, device: str, sizes: dict, work: Path, record: Record, **_
 
     n_train, n_test = sizes["data"]
     data = write_random_cifar10(work / "data", n_train, n_test)
-    recipe = Recipe(dataset="cifar10", data_dir=str(data), loss="pgd", eps=8 / 255, step_size=2 / 255, epochs=2,
-                    precision="bf16", device=device, seed=0, **sizes["train"])
+    recipe = Recipe(
+        dataset="cifar10",
+        data_dir=str(data),
+        loss="pgd",
+        eps=8 / 255,
+        step_size=2 / 255,
+        epochs=2,
+        precision="bf16",
+        device=device,
+        seed=0,
+        **sizes["train"],
+    )
     recipe_path = work / "recipe.yaml"
     recipe_path.write_text(recipe.to_yaml())
     run_dir = work / "run"
     proc, secs = _cli(["train", str(recipe_path), "--run-dir", str(run_dir), "--no-progress"])
-    rec = {"section": "train_eval", "part": "train", "exit_code": proc.returncode, "seconds": round(secs, 1),
-           "model": recipe.model, "examples": n_train, "epochs": 2, "precision": "bf16", "run_dir": str(run_dir)}
+    rec = {
+        "section": "train_eval",
+        "part": "train",
+        "exit_code": proc.returncode,
+        "seconds": round(secs, 1),
+        "model": recipe.model,
+        "examples": n_train,
+        "epochs": 2,
+        "precision": "bf16",
+        "run_dir": str(run_dir),
+    }
     if proc.returncode == 0:
         cost = json.loads((run_dir / "cost.json").read_text())
-        rec.update({k: cost.get(k) for k in ("energy_source", "energy_measured", "energy_kwh", "device_seconds",
-                                             "train_flops", "devices")})
+        rec.update(
+            {
+                k: cost.get(k)
+                for k in (
+                    "energy_source",
+                    "energy_measured",
+                    "energy_kwh",
+                    "device_seconds",
+                    "train_flops",
+                    "devices",
+                )
+            }
+        )
         rec["status"] = json.loads((run_dir / "status.json").read_text()).get("state")
         rec["metrics_rows"] = max(0, len((run_dir / "metrics.csv").read_text().splitlines()) - 1)
         rec["run_files"] = sorted(p.name for p in run_dir.iterdir())
@@ -271,14 +463,37 @@ def step_train_eval(*, device: str, sizes: dict, work: Path, record: Record, **_
     if proc.returncode != 0:
         return
     n, bs = sizes["eval_n"], sizes["eval_batch"]
-    proc, secs = _cli(["eval", str(run_dir), "--attack", "autoattack", "--n", str(n), "--batch-size", str(bs),
-                       "--device", device, "--json"])
-    rec = {"section": "train_eval", "part": "eval-cli", "exit_code": proc.returncode, "seconds": round(secs, 1),
-           "command": f"robustscale eval RUN --attack autoattack --n {n} --batch-size {bs}"}
+    proc, secs = _cli(
+        [
+            "eval",
+            str(run_dir),
+            "--attack",
+            "autoattack",
+            "--n",
+            str(n),
+            "--batch-size",
+            str(bs),
+            "--device",
+            device,
+            "--json",
+        ]
+    )
+    rec = {
+        "section": "train_eval",
+        "part": "eval-cli",
+        "exit_code": proc.returncode,
+        "seconds": round(secs, 1),
+        "command": f"robustscale eval RUN --attack autoattack --n {n} --batch-size {bs}",
+    }
     if proc.returncode == 0:
         try:
-            result = json.loads(proc.stdout[proc.stdout.index("{"):])
-            rec.update({k: result.get(k) for k in ("clean_acc", "robust_acc", "per_attack", "n", "seconds")})
+            result = json.loads(proc.stdout[proc.stdout.index("{") :])
+            rec.update(
+                {
+                    k: result.get(k)
+                    for k in ("clean_acc", "robust_acc", "per_attack", "n", "seconds")
+                }
+            )
             rec["attack_seconds"] = rec.pop("seconds")
             rec["seconds"] = round(secs, 1)
         except ValueError:
@@ -304,78 +519,42 @@ def compare_autoattack(run_dir: Path, device: str, n: int, batch_size: int) -> d
     x, y = load_split(run_dir, "test", n)
     eps = 8 / 255
     out = {}
-    for name, fn in (("pyautoattack", plain_autoattack_flags), ("robustscale", rs_autoattack_option())):
+    for name, fn in (
+        ("pyautoattack", plain_autoattack_flags),
+        ("robustscale", rs_autoattack_option()),
+    ):
         model = load(run_dir, device=dev)
         if name == "pyautoattack":
             for p in model.parameters():
                 p.requires_grad_(True)
         out[name] = timed(lambda: fn(model, x, y, eps, batch_size, dev), dev)
     plain, ours = out["pyautoattack"], out["robustscale"]
-    return {"section": "train_eval", "part": "autoattack-vs-plain", "n": len(y), "batch_size": batch_size,
-            "plain_seconds": round(plain["seconds"], 2), "robustscale_seconds": round(ours["seconds"], 2),
-            "speedup_vs_pyautoattack": plain["seconds"] / ours["seconds"],
-            "plain_robust_acc": plain["robust_acc"], "robust_acc": ours["robust_acc"],
-            "verdicts_identical": bool(torch.equal(plain["flags"], ours["flags"])),
-            "verdicts_differing": int((plain["flags"] != ours["flags"]).sum())}
+    rec = {
+        "section": "train_eval",
+        "part": "autoattack-vs-plain",
+        "n": len(y),
+        "batch_size": batch_size,
+        "plain_seconds": round(plain["seconds"], 2),
+        "robustscale_seconds": round(ours["seconds"], 2),
+        "speedup_vs_pyautoattack": plain["seconds"] / ours["seconds"],
+        "plain_robust_acc": plain["robust_acc"],
+        "robust_acc": ours["robust_acc"],
+        "verdicts_identical": bool(torch.equal(plain["flags"], ours["flags"])),
+        "verdicts_differing": int((plain["flags"] != ours["flags"]).sum()),
+    }
+    if device == "cuda":  # the adapter's opt-in options, judged by the same two numbers
+        for name, opts in (("channels_last", {"channels_last": True}), ("compile", {"compile": True})):
+            model = load(run_dir, device=dev)
+            r = timed(lambda: rs_autoattack_option(**opts)(model, x, y, eps, batch_size, dev), dev)
+            rec[f"{name}_seconds"] = round(r["seconds"], 2)  # compile: compilation included
+            rec[f"{name}_speedup_vs_pyautoattack"] = plain["seconds"] / r["seconds"]
+            rec[f"{name}_verdicts_differing"] = int((plain["flags"] != r["flags"]).sum())
+    return rec
 
 
-STEP_FUNCTIONS = {"environment": step_environment, "cuda_tests": step_cuda_tests,
-                  "train_step": step_train_step, "train_eval": step_train_eval}
-
-
-# ---- 5. the summary -----------------------------------------------------------------------------
-
-def _f(v: object, fmt: str = "{:.1f}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
-def summary_table(session: dict) -> str:
-    """The session as Markdown: step states, then the figures of each step."""
-    steps = session["steps"]
-    lines = [f"## device check, session {session['index']} ({session['started']}, device {session['device']}"
-             f"{', quick' if session['quick'] else ''})", ""]
-    if session.get("note"):
-        lines += [f"Note: {session['note']}", ""]
-    lines += ["| step | state | seconds | records |", "|---|---|---|---|"]
-    for name, e in steps.items():
-        lines.append(f"| {name} | {e['state']} | {_f(e.get('seconds'))} | {len(e.get('records', []))} |")
-    recs = {name: e.get("records", []) for name, e in steps.items()}
-    for env in recs.get("environment", []):
-        what = env.get("gpu") or env.get("cpu")
-        lines += ["", f"Environment: {what}; driver {env.get('driver', '-')}; CUDA {env.get('cuda_build')}; "
-                      f"torch {env['torch']}; memory {env.get('memory_gib')} GiB; peak bf16 "
-                      f"{_f(env.get('peak_tflops_bf16'))} TFLOP/s ({env.get('peak_basis')}); "
-                      f"energy meter {env.get('energy_meter')}"]
-    for t in recs.get("cuda_tests", []):
-        lines += ["", f"CUDA tests: {t['passed']} passed, {t['failed'] + t['error']} failed, "
-                      f"{t['skipped']} skipped (exit {t['exit_code']})"]
-        lines += [f"- {c['test']}: {c['outcome']}" + (f" ({c['message']})" if c["message"] else "")
-                  for c in t["tests"] if c["outcome"] != "passed"]
-    rows = recs.get("train_step", [])
-    if rows:
-        base = next((r for r in rows if r.get("impl") == "baseline" and "step_s" in r), None)
-        lines += ["", "| variant | model | impl | ex/s | MFU | peak GiB | x baseline | fits | 400 epochs, h |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            ratio = (base["step_s"] * r["batch_size"] / base["batch_size"] / r["step_s"]
-                     if base and "step_s" in r and r.get("model") == base["model"] else None)
-            mem = r.get("peak_mem_bytes")
-            lines.append(
-                f"| {r['variant']} | {r.get('model')} | {r.get('impl')} | {_f(r.get('examples_per_s'))} | "
-                f"{_f(100 * r['mfu'] if r.get('mfu') else None)}{'%' if r.get('mfu') else ''} | "
-                f"{_f(mem / 2**30 if mem else None, '{:.2f}')} | {_f(ratio, '{:.2f}')} | "
-                f"{'no' if r.get('fits') is False else ('error: ' + r['error'] if r.get('error') else 'yes')} | "
-                f"{_f(r['projected_wall_s'] / 3600 if r.get('projected_wall_s') else None)} |")
-    for r in recs.get("train_eval", []):
-        if r["part"] == "train":
-            lines += ["", f"Training: {r['model']}, {r['examples']} random CIFAR-format images, 2 epochs bf16: "
-                          f"exit {r['exit_code']} in {r['seconds']} s; energy {r.get('energy_kwh')} kWh "
-                          f"({r.get('energy_source')}); status {r.get('status')}"]
-        elif r["part"] == "eval-cli":
-            lines.append(f"`{r['command']}`: exit {r['exit_code']} in {r['seconds']} s; clean "
-                         f"{_f(r.get('clean_acc'), '{:.2f}')}%, AutoAttack {_f(r.get('robust_acc'), '{:.2f}')}%")
-        else:
-            lines.append(f"AutoAttack, n={r['n']}: plain pyautoattack {r['plain_seconds']} s, robustscale "
-                         f"{r['robustscale_seconds']} s (x{r['speedup_vs_pyautoattack']:.2f}); verdicts "
-                         f"{'identical' if r['verdicts_identical'] else 'DIFFER on %d' % r['verdicts_differing']}")
-    return "\n".join(lines) + "\n"
+STEP_FUNCTIONS = {
+    "environment": step_environment,
+    "cuda_tests": step_cuda_tests,
+    "train_step": step_train_step,
+    "train_eval": step_train_eval,
+}

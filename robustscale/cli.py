@@ -19,6 +19,7 @@ from robustscale.errors import RobustscaleError
 COMMAND_MODULES = [
     "robustscale.commands.train",
     "robustscale.commands.demo",
+    "robustscale.commands.study",
     "robustscale.commands.evaluate",
     "robustscale.commands.export",
     "robustscale.commands.flops",
@@ -26,6 +27,7 @@ COMMAND_MODULES = [
     "robustscale.commands.zoo",
     "robustscale.commands.analyze",
     "robustscale.commands.plan",
+    "robustscale.commands.data",
 ]
 
 
@@ -35,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute-aware adversarial robustness: train, evaluate, cost, sweep, analyse.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars and no progress lines, warnings and errors only "
+                        "(bars are also off when stderr is not a terminal: one line per stage "
+                        "then)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -54,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     except RobustscaleError as exc:  # a flag's type check (robustscale/commands/values.py)
         print(f"robustscale: error: {exc}", file=sys.stderr)
         return 2
+    from robustscale.progress import set_quiet
+
+    set_quiet(args.quiet)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )

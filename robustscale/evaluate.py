@@ -79,7 +79,8 @@ def _load_examples(run_dir_or_dataset: str | Path, split: str, n: int | None,
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str = "pgd", eps: float | str,
              norm: str = "linf", steps: int = 40, step_size: float | str | None = None, restarts: int = 1,
              version: str = "standard", attacks: list[str] | None = None, seed: int = 0, batch_size: int = 256,
-             device: str | torch.device = "auto", state_path: str | Path | None = None) -> EvalResult:
+             device: str | torch.device = "auto", state_path: str | Path | None = None,
+             progress: bool = True) -> EvalResult:
     """Clean and robust accuracy (percent) of ``model`` on (x, y) under ``attack``.
 
     ``pgd``: our PGD with a random start, CE loss, ``restarts`` restarts (an example counts as
@@ -87,8 +88,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str 
     ``autoattack``: pyautoattack ``version`` (L-inf); ``attacks`` runs a custom subset instead;
     ``state_path`` makes a killed run resume (see robustscale.attacks.autoattack). The model is
     evaluated in eval mode with frozen parameters and put back as it was. With
-    ``device="auto"`` the model stays where it is. Returns the :class:`EvalResult` (read like
-    the dict written to eval JSONs).
+    ``device="auto"`` the model stays where it is. ``progress``: a bar on a terminal, a line per
+    stage elsewhere, nothing under ``--quiet`` (robustscale.progress). Returns the
+    :class:`EvalResult` (read like the dict written to eval JSONs).
     """
     cfg = _check_settings(attack, eps, norm, steps, step_size, restarts, version, seed, batch_size)
     if attacks is not None and cfg["attack"] != "autoattack":
@@ -101,10 +103,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str 
     t0, seconds_before = time.perf_counter(), 0.0
     with _frozen(model, device) as dev:
         if attack == "pgd":
-            result = _evaluate_pgd(model, x, y, cfg, dev)
+            result = _evaluate_pgd(model, x, y, cfg, dev, progress)
         else:
             try:
-                result, seconds_before = _evaluate_autoattack(model, x, y, cfg, dev, attacks, state_path)
+                result, seconds_before = _evaluate_autoattack(model, x, y, cfg, dev, attacks, state_path,
+                                                               progress)
             except OSError as exc:  # AutoAttack's state file on a full or read-only disk
                 from robustscale.files import fs_error
 
@@ -165,13 +168,17 @@ def _frozen(model: nn.Module, device: str | torch.device) -> Iterator[torch.devi
 
 
 def _evaluate_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any],
-                  dev: torch.device) -> EvalResult:
+                  dev: torch.device, progress: bool = True) -> EvalResult:
     from robustscale.attacks.pgd import pgd_accuracy
 
+    from robustscale.progress import bar
+
     warnings = _library_checks(model, x[: cfg["batch_size"]].to(dev), y[: cfg["batch_size"]].to(dev))
-    clean, robust = pgd_accuracy(model, x.to(dev), y.to(dev), cfg["eps"], cfg["steps"], cfg["step_size"],
-                                 batch_size=cfg["batch_size"], restarts=cfg["restarts"], norm=cfg["norm"],
-                                 seed=cfg["seed"])
+    with bar(len(y), f"PGD-{cfg['steps']}" + (f" x{cfg['restarts']}" if cfg["restarts"] > 1 else ""),
+             unit="img", enabled=progress) as shown:
+        clean, robust = pgd_accuracy(model, x.to(dev), y.to(dev), cfg["eps"], cfg["steps"], cfg["step_size"],
+                                     batch_size=cfg["batch_size"], restarts=cfg["restarts"], norm=cfg["norm"],
+                                     seed=cfg["seed"], on_batch=shown.update)
     n = len(y)
     return _result(cfg, n, 100.0 * clean.item() / n, 100.0 * robust.item() / n, None, warnings)
 
@@ -202,12 +209,14 @@ def _library_checks(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> lis
 
 
 def _evaluate_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any], dev: torch.device,
-                         attacks: list[str] | None, state_path: str | Path | None) -> tuple[EvalResult, float]:
+                         attacks: list[str] | None, state_path: str | Path | None,
+                         progress: bool = True) -> tuple[EvalResult, float]:
     """The result, and the seconds spent before a resume (added to this attempt's own)."""
     from robustscale.attacks.autoattack import run_autoattack
 
     out = run_autoattack(model, x, y, eps=cfg["eps"], norm="Linf", version=cfg["version"], attacks=attacks,
-                         seed=cfg["seed"], batch_size=cfg["batch_size"], device=dev, state_path=state_path)
+                         seed=cfg["seed"], batch_size=cfg["batch_size"], device=dev, state_path=state_path,
+                         progress=progress)
     result = _result(cfg, len(y), out.clean_acc, out.robust_acc, out.per_attack, out.warnings)
     version = f"custom:{'+'.join(attacks)}" if attacks is not None else result.version
     return result.replace(version=version, resumed_after=list(out.resumed_after)), out.seconds_before
@@ -241,8 +250,13 @@ def evaluate_run(run_dir: str | Path, *, attack: str = "pgd", checkpoint: str = 
     dev = resolve_device(device)
     x, y, total = _load_examples(run.path, "test", n, None)
     model = load(run.path, checkpoint, dev)
-    return _evaluate_into(model, x, y, total, run.eval, settings, dev, checkpoint=checkpoint, recipe=recipe,
-                          run_id=run.path.name)
+    result = _evaluate_into(model, x, y, total, run.eval, settings, dev, checkpoint=checkpoint, recipe=recipe,
+                            run_id=run.path.name)
+    if recipe.trackers:  # the final numbers, beside the run's curves
+        from robustscale.trackers import log_eval
+
+        log_eval(run.path, recipe.trackers, recipe.run_id, recipe.to_dict(), result)
+    return result
 
 
 def evaluate_checkpoint(path: str | Path, *, model: str, dataset: str = "cifar10", data_dir: str | Path = "data",

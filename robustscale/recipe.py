@@ -35,8 +35,16 @@ NON_RESULT_KEYS = frozenset(
         "gco2_per_kwh",
         "power_watts",
         "power_sample_interval",
+        "trackers",
     }
 )
+
+# Result keys added after run ids were first handed out, with the default that means "as before":
+# left out of the id at that default, so existing run directories keep their ids.
+_LATER_KEYS = {"train_fraction": 1.0}
+
+# Experiment trackers a run can log to (robustscale/trackers/; each an optional extra).
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
 
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 
@@ -78,13 +86,16 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # data
-    dataset: Literal["cifar10", "cifar100", "digits"] = "digits"
+    dataset: Literal["cifar10", "cifar100", "digits", "arrays"] = "digits"
     data_dir: str = "data"
     synthetic_data: Optional[str] = None
     synthetic_fraction: float = 0.0
     augment: bool = True  # random crop (4 px) + horizontal flip; CIFAR only
     val_size: int = 256
     val_source: Literal["train", "test"] = "train"
+    # the first (seeded-random) fraction of the training examples, after the validation
+    # hold-out: the "how much unique data" axis of a study (digits-study.yaml)
+    train_fraction: float = 1.0
     # model
     model: str = "wrn10_1"
     activation: Literal["relu", "gelu", "silu"] = "relu"
@@ -120,6 +131,8 @@ class Recipe(BaseModel):
     gco2_per_kwh: float = 566.3
     power_watts: Optional[float] = None  # only for an explicitly *estimated* energy
     power_sample_interval: float = 0.1
+    # where researchers watch the run (not a result: left out of the run id)
+    trackers: list[str] = []
 
     def __init__(self, **data: Any):
         # No I/O here: a Recipe is a pure function of its keys. The site's robustscale.toml
@@ -133,6 +146,11 @@ class Recipe(BaseModel):
     @classmethod
     def _fraction(cls, v: Any, info: Any) -> float:
         return parse_fraction(v, info.field_name)
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> list[str]:
+        return check_tracker_names(v)
 
     @field_validator("model", mode="after")
     @classmethod
@@ -157,6 +175,7 @@ class Recipe(BaseModel):
             ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
             ("trades_beta", self.trades_beta, self.trades_beta >= 0, "a number >= 0"),
             ("val_size", self.val_size, self.val_size >= 0, "an integer >= 0"),
+            ("train_fraction", self.train_fraction, 0 < self.train_fraction <= 1, "a number in (0, 1]"),
             ("val_attack_steps", self.val_attack_steps, self.val_attack_steps >= 1, "an integer >= 1"),
             ("drop_rate", self.drop_rate, 0 <= self.drop_rate < 1, "a number in [0, 1)"),
             ("pue", self.pue, self.pue >= 1, "a number >= 1"),
@@ -187,10 +206,10 @@ class Recipe(BaseModel):
             )
         if self.synthetic_data is not None:
             path = Path(self.synthetic_data)
-            if path.suffix != ".npz" or not path.is_file():
+            if not ((path.suffix == ".npz" and path.is_file()) or path.is_dir()):
                 raise ValueError(
-                    f"synthetic_data={self.synthetic_data!r} is not an existing .npz file; allowed: null or a path "
-                    "to an .npz with 'image' (uint8 NxHxWxC) and 'label'"
+                    f"synthetic_data={self.synthetic_data!r} is not an existing .npz file or folder; allowed: null, "
+                    "a path to an .npz with 'image' (uint8 NxHxWxC) and 'label', or a folder of image.npy + label.npy"
                 )
             if self.synthetic_fraction <= 0:
                 raise ValueError("synthetic_fraction=0.0 with synthetic_data set; allowed: a number in (0, 1)")
@@ -234,8 +253,14 @@ class Recipe(BaseModel):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def result_dict(self) -> dict[str, Any]:
-        """The keys that change what the run computes (everything but NON_RESULT_KEYS)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_KEYS}
+        """The keys that change what the run computes (everything but NON_RESULT_KEYS). Keys added
+        after runs were made are left out at their default, so those runs keep their ids."""
+        return {k: v for k, v in self.to_dict().items()
+                if k not in NON_RESULT_KEYS and not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
+
+    def train_subset_size(self, n: int) -> int:
+        """Training examples kept of ``n`` (after the validation hold-out) at ``train_fraction``."""
+        return n if self.train_fraction >= 1 else max(1, round(self.train_fraction * n))
 
     @property
     def adversarial(self) -> bool:
@@ -253,6 +278,24 @@ class Recipe(BaseModel):
         """Keys whose values differ between two recipes (ignoring ``ignore``)."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+def check_tracker_names(names: Any) -> list[str]:
+    """The ``trackers`` value as a list of known names, each once (``null`` or a comma-separated
+    string also accepted); raises ValueError naming the bad entry and what is allowed."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"trackers={names!r} is not a list; allowed: a list of {', '.join(TRACKER_NAMES)}")
+    out: list[str] = []
+    for name in names:
+        if name not in TRACKER_NAMES:
+            raise ValueError(f"trackers: {name!r} is not a known tracker; allowed: {', '.join(TRACKER_NAMES)}")
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -131,10 +131,12 @@ class Status:
     epoch: int = 0
     epochs: int | None = None
     best_epoch: int | None = None
-    best_val_pgd40_acc: float | None = None
+    best_val_pgd_acc: float | None = None  # PGD-val_attack_steps accuracy of the best epoch
+    val_attack_steps: int | None = None
     updated: str | None = None
     host: str | None = None
     pid: int | None = None
+    threads: int | None = None  # CPU intra-op threads the run trained with (None on a GPU)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,9 +150,22 @@ class Status:
                    epoch=_num(data, "epoch", path, integer=True) or 0,
                    epochs=_num(data, "epochs", path, integer=True),
                    best_epoch=_num(data, "best_epoch", path, integer=True),
-                   best_val_pgd40_acc=_num(data, "best_val_pgd40_acc", path),
+                   best_val_pgd_acc=_num(renamed(data, STATUS_RENAMES), "best_val_pgd_acc", path),
+                   val_attack_steps=_num(data, "val_attack_steps", path, integer=True),
                    updated=_text(data, "updated", path), host=_text(data, "host", path),
-                   pid=_num(data, "pid", path, integer=True))
+                   pid=_num(data, "pid", path, integer=True), threads=_num(data, "threads", path, integer=True))
+
+
+# The selection metric is PGD with the recipe's ``val_attack_steps`` (5 or 10 in the digits
+# recipes, 40 in the paper's), so its names say "pgd", not "pgd40"; files written before the
+# rename are read under the new names.
+STATUS_RENAMES = {"best_val_pgd40_acc": "best_val_pgd_acc"}
+METRIC_RENAMES = {"val_pgd40_acc": "val_pgd_acc"}
+
+
+def renamed(record: Mapping[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    """``record`` with old key names replaced by their new ones (a new name already there wins)."""
+    return {renames.get(k, k): v for k, v in record.items() if k not in renames or renames[k] not in record}
 
 
 @dataclass(frozen=True)
@@ -164,7 +179,7 @@ class MetricsRow:
     train_clean_acc: float | None = None
     train_robust_acc: float | None = None
     val_clean_acc: float | None = None
-    val_pgd40_acc: float | None = None
+    val_pgd_acc: float | None = None
     epoch_flops: float | None = None
     val_flops: float | None = None
     epoch_energy_kwh: float | None = None
@@ -176,6 +191,7 @@ class MetricsRow:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], path: Path, line: int) -> "MetricsRow":
+        row = renamed(dict(row), METRIC_RENAMES)  # columns written under an older name
         if None in row or any(row.get(k) is None for k in row):  # more or fewer cells than columns
             raise RunFileError(path, f"line {line} has {'more' if None in row else 'fewer'} cells than "
                                "the header (a torn or damaged row)")
@@ -194,7 +210,7 @@ class MetricsRow:
 
 METRIC_COLUMNS: list[str] = [f.name for f in fields(MetricsRow)]
 
-_COST_INTS = ("params", "examples_seen", "synthetic_size", "num_devices")
+_COST_INTS = ("params", "examples_seen", "synthetic_size", "unique_synthetic_seen", "num_devices")
 
 
 @dataclass(frozen=True)
@@ -212,6 +228,7 @@ class CostRecord:
     val_flops: float | None = None
     examples_seen: int | None = None
     synthetic_size: int | None = None
+    unique_synthetic_seen: int | None = None  # distinct extra images trained on (data/batches.py)
     device_seconds: float | None = None
     device_hours: float | None = None
     energy_kwh: float | None = None
@@ -652,7 +669,7 @@ def model_from_state(recipe: Recipe, state_dict: dict[str, "torch.Tensor"],
     from robustscale.data import dataset_info
     from robustscale.models import build_model
 
-    info = dataset_info(recipe.dataset)
+    info = dataset_info(recipe.dataset, recipe.data_dir)
     model = build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
                         recipe.activation, recipe.drop_rate, img_size=info.shape[1:])
     try:

@@ -1,6 +1,6 @@
 """Run directories -> one zoo table, and the reading and checking of zoo tables from anywhere.
 
-The zoo table (``shared/zoo_schema.md``) is a public interface: another lab's table with the
+The zoo table (``docs/zoo-schema.md``) is a public interface: another lab's table with the
 same columns must analyse exactly like ours. :data:`ZOO_COLUMNS` is the one place in the code
 that lists those columns; everything else (analysis, tests, docs checks) reads it from here.
 
@@ -51,12 +51,15 @@ ZOO_COLUMNS: list[tuple[str, str]] = [
     ("clean_acc", "pct"),
     ("pgd40_acc", "pct"),
     ("autoattack_acc", "pct"),
+    ("unique_synthetic_seen", "int"),
 ]
+# columns a table made elsewhere may lack (zoo_schema.md: optional); read as empty
+OPTIONAL_COLUMNS: list[str] = ["unique_synthetic_seen"]
 COLUMN_NAMES: list[str] = [name for name, _ in ZOO_COLUMNS]
 ACCURACY_COLUMNS: list[str] = [name for name, kind in ZOO_COLUMNS if kind == "pct"]
 NONNEGATIVE_COLUMNS: list[str] = [
     "params", "attack_steps", "epochs", "examples_seen", "synthetic_size", "train_flops",
-    "device_hours", "energy_kwh", "electricity_cost_usd", "co2_kg",
+    "device_hours", "energy_kwh", "electricity_cost_usd", "co2_kg", "unique_synthetic_seen",
 ]
 
 
@@ -169,6 +172,8 @@ def _row(run: RunDir) -> dict[str, Any]:
         "synthetic_fraction": recipe.synthetic_fraction,
         "examples_seen": cost.examples_seen,
         "synthetic_size": cost.synthetic_size if recipe.synthetic_data else 0,
+        # runs trained before it was counted have no value: empty, never a guess
+        "unique_synthetic_seen": cost.unique_synthetic_seen if recipe.synthetic_data else 0,
         "eps": recipe.eps,
         "seed": recipe.seed,
         "train_flops": cost.train_flops,
@@ -177,7 +182,7 @@ def _row(run: RunDir) -> dict[str, Any]:
         "electricity_cost_usd": cost.electricity_cost_usd,
         "co2_kg": cost.co2_kg,
         "clean_acc": clean,
-        "pgd40_acc": status.best_val_pgd40_acc,
+        "pgd40_acc": status.best_val_pgd_acc,
         "autoattack_acc": aa.robust_acc if aa is not None else None,
     }
     return {name: row.get(name) for name in COLUMN_NAMES}
@@ -202,20 +207,59 @@ def gather_zoo(root: str | Path) -> tuple["pd.DataFrame", list[SkippedRun]]:
         raise RobustscaleError(f"zoo folder {str(root)!r} does not exist or is not a folder")
     rows: list[dict[str, Any]] = []
     skipped: list[SkippedRun] = []
-    seen: set[str] = set()
+    where: dict[str, tuple[int, Path]] = {}  # run_id -> (index in rows, run directory)
     for run_dir in _run_dirs(root):
         try:
             row = _read_run(RunDir(run_dir))
-            if row["run_id"] in seen:
-                raise _Skip(f"duplicate run_id {row['run_id']!r}")
         except _Skip as exc:
             skipped.append(SkippedRun(str(run_dir), str(exc), damaged=exc.damaged))
             log.debug("left out %s: %s", run_dir, exc)
             continue
-        seen.add(row["run_id"])
-        rows.append(row)
+        if row["run_id"] not in where:
+            where[row["run_id"]] = (len(rows), run_dir)
+            rows.append(row)
+            continue
+        i, first = where[row["run_id"]]
+        kept, dropped, why = _resolve_duplicate(rows[i], first, row, run_dir)
+        if kept is None:  # the same results twice: merged silently
+            continue
+        rows[i], where[row["run_id"]] = (row, (i, run_dir)) if kept == run_dir else (rows[i], (i, first))
+        skipped.append(SkippedRun(str(dropped), f"duplicate run_id {row['run_id']!r}: kept {str(kept)!r} ({why})"))
     log.info("zoo: %d finished runs, %d left out, from %s", len(rows), len(skipped), root)
     return to_frame(rows), skipped
+
+
+def _results(row: dict[str, Any]) -> int:
+    """How many of a row's result cells are filled (AutoAttack counted twice: it is the zoo's number)."""
+    filled = sum(row.get(k) is not None for k in COLUMN_NAMES)
+    return filled + (row.get("autoattack_acc") is not None)
+
+
+def _resolve_duplicate(a: dict[str, Any], a_dir: Path, b: dict[str, Any],
+                       b_dir: Path) -> tuple[Path | None, Path | None, str]:
+    """Which of two finished copies of one run id to keep: (kept, dropped, why), or (None, None, "")
+    when their rows are the same. The copy with more results wins (AutoAttack first); on a tie,
+    the first found (sorted paths) is kept."""
+    if all(_same(a.get(k), b.get(k)) for k in COLUMN_NAMES):
+        return None, None, ""
+    sa, sb = _results(a), _results(b)
+    if (b.get("autoattack_acc") is not None) > (a.get("autoattack_acc") is not None) or (
+            (a.get("autoattack_acc") is None) == (b.get("autoattack_acc") is None) and sb > sa):
+        return b_dir, a_dir, _why(b, a)
+    return a_dir, b_dir, _why(a, b) if sa != sb else "same number of results; first found kept"
+
+
+def _same(x: Any, y: Any) -> bool:
+    if isinstance(x, float) and isinstance(y, float):
+        return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+    return x == y
+
+
+def _why(kept: dict[str, Any], dropped: dict[str, Any]) -> str:
+    if kept.get("autoattack_acc") is not None and dropped.get("autoattack_acc") is None:
+        return "it has the AutoAttack result"
+    more = [k for k in COLUMN_NAMES if kept.get(k) is not None and dropped.get(k) is None]
+    return f"it has {', '.join(more)}" if more else "more results"
 
 
 # ---- tables: types, reading, writing, checking -------------------------------------------
@@ -315,7 +359,7 @@ def validate_zoo(df: "pd.DataFrame", source: str = "table") -> None:
     missing = [c for c in COLUMN_NAMES if c not in df.columns]
     if missing:
         raise RobustscaleError(f"zoo {source} lacks column(s) {', '.join(missing)}; "
-                               f"a zoo table needs all of: {', '.join(COLUMN_NAMES)} (see zoo_schema.md)")
+                               f"a zoo table needs all of: {', '.join(COLUMN_NAMES)} (see docs/zoo-schema.md)")
     for name in ACCURACY_COLUMNS:
         col = df[name].dropna()
         if len(col) and col.max() <= 1.0 and col.max() > 0:
@@ -397,6 +441,9 @@ def read_zoo(path: str | Path) -> "pd.DataFrame":
     except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
         raise RobustscaleError(f"zoo table {str(path)!r} could not be read: {first_line(exc)}") from None
     df.columns = [str(c).strip() for c in df.columns]
+    for name in OPTIONAL_COLUMNS:
+        if name not in df.columns:
+            df[name] = None
     missing = [c for c in COLUMN_NAMES if c not in df.columns]
     if missing:  # checked before typing so that the missing column is the one line reported
         validate_zoo(df, source=path.name)

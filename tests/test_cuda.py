@@ -18,8 +18,10 @@ import torch
 
 from conftest import DIGITS_EPS, tiny
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)"),
+]
 
 CUDA = torch.device("cuda")
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,20 +36,32 @@ def _model(seed: int = 0) -> torch.nn.Module:
 
 def _batch(n: int = 32, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 8, 8, generator=g).to(CUDA), torch.randint(0, 10, (n,), generator=g).to(CUDA)
+    return torch.rand(n, 1, 8, 8, generator=g).to(CUDA), torch.randint(0, 10, (n,), generator=g).to(
+        CUDA
+    )
 
 
 @pytest.fixture
 def exact_fp32():
     """fp32 that means fp32: no TF32 in matmuls or cuDNN convolutions, no autotuning."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = False
     yield
-    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
+    (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    ) = saved
 
 
-def _step(precision: str, channels_last: bool, compile: bool, loss: str) -> tuple[float, list[torch.Tensor]]:
+def _step(
+    precision: str, channels_last: bool, compile: bool, loss: str
+) -> tuple[float, list[torch.Tensor]]:
     """One robustscale training step (lr 0, so the weight gradients can be read) on fixed weights."""
     from benchmarks.train_step import make_robustscale_step
     from robustscale.train.setup import Forward
@@ -56,9 +70,18 @@ def _step(precision: str, channels_last: bool, compile: bool, loss: str) -> tupl
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     x, y = _batch()
-    step = make_robustscale_step(Forward(model, precision, channels_last, compile, CUDA).train(),
-                                 torch.optim.SGD(model.parameters(), lr=0.0), x, y, loss=loss, eps=DIGITS_EPS,
-                                 step_size=DIGITS_EPS / 4, steps=2, beta=6.0, seed=5)
+    step = make_robustscale_step(
+        Forward(model, precision, channels_last, compile, CUDA).train(),
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        x,
+        y,
+        loss=loss,
+        eps=DIGITS_EPS,
+        step_size=DIGITS_EPS / 4,
+        steps=2,
+        beta=6.0,
+        seed=5,
+    )
     value = step().item()
     return value, [p.grad.detach().float().cpu() for p in model.parameters()]
 
@@ -84,8 +107,15 @@ def test_compiled_step_agrees_with_eager_fp32_on_cuda(exact_fp32):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("loss,channels_last,compile", [("standard", False, False), ("pgd", False, False),
-                                                        ("trades", True, False), ("pgd", True, True)])
+@pytest.mark.parametrize(
+    "loss,channels_last,compile",
+    [
+        ("standard", False, False),
+        ("pgd", False, False),
+        ("trades", True, False),
+        ("pgd", True, True),
+    ],
+)
 def test_bf16_step_on_cuda_tracks_fp32(exact_fp32, loss, channels_last, compile):
     # bf16 keeps 8 mantissa bits, so not fp32's tolerances. Measured on the CPU (same model,
     # batch and seeds): the loss within 0.6% of fp32's; the weight gradient's cosine with
@@ -104,7 +134,9 @@ def test_nvml_energy_counter_is_nonzero_and_monotone():
     from robustscale.cost import open_meter
 
     with open_meter(CUDA) as meter:
-        assert meter.source == "nvml-energy", f"NVML's energy counter is not readable here ({meter.source})"
+        assert meter.source == "nvml-energy", (
+            f"NVML's energy counter is not readable here ({meter.source})"
+        )
         a = torch.randn(4096, 4096, device=CUDA)
         readings = []
         t0 = time.monotonic()
@@ -128,24 +160,46 @@ _DETERMINISTIC_TRAIN = (
 
 
 def _train_cmd(recipe_path: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-c", _DETERMINISTIC_TRAIN, "train", str(recipe_path), "--run-dir", str(run_dir),
-            "--no-progress"]
+    return [
+        sys.executable,
+        "-c",
+        _DETERMINISTIC_TRAIN,
+        "train",
+        str(recipe_path),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
 
 
 def test_checkpoint_written_on_cuda_resumes_exactly_under_deterministic_algorithms(tmp_path):
     from robustscale.train import checkpoint as ckpt
 
-    recipe = tiny(epochs=2, batch_size=32, attack_steps=3, checkpoint_every_steps=3, val_attack_steps=5,
-                  device="cuda")
+    recipe = tiny(
+        epochs=2,
+        batch_size=32,
+        attack_steps=3,
+        checkpoint_every_steps=3,
+        val_attack_steps=5,
+        device="cuda",
+    )
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(recipe.to_yaml())
-    env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "PYTHONPATH": str(ROOT)}
+    # PYTHONPATH kept: on the device machine it also holds the carried wheels (docs/performance.md)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "PYTHONPATH": path}
     reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(recipe_path, reference), check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(
+        _train_cmd(recipe_path, reference), check=True, env=env, capture_output=True, timeout=600
+    )
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(recipe_path, killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(recipe_path, killed),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = killed / "checkpoints" / "last.pt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -160,7 +214,9 @@ def test_checkpoint_written_on_cuda_resumes_exactly_under_deterministic_algorith
     assert proc.poll() is None, "training finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = subprocess.run(_train_cmd(recipe_path, killed), env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _train_cmd(recipe_path, killed), env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     for name in ("last.pt", "best.pt"):
@@ -177,8 +233,18 @@ def test_autoattack_on_cuda_gives_the_cpu_robust_accuracy(adversarial_run, exact
     from robustscale.runs import load
 
     x, y = load_split(adversarial_run, "test", 100)
-    results = {dev: evaluate(load(adversarial_run, device=dev), x, y, attack="autoattack", eps=DIGITS_EPS,
-                             batch_size=100, device=dev) for dev in ("cpu", "cuda")}
+    results = {
+        dev: evaluate(
+            load(adversarial_run, device=dev),
+            x,
+            y,
+            attack="autoattack",
+            eps=DIGITS_EPS,
+            batch_size=100,
+            device=dev,
+        )
+        for dev in ("cpu", "cuda")
+    }
     cpu, gpu = results["cpu"], results["cuda"]
     assert 0 < cpu["robust_acc"] < cpu["clean_acc"]  # a robust model that AutoAttack partly breaks
     assert gpu["clean_acc"] == cpu["clean_acc"]

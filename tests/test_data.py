@@ -60,7 +60,7 @@ def test_synthetic_fraction_is_exact_in_every_batch(tmp_path, fraction, batch):
     n_real = 300
     real = (torch.zeros(n_real, 1, 8, 8), torch.zeros(n_real, dtype=torch.int64))  # real images are all 0
     syn = load_synthetic(_npz(tmp_path, 1000), DATASETS["digits"])  # synthetic images are all 1
-    plan = BatchPlan(n_real, len(syn[0]), batch, fraction, seed=3)
+    plan = BatchPlan(n_real, len(syn), batch, fraction, seed=3)
     stream = BatchStream(plan, real, syn, augment=False, device=torch.device("cpu"))
     want = round(batch * fraction)
     steps = 0
@@ -85,7 +85,7 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
 def test_bad_synthetic_file_is_one_line(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, image=np.zeros((3, 5, 5, 1), np.uint8), label=np.zeros(3))
-    with pytest.raises(RobustscaleError, match="uint8 N x 8 x 8 x 1"):
+    with pytest.raises(RobustscaleError, match="expected uint8 N x 8 x 8 x 1"):
         load_synthetic(path, DATASETS["digits"])
     np.savez(path, pictures=np.zeros((3, 8, 8, 1), np.uint8))
     with pytest.raises(RobustscaleError, match="'image' and 'label'"):
@@ -106,3 +106,66 @@ def test_crop_flip_moves_pixels_without_changing_them():
         )
         assert found
     assert not torch.equal(out, x)
+
+
+class _Payload:
+    """Unpickling this runs ``os.system``: what a hostile data_batch_1 would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_cifar_file_that_would_run_code_is_refused_without_running_it(cifar10_dir, tmp_path):
+    import pickle
+
+    marker = tmp_path / "PWNED"
+    batch = cifar10_dir / "cifar-10-batches-py" / "data_batch_1"
+    with open(batch, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    entry["labels"] = _Payload(marker)
+    batch.write_bytes(pickle.dumps(entry))
+    with pytest.raises(RobustscaleError) as exc:
+        load_split("cifar10", "train", cifar10_dir)
+    assert not marker.exists(), "the pickle's code ran"
+    msg = str(exc.value)
+    assert "\n" not in msg and "data_batch_1" in msg and ("posix.system" in msg or "os.system" in msg)
+    # the same through the CLI path of a run: one line, no run directory
+    from robustscale.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    from conftest import tiny
+
+    recipe.write_text(tiny(dataset="cifar10", data_dir=str(cifar10_dir), val_size=5).to_yaml())
+    assert main(["train", str(recipe), "--out", str(tmp_path / "runs"), "--no-progress"]) == 2
+    assert not marker.exists() and not (tmp_path / "runs").exists()
+
+
+def test_cifar_arrays_of_other_dtypes_or_classes_are_refused(cifar10_dir):
+    import pickle
+
+    batch = cifar10_dir / "cifar-10-batches-py" / "test_batch"
+    with open(batch, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    entry["data"] = entry["data"].astype(object)  # an object array could smuggle anything
+    batch.write_bytes(pickle.dumps(entry))
+    with pytest.raises(RobustscaleError, match="test_batch.*dtype object"):
+        load_split("cifar10", "test", cifar10_dir)
+
+
+def test_official_cifar_bytes_are_trusted_by_their_md5(tmp_path, monkeypatch):
+    import hashlib
+    import pickle
+
+    from robustscale.data import cifar
+
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": [3], "note": {1, 2}}))
+    with pytest.raises(RobustscaleError, match="a set, which is not CIFAR data"):
+        cifar.load_cifar_batch(path, official_md5=None)
+    official = hashlib.md5(path.read_bytes()).hexdigest()  # as if these were the release's bytes
+    assert cifar.load_cifar_batch(path, official_md5=official)["note"] == {1, 2}

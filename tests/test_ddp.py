@@ -110,5 +110,5 @@ def test_ddp_run_trains_as_one_run_and_resumes_exactly(tmp_path):
     resumed = _metrics(run_dir)
     assert [int(r["epoch"]) for r in resumed] == [1, 2, 3]
     for a, b in zip(whole, resumed):
-        for key in ("train_loss", "train_clean_acc", "train_robust_acc", "val_clean_acc", "val_pgd40_acc"):
+        for key in ("train_loss", "train_clean_acc", "train_robust_acc", "val_clean_acc", "val_pgd_acc"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6, abs=1e-9), key

@@ -348,3 +348,25 @@ def test_file_names_keep_apart_what_the_zoo_must_not_mix():
     names = {state_filename(eps, ckpt, version=v, n=n, split_size=10_000)
              for ckpt in ("best", "last", "/w/weights.pt") for v in ("standard", "rand") for n in (None, 100)}
     assert len(names) == 12 and ".autoattack-8-255-last.state" in names and ".autoattack-8-255-weights.state" in names
+
+
+
+def test_autoattack_channels_last_option_reaches_the_model_and_leaves_it_as_it_was():
+    # run_autoattack(channels_last=True) calls the model through _Fast: the attacks' batches reach
+    # the convolutions channels_last, the logits are the model's (to rounding), and the caller's
+    # weights keep their layout (benchmarks/eval.py compares the verdicts on every example)
+    from robustscale.attacks.autoattack import _Fast
+    from robustscale.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("wrn10_1", 10, 3, [0.5] * 3, [0.25] * 3).eval()
+    x = torch.rand(4, 3, 16, 16)
+    layouts = []
+    hook = model.net.blocks[0].register_forward_pre_hook(
+        lambda m, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        ref, fast = model(x), _Fast(model, channels_last=True, compile=False)(x)
+    hook.remove()
+    assert layouts == [False, True]
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+    assert all(p.is_contiguous() for p in model.parameters())

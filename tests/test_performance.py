@@ -251,3 +251,19 @@ def test_eval_benchmark_writes_json_lines(adversarial_run, tmp_path):
     assert set(rows) == {"robustscale", "peer-pgd", "apgd-ce", "robustscale-bf16"}
     assert {"speedup_vs_peer-pgd", "speedup_vs_apgd-ce"} <= set(rows["robustscale"])
     assert all(0 <= r["robust_acc"] <= r["clean_acc"] for r in rows.values())
+
+
+@pytest.mark.slow
+def test_eval_benchmark_compares_autoattack_options_example_by_example(adversarial_run, tmp_path):
+    from benchmarks import eval as eval_bench
+
+    out = tmp_path / "aa.jsonl"
+    eval_bench.main(["--run", str(adversarial_run), "--n", "8", "--batch-size", "8", "--attacks",
+                     "autoattack-options", "--aa-options", "robustscale,channels_last",
+                     "--aa-repeats", "1", "--out", str(out)])
+    rows = {r["impl"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"pyautoattack", "robustscale", "channels_last"}
+    # the adapter runs the library itself: the same verdict on every example as the plain call
+    assert rows["robustscale"]["verdicts_identical_to_pyautoattack"]
+    assert rows["robustscale"]["robust_acc"] == pytest.approx(rows["pyautoattack"]["robust_acc"])
+    assert all(r["cpu_seconds"] > 0 and r["speedup_cpu_time"] > 0 for r in rows.values())

@@ -31,11 +31,12 @@ def test_run_directory_is_complete(adversarial_run):
     assert [int(r["epoch"]) for r in rows] == list(range(1, recipe.epochs + 1))
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "done" and status["epoch"] == recipe.epochs and status["run_id"] == recipe.run_id
+    assert status["val_attack_steps"] == recipe.val_attack_steps and status["threads"] >= 1
     # best.pt is the epoch with the highest validation PGD accuracy
-    pgd = [float(r["val_pgd40_acc"]) for r in rows]
+    pgd = [float(r["val_pgd_acc"]) for r in rows]
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     assert best["epoch"] == 1 + int(np.argmax(pgd)) == status["best_epoch"]
-    assert best["val_pgd40_acc"] == pytest.approx(max(pgd)) == pytest.approx(status["best_val_pgd40_acc"])
+    assert best["val_pgd_acc"] == pytest.approx(max(pgd)) == pytest.approx(status["best_val_pgd_acc"])
     cost = json.loads((run / "cost.json").read_text())
     assert cost["train_flops"] == pytest.approx(sum(float(r["epoch_flops"]) for r in rows))
     assert cost["examples_seen"] == sum(int(r["examples"]) for r in rows)
@@ -161,4 +162,4 @@ def test_pgd_at_clean_accuracy_sampling_only_observes(tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # BN buffers included
     w, o = _rows(watched)[0], _rows(blind)[0]
     assert 0 < float(w["train_clean_acc"]) <= 100 and o["train_clean_acc"] == ""
-    assert w["train_robust_acc"] == o["train_robust_acc"] and w["val_pgd40_acc"] == o["val_pgd40_acc"]
+    assert w["train_robust_acc"] == o["train_robust_acc"] and w["val_pgd_acc"] == o["val_pgd_acc"]

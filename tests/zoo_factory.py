@@ -34,7 +34,7 @@ def make_run(root: Path, run_id: str, *, state: str = "done", model: str = "wrn2
               "seed": 0, "batch_size": 128}
     status = {"run_id": run_id, "state": state, "reason": "CUDA out of memory" if state == "failed" else None,
               "epoch": epochs if state == "done" else 3, "epochs": epochs, "best_epoch": 2,
-              "best_val_pgd40_acc": pgd40, "updated": "2025-01-01T00:00:00Z", "host": "h", "pid": 1}
+              "best_val_pgd_acc": pgd40, "updated": "2025-01-01T00:00:00Z", "host": "h", "pid": 1}
     cost = {"params": MODELS.get(model, 1000), "train_flops": flops, "examples_seen": epochs * 50_000,
             "device_hours": 2.0, "energy_kwh": energy_kwh,
             "electricity_cost_usd": None if energy_kwh is None else energy_kwh * 0.12,
@@ -47,7 +47,7 @@ def make_run(root: Path, run_id: str, *, state: str = "done", model: str = "wrn2
             {"attack": "autoattack", "eps": 8 / 255, "norm": "Linf", "n": 10_000, "version": "standard",
              "clean_acc": aa_clean,
              "robust_acc": autoattack, "per_attack": None, "checkpoint": "best", "split": "test"})
-    files["metrics.csv"] = "epoch,val_clean_acc,val_pgd40_acc\n1,70.0,40.0\n2,81.5,53.0\n"
+    files["metrics.csv"] = "epoch,val_clean_acc,val_pgd_acc\n1,70.0,40.0\n2,81.5,53.0\n"
     for name, text in files.items():
         if name not in skip:
             (d / name).write_text(text)
@@ -77,7 +77,7 @@ def power_law_zoo(n: int = 400, alpha: float = 0.05, C: float = 5.0, noise: floa
     df["co2_kg"] = kwh * 0.5663
     if with_collapsed:
         df.loc[: with_collapsed - 1, "autoattack_acc"] = rng.uniform(0, 9.5, with_collapsed)
-    return df[COLUMN_NAMES]
+    return df.reindex(columns=COLUMN_NAMES)  # optional columns it does not set stay empty
 
 
 def _features(rng: np.random.Generator, n: int) -> pd.DataFrame:
@@ -109,7 +109,7 @@ def planted_zoo(n: int = 600, seed: int = 0) -> pd.DataFrame:
     df["device_hours"] = df["energy_kwh"] * 2
     df["electricity_cost_usd"] = df["energy_kwh"] * 0.12
     df["co2_kg"] = df["energy_kwh"] * 0.5663
-    return df[COLUMN_NAMES]
+    return df.reindex(columns=COLUMN_NAMES)  # optional columns it does not set stay empty
 
 
 JOINT_THETA = (35.0, 1000.0, 0.35, 2000.0, 0.30)  # E, A, alpha, B, beta: robust error in percent
@@ -137,4 +137,4 @@ def joint_zoo(n: int = 300, noise: float = 0.01, seed: int = 0, theta=JOINT_THET
     df["device_hours"] = df["energy_kwh"] * 2
     df["electricity_cost_usd"] = df["energy_kwh"] * 0.12
     df["co2_kg"] = df["energy_kwh"] * 0.5663
-    return df[COLUMN_NAMES]
+    return df.reindex(columns=COLUMN_NAMES)  # optional columns it does not set stay empty

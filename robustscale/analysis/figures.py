@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from robustscale.analysis.scaling import PowerLaw
 
@@ -95,9 +96,13 @@ def fig_1b(true: np.ndarray, pred: np.ndarray, r2: float, out_dir: Path) -> Path
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     ax.scatter(true, pred, s=12, alpha=0.7, rasterized=True)
     lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set(xlabel="true AutoAttack accuracy (%)", ylabel="predicted (%)",
+    pad = 0.03 * (hi - lo) or 1.0
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="prediction = truth")
+    # the same range on both axes, so distance from the diagonal reads as error in points
+    ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), aspect="equal",
+           xlabel="true AutoAttack accuracy (%)", ylabel="predicted AutoAttack accuracy (%)",
            title=f"1b  held-out runs (R² = {r2:.3f})")
+    ax.legend(fontsize=7, loc="upper left")
     return save(fig, out_dir, "fig1b_predicted_vs_true")
 
 
@@ -105,12 +110,16 @@ def fig_1c(importance: dict[str, float], permutation: dict[str, float], out_dir:
     """Impurity and permutation feature importances side by side."""
     names = sorted(importance, key=importance.get)
     y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
     ax.barh(y - 0.2, [importance[n] for n in names], height=0.4, label="impurity")
     ax.barh(y + 0.2, [permutation[n] for n in names], height=0.4, label="permutation (held-out)")
     ax.set_yticks(y, names)
-    ax.set(xlabel="importance", title="1c  feature importance")
-    ax.legend(fontsize=7)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set(xlabel="importance (impurity: share of split gain; permutation: drop in held-out R²)",
+           title="1c  feature importance")
+    ax.xaxis.label.set_size(8)
+    # below the axes: inside, it covered the longest bar
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     return save(fig, out_dir, "fig1c_feature_importance")
 
 
@@ -127,22 +136,29 @@ def fig_2(runs: Any, out_dir: Path) -> Path:
             for k, synth in enumerate([False, True]):
                 sel = part[part["synthetic_data"].fillna(False) == synth]
                 stats = sel.groupby("model")["autoattack_acc"].agg(["mean", "std"]).reindex(models)
-                ax.bar(x + (k - 0.5) * 0.4, stats["mean"].fillna(0), 0.4, yerr=stats["std"].fillna(0),
+                pos = x + (k - 0.5) * 0.4
+                ax.bar(pos, stats["mean"].fillna(0), 0.4, yerr=stats["std"].fillna(0),
                        label="synthetic" if synth else "no synthetic", color="tab:orange" if synth else "tab:blue")
+                for where in pos[stats["mean"].isna().to_numpy()]:  # a zero bar would read as 0% accuracy
+                    ax.text(where, 1, "no runs", rotation=90, ha="center", va="bottom", fontsize=6, color="grey")
             ax.set_xticks(x, models, rotation=45, fontsize=7)
             ax.set_title(f"{loss}, {'EMA' if ema else 'no EMA'}", fontsize=9)
     axes[0][0].set_ylabel("AutoAttack accuracy (%)")
     axes[1][0].set_ylabel("AutoAttack accuracy (%)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("2  accuracy by synthetic data x loss x EMA x model size", fontsize=10)
+    fig.suptitle("2  mean AutoAttack accuracy by synthetic data × loss × EMA × model size "
+                 "(error bars: ±1 std over runs)", fontsize=10)
     return save(fig, out_dir, "fig2_accuracy_by_recipe")
 
 
 def fig_3(law: PowerLaw, x: np.ndarray, y: np.ndarray, name: str, ylabel: str, title: str, out_dir: Path,
           extra: tuple[PowerLaw, np.ndarray, np.ndarray, str] | None = None) -> Path:
     """One power law in log-log: envelope points, fitted line and its bootstrap 95% band."""
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
-    for item, color, label in [((law, x, y), "tab:blue", "envelope"),
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    if extra:  # two kinds of accuracy on one axis: say which is which
+        ylabel = "accuracy (%)"
+    for item, color, label in [((law, x, y), "tab:blue",
+                                "adversarial training, AutoAttack envelope" if extra else "envelope"),
                                ((extra[0], extra[1], extra[2]) if extra else None, "tab:green",
                                 extra[3] if extra else "")]:
         if item is None:
@@ -154,5 +170,19 @@ def fig_3(law: PowerLaw, x: np.ndarray, y: np.ndarray, name: str, ylabel: str, t
         ax.plot(grid, lw.predict(grid), color=color, label=f"fit: α={lw.alpha:.3g}, C={lw.C:.3g}, R²={lw.r2:.2f}")
         ax.fill_between(grid, low, high, color=color, alpha=0.2, lw=0)
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=ylabel, title=title)
-    ax.legend(fontsize=7)
+    plain_log_ticks(ax)
+    # below the axes: inside, the legend covered the envelope points of the largest runs
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     return save(fig, out_dir, name)
+
+
+def plain_log_ticks(ax: Any) -> None:
+    """Plain numbers (30, 40, 60) on a log axis spanning less than about two decades, where
+    matplotlib by default labels only the odd tick as ``6 × 10^1``; wider axes keep powers of ten."""
+    low, high = ax.get_ylim()  # (autoscales first)
+    if not (low > 0 and high / low < 100):
+        return
+    axis = ax.yaxis
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0), numticks=12))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())

@@ -35,7 +35,7 @@ def recipe_params(recipe: Any, zoo: Any) -> tuple[float, str]:
     from robustscale.models import count_params
 
     recipe = as_recipe(recipe)
-    info = dataset_info(recipe.dataset)
+    info = dataset_info(recipe.dataset, recipe.data_dir)
     try:
         return float(count_params(recipe.model, info.num_classes, info.shape[0], recipe.activation)), \
             "robustscale.models.count_params"

@@ -182,8 +182,15 @@ def _fit_joint(N: Any, D: Any, L: Any, seed: int, n_boot: int, n_starts: int, he
     true = L[ok][test]
     ss = float(((true - true.mean()) ** 2).sum())
     law.r2_heldout = 1 - float(((true - pred) ** 2).sum()) / ss if ss > 0 else None
-    draws = [_theta(_minimise(p[None, :], *(x[idx] for x in (lN, lD, lL)), strict=False))
-             for idx in (rng.integers(0, n, n) for _ in range(n_boot))]
+    from robustscale.progress import bar
+
+    # each resample is a full L-BFGS fit: the slow part of a joint fit
+    with bar(n_boot, "joint law bootstrap", unit="fit") as shown:
+        draws = []
+        for idx in (rng.integers(0, n, n) for _ in range(n_boot)):
+            fit = _minimise(p[None, :], *(x[idx] for x in (lN, lD, lL)), strict=False)
+            draws.append(_theta(fit))
+            shown.update(1)
     law.boot = np.array(draws) if draws else np.empty((0, 5))
     return law
 

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 AA_LOGGER = "auto-attack"
 _AFTER = re.compile(r"^robust accuracy after (\S+): ")
+_RUNNING = re.compile(r"^running (\S+)$")
+_BATCH = re.compile(r"^(\S+) - (\d+)/(\d+) - (\d+) out of (\d+) successfully perturbed")
 
 
 @dataclass
@@ -125,24 +127,73 @@ class _Snapshots:
             p.unlink(missing_ok=True)
 
 
+class _Progress:
+    """One bar per evaluation: attacks done of those to run, the current attack and its batch,
+    and how many examples are still robust (robustscale.progress: silent when quiet or not a TTY,
+    one line per attack then)."""
+
+    def __init__(self, attacks: list[str], n: int, enabled: bool):
+        from robustscale.progress import bar
+
+        self.n, self.robust, self.attack = n, None, ""
+        self.t_attack = time.perf_counter()
+        self.bar = bar(len(attacks), "AutoAttack", unit="attack", enabled=enabled)
+
+    def running(self, attack: str, robust: int | None) -> None:
+        self.attack, self.robust, self.t_attack = attack, robust, time.perf_counter()
+        self._show()
+
+    def batch(self, attack: str, b: int, nb: int, broken: int) -> None:
+        if self.robust is not None:
+            self.robust -= broken
+        self._show(f" batch {b}/{nb}")
+
+    def after(self, attack: str, robust: int) -> None:
+        self.robust = robust
+        self.bar.update(1)
+        self._show()
+        from robustscale.progress import bars_on
+
+        if not bars_on():  # no bar: one line per attack instead
+            log.info("AutoAttack %s: %d of %d examples robust (%.1f%%) after %.1fs", attack, robust,
+                     self.n, 100.0 * robust / self.n, time.perf_counter() - self.t_attack)
+
+    def _show(self, extra: str = "") -> None:
+        left = "?" if self.robust is None else str(self.robust)
+        self.bar.set_postfix_str(f"{self.attack}{extra}, robust {left}/{self.n}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class _Listener(logging.Handler):
-    """Reads the library's log: boundaries go to the snapshots, warnings are collected."""
+    """Reads the library's log: boundaries go to the snapshots, warnings are collected, progress
+    goes to the bar."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.snapshots: _Snapshots | None = None
+        self.progress: _Progress | None = None
         self.warnings: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:  # errors propagate: a lost snapshot must not pass silently
         msg = record.getMessage()
+        snaps, prog = self.snapshots, self.progress
         if record.levelno >= logging.WARNING:
             if msg not in self.warnings:
                 self.warnings.append(msg)
                 log.warning("warning (AutoAttack check): %s", msg)
-        elif self.snapshots is not None and msg.startswith("initial accuracy:"):
-            self.snapshots.boundary(None)
-        elif self.snapshots is not None and (m := _AFTER.match(msg)) is not None:
-            self.snapshots.boundary(m.group(1).lower())
+        elif snaps is not None and msg.startswith("initial accuracy:"):
+            snaps.boundary(None)
+        elif snaps is not None and (m := _AFTER.match(msg)) is not None:
+            snaps.boundary(m.group(1).lower())
+            if prog is not None and snaps.flags is not None:
+                prog.after(m.group(1).lower(), int(snaps.flags.sum()))
+        elif prog is not None and (m := _RUNNING.match(msg)) is not None:
+            flags = snaps.flags if snaps is not None else None
+            prog.running(m.group(1), int(flags.sum()) if flags is not None else None)
+        elif prog is not None and (m := _BATCH.match(msg)) is not None:
+            prog.batch(m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4)))
         else:
             log.debug("autoattack: %s", msg)
 
@@ -171,11 +222,13 @@ class _Fast(nn.Module):
     Both change which kernels compute a logit (not what it means), so their last bits may
     differ from the eager NCHW model's and an attack's path can fork on a near-tie; they are
     opt-in, and ``benchmarks/eval.py --attacks autoattack-options`` checks per-example verdicts
-    against the plain library run before a figure is trusted (docs/performance.md)."""
+    against the plain library run before a figure is trusted (docs/performance.md). The weights
+    are left as they are: a channels_last input picks the kernels (for 3-channel images; a
+    1-channel batch is NCHW and NHWC at once, so the first convolution may keep NCHW)."""
 
     def __init__(self, model: nn.Module, channels_last: bool, compile: bool):
         super().__init__()
-        self.model = model  # the weights stay as they are: a channels_last input picks the kernels
+        self.model = model
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # dynamic: the attacks shrink their batches as examples break (Square every query)
         self.fn = torch.compile(self.model, dynamic=True) if compile else self.model
@@ -188,7 +241,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
                    version: str = "standard", attacks: list[str] | None = None, seed: int = 0,
                    batch_size: int = 256, device: torch.device | str = "cpu",
                    state_path: str | Path | None = None, channels_last: bool = False,
-                   compile: bool = False) -> AutoAttackOutcome:
+                   compile: bool = False, progress: bool = True) -> AutoAttackOutcome:
     """Run pyautoattack on (x, y) (CPU tensors, x in [0, 1]) and read back per-attack accuracy.
 
     ``attacks`` runs a custom list (version ``custom``) with the version's settings otherwise
@@ -197,6 +250,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     state file is used. The model must already be in eval mode with frozen parameters.
     ``channels_last`` / ``compile`` run the model that way under the attacks (see :class:`_Fast`;
     off by default because they can move a near-tie verdict).
+    ``progress`` shows a bar (attack, examples still robust, elapsed/ETA) on a terminal, or logs
+    a line per attack elsewhere (robustscale.progress).
     """
     from pyautoattack import AutoAttack
 
@@ -228,6 +283,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         if todo and len(snaps.index):
             # the attacks reseed torch's global RNG; fork it so the caller's stream is left as it was
             stack.enter_context(torch.random.fork_rng(devices=devices, device_type="cuda"))
+            listener.progress = _Progress(todo, len(y), progress)
+            stack.callback(listener.progress.close)
             aa.run_standard_evaluation(x[snaps.index], y[snaps.index], batch_size=batch_size, state_path=state_path)
         return _outcome(snaps, listener, resumed, order, len(y))
 

@@ -155,11 +155,13 @@ def pgd_accuracy(
     restarts: int = 1,
     norm: Literal["linf", "l2"] = "linf",
     seed: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean and PGD-robust correct counts (device tensors) over ``x`` in batches; one clean
     forward per example, robust a subset of clean. Each batch's random start depends only on
     ``(seed, batch index)``, so the numbers do not depend on what ran before. This is the
-    evaluation both model selection during training and ``robustscale eval`` use."""
+    evaluation both model selection during training and ``robustscale eval`` use.
+    ``on_batch(n)`` is called after each batch of ``n`` examples (a progress bar)."""
     from robustscale.data import to_float
     from robustscale.data.batches import seeded_generator
 
@@ -175,4 +177,6 @@ def pgd_accuracy(
             _, ok = pgd_worst_case(model, xb, yb, eps, steps, step_size, restarts=restarts, norm=norm,
                                    generator=g, clean=ok)
         robust += ok.sum()
+        if on_batch is not None:
+            on_batch(len(yb))
     return clean, robust

@@ -56,6 +56,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from robustscale.errors import RobustscaleError
     from robustscale.evaluate import evaluate_checkpoint, evaluate_run
 
+    from robustscale.device import resolve_device
+    from robustscale.threads import configure_cpu_threads
+
+    if resolve_device(args.device).type == "cpu":
+        configure_cpu_threads()  # OMP_NUM_THREADS, else the usable physical cores
     common = dict(attack=args.attack, n=args.n, steps=args.steps, restarts=args.restarts, norm=args.norm,
                   batch_size=args.batch_size, version=args.version, seed=args.seed, device=args.device)
     target = Path(args.target)

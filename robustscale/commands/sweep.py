@@ -65,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "run, then what failed and why.")
     s.add_argument("dir", metavar="DIR", help="sweep folder (holds ledger.sqlite)")
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--html", nargs="?", const="", metavar="FILE",
+                   help="write a live web page of the sweep (default DIR/status.html): runs by state, best "
+                   "PGD-40 so far, FLOPs and energy spent vs forecast; it reloads itself")
+    s.add_argument("--refresh", type=int, default=30, metavar="S", help="seconds between page reloads (default 30)")
+    s.add_argument("--watch", action="store_true",
+                   help="with --html: rewrite the page every --refresh seconds until no run is pending or running")
     s.set_defaults(func=run_status)
 
 
@@ -166,6 +172,9 @@ def _counts(counts: dict[str, int]) -> str:
 def run_status(args: argparse.Namespace) -> int:
     from robustscale.sweep.status import sweep_status
 
+    if args.html is not None or args.watch:
+        return _status_page(args)
+
     rows = sweep_status(args.dir)
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
@@ -192,4 +201,23 @@ def run_status(args: argparse.Namespace) -> int:
         for r in failed:
             print(f"  {r['run_id']} (after {r['attempts']} attempt{'s' if r['attempts'] != 1 else ''}): "
                   f"{r['last_error']}")
+    return 0
+
+
+def _status_page(args: argparse.Namespace) -> int:
+    from robustscale.errors import RobustscaleError
+    from robustscale.sweep.status_page import write_status_page
+
+    if args.html is None:
+        raise RobustscaleError("--watch rewrites the --html page; give --html too")
+    if args.refresh < 1:
+        raise RobustscaleError(f"--refresh={args.refresh}; allowed: an integer >= 1 (seconds)")
+    path, data = write_status_page(args.dir, args.html or None, refresh=args.refresh)
+    forecast = {r["run_id"]: r["forecast_flops"] for r in data["rows"]}  # computed once
+    print(f"wrote {path} ({_counts(data['counts'])})")
+    while args.watch and (data["counts"].get("pending") or data["counts"].get("running")):
+        time.sleep(args.refresh)
+        path, data = write_status_page(args.dir, args.html or None, refresh=args.refresh, forecast=forecast)
+    if args.watch:
+        print(f"every run is settled: {_counts(data['counts'])}; {path} is final")
     return 0

@@ -26,5 +26,15 @@ def run(args: argparse.Namespace) -> int:
     recipe = Recipe.from_yaml(args.recipe, args.overrides, site_defaults=True)
     run_dir = train(recipe, args.run_dir, out_root=args.out, progress=not args.no_progress,
                     final_eval=args.final_eval)
+    if args.final_eval:  # the evaluation's lines, as `robustscale eval` prints them
+        from pathlib import Path
+
+        from robustscale.commands.evaluate import format_table
+        from robustscale.evaluate import eval_filename
+        from robustscale.files import read_json
+
+        result = Path(run_dir) / "eval" / eval_filename(args.final_eval, recipe.eps)
+        print(format_table(read_json(result)))
+        print(f"wrote {result}")
     print(run_dir)
     return 0

@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "zoo",
         help="gather every finished run directory under DIR into one zoo table",
         description="Gather every finished run directory under DIR into one zoo table "
-        "(columns: shared/zoo_schema.md). Unfinished runs are listed with the reason and left "
+        "(columns: docs/zoo-schema.md). Unfinished runs are listed with the reason and left "
         "out; damaged runs (a file missing or unreadable, a missing or truncated best checkpoint) "
         "are listed in a 'damaged runs' section and kept out of the table. With --import, read an external zoo table (CSV or Parquet) instead, check "
         "it, and write it out in our format.",

@@ -29,13 +29,14 @@ TRAIN_SPLIT_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1437}
 
 
 def train_examples(recipe: Any) -> int:
-    """Real training examples: the train split minus the validation hold-out when it comes from it."""
+    """Real training examples: the train split minus the validation hold-out when it comes from it,
+    times ``train_fraction``."""
     n = TRAIN_SPLIT_SIZES[recipe.dataset]
     if recipe.val_source == "train":
         if recipe.val_size >= n:
             raise RobustscaleError(f"val_size={recipe.val_size} leaves no training data; allowed: fewer than {n}")
         n -= recipe.val_size
-    return n
+    return recipe.train_subset_size(n)  # train_fraction of what is left
 
 
 def recipe_model(recipe: Any, device: torch.device | str = "meta") -> torch.nn.Module:
@@ -43,7 +44,7 @@ def recipe_model(recipe: Any, device: torch.device | str = "meta") -> torch.nn.M
     from robustscale.data import dataset_info
     from robustscale.models import build_model
 
-    info = dataset_info(recipe.dataset)
+    info = dataset_info(recipe.dataset, recipe.data_dir)
     with torch.device(device):
         return build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
                            recipe.activation, recipe.drop_rate, img_size=info.shape[1:])
@@ -185,7 +186,7 @@ def calibrate(recipe: Any, *, steps: int = 3, warmup: int = 1, batch_size: int |
     if steps < 1 or warmup < 0:
         raise RobustscaleError(f"calibration steps={steps}, warmup={warmup}; allowed: steps >= 1, warmup >= 0")
     device = resolve_device(recipe.device)
-    info = dataset_info(recipe.dataset)
+    info = dataset_info(recipe.dataset, recipe.data_dir)
     bs = batch_size or recipe.batch_size
     model = recipe_model(recipe, device).train()
     fmt = torch.channels_last if recipe.channels_last else torch.contiguous_format

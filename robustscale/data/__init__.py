@@ -1,20 +1,26 @@
-"""Datasets as tensors: CIFAR-10/100 through torchvision, scikit-learn's digits, and extra data.
+"""Datasets as tensors: CIFAR-10/100, scikit-learn's digits, labelled arrays, and extra data.
 
-Images are kept whole in memory (and on the training device) as uint8 N x C x H x W (CIFAR,
-extra data) or float32 in [0, 1] (digits, whose pixels are sixteenths); :func:`to_float`
-turns a batch into float32 in [0, 1]. No DataLoader: the fastest CIFAR trainers index
-resident tensors, and so do we.
+The training set is kept whole in memory (and on the training device) as uint8 N x C x H x W
+(CIFAR) or float32 in [0, 1] (digits, whose pixels are sixteenths); :func:`to_float` turns a
+batch into float32 in [0, 1]. No DataLoader: the fastest CIFAR trainers index resident
+tensors, and so do we. Extra data, and an ``arrays`` training set, can be far larger than
+memory: they are read memory-mapped and streamed into each batch (``data/arrays.py``,
+``data/stream.py``). CIFAR files are parsed as data, never unpickled as code (``data/cifar.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from robustscale.errors import RobustscaleError
+
+if TYPE_CHECKING:
+    from robustscale.data.arrays import ImageSource
 
 __all__ = ["DatasetInfo", "DATASETS", "load_split", "load_synthetic", "split_holdout", "to_float"]
 
@@ -36,9 +42,18 @@ DATASETS = {
 }
 
 
-def dataset_info(name: str) -> DatasetInfo:
+def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
+    """What the model needs to know of ``name``'s images; ``arrays`` reads it from ``data_dir``."""
+    if name == "arrays":
+        from robustscale.data.arraysets import arrays_info
+
+        if data_dir is None:
+            raise RobustscaleError(
+                "dataset='arrays' needs data_dir: a folder holding train/ and test/ arrays")
+        return arrays_info(Path(data_dir))
     if name not in DATASETS:
-        raise RobustscaleError(f"dataset={name!r} is not known; allowed: {', '.join(DATASETS)}")
+        raise RobustscaleError(
+            f"dataset={name!r} is not known; allowed: {', '.join(DATASETS)}, arrays")
     return DATASETS[name]
 
 
@@ -51,9 +66,15 @@ def load_split(name: str, split: str = "train", data_dir: str | Path = "data") -
     """All images and labels of one split, as CPU tensors (images N x C x H x W, labels int64)."""
     if split not in ("train", "test"):
         raise RobustscaleError(f"split={split!r} is not known; allowed: train, test")
-    info = dataset_info(name)
+    info = dataset_info(name, data_dir)
     if name == "digits":
         return _digits(split)
+    if name == "arrays":
+        from robustscale.data.arraysets import open_split
+
+        src = open_split(Path(data_dir), split, info)
+        x = torch.from_numpy(src.gather(np.arange(len(src))).transpose(0, 3, 1, 2).copy())
+        return x, torch.from_numpy(src.labels)
     return _cifar(info, split, Path(data_dir))
 
 
@@ -71,36 +92,24 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _cifar(info: DatasetInfo, split: str, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.datasets import CIFAR10, CIFAR100
+    from robustscale.data.cifar import RELEASES, read_cifar
 
-    base = CIFAR10 if info.name == "cifar10" else CIFAR100
-
-    class _Local(base):  # type: ignore[misc, valid-type]
-        # torchvision checks each file's md5 against the official release; with md5 None it only
-        # requires the files to exist (and parse), so subsets in the same on-disk format load too.
-        train_list = [[f, None] for f, _ in base.train_list]
-        test_list = [[f, None] for f, _ in base.test_list]
-        meta = {**base.meta, "md5": None}
-
-    folder = data_dir / base.base_folder
-    if not _files_present(folder, base):
+    release = RELEASES[info.name]
+    folder = data_dir / release["folder"]
+    if not all((folder / f).is_file() for f, _ in release["train"] + release["test"]):
         pretty = "CIFAR-10" if info.name == "cifar10" else "CIFAR-100"
         raise RobustscaleError(
             f"{pretty} not found in {str(folder)!r}: put the python version of {pretty} there "
             f"(on a machine with internet: python -c \"import torchvision; "
-            f"torchvision.datasets.{base.__name__}({str(data_dir)!r}, download=True)\"), or set data_dir"
+            f"torchvision.datasets.{release['torchvision']}({str(data_dir)!r}, download=True)\"), "
+            "or set data_dir"
         )
-    try:
-        ds = _Local(str(data_dir), train=(split == "train"), download=False)
-    except Exception as exc:  # a truncated or foreign file: one line, naming the folder
-        raise RobustscaleError(f"could not read {info.name} from {str(folder)!r}: {exc}") from None
-    x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))  # N x C x H x W uint8
-    y = torch.tensor(ds.targets, dtype=torch.int64)
-    return x, y
-
-
-def _files_present(folder: Path, base: type) -> bool:
-    return all((folder / f).is_file() for f, _ in base.train_list + base.test_list)
+    # the files are parsed as data, never unpickled as code (robustscale/data/cifar.py)
+    images, labels = read_cifar(folder, release[split], release["label_key"])
+    if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
+        raise RobustscaleError(
+            f"{info.name} labels in {str(folder)!r} must be in [0, {info.num_classes})")
+    return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)
 
 
 def split_holdout(
@@ -115,32 +124,11 @@ def split_holdout(
     return (x[rest], y[rest]), (x[held], y[held])
 
 
-def load_synthetic(path: str | Path, info: DatasetInfo) -> tuple[torch.Tensor, torch.Tensor]:
-    """Extra data from an .npz with ``image`` (uint8 N x H x W x C) and ``label`` (N,)."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "image" not in f or "label" not in f:
-                raise RobustscaleError(
-                    f"synthetic_data {str(path)!r} has arrays {sorted(f.files)}; needed: 'image' and 'label'"
-                )
-            images, labels = f["image"], f["label"]
-    except (OSError, ValueError) as exc:
-        raise RobustscaleError(f"synthetic_data {str(path)!r} is not a readable .npz: {exc}") from None
-    c, h, w = info.shape
-    if images.ndim == 3 and c == 1:
-        images = images[..., None]
-    if images.dtype != np.uint8 or images.shape[1:] != (h, w, c):
-        raise RobustscaleError(
-            f"synthetic_data {str(path)!r} has images {images.dtype} {tuple(images.shape)}; "
-            f"needed: uint8 N x {h} x {w} x {c} for {info.name}"
-        )
-    labels = labels.astype(np.int64).reshape(-1)
-    if len(labels) != len(images) or labels.min(initial=0) < 0 or labels.max(initial=0) >= info.num_classes:
-        raise RobustscaleError(
-            f"synthetic_data {str(path)!r} labels must be {len(images)} integers in [0, {info.num_classes})"
-        )
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    if info.name == "digits":  # digits pixels live in [0, 1] floats; keep one dtype per run
-        x = x.float().div_(255.0)
-    return x, torch.from_numpy(labels)
+def load_synthetic(path: str | Path, info: DatasetInfo) -> "ImageSource":
+    """Extra data for ``info``'s images: an ``.npz`` (held in memory), a folder with ``image.npy``
+    and ``label.npy`` or a folder of shards (memory-mapped); see ``robustscale/data/arrays.py``."""
+    from robustscale.data.arrays import check_source, open_source
+
+    source = open_source(path)
+    check_source(source, "synthetic_data", info.shape, info.num_classes, info.name)
+    return source

@@ -1,11 +1,17 @@
-"""Batches from resident tensors: seeded order, exact synthetic mixing, augmentation as tensor ops.
+"""Batches: seeded order, exact synthetic mixing, streamed extra data, augmentation as tensor ops.
 
-The order of an epoch is a pure function of (seed, epoch): resuming at step ``s`` of epoch
-``e`` replays exactly the batches an uninterrupted run would have seen, without storing a
-sampler. Following Gowal et al., an epoch is defined over the *original* data: it has
+The order of a batch is a pure function of (seed, epoch, step): resuming at step ``s`` of
+epoch ``e`` replays exactly the batches an uninterrupted run would have seen, without storing
+a sampler. Following Gowal et al., an epoch is defined over the *original* data: it has
 ``len(real) // real_per_batch`` batches, each with ``batch_size - syn_per_batch`` real and
 ``syn_per_batch = round(batch_size * synthetic_fraction)`` extra examples (the last,
 incomplete batch is dropped so that every batch has the same mix).
+
+Extra examples are drawn *without replacement across epochs*: one seeded permutation of all N
+is walked in order and a new one is drawn when it is used up, so a run sees
+``min(N, steps * syn_per_batch)`` distinct extra images (:meth:`BatchPlan.unique_synthetic_seen`).
+The real set stays resident on the device; a streamed set (extra data, or an ``arrays``
+training set) is gathered on the host by a background thread (``robustscale/data/stream.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from robustscale.data import to_float
+from robustscale.data.arrays import ImageSource
+from robustscale.data.stream import Prefetcher
 from robustscale.errors import RobustscaleError
 
 
@@ -65,20 +73,45 @@ class BatchPlan:
         return self.steps_per_epoch * self.batch_size
 
     def epoch_indices(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(real, synthetic) index tensors of shape (steps, per_batch) for ``epoch`` (this rank's share)."""
+        """(real, synthetic) index tensors of shape (steps, per_batch) for ``epoch`` (this rank's
+        share)."""
         g = seeded_generator(self.seed, epoch, 1)
         real = torch.randperm(self.n_real, generator=g)[: self.steps_per_epoch * self.real_per_batch]
         real = real.view(self.steps_per_epoch, self.real_per_batch)
         syn = None
         if self.syn_per_batch:
             need = self.steps_per_epoch * self.syn_per_batch
-            reps = -(-need // self.n_syn)  # without replacement until the extra set is used up
-            syn = torch.cat([torch.randperm(self.n_syn, generator=g) for _ in range(reps)])[:need]
+            syn = self.synthetic_positions(epoch * need, need)
             syn = syn.view(self.steps_per_epoch, self.syn_per_batch)
         if self.world_size > 1:
             real = real[:, self.rank :: self.world_size]
             syn = syn[:, self.rank :: self.world_size] if syn is not None else None
         return real, syn
+
+    def synthetic_positions(self, start: int, count: int) -> torch.Tensor:
+        """Extra-data indices ``start..start+count`` of the run's walk: permutation ``c`` of all N
+        (seeded by (seed, c)) covers positions ``c*N..(c+1)*N``."""
+        parts, pos, end = [], start, start + count
+        while pos < end:
+            cycle, lo = divmod(pos, self.n_syn)
+            hi = min(self.n_syn, lo + end - pos)
+            parts.append(self._permutation(cycle)[lo:hi].long())
+            pos += hi - lo
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+
+    def _permutation(self, cycle: int) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_perms", {})
+        if cycle not in cache:
+            if len(cache) >= 2:  # an epoch spans at most two cycles when N >= one epoch's draw
+                cache.pop(min(cache))
+            dtype = torch.int32 if self.n_syn < 2**31 else torch.int64  # 4 bytes an image
+            g = seeded_generator(self.seed, cycle, 3)
+            cache[cycle] = torch.randperm(self.n_syn, generator=g, dtype=dtype)
+        return cache[cycle]
+
+    def unique_synthetic_seen(self, steps_done: int) -> int:
+        """Distinct extra images in the first ``steps_done`` steps of the run (all processes)."""
+        return min(self.n_syn, steps_done * self.syn_per_batch) if self.syn_per_batch else 0
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -98,34 +131,59 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
 
 
 class BatchStream:
-    """Yields (x in [0, 1] float32, y) training batches of one epoch from resident tensors."""
+    """Yields (x in [0, 1] float32, y) training batches of one epoch.
+
+    ``real`` is resident tensors (moved to ``device``) or an :class:`ImageSource` to stream;
+    ``synthetic`` is an :class:`ImageSource` (in memory or memory-mapped), always streamed:
+    its rows are gathered on the host ahead of the step and copied asynchronously.
+    """
 
     def __init__(
         self,
         plan: BatchPlan,
-        real: tuple[torch.Tensor, torch.Tensor],
-        synthetic: tuple[torch.Tensor, torch.Tensor] | None,
+        real: tuple[torch.Tensor, torch.Tensor] | ImageSource,
+        synthetic: ImageSource | None,
         augment: bool,
         device: torch.device,
+        prefetch: int = 4,
     ):
         self.plan = plan
-        self.x, self.y = real[0].to(device), real[1].to(device)
-        self.sx, self.sy = (synthetic[0].to(device), synthetic[1].to(device)) if synthetic else (None, None)
+        if isinstance(real, ImageSource):
+            self.real_source, self.x, self.y = real, None, None
+        else:
+            self.real_source, self.x, self.y = None, real[0].to(device), real[1].to(device)
+        self.synthetic = synthetic if plan.syn_per_batch else None
         self.augment = augment
         self.device = device
+        self.prefetch = prefetch
 
     def epoch(self, epoch: int, start_step: int = 0):
-        """Batches ``start_step..`` of ``epoch``: the same tensors whether or not the run was resumed."""
+        """Batches ``start_step..`` of ``epoch``: the same tensors, resumed or not."""
         real_idx, syn_idx = self.plan.epoch_indices(epoch)
-        real_idx = real_idx.to(self.device)
-        syn_idx = syn_idx.to(self.device) if syn_idx is not None else None
-        for step in range(start_step, self.plan.steps_per_epoch):
-            xb, yb = self.x[real_idx[step]], self.y[real_idx[step]]
-            if syn_idx is not None:
-                xb = torch.cat([xb, self.sx[syn_idx[step]]])
-                yb = torch.cat([yb, self.sy[syn_idx[step]]])
-            xb = to_float(xb)
-            if self.augment:
-                g = seeded_generator(self.plan.seed, epoch, step, 2 + self.plan.rank, device=self.device)
-                xb = random_crop_flip(xb, 4, g)
-            yield step, xb, yb
+        parts = []
+        if self.real_source is not None:
+            parts.append((self.real_source, real_idx[start_step:]))
+        else:
+            real_idx = real_idx.to(self.device)
+        if self.synthetic is not None:
+            parts.append((self.synthetic, syn_idx[start_step:]))
+        feed = Prefetcher(parts, self.device, depth=self.prefetch) if parts else None
+        try:
+            for step in range(start_step, self.plan.steps_per_epoch):
+                streamed = feed.next() if feed is not None else []
+                if self.real_source is None:
+                    xs, ys = [to_float(self.x[real_idx[step]])], [self.y[real_idx[step]]]
+                else:
+                    xs, ys = [], []
+                for sx, sy in streamed:
+                    xs.append(to_float(sx))
+                    ys.append(sy)
+                xb, yb = (torch.cat(xs), torch.cat(ys)) if len(xs) > 1 else (xs[0], ys[0])
+                if self.augment:
+                    g = seeded_generator(self.plan.seed, epoch, step, 2 + self.plan.rank,
+                                         device=self.device)
+                    xb = random_crop_flip(xb, 4, g)
+                yield step, xb, yb
+        finally:
+            if feed is not None:
+                feed.close()

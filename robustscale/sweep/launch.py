@@ -205,11 +205,15 @@ class LocalLauncher:
                        for i, g in enumerate(slots)]
             for t in threads:
                 t.start()
+            bar = _SweepBar(self)
             try:
                 while any(t.is_alive() for t in threads):
                     for t in threads:
                         t.join(timeout=0.2)
+                    bar.poll()
+                bar.close()
             except KeyboardInterrupt:
+                bar.close()
                 log.warning("interrupted: stopping the runs of this launcher; their leases go back to pending")
                 self.stop.set()
                 self._terminate_children()
@@ -254,9 +258,12 @@ class LocalLauncher:
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         elif "OMP_NUM_THREADS" not in env:
-            # CPU runs side by side: split the cores, since oversubscribed OpenMP threads spin
-            # (measured: a digits run took 6x longer with 2 threads on 2 busy cores than with 1).
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n_slots // o.nproc_per_run))
+            # CPU runs side by side get one thread each, since oversubscribed OpenMP threads spin
+            # (measured: a digits run took 6x longer with 2 threads on 2 busy cores than with 1);
+            # a lone run gets the usable physical cores (robustscale/threads.py).
+            from robustscale.threads import default_threads
+
+            env["OMP_NUM_THREADS"] = str(default_threads(self.n_slots * o.nproc_per_run))
         if o.sync_bn:
             env["ROBUSTSCALE_SYNC_BN"] = "1"
         log_path = f.log(rid)
@@ -307,6 +314,31 @@ class LocalLauncher:
                 child.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+class _SweepBar:
+    """Runs done / running / failed of this launcher's sweep, read from the ledger about once a second."""
+
+    def __init__(self, launcher: "LocalLauncher"):
+        from robustscale.progress import bar
+
+        self.launcher, self.last = launcher, 0.0
+        self.bar = bar(len(launcher.run_ids), f"sweep {launcher.sweep.name}", unit="run")
+        self.poll(force=True)
+
+    def poll(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 1.0:
+            return
+        self.last = now
+        c = self.launcher.counts()
+        done = c["done"] + c["failed"]
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(f"done {c['done']}, running {c['running']}, failed {c['failed']}")
+
+    def close(self) -> None:
+        self.poll(force=True)
+        self.bar.close()
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -44,12 +44,14 @@ def sweep_status(folder: str | Path) -> list[dict[str, Any]]:
                 shown = "running (stale)"
         elif row["job_id"] and row["state"] == "pending":
             where = f"submitted as job {row['job_id']}"
+        elif row["state"] in ("done", "failed") and row["host"]:  # where it ran last
+            where = f"{row['host']}" + (f" job {row['job_id']}" if row["job_id"] else "")
         if damage:
             shown, where = "damaged", damage
         out.append({**row, "shown_state": shown, "where": where, "damage": damage,
                     "epoch": status.epoch if status else 0, "epochs": status.epochs if status else None,
                     "run_state": status.state if status else None,
-                    "best_val_pgd40_acc": status.best_val_pgd40_acc if status else None,
+                    "best_val_pgd_acc": status.best_val_pgd_acc if status else None,
                     "scheduler_state": scheduler.get(row["job_id"] or "", "")})
     return out
 

@@ -28,6 +28,7 @@ from robustscale.runs import METRIC_COLUMNS, CostRecord, MetricsRow, RunDir, Run
 from robustscale.train import checkpoint as ckpt
 from robustscale.train.records import check_run_dir, create_run_dir, remove_debris, write_status
 from robustscale.train import distributed
+from robustscale.threads import configure_cpu_threads, warn_if_changed
 from robustscale.train.setup import (
     Forward, check_precision, make_ema, make_optimizer, make_scheduler, prepare_data, resolve_device,
     seed_everything, enable_grad_checkpointing,
@@ -50,7 +51,7 @@ class Progress:
     step: int = 0  # steps completed in the current epoch
     best_score: float = -math.inf
     best_epoch: int | None = None
-    best_val_pgd40: float | None = None
+    best_val_pgd: float | None = None
     cost: dict[str, Any] = field(default_factory=lambda: {
         "train_flops": 0.0, "train_flops_paper": 0.0, "val_flops": 0.0, "examples_seen": 0,
         "device_seconds": 0.0, "energy_joules": None})
@@ -78,6 +79,10 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
 
     try:
         done = check_run_dir(run, recipe) if dist.is_main else False
+        if dist.is_main and recipe.trackers:  # a missing extra or folder fails before any write
+            from robustscale.trackers import check_trackers
+
+            check_trackers(recipe.trackers, run.path)
         distributed.barrier(dist)
         if not dist.is_main:
             status = run.read_status()
@@ -86,6 +91,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, out_root: str | 
         if done:
             if dist.is_main:
                 remove_debris(run)
+                _note_threads(run, recipe.device, "run again")
             clean = True
         else:
             # Data, model and FLOPs are set up before anything is written, so a bad value
@@ -126,6 +132,7 @@ class _Engine:
         self.r, self.run, self.show_progress = recipe, run, show_progress and dist.is_main
         self.device = resolve_device(recipe.device)
         check_precision(recipe.precision, self.device)
+        self.threads = configure_cpu_threads() if self.device.type == "cpu" else None
         seed_everything(recipe.seed)
         self.data = prepare_data(recipe, self.device, dist.rank, dist.world_size)
         from robustscale.models import build_model
@@ -160,6 +167,7 @@ class _Engine:
         self.meter = open_meter(self.device, interval=recipe.power_sample_interval, power_watts=recipe.power_watts,
                                 devices=[self.device.index] if self.device.type == "cuda" else None)
         self.p = Progress()
+        self.trackers = None  # robustscale.trackers.TrackerSet, opened by fit on the main process
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -187,6 +195,8 @@ class _Engine:
             if self.main and self.run.metrics.exists():
                 self.run.rewrite_metrics([])
             return
+        if self.main and self.threads is not None:
+            warn_if_changed(self.run.path, getattr(_status_or_none(self.run), "threads", None), self.threads)
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
@@ -216,20 +226,38 @@ class _Engine:
     # ---- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> None:
+        """Train to the last epoch; the run's trackers are closed however it ends."""
+        try:
+            self._fit()
+        finally:
+            if self.trackers is not None:
+                self.trackers.close(finished=self.p.epoch >= self.r.epochs)
+
+    def _fit(self) -> None:
         r = self.r
         self._resume()
         if self.main:
-            write_status(self.run, r, "running", self.p)
+            write_status(self.run, r, "running", self.p, threads=self.threads)
         log.info("run %s: %s, %d params, %d steps/epoch, %.3g training FLOPs/example", self.run.path,
                  r.model, sum(p.numel() for p in self.model.parameters()), self.data.plan.steps_per_epoch,
                  self.flops.train)
+        if self.main and r.trackers:  # open them; send the rows an interrupted process did not
+            from robustscale.trackers import open_trackers
+
+            self.trackers = open_trackers(r.trackers, self.run.path, r.to_dict(), r.run_id)
+            self._sync_trackers()
         for epoch in range(self.p.epoch, r.epochs):
             self._train_epoch(epoch)
             self._end_epoch(epoch)
         if self.main:
-            write_status(self.run, r, "done", self.p)
+            write_status(self.run, r, "done", self.p, threads=self.threads)
             self._write_cost()
         self.meter.close()
+
+    def _sync_trackers(self) -> None:
+        """Trackers read the epoch back from metrics.csv and cost.json, so they equal the files."""
+        if self.trackers is not None:
+            self.trackers.sync_epochs()
 
     def _train_epoch(self, epoch: int) -> None:
         r, plan, p = self.r, self.data.plan, self.p
@@ -321,13 +349,13 @@ class _Engine:
         return self.meter.read_joules()
 
     def _bar(self, epoch: int, start_step: int):
-        if not self.show_progress:
-            return None
-        from tqdm import tqdm
+        from robustscale.progress import bar, bars_on
 
+        if not bars_on(self.show_progress):
+            return None  # each epoch logs its own line
         plan = self.data.plan
-        return tqdm(total=plan.examples_per_epoch, initial=start_step * plan.batch_size, unit="img",
-                    unit_scale=True, desc=f"epoch {epoch + 1}/{self.r.epochs}", leave=False, dynamic_ncols=True)
+        return bar(plan.examples_per_epoch, f"epoch {epoch + 1}/{self.r.epochs}", unit="img",
+                   initial=start_step * plan.batch_size, unit_scale=True)
 
     def _end_epoch(self, epoch: int) -> None:
         r, p, plan = self.r, self.p, self.data.plan
@@ -354,7 +382,7 @@ class _Engine:
             train_clean_acc=100.0 * p.acc["clean"] / p.acc["n_clean"] if p.acc["n_clean"] else None,
             train_robust_acc=100.0 * p.acc["adv"] / n if r.adversarial else None,
             val_clean_acc=val_clean,
-            val_pgd40_acc=val_pgd,
+            val_pgd_acc=val_pgd,
             epoch_flops=self.flops.train * examples,
             val_flops=val_flops,
             epoch_energy_kwh=self._kwh(joules) if self._metered else None,
@@ -375,16 +403,17 @@ class _Engine:
         p.acc = {k: 0.0 for k in p.acc}
         if improved and self.main:
             p.best_score = score if score is not None else p.best_score
-            p.best_epoch, p.best_val_pgd40 = epoch + 1, val_pgd
+            p.best_epoch, p.best_val_pgd = epoch + 1, val_pgd
             eval_net = self.ema.module if self.ema is not None else self.model
             ckpt.save_checkpoint(self.run.checkpoints / "best.pt", {
                 "model": eval_net.state_dict(), "epoch": epoch + 1, "val_clean_acc": val_clean,
-                "val_pgd40_acc": val_pgd, "recipe": r.to_dict()})
+                "val_pgd_acc": val_pgd, "val_attack_steps": r.val_attack_steps, "recipe": r.to_dict()})
         if self.main:
             self.run.append_metrics(row)
             self._save_last()
             self._write_cost()
-            write_status(self.run, r, "running", p)
+            write_status(self.run, r, "running", p, threads=self.threads)
+            self._sync_trackers()
         log.info("epoch %d/%d  loss %.4f  train clean %s%s  |  val clean %s  pgd%d %s  |  %.1fs",
                  epoch + 1, r.epochs, row.train_loss, _fmt(row.train_clean_acc),
                  f" robust {row.train_robust_acc:.1f}" if row.train_robust_acc is not None else "",
@@ -421,6 +450,8 @@ class _Engine:
             val_flops=c["val_flops"],
             examples_seen=c["examples_seen"],
             synthetic_size=self.data.synthetic_size,
+            unique_synthetic_seen=self.data.plan.unique_synthetic_seen(
+                self.p.epoch * self.data.plan.steps_per_epoch + self.p.step),
             device_seconds=c["device_seconds"],
             device_hours=c["device_seconds"] / 3600.0,
             energy_kwh=money["energy_kwh"],
@@ -440,6 +471,24 @@ def _span(epochs: list[int]) -> str:
     if not epochs:
         return "none"
     return ", ".join(map(str, epochs)) if len(epochs) <= 4 else f"{epochs[0]}..{epochs[-1]} ({len(epochs)} rows)"
+
+
+def _status_or_none(run: RunDir) -> Any:
+    """The run's Status, or None when it has none or it cannot be read (the warning is optional)."""
+    try:
+        return run.read_status()
+    except RobustscaleError:
+        return None
+
+
+def _note_threads(run: RunDir, device: str, what: str) -> None:
+    """Warn when a finished CPU run is used again under another thread count than it trained with."""
+    try:
+        if resolve_device(device).type != "cpu":
+            return
+    except RobustscaleError:
+        return
+    warn_if_changed(run.path, getattr(_status_or_none(run), "threads", None), configure_cpu_threads(), what)
 
 
 def _fmt(v: float | None) -> str:

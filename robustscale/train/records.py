@@ -93,11 +93,12 @@ def remove_debris(run: RunDir) -> None:
 
 
 def write_status(run: RunDir, recipe: Recipe, state: str, progress: Any = None,
-                 reason: str | None = None) -> None:
-    """Rewrite status.json; without ``progress`` (epoch, best_epoch, best_val_pgd40) the previous
-    values are kept, so a failure after a kill still says how far the run got."""
+                 reason: str | None = None, threads: int | None = None) -> None:
+    """Rewrite status.json; without ``progress`` (epoch, best_epoch, best_val_pgd) the previous
+    values are kept, so a failure after a kill still says how far the run got. ``threads``: the
+    CPU intra-op thread count the run trains with (None on a GPU, or to keep the previous)."""
     previous = None
-    if progress is None:
+    if progress is None or threads is None:
         try:
             previous = run.read_status()
         except RobustscaleError:  # a damaged status is replaced, not a reason to lose this one
@@ -108,6 +109,8 @@ def write_status(run: RunDir, recipe: Recipe, state: str, progress: Any = None,
         epoch=p.epoch if p else (previous.epoch if previous else 0),
         epochs=recipe.epochs,
         best_epoch=p.best_epoch if p else (previous.best_epoch if previous else None),
-        best_val_pgd40_acc=p.best_val_pgd40 if p else (previous.best_val_pgd40_acc if previous else None),
+        best_val_pgd_acc=p.best_val_pgd if p else (previous.best_val_pgd_acc if previous else None),
+        val_attack_steps=recipe.val_attack_steps,
         updated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        host=socket.gethostname(), pid=os.getpid()))
+        host=socket.gethostname(), pid=os.getpid(),
+        threads=threads if threads is not None else (previous.threads if previous else None)))

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,27 +56,103 @@ class RunData:
     synthetic_size: int
 
 
-def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0, world_size: int = 1) -> RunData:
-    info = dataset_info(recipe.dataset)
-    x, y = load_split(recipe.dataset, "train", recipe.data_dir)
-    val = None
-    if recipe.val_size:
-        if recipe.val_source == "train":
-            (x, y), val = split_holdout(x, y, recipe.val_size, HOLDOUT_SEED)
-        else:
-            tx, ty = load_split(recipe.dataset, "test", recipe.data_dir)
-            if recipe.val_size > len(tx):
-                raise RobustscaleError(f"val_size={recipe.val_size} exceeds the {len(tx)} test examples")
-            val = (tx[: recipe.val_size], ty[: recipe.val_size])
+def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0,
+                 world_size: int = 1) -> RunData:
+    info = dataset_info(recipe.dataset, recipe.data_dir)
+    if recipe.dataset == "arrays":  # streamed from disk like extra data, never loaded whole
+        train_set, val = _arrays_train(recipe, info)
+        n_real = len(train_set)
+    else:
+        x, y = load_split(recipe.dataset, "train", recipe.data_dir)
+        check_data_fit(recipe, len(x))
+        val = None
+        if recipe.val_size:
+            if recipe.val_source == "train":
+                (x, y), val = split_holdout(x, y, recipe.val_size, HOLDOUT_SEED)
+            else:
+                val = _test_head(recipe)
+        if recipe.train_fraction < 1:
+            x, y = train_subset(x, y, recipe.train_subset_size(len(x)))
+        train_set, n_real = (x, y), len(x)
     syn = load_synthetic(recipe.synthetic_data, info) if recipe.synthetic_data else None
-    if syn is not None and syn[0].dtype != x.dtype:
-        syn = (syn[0].to(x.dtype), syn[1])
-    plan = BatchPlan(len(x), len(syn[0]) if syn else 0, recipe.batch_size, recipe.synthetic_fraction,
+    if syn is not None and len(syn) == 0:
+        raise RobustscaleError(
+            f"synthetic_data={recipe.synthetic_data!r} holds no images; expected at least one "
+            f"with synthetic_fraction={recipe.synthetic_fraction}")
+    plan = BatchPlan(n_real, len(syn) if syn else 0, recipe.batch_size, recipe.synthetic_fraction,
                      recipe.seed, rank, world_size)
-    stream = BatchStream(plan, (x, y), syn, recipe.augment and info.crop_flip, device)
+    stream = BatchStream(plan, train_set, syn, recipe.augment and info.crop_flip, device)
     if val is not None:
         val = (val[0].to(device), val[1].to(device))
-    return RunData(info, plan, stream, val, len(syn[0]) if syn else 0)
+    return RunData(info, plan, stream, val, len(syn) if syn else 0)
+
+
+def _test_head(recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    tx, ty = load_split(recipe.dataset, "test", recipe.data_dir)
+    if recipe.val_size > len(tx):
+        raise RobustscaleError(f"val_size={recipe.val_size} exceeds the {len(tx)} test examples")
+    return tx[: recipe.val_size], ty[: recipe.val_size]
+
+
+def _arrays_train(recipe: Recipe, info: DatasetInfo):
+    """An ``arrays`` training set as a source to stream, and its validation examples (in memory)."""
+    from robustscale.data.arrays import SubsetSource
+    from robustscale.data.arraysets import open_split
+
+    source = open_split(Path(recipe.data_dir), "train", info)
+    if not recipe.val_size:
+        return source, None
+    if recipe.val_source == "test":
+        return source, _test_head(recipe)
+    # the same seeded holdout as split_holdout, on indices: the held-out images alone are read
+    idx = torch.arange(len(source)).view(-1, 1, 1, 1)
+    (rest, _), (held, _) = split_holdout(idx, torch.zeros(len(source)), recipe.val_size,
+                                         HOLDOUT_SEED)
+    held = held.flatten().numpy()
+    vx = torch.from_numpy(source.gather(held).transpose(0, 3, 1, 2).copy())
+    return SubsetSource(source, rest.flatten().numpy()), (vx, torch.from_numpy(source.labels[held]))
+
+
+def check_data_fit(recipe: Recipe, n_train: int) -> None:
+    """Every way ``val_size`` and ``batch_size`` do not fit ``n_train`` training examples, in one
+    line with values that would (a shipped CIFAR recipe on a small CIFAR-format set)."""
+    problems, fits = [], []
+    val = recipe.val_size if recipe.val_source == "train" else 0
+    if val >= n_train:
+        val = max(1, n_train // 10) if n_train > 1 else 0
+        problems.append(f"val_size={recipe.val_size} leaves none of the {n_train} training examples")
+        fits.append(f"val_size={val}")
+    left = recipe.train_subset_size(n_train - val)
+    frac = recipe.synthetic_fraction if recipe.synthetic_data else 0.0
+
+    def real(batch: int) -> int:  # the real (not synthetic) examples of a batch, as BatchPlan counts them
+        return batch - int(round(batch * frac))
+
+    if real(recipe.batch_size) > left:
+        what = f"batch_size={recipe.batch_size}" + (
+            f" ({real(recipe.batch_size)} real examples per batch)" if frac else "")
+        problems.append(f"{what} is larger than the {left} training examples left"
+                        + (f" after val_size={val}" if val else "")
+                        + (f" and train_fraction={recipe.train_fraction:g}" if recipe.train_fraction < 1 else ""))
+        fitting = 1 << max(0, recipe.batch_size.bit_length())
+        while fitting > 1 and real(fitting) > left:  # the largest power of two that fits
+            fitting //= 2
+        fits.append(f"batch_size={fitting}")
+    if problems:
+        where = "" if recipe.dataset == "digits" else f" in {recipe.data_dir!r}"
+        raise RobustscaleError(f"{recipe.dataset}{where} is too small for this recipe: "
+                               f"{'; '.join(problems)}; values that fit: {' '.join('--set ' + f for f in fits)}")
+
+
+def train_subset(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` of a fixed random order of the training examples (``train_fraction``).
+
+    The order does not depend on the run's seed, so smaller fractions are subsets of larger
+    ones and runs of different seeds see the same examples: only the amount of unique data varies.
+    """
+    g = torch.Generator().manual_seed(10_007 * HOLDOUT_SEED + 29)
+    keep = torch.randperm(len(x), generator=g)[:k].sort().values
+    return x[keep], y[keep]
 
 
 class Forward(nn.Module):
