@@ -41,7 +41,7 @@ NON_RESULT_KEYS = frozenset(
 
 # Result keys added after run ids were first handed out, with the default that means "as before":
 # left out of the id at that default, so existing run directories keep their ids.
-_LATER_KEYS = {"train_fraction": 1.0}
+_LATER_KEYS = {"train_fraction": 1.0, "sync_bn": False}
 
 # Experiment trackers a run can log to (robustscale/trackers/; each an optional extra).
 TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
@@ -122,6 +122,8 @@ class Recipe(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+    # DDP on CUDA: BatchNorm statistics over the global batch, not each process's slice
+    sync_bn: bool = False
     grad_checkpointing: bool = False  # activation checkpointing (WRN-70-16 TRADES at large batches)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: Optional[int] = None

@@ -664,9 +664,11 @@ def read_recipe(run_dir: str | Path) -> Recipe:
     return RunDir(Path(run_dir)).read_recipe()
 
 
-def read_status(run_dir: str | Path) -> Status | None:
-    """The run's :class:`Status`, or None when it has none yet."""
-    return RunDir(Path(run_dir)).read_status()
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's status.json as a checked dict (the old API; :meth:`RunDir.read_status` gives
+    the :class:`Status`), or None when it has none yet."""
+    status = RunDir(Path(run_dir)).read_status()
+    return status.to_json() if status is not None else None
 
 
 def model_from_state(recipe: Recipe, state_dict: dict[str, "torch.Tensor"],

@@ -117,3 +117,10 @@ def test_every_shipped_recipe_validates(tmp_path):
         if r.dataset == "cifar10":
             assert r.eps == pytest.approx(8 / 255) and r.attack_steps == 10
             assert (r.epochs, r.ema_decay) in {(100, None), (400, 0.995)}
+
+
+def test_sync_bn_is_a_result_key_and_older_run_ids_stay():
+    plain = Recipe(dataset="digits", model="wrn10_1")
+    assert Recipe(dataset="digits", model="wrn10_1", sync_bn=False).run_id == plain.run_id
+    assert Recipe(dataset="digits", model="wrn10_1", sync_bn=True).run_id != plain.run_id
+    assert "sync_bn" not in plain.result_dict()  # at its default, as before the key existed

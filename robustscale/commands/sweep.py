@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc-per-run", type=int, metavar="N",
                    help="processes (GPUs) per run; > 1 trains each run with DDP under torchrun (default 1; Slurm: "
                    "the sweep file's slurm.gpus_per_run)")
-    p.add_argument("--sync-bn", action="store_true", help="with DDP: SyncBatchNorm across the processes of a run (CUDA)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="with DDP: SyncBatchNorm across the processes of a run (CUDA); the same as "
+                   "--set sync_bn=true (a recipe key: it changes results, hence the run ids)")
     p.add_argument("--final-eval", choices=["pgd", "autoattack"], help="evaluate each run's best checkpoint at the end")
     loc = p.add_argument_group("local backend")
     loc.add_argument("--max-parallel", type=int, metavar="N",
@@ -80,6 +82,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     from robustscale.sweep.spec import load_sweep
 
     overrides = parse_overrides(args.overrides)
+    if args.sync_bn:
+        overrides["sync_bn"] = True
     if args.dry_run:
         return _dry_run(load_sweep(args.spec, overrides, check_files=False), args)
     if not args.out:
@@ -112,8 +116,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                          max_attempts=args.max_attempts,
                          lease_timeout=300.0 if args.lease_timeout is None else args.lease_timeout,
                          heartbeat=30.0 if args.heartbeat is None else args.heartbeat,
-                         final_eval=args.final_eval,
-                         sync_bn=args.sync_bn)
+                         final_eval=args.final_eval)
     t0 = time.time()
     counts = launch_local(sweep, args.out, opts)
     print(f"sweep {sweep.name}: {_counts(counts)} in {time.time() - t0:.0f}s; see: robustscale status {args.out}")
@@ -131,7 +134,7 @@ def _slurm(sweep: Any, args: argparse.Namespace) -> int:
     opts = SlurmOptions.from_sources(sweep.slurm, {k: v for k, v in flags.items() if v is not None})
     notes: list[str] = []
     jobs = launch_slurm(sweep, args.out, opts, max_attempts=args.max_attempts, cluster=args.cluster,
-                        final_eval=args.final_eval, sync_bn=args.sync_bn, resubmit=args.resubmit,
+                        final_eval=args.final_eval, resubmit=args.resubmit,
                         notes=notes)
     ids = sorted({j.job_id.split("_")[0] for j in jobs})
     asked = f" ({'; '.join(notes)})" if notes else ""

@@ -52,7 +52,6 @@ class LaunchOptions:
     heartbeat: float = 30.0  # seconds between heartbeats
     poll: float = 5.0  # seconds between looks at the ledger while others hold the last runs
     final_eval: str | None = None  # "pgd" | "autoattack": evaluate each run's best checkpoint
-    sync_bn: bool = False
 
 
 def prepare(sweep: Sweep, out: str | Path, *, wal: bool = True) -> tuple[SweepFolder, Ledger]:
@@ -130,7 +129,7 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def train_command(recipe: Path, run_dir: Path, nproc: int, final_eval: str | None, sync_bn: bool) -> list[str]:
+def train_command(recipe: Path, run_dir: Path, nproc: int, final_eval: str | None) -> list[str]:
     """The child's command: ``python -m robustscale train`` or the same under torchrun."""
     args = ["-m", "robustscale", "train", str(recipe), "--run-dir", str(run_dir), "--no-progress"]
     if final_eval:
@@ -253,7 +252,7 @@ class LocalLauncher:
     def _train(self, claim: Claim, devices: list[str] | None) -> None:
         f, o = self.folder, self.opt
         rid = claim.run_id
-        cmd = train_command(f.recipe(rid), f.run_dir(rid), o.nproc_per_run, o.final_eval, o.sync_bn)
+        cmd = train_command(f.recipe(rid), f.run_dir(rid), o.nproc_per_run, o.final_eval)
         env = dict(os.environ)
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
@@ -264,8 +263,6 @@ class LocalLauncher:
             from robustscale.threads import default_threads
 
             env["OMP_NUM_THREADS"] = str(default_threads(self.n_slots * o.nproc_per_run))
-        if o.sync_bn:
-            env["ROBUSTSCALE_SYNC_BN"] = "1"
         log_path = f.log(rid)
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with open(log_path, "a") as out:

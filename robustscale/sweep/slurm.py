@@ -47,10 +47,10 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
     """What one array task runs: claim the run, train it (retrying up to ``max_attempts``), record."""
 
     def __init__(self, folder: str, run_id: str, *, max_attempts: int, lease_timeout: float, heartbeat: float,
-                 final_eval: str | None = None, sync_bn: bool = False, threads: int | None = None):
+                 final_eval: str | None = None, threads: int | None = None):
         self.folder, self.run_id = str(folder), run_id
         self.max_attempts, self.lease_timeout, self.heartbeat = max_attempts, lease_timeout, heartbeat
-        self.final_eval, self.sync_bn, self.threads = final_eval, sync_bn, threads
+        self.final_eval, self.threads = final_eval, threads
         self._claim: Claim | None = None
         self._requeued = False  # set by checkpoint() (USR2): the job is being requeued
 
@@ -75,8 +75,6 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
                      torch.get_num_threads())
         if env.num_tasks > 1:  # one run on several GPUs: join the tasks into one process group
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            if self.sync_bn:
-                os.environ["ROBUSTSCALE_SYNC_BN"] = "1"
         ledger = Ledger(SweepFolder(Path(self.folder)).ledger, wal=False)
         if env.global_rank != 0:
             return self._follow(ledger, env.job_id)
@@ -180,7 +178,7 @@ def runs_to_submit(ledger: Ledger, run_ids: list[str], *, max_attempts: int, lea
 
 
 def launch_slurm(sweep: Sweep, out: str | Path, options: SlurmOptions | None = None, *, max_attempts: int = 3,
-                 cluster: str = "slurm", final_eval: str | None = None, sync_bn: bool = False,
+                 cluster: str = "slurm", final_eval: str | None = None,
                  resubmit: bool = False, notes: list[str] | None = None) -> list[Any]:
     """Submit one array task per run that needs one; returns the submitit jobs. Starting it
     again submits only what is not done, not held by a live lease, and not pending under a job
@@ -223,7 +221,7 @@ def launch_slurm(sweep: Sweep, out: str | Path, options: SlurmOptions | None = N
     executor.update_parameters(**params)
     tasks = [SweepJob(str(folder.root), rid, max_attempts=max_attempts,
                       lease_timeout=o.lease_timeout, heartbeat=o.heartbeat, final_eval=final_eval,
-                      sync_bn=sync_bn, threads=o.cpus_per_task) for rid in todo]
+                      threads=o.cpus_per_task) for rid in todo]
     jobs = _submit(executor, tasks)
     ledger.record_jobs([(rid, job.job_id) for rid, job in zip(todo, jobs)])
     log.info("submitted %d run(s) of sweep %s: jobs %s", len(jobs), sweep.name,

@@ -7,8 +7,9 @@ batch: each process trains on its ``batch_size / N`` slice of every batch (``Bat
 them), so a run gives the same batches, schedule and FLOP count on 1 or N devices. Only rank 0
 writes files; every rank loads the same checkpoint on resume.
 
-``ROBUSTSCALE_SYNC_BN=1`` converts BatchNorm to SyncBatchNorm (CUDA only), so batch statistics
-are taken over the global batch rather than each process's slice.
+The recipe key ``sync_bn: true`` converts BatchNorm to SyncBatchNorm (CUDA only), so batch
+statistics are taken over the global batch rather than each process's slice; it changes results,
+so it is part of the run id.
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ def sum_float(env: DistEnv, value: float, device: torch.device) -> float:
     return float(t.item())
 
 
-def prepare_model(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
-    """SyncBatchNorm when asked for (``ROBUSTSCALE_SYNC_BN=1``) on a distributed CUDA run."""
-    if env.enabled and device.type == "cuda" and os.environ.get("ROBUSTSCALE_SYNC_BN") == "1":
+def prepare_model(model: nn.Module, env: DistEnv, device: torch.device, *, sync_bn: bool) -> nn.Module:
+    """SyncBatchNorm when the recipe asks for it (``sync_bn: true``) on a distributed CUDA run."""
+    if sync_bn and env.enabled and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 

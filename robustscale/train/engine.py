@@ -145,7 +145,7 @@ class _Engine:
         if recipe.channels_last:
             model = model.to(memory_format=torch.channels_last)
         plain = model  # FLOPs are counted on a meta copy of this one (SyncBatchNorm needs a GPU)
-        self.model = model = distributed.prepare_model(model, dist, self.device)
+        self.model = model = distributed.prepare_model(model, dist, self.device, sync_bn=recipe.sync_bn)
         self.forward = Forward(model, recipe.precision, recipe.channels_last, recipe.compile, self.device,
                                ddp=distributed.wrap(model, dist, self.device))
         self.ema = make_ema(model, recipe.ema_decay)
