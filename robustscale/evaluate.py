@@ -269,9 +269,9 @@ def evaluate_checkpoint(path: str | Path, *, model: str, dataset: str = "cifar10
     """Evaluate weights trained elsewhere: ``path`` holds a state dict for ``model`` (a robustscale
     or timm model name, built as robustscale builds it: [0, 1] inputs, normalisation inside), as
     published checkpoints ship it (RobustBench's key names, wrapper prefixes, ``state_dict`` /
-    ``model_state_dict`` / ``model`` containers: robustscale.robustbench.load_weights_file).
+    ``model_state_dict`` / ``model`` containers: robustscale.foreign_checkpoints.load_weights_file).
     Results go to ``out_dir`` (default: ``eval/`` beside the checkpoint)."""
-    from robustscale.robustbench import load_weights_file
+    from robustscale.foreign_checkpoints import load_weights_file
 
     settings = dict(attack=attack, eps=eps, norm=norm, steps=steps, restarts=restarts, version=version,
                     attacks=None, seed=seed, batch_size=batch_size)

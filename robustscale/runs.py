@@ -695,11 +695,11 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: "str | torch.dev
     when EMA was on) or ``last``. Eval mode, parameters frozen, inputs in [0, 1].
 
     A checkpoint *file* trained elsewhere (a RobustBench or other published state dict) loads
-    with ``model=NAME`` (and ``dataset``, ``activation``): robustscale.robustbench.load_weights_file."""
+    with ``model=NAME`` (and ``dataset``, ``activation``): robustscale.foreign_checkpoints.load_weights_file."""
     from robustscale.checkpoint_io import load_checkpoint
 
     if model is not None or Path(run_dir).is_file():
-        from robustscale.robustbench import load_weights_file
+        from robustscale.foreign_checkpoints import load_weights_file
 
         if checkpoint != "best":
             raise RobustscaleError(f"checkpoint={checkpoint!r} applies to a run directory; a checkpoint "

@@ -281,7 +281,7 @@ def test_export_of_a_dm_run_loads_strictly_into_robustbench_s_model(cifar_runs, 
         "robust_acc": 12.345,
     }
     atomic_write_json(dm / "eval" / "autoattack-8-255.json", aa)
-    from robustscale.robustbench import model_info
+    from robustscale.export import model_info
 
     info = model_info(dm, name="x")
     assert (info["clean_acc"], info["autoattack_acc"], info["reported"]) == (
@@ -292,7 +292,7 @@ def test_export_of_a_dm_run_loads_strictly_into_robustbench_s_model(cifar_runs, 
 
 
 def test_export_of_a_classic_wrn_run_loads_into_robustbench_s_wideresnet(cifar_runs, tmp_path):
-    from robustscale.robustbench import export_robustbench
+    from robustscale.export import export_robustbench
 
     _, wrn = cifar_runs
     res = export_robustbench(wrn, tmp_path, name="Me_wrn")

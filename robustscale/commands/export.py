@@ -53,7 +53,7 @@ def _one_line_error(message: str) -> NoReturn:
 
 def run(args: argparse.Namespace) -> int:
     from robustscale.errors import RobustscaleError
-    from robustscale.robustbench import EXPORT_FORMATS, export_robustbench
+    from robustscale.export import EXPORT_FORMATS, export_robustbench
 
     if args.format not in EXPORT_FORMATS:
         raise RobustscaleError(
