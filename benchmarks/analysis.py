@@ -22,8 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from robustscale.zoo import COLUMN_NAMES  # noqa: E402
 
-MODELS = {"wrn16_1": 175_994, "wrn28_10": 36_479_194, "wrn34_10": 46_160_474, "wrn34_20": 184_537_114,
-          "wrn70_16": 266_796_314}
+MODELS = {
+    "wrn16_1": 175_994,
+    "wrn28_10": 36_479_194,
+    "wrn34_10": 46_160_474,
+    "wrn34_20": 184_537_114,
+    "wrn70_16": 266_796_314,
+}
 
 
 def generated_zoo(n: int, seed: int = 0) -> pd.DataFrame:
@@ -40,15 +45,33 @@ def generated_zoo(n: int, seed: int = 0) -> pd.DataFrame:
     acc = 50.86 * flops**0.01 - 25 + 5 * synthetic + rng.normal(0, 2, n)
     acc[rng.random(n) < 0.03] = rng.uniform(0, 8)
     kwh = 2e-16 * flops**0.95
-    return pd.DataFrame({
-        "run_id": [f"r{i}" for i in range(n)], "dataset": "cifar10", "model": models, "params": params,
-        "activation": rng.choice(["relu", "gelu"], n), "loss": loss, "attack_steps": steps, "epochs": epochs,
-        "ema": epochs == 400, "synthetic_data": synthetic, "synthetic_fraction": np.where(synthetic, 0.7, 0.0),
-        "examples_seen": examples, "synthetic_size": np.where(synthetic, 1_000_000, 0), "eps": 8 / 255,
-        "seed": 0, "train_flops": flops, "device_hours": kwh / 0.6, "energy_kwh": kwh,
-        "electricity_cost_usd": kwh * 0.12, "co2_kg": kwh * 0.5663, "clean_acc": np.clip(acc + 30, 0, 100),
-        "pgd40_acc": np.clip(acc + 3, 0, 100), "autoattack_acc": np.clip(acc, 0, 100),
-    }).reindex(columns=COLUMN_NAMES)
+    return pd.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(n)],
+            "dataset": "cifar10",
+            "model": models,
+            "params": params,
+            "activation": rng.choice(["relu", "gelu"], n),
+            "loss": loss,
+            "attack_steps": steps,
+            "epochs": epochs,
+            "ema": epochs == 400,
+            "synthetic_data": synthetic,
+            "synthetic_fraction": np.where(synthetic, 0.7, 0.0),
+            "examples_seen": examples,
+            "synthetic_size": np.where(synthetic, 1_000_000, 0),
+            "eps": 8 / 255,
+            "seed": 0,
+            "train_flops": flops,
+            "device_hours": kwh / 0.6,
+            "energy_kwh": kwh,
+            "electricity_cost_usd": kwh * 0.12,
+            "co2_kg": kwh * 0.5663,
+            "clean_acc": np.clip(acc + 30, 0, 100),
+            "pgd40_acc": np.clip(acc + 3, 0, 100),
+            "autoattack_acc": np.clip(acc, 0, 100),
+        }
+    ).reindex(columns=COLUMN_NAMES)
 
 
 def main() -> None:
@@ -64,7 +87,9 @@ def main() -> None:
     for stage, seconds in fits.get("timings", {}).items():
         print(f"  {stage}: {seconds:.2f} s")
     # CPU seconds tell what the wall time would be on an idle machine when other work shares the cores
-    print(f"analysis seconds: {total:.2f} wall, {cpu:.2f} CPU (load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"analysis seconds: {total:.2f} wall, {cpu:.2f} CPU (load average {os.getloadavg()[0]:.1f})"
+    )
     joint_fit_seconds(n)
 
 
@@ -77,8 +102,10 @@ def joint_fit_seconds(n: int, seed: int = 0) -> None:
     L = (35 + 1000 / N**0.35 + 2000 / D**0.3) * np.exp(0.02 * rng.standard_normal(n))
     c0 = time.process_time()
     law = fit_joint(N, D, L, seed=seed, n_boot=50)
-    print(f"joint-law fit of {n} runs: {time.process_time() - c0:.2f} s CPU "
-          f"(alpha {law.alpha:.3f}, beta {law.beta:.3f}, {len(law.boot)} bootstrap refits)")
+    print(
+        f"joint-law fit of {n} runs: {time.process_time() - c0:.2f} s CPU "
+        f"(alpha {law.alpha:.3f}, beta {law.beta:.3f}, {len(law.boot)} bootstrap refits)"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,13 @@ BNMode = Literal["eval", "frozen"]
 
 
 def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
-    return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    return [
+        b
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if b is not None
+    ]
 
 
 class _AttackMode:
@@ -63,7 +68,9 @@ class _AttackMode:
                 b.copy_(s)
 
 
-def _start(x: torch.Tensor, eps: float, kind: str, generator: torch.Generator | None) -> torch.Tensor:
+def _start(
+    x: torch.Tensor, eps: float, kind: str, generator: torch.Generator | None
+) -> torch.Tensor:
     if kind == "normal":
         d = 0.001 * torch.randn(x.shape, device=x.device, generator=generator)
     else:
@@ -75,8 +82,15 @@ def _project(delta: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return (x + delta.clamp(-eps, eps)).clamp(0.0, 1.0) - x
 
 
-def attack_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def attack_pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Rice et al. / advertorch: ``loss.backward()`` per step (weight gradients computed too)."""
     delta = _start(x, eps, "uniform", generator)
     delta.requires_grad = True
@@ -89,24 +103,43 @@ def attack_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, s
     return delta.detach()
 
 
-def attack_trades(model: nn.Module, x: torch.Tensor, eps: float, step_size: float, steps: int,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def attack_trades(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Zhang et al.: KL attack from a tiny Gaussian start; the clean forward is redone each step."""
     criterion_kl = nn.KLDivLoss(reduction="sum")
     delta = _start(x, eps, "normal", generator)
     for _ in range(steps):
         delta.requires_grad_()  # the reference differentiates w.r.t. x_adv = x + delta: the same gradient
         with torch.enable_grad():
-            loss_kl = criterion_kl(F.log_softmax(model(x + delta), dim=1), F.softmax(model(x), dim=1))
+            loss_kl = criterion_kl(
+                F.log_softmax(model(x + delta), dim=1), F.softmax(model(x), dim=1)
+            )
         grad = torch.autograd.grad(loss_kl, [delta])[0]
         delta = _project(delta.detach() + step_size * torch.sign(grad.detach()), x, eps)
     return (x + delta).detach()
 
 
-def baseline_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-                  loss: str, eps: float, step_size: float, steps: int, beta: float = 6.0,
-                  generator: torch.Generator | None = None, attack_bn: BNMode = "eval",
-                  sync: bool = True) -> dict[str, float]:
+def baseline_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss: str,
+    eps: float,
+    step_size: float,
+    steps: int,
+    beta: float = 6.0,
+    generator: torch.Generator | None = None,
+    attack_bn: BNMode = "eval",
+    sync: bool = True,
+) -> dict[str, float]:
     """One training step of ``loss`` ("pgd" or "trades") the reference way; returns its metrics
     read on the host (``sync=False`` skips the reads, for FLOP counting on ``meta``). Weight
     gradients are left in ``.grad`` after the step (the references zero them before backward)."""
@@ -130,7 +163,9 @@ def baseline_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
         logits = model(x)
         loss_natural = F.cross_entropy(logits, y)
         criterion_kl = nn.KLDivLoss(reduction="sum")
-        loss_robust = (1.0 / batch) * criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
+        loss_robust = (1.0 / batch) * criterion_kl(
+            F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1)
+        )
         total = loss_natural + beta * loss_robust
         total.backward()
         opt.step()
@@ -139,8 +174,11 @@ def baseline_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
         raise ValueError(f"baseline loss must be 'pgd' or 'trades', got {loss!r}")
     if not sync:
         return {}
-    metrics = {"loss": total.item(), "clean_loss": clean_loss.item(),
-               "clean_acc": (output.max(1)[1] == y).sum().item() / batch}
+    metrics = {
+        "loss": total.item(),
+        "clean_loss": clean_loss.item(),
+        "clean_acc": (output.max(1)[1] == y).sum().item() / batch,
+    }
     if robust_output is not None:
         metrics["robust_acc"] = (robust_output.max(1)[1] == y).sum().item() / batch
     return metrics

@@ -14,8 +14,8 @@ import pickle
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -385,10 +385,9 @@ def _cli(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
     """``robustscale ARGS`` (the console script's ``main``) in this process, output captured."""
     import contextlib
     import io
+    import logging
 
     from robustscale.cli import main
-
-    import logging
 
     out, err = io.StringIO(), io.StringIO()
     root, handlers = logging.getLogger(), list(logging.getLogger().handlers)
@@ -543,7 +542,10 @@ def compare_autoattack(run_dir: Path, device: str, n: int, batch_size: int) -> d
         "verdicts_differing": int((plain["flags"] != ours["flags"]).sum()),
     }
     if device == "cuda":  # the adapter's opt-in options, judged by the same two numbers
-        for name, opts in (("channels_last", {"channels_last": True}), ("compile", {"compile": True})):
+        for name, opts in (
+            ("channels_last", {"channels_last": True}),
+            ("compile", {"compile": True}),
+        ):
             model = load(run_dir, device=dev)
             r = timed(lambda: rs_autoattack_option(**opts)(model, x, y, eps, batch_size, dev), dev)
             rec[f"{name}_seconds"] = round(r["seconds"], 2)  # compile: compilation included

@@ -3,7 +3,6 @@ figures, printed last and appended to ``DIR/device-check.md``."""
 
 from __future__ import annotations
 
-
 # ---- the summary -----------------------------------------------------------------------------
 
 

@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
-import robustscale  # noqa: E402
 from robustbench_reference import RefDMWideResNet, RefSwish  # noqa: E402
+
+import robustscale  # noqa: E402
 from robustscale.models import build_model  # noqa: E402
 from robustscale.models.dm_wrn import _Block  # noqa: E402
 
@@ -38,7 +39,9 @@ def logits_check(depth: int, width: int) -> None:
                 m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 1.5)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ckpt.pt"
-        torch.save({"model_state_dict": {f"module.0.{k}": v for k, v in ref.state_dict().items()}}, path)
+        torch.save(
+            {"model_state_dict": {f"module.0.{k}": v for k, v in ref.state_dict().items()}}, path
+        )
         t = time.perf_counter()
         model = robustscale.load(path, model=f"dm_wrn{depth}_{width}")
         seconds = time.perf_counter() - t
@@ -46,8 +49,10 @@ def logits_check(depth: int, width: int) -> None:
     with torch.no_grad():
         diff, scale = (model(x) - ref(x)).abs().max().item(), ref(x).abs().max().item()
     n = sum(p.numel() for p in model.parameters())
-    print(f"dm_wrn{depth}_{width}: {n:,} params, load {seconds:.1f} s, max |logit diff| {diff:.3g} "
-          f"(max |logit| {scale:.3g})")
+    print(
+        f"dm_wrn{depth}_{width}: {n:,} params, load {seconds:.1f} s, max |logit diff| {diff:.3g} "
+        f"(max |logit| {scale:.3g})"
+    )
 
 
 def pad_cost() -> None:
@@ -77,8 +82,10 @@ def pad_cost() -> None:
                 step(m)
             times[name].append((time.process_time() - t) / 3)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    print(", ".join(f"{k} {v:.4f} s" for k, v in med.items()),
-          f"-> explicit / own = {med['explicit F.pad'] / med['own padding']:.3f}")
+    print(
+        ", ".join(f"{k} {v:.4f} s" for k, v in med.items()),
+        f"-> explicit / own = {med['explicit F.pad'] / med['own padding']:.3f}",
+    )
 
 
 def main() -> None:

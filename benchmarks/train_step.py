@@ -46,10 +46,10 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from statistics import median
-from typing import Callable
 
 import torch
 
@@ -72,6 +72,7 @@ GPU_PEAKS = [
 
 # ---- device facts --------------------------------------------------------------------------------
 
+
 def device_info(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"device": "cuda", "device_name": torch.cuda.get_device_name(device)}
@@ -88,7 +89,7 @@ def device_info(device: torch.device) -> dict:
     return {"device": "cpu", "device_name": name, "threads": torch.get_num_threads()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def peak_tflops(device: torch.device, precision: str) -> tuple[float | None, str]:
     """The dense peak to compute utilisation against, and where it came from.
 
@@ -109,8 +110,10 @@ def peak_tflops(device: torch.device, precision: str) -> tuple[float | None, str
     return None, "CPU: no MFU"
 
 
-@functools.lru_cache(maxsize=None)
-def measured_cpu_peak(precision: str, n: int = 1024, trials: int = 7, seconds: float = 0.2) -> float:
+@functools.cache
+def measured_cpu_peak(
+    precision: str, n: int = 1024, trials: int = 7, seconds: float = 0.2
+) -> float:
     """TFLOP/s of an n x n matmul at ``precision`` on the current threads: the best of several
     short trials, since other processes' load only ever lowers a trial."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -128,12 +131,15 @@ def measured_cpu_peak(precision: str, n: int = 1024, trials: int = 7, seconds: f
 
 # ---- timing --------------------------------------------------------------------------------------
 
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _group(fn: Callable[[], object], device: torch.device, iters: int) -> tuple[float, float | None]:
+def _group(
+    fn: Callable[[], object], device: torch.device, iters: int
+) -> tuple[float, float | None]:
     """(wall seconds per call, CPU seconds per call or None on a GPU). On a shared CPU the
     process's CPU time is the figure that other processes' load disturbs least."""
     if device.type == "cuda":
@@ -151,8 +157,13 @@ def _group(fn: Callable[[], object], device: torch.device, iters: int) -> tuple[
     return (time.perf_counter() - t0) / iters, (time.process_time() - c0) / iters
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, iters: int,
-                     repeats: int) -> dict[str, dict]:
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    warmup: int,
+    iters: int,
+    repeats: int,
+) -> dict[str, dict]:
     """Per implementation: the first call alone, then ``warmup`` calls (peak memory is read over
     these); then ``repeats`` rounds that time a group of ``iters`` calls of each implementation
     in turn, so that a machine whose load drifts (shared CPUs) slows both alike."""
@@ -171,7 +182,12 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device,
             fn()
         sync(device)
         peak = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else None
-        out[name] = {"first_call_s": first, "step_peak_mem_bytes": peak, "step_s_groups": [], "cpu_s_groups": []}
+        out[name] = {
+            "first_call_s": first,
+            "step_peak_mem_bytes": peak,
+            "step_s_groups": [],
+            "cpu_s_groups": [],
+        }
     for _ in range(repeats):
         for name, fn in fns.items():
             wall, cpu = _group(fn, device, iters)
@@ -194,9 +210,21 @@ def resident_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
 
 # ---- the two steps -------------------------------------------------------------------------------
 
-def make_robustscale_step(forward: Forward, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-                          loss: str, eps: float, step_size: float, steps: int, beta: float,
-                          scaler: torch.amp.GradScaler | None = None, seed: int = 0) -> Callable[[], torch.Tensor]:
+
+def make_robustscale_step(
+    forward: Forward,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss: str,
+    eps: float,
+    step_size: float,
+    steps: int,
+    beta: float,
+    scaler: torch.amp.GradScaler | None = None,
+    seed: int = 0,
+) -> Callable[[], torch.Tensor]:
     """The engine's step on a resident batch; returns the detached loss (no host sync).
     Gradients are zeroed before backward (the engine does it after the step; same work), so
     they can be compared after a call."""
@@ -206,7 +234,9 @@ def make_robustscale_step(forward: Forward, opt: torch.optim.Optimizer, x: torch
         g = seeded_generator(seed, 0, counter[0], 7, device=x.device)
         counter[0] += 1
         opt.zero_grad(set_to_none=True)
-        out = compute_loss(loss, forward, x, y, eps=eps, step_size=step_size, steps=steps, beta=beta, generator=g)
+        out = compute_loss(
+            loss, forward, x, y, eps=eps, step_size=step_size, steps=steps, beta=beta, generator=g
+        )
         if scaler is not None:
             scaler.scale(out.loss).backward()
             scaler.step(opt)
@@ -219,17 +249,28 @@ def make_robustscale_step(forward: Forward, opt: torch.optim.Optimizer, x: torch
     return step
 
 
-def make_optimizer_for(kind: str, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer_for(
+    kind: str, model: torch.nn.Module, device: torch.device
+) -> torch.optim.Optimizer:
     """``timm``: what the engine builds (foreach on CUDA, default elsewhere); ``plain`` /
     ``foreach`` / ``fused``: torch.optim.SGD with that implementation (same hyper-parameters)."""
     if kind == "timm":
         return make_optimizer(model, 0.1, 0.9, True, 5e-4, device)
-    impl = {"plain": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[kind]
-    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, **impl)
+    impl = {"plain": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[
+        kind
+    ]
+    return torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, **impl
+    )
 
 
-def executed_flops(step: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], object], model: torch.nn.Module,
-                   shape: tuple[int, int, int], num_classes: int, batch: int = 2) -> float:
+def executed_flops(
+    step: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], object],
+    model: torch.nn.Module,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    batch: int = 2,
+) -> float:
     """FLOPs per example that ``step(meta_model, x, y)`` actually computes."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -245,6 +286,7 @@ def executed_flops(step: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor],
 
 # ---- one measurement -----------------------------------------------------------------------------
 
+
 def parse_fraction(s: str) -> float:
     return float(Fraction(s))
 
@@ -256,18 +298,44 @@ def build(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def measure(args: argparse.Namespace, device: torch.device, loss: str, k: int, base_model: torch.nn.Module,
-            x: torch.Tensor, y: torch.Tensor) -> list[dict]:
+def measure(
+    args: argparse.Namespace,
+    device: torch.device,
+    loss: str,
+    k: int,
+    base_model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> list[dict]:
     from robustscale.cost import measure_step_flops
 
     shape = (args.channels, args.image_size, args.image_size)
-    common = {"bench": "train_step", **device_info(device), "torch": torch.__version__, "model": args.model,
-              "batch_size": args.batch_size, "image_size": args.image_size, "loss": loss, "steps": k,
-              "eps": args.eps, "step_size": args.step_size, "warmup": args.warmup, "iters": args.iters,
-              "repeats": args.repeats}
+    common = {
+        "bench": "train_step",
+        **device_info(device),
+        "torch": torch.__version__,
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "loss": loss,
+        "steps": k,
+        "eps": args.eps,
+        "step_size": args.step_size,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "repeats": args.repeats,
+    }
     kw = dict(loss=loss, eps=args.eps, step_size=args.step_size, steps=k)
-    useful = measure_step_flops(base_model, loss, shape, args.num_classes, eps=args.eps, step_size=args.step_size,
-                                attack_steps=k, trades_beta=args.beta).train
+    useful = measure_step_flops(
+        base_model,
+        loss,
+        shape,
+        args.num_classes,
+        eps=args.eps,
+        step_size=args.step_size,
+        attack_steps=k,
+        trades_beta=args.beta,
+    ).train
     fns, settings, opts = {}, {}, {}
     if args.baseline:
         b_model = copy.deepcopy(base_model)
@@ -281,11 +349,27 @@ def measure(args: argparse.Namespace, device: torch.device, loss: str, k: int, b
             baseline_step(b_model, b_opt, x, y, beta=args.beta, **kw)
 
         fns["baseline"] = b_step
-        settings["baseline"] = {"precision": "fp32", "channels_last": False, "compile": False, "optimizer": "plain",
-                                "grad_checkpointing": False, "executed_flops_per_example": executed_flops(
-                                    lambda m, xb, yb: baseline_step(m, torch.optim.SGD(m.parameters(), lr=0.1), xb, yb,
-                                                                    beta=args.beta, sync=False, **kw),
-                                    base_model, shape, args.num_classes)}
+        settings["baseline"] = {
+            "precision": "fp32",
+            "channels_last": False,
+            "compile": False,
+            "optimizer": "plain",
+            "grad_checkpointing": False,
+            "executed_flops_per_example": executed_flops(
+                lambda m, xb, yb: baseline_step(
+                    m,
+                    torch.optim.SGD(m.parameters(), lr=0.1),
+                    xb,
+                    yb,
+                    beta=args.beta,
+                    sync=False,
+                    **kw,
+                ),
+                base_model,
+                shape,
+                args.num_classes,
+            ),
+        }
     model = copy.deepcopy(base_model)
     if args.grad_checkpointing:
         model.net.set_grad_checkpointing(True)
@@ -294,8 +378,9 @@ def measure(args: argparse.Namespace, device: torch.device, loss: str, k: int, b
     forward = Forward(model, args.precision, args.channels_last, args.compile, device).train()
     opts["robustscale"] = (model, make_optimizer_for(args.optimizer, model, device))
     scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
-    r_step = make_robustscale_step(forward, opts["robustscale"][1], x, y, beta=args.beta, scaler=scaler,
-                                   seed=args.seed, **kw)
+    r_step = make_robustscale_step(
+        forward, opts["robustscale"][1], x, y, beta=args.beta, scaler=scaler, seed=args.seed, **kw
+    )
 
     def rs_step() -> None:
         if device.type == "cuda":  # what robustscale.train.setup.resolve_device sets
@@ -305,21 +390,44 @@ def measure(args: argparse.Namespace, device: torch.device, loss: str, k: int, b
 
     fns["robustscale"] = rs_step
     settings["robustscale"] = {
-        "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
-        "optimizer": args.optimizer, "grad_checkpointing": args.grad_checkpointing,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "optimizer": args.optimizer,
+        "grad_checkpointing": args.grad_checkpointing,
         "executed_flops_per_example": executed_flops(
-            lambda m, xb, yb: compute_loss(loss, m, xb, yb, eps=args.eps, step_size=args.step_size, steps=k,
-                                           beta=args.beta).loss.backward(), base_model, shape, args.num_classes)}
+            lambda m, xb, yb: compute_loss(
+                loss, m, xb, yb, eps=args.eps, step_size=args.step_size, steps=k, beta=args.beta
+            ).loss.backward(),
+            base_model,
+            shape,
+            args.num_classes,
+        ),
+    }
     timed = time_interleaved(fns, device, args.warmup, args.iters, args.repeats)
     records = []
     for name, rec in timed.items():
         m, o = opts[name]
         res = resident_bytes(m, o)
         rec["resident_bytes"] = res
-        rec["peak_mem_bytes"] = res + rec["step_peak_mem_bytes"] if rec["step_peak_mem_bytes"] is not None else None
+        rec["peak_mem_bytes"] = (
+            res + rec["step_peak_mem_bytes"] if rec["step_peak_mem_bytes"] is not None else None
+        )
         s = settings[name]
-        r = {**common, "impl": name, **s, **rec,
-             **figures(rec, useful, s["executed_flops_per_example"], args.batch_size, device, s["precision"])}
+        r = {
+            **common,
+            "impl": name,
+            **s,
+            **rec,
+            **figures(
+                rec,
+                useful,
+                s["executed_flops_per_example"],
+                args.batch_size,
+                device,
+                s["precision"],
+            ),
+        }
         if name == "robustscale" and args.compile:
             r["compile_s"] = max(0.0, rec["first_call_s"] - rec["step_s"])
         records.append(r)
@@ -327,19 +435,28 @@ def measure(args: argparse.Namespace, device: torch.device, loss: str, k: int, b
         b, r = timed["baseline"], timed["robustscale"]
         records[-1]["speedup_vs_baseline"] = b["step_s"] / r["step_s"]
         records[-1]["speedup_paired_median"] = median(
-            bs / rs for bs, rs in zip(b["step_s_groups"], r["step_s_groups"]))
+            bs / rs for bs, rs in zip(b["step_s_groups"], r["step_s_groups"])
+        )
         records[-1]["speedup_min"] = b["step_s_min"] / r["step_s_min"]
         if r["cpu_s"]:
             records[-1]["speedup_cpu_time"] = b["cpu_s"] / r["cpu_s"]
     return records
 
 
-def figures(rec: dict, useful: float, executed: float, batch: int, device: torch.device, precision: str) -> dict:
+def figures(
+    rec: dict, useful: float, executed: float, batch: int, device: torch.device, precision: str
+) -> dict:
     peak, basis = peak_tflops(device, precision)
     achieved = useful * batch / rec["step_s"] / 1e12
-    out = {"examples_per_s": batch / rec["step_s"], "flops_per_example": useful, "achieved_tflops": achieved,
-           "executed_tflops": executed * batch / rec["step_s"] / 1e12,
-           "peak_tflops": peak, "peak_basis": basis, "mfu": achieved / peak if peak else None}
+    out = {
+        "examples_per_s": batch / rec["step_s"],
+        "flops_per_example": useful,
+        "achieved_tflops": achieved,
+        "executed_tflops": executed * batch / rec["step_s"] / 1e12,
+        "peak_tflops": peak,
+        "peak_basis": basis,
+        "mfu": achieved / peak if peak else None,
+    }
     if device.type == "cpu":
         out["cpu_matmul_tflops"] = measured_cpu_peak(precision)
     return out
@@ -369,38 +486,65 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--project-epochs", type=int, default=None,
-                   help="also report the wall time of this many epochs of --epoch-examples at the measured rate")
-    p.add_argument("--epoch-examples", type=int, default=50_000, help="examples per epoch (CIFAR: 50,000)")
+    p.add_argument(
+        "--project-epochs",
+        type=int,
+        default=None,
+        help="also report the wall time of this many epochs of --epoch-examples at the measured rate",
+    )
+    p.add_argument(
+        "--epoch-examples", type=int, default=50_000, help="examples per epoch (CIFAR: 50,000)"
+    )
     p.add_argument("--out", type=Path, default=None, help="append JSON lines to this file")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     base_model = build(args, device)
     g = torch.Generator(device=device).manual_seed(args.seed)
-    x = torch.rand(args.batch_size, args.channels, args.image_size, args.image_size, device=device, generator=g)
+    x = torch.rand(
+        args.batch_size, args.channels, args.image_size, args.image_size, device=device, generator=g
+    )
     y = torch.randint(0, args.num_classes, (args.batch_size,), device=device, generator=g)
     for loss in args.loss.split(","):
         for k in (int(s) for s in args.steps.split(",")):
             try:
                 records = measure(args, device, loss, k, base_model, x, y)
             except torch.OutOfMemoryError as exc:  # "does it fit?" is itself a figure
-                records = [{"bench": "train_step", **device_info(device), "torch": torch.__version__,
-                            "model": args.model, "batch_size": args.batch_size, "loss": loss, "steps": k,
-                            "impl": "robustscale", "precision": args.precision,
-                            "channels_last": args.channels_last, "compile": args.compile,
-                            "grad_checkpointing": args.grad_checkpointing, "fits": False,
-                            "error": str(exc).splitlines()[0]}]
+                records = [
+                    {
+                        "bench": "train_step",
+                        **device_info(device),
+                        "torch": torch.__version__,
+                        "model": args.model,
+                        "batch_size": args.batch_size,
+                        "loss": loss,
+                        "steps": k,
+                        "impl": "robustscale",
+                        "precision": args.precision,
+                        "channels_last": args.channels_last,
+                        "compile": args.compile,
+                        "grad_checkpointing": args.grad_checkpointing,
+                        "fits": False,
+                        "error": str(exc).splitlines()[0],
+                    }
+                ]
             if device.type == "cuda":  # the failed attempt's tensors are gone with its frames
                 torch.cuda.empty_cache()
             for rec in records:
                 if "examples_per_s" in rec:
                     rec["fits"] = True
-                    if args.project_epochs:  # one GPU, this step alone (no data loading, no validation)
+                    if (
+                        args.project_epochs
+                    ):  # one GPU, this step alone (no data loading, no validation)
                         rec["projected_epochs"] = args.project_epochs
-                        rec["projected_wall_s"] = args.project_epochs * args.epoch_examples / rec["examples_per_s"]
+                        rec["projected_wall_s"] = (
+                            args.project_epochs * args.epoch_examples / rec["examples_per_s"]
+                        )
                 emit(rec, args.out)
 
 
@@ -411,8 +555,11 @@ def emit(rec: dict, out: Path | None) -> None:
         with open(out, "a") as f:
             f.write(line + "\n")
     if not rec.get("fits", True):
-        print(f"{rec['impl']:>11} {rec['loss']:>6} k={rec['steps']:<2} does not fit: {rec['error']}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{rec['impl']:>11} {rec['loss']:>6} k={rec['steps']:<2} does not fit: {rec['error']}",
+            file=sys.stderr,
+            flush=True,
+        )
         return
     ratio = ""
     if "speedup_vs_baseline" in rec:
@@ -420,8 +567,12 @@ def emit(rec: dict, out: Path | None) -> None:
         ratio += f", CPU time x{rec['speedup_cpu_time']:.2f})" if "speedup_cpu_time" in rec else ")"
     mfu = f"  MFU {100 * rec['mfu']:.1f}%" if rec["mfu"] is not None else ""
     mem = f"  {rec['peak_mem_bytes'] / 2**30:.2f} GiB" if rec["peak_mem_bytes"] else ""
-    print(f"{rec['impl']:>11} {rec['loss']:>6} k={rec['steps']:<2} {rec['examples_per_s']:9.1f} ex/s  "
-          f"{rec['achieved_tflops']:.3f} TFLOP/s{mfu}{mem}{ratio}", file=sys.stderr, flush=True)
+    print(
+        f"{rec['impl']:>11} {rec['loss']:>6} k={rec['steps']:<2} {rec['examples_per_s']:9.1f} ex/s  "
+        f"{rec['achieved_tflops']:.3f} TFLOP/s{mfu}{mem}{ratio}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

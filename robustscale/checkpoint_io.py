@@ -76,20 +76,34 @@ def safe_load(path: str | Path, *, mmap: bool = False) -> Any:
         raise RobustscaleError(f"checkpoint {str(path)!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError,
-            KeyError, TypeError, AttributeError, IndexError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+    ) as exc:
         reason = first_line(exc)[:160]
-        raise RobustscaleError(f"checkpoint {str(path)!r} is truncated, corrupt or unsafe to load "
-                               f"({reason}); delete it to fall back to an older one, "
-                               "or retrain") from None
+        raise RobustscaleError(
+            f"checkpoint {str(path)!r} is truncated, corrupt or unsafe to load "
+            f"({reason}); delete it to fall back to an older one, "
+            "or retrain"
+        ) from None
 
 
 def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     """A robustscale checkpoint (a dict with a ``model`` state dict), loaded safely."""
     state = safe_load(path, mmap=mmap)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise RobustscaleError(f"checkpoint {str(path)!r} is not a robustscale checkpoint "
-                               "(no 'model' entry); delete it or restore it from a backup")
+        raise RobustscaleError(
+            f"checkpoint {str(path)!r} is not a robustscale checkpoint "
+            "(no 'model' entry); delete it or restore it from a backup"
+        )
     return state
 
 

@@ -37,10 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute-aware adversarial robustness: train, evaluate, cost, sweep, analyse.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="no progress bars and no progress lines, warnings and errors only "
-                        "(bars are also off when stderr is not a terminal: one line per stage "
-                        "then)")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bars and no progress lines, warnings and errors only "
+        "(bars are also off when stderr is not a terminal: one line per stage "
+        "then)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -17,8 +17,17 @@ from robustscale.runs import RunDir
 log = logging.getLogger(__name__)
 
 DEMO_EPS = 0.2
-_COMMON = dict(dataset="digits", model="wrn10_1", eps=DEMO_EPS, step_size=DEMO_EPS / 4, batch_size=64,
-               lr=0.05, val_size=128, val_attack_steps=10, seed=0)
+_COMMON = dict(
+    dataset="digits",
+    model="wrn10_1",
+    eps=DEMO_EPS,
+    step_size=DEMO_EPS / 4,
+    batch_size=64,
+    lr=0.05,
+    val_size=128,
+    val_attack_steps=10,
+    seed=0,
+)
 DEMO_RECIPES = {
     "standard": dict(_COMMON, loss="standard", attack_steps=0, epochs=6),
     "pgd-at": dict(_COMMON, loss="pgd", attack_steps=5, epochs=10),
@@ -37,19 +46,21 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True) -> list[dict[
         run_dir = train(recipe, out_root=out, progress=progress)
         result = evaluate_run(run_dir, attack="pgd", steps=40, eps=DEMO_EPS, checkpoint="best")
         cost = RunDir(Path(run_dir)).read_cost()
-        rows.append({
-            "name": name,
-            "clean_acc": result.clean_acc,
-            "pgd40_acc": result.robust_acc,
-            "train_seconds": (cost.device_seconds or 0.0) / max(cost.num_devices or 1, 1),
-            "train_flops": cost.train_flops,
-            "device_hours": cost.device_hours,
-            "energy_kwh": cost.energy_kwh,
-            "electricity_cost_usd": cost.electricity_cost_usd,
-            "co2_kg": cost.co2_kg,
-            "energy_source": cost.energy_source,
-            "run_dir": str(run_dir),
-        })
+        rows.append(
+            {
+                "name": name,
+                "clean_acc": result.clean_acc,
+                "pgd40_acc": result.robust_acc,
+                "train_seconds": (cost.device_seconds or 0.0) / max(cost.num_devices or 1, 1),
+                "train_flops": cost.train_flops,
+                "device_hours": cost.device_hours,
+                "energy_kwh": cost.energy_kwh,
+                "electricity_cost_usd": cost.electricity_cost_usd,
+                "co2_kg": cost.co2_kg,
+                "energy_source": cost.energy_source,
+                "run_dir": str(run_dir),
+            }
+        )
     return rows
 
 
@@ -74,9 +85,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         cost = " ".join(f"{_cell(r[k], fmt):>{w}}" for k, _, w, fmt in _COST_COLUMNS)
-        lines.append(f"{r['name']:<10} {r['clean_acc']:>8.1f} {r['pgd40_acc']:>9.1f} {r['train_seconds']:>8.1f} "
-                     f"{cost}  {r['run_dir']}")
+        lines.append(
+            f"{r['name']:<10} {r['clean_acc']:>8.1f} {r['pgd40_acc']:>9.1f} {r['train_seconds']:>8.1f} "
+            f"{cost}  {r['run_dir']}"
+        )
     sources = sorted({r["energy_source"] for r in rows})
-    lines.append(f"(digits test split, eps = {DEMO_EPS} in [0, 1] pixel units; energy source: {', '.join(sources)}; "
-                 "energy, cost and CO2 are 'unmeasured' where no NVML/RAPL meter is readable)")
+    lines.append(
+        f"(digits test split, eps = {DEMO_EPS} in [0, 1] pixel units; energy source: {', '.join(sources)}; "
+        "energy, cost and CO2 are 'unmeasured' where no NVML/RAPL meter is readable)"
+    )
     return "\n".join(lines)

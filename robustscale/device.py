@@ -15,11 +15,17 @@ def resolve_device(name: str | torch.device) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise RobustscaleError(f"device={str(name)!r} is not known; allowed: auto, cpu, cuda, cuda:N") from None
+        raise RobustscaleError(
+            f"device={str(name)!r} is not known; allowed: auto, cpu, cuda, cuda:N"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RobustscaleError(f"device={str(name)!r} but no CUDA GPU is visible; allowed here: auto, cpu")
+            raise RobustscaleError(
+                f"device={str(name)!r} but no CUDA GPU is visible; allowed here: auto, cpu"
+            )
         return torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
     if dev.type != "cpu":
-        raise RobustscaleError(f"device={str(name)!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
+        raise RobustscaleError(
+            f"device={str(name)!r} is not supported; allowed: auto, cpu, cuda, cuda:N"
+        )
     return dev

@@ -6,14 +6,12 @@ fields, and returns the model-zoo constructor line. Loading checkpoint files tra
 is robustscale/foreign_checkpoints.py.
 """
 
-
 from __future__ import annotations
 
 import logging
 import re
 from pathlib import Path
 from typing import Any
-
 
 from robustscale.errors import RobustscaleError
 
@@ -117,8 +115,8 @@ def export_robustbench(
     ``normalize.std`` and ``model.*``) and ``<name>.json`` (:func:`model_info`). ``name``
     defaults to the run id. Everything is checked before anything is written. Returns the
     paths, the model info and the model-zoo ``constructor`` line."""
-    from robustscale.data import dataset_info
     from robustscale.checkpoint_io import torch_save
+    from robustscale.data import dataset_info
     from robustscale.files import atomic_write_json
     from robustscale.models import DM_WRN_VARIANTS, WRN_VARIANTS
     from robustscale.models.robustbench import constructor_line, to_robustbench

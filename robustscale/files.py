@@ -18,8 +18,9 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from robustscale.errors import RobustscaleError, first_line
 
@@ -29,17 +30,23 @@ def fs_error(path: Path, exc: OSError) -> RobustscaleError:
     cause = errno.errorcode.get(exc.errno or 0, "")
     why = f"{exc.strerror or exc}" + (f" ({cause})" if cause else "")
     if exc.errno == errno.ENOSPC:
-        return RobustscaleError(f"no space left on the device while writing {str(path)!r} (ENOSPC); "
-                                "the previous version is kept; free space and run the command again")
+        return RobustscaleError(
+            f"no space left on the device while writing {str(path)!r} (ENOSPC); "
+            "the previous version is kept; free space and run the command again"
+        )
     if exc.errno in (errno.EDQUOT, errno.EFBIG):
-        return RobustscaleError(f"cannot write {str(path)!r}: {why}; the previous version is kept; "
-                                "free space (or raise the limit) and run the command again")
+        return RobustscaleError(
+            f"cannot write {str(path)!r}: {why}; the previous version is kept; "
+            "free space (or raise the limit) and run the command again"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return RobustscaleError(f"cannot write {str(path)!r}: {why}; "
-                                "choose a writable output folder")
+        return RobustscaleError(
+            f"cannot write {str(path)!r}: {why}; choose a writable output folder"
+        )
     if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
-        return RobustscaleError(f"cannot write {str(path)!r}: {why}; give a file path whose parent "
-                                "is a folder")
+        return RobustscaleError(
+            f"cannot write {str(path)!r}: {why}; give a file path whose parent is a folder"
+        )
     return RobustscaleError(f"cannot write {str(path)!r}: {why}")
 
 
@@ -51,13 +58,16 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
     before any work is done; the parent folder need not exist yet."""
     path = Path(path)
     if path.is_dir():
-        raise RobustscaleError(f"{what} {str(path)!r} is a folder; give a file path such as "
-                               f"{str(path / 'out')!r} plus a suffix")
+        raise RobustscaleError(
+            f"{what} {str(path)!r} is a folder; give a file path such as "
+            f"{str(path / 'out')!r} plus a suffix"
+        )
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise RobustscaleError(f"{what} {str(path)!r}: {str(parent)!r} is a file, "
-                                       "not a folder")
+                raise RobustscaleError(
+                    f"{what} {str(path)!r}: {str(parent)!r} is a file, not a folder"
+                )
             break
     return path
 
@@ -68,8 +78,9 @@ def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
-                raise RobustscaleError(f"{what} {str(path)!r}: {str(p)!r} is a file, not a folder; "
-                                       "give a folder")
+                raise RobustscaleError(
+                    f"{what} {str(path)!r}: {str(p)!r} is a file, not a folder; give a folder"
+                )
             break
     return path
 
@@ -174,8 +185,10 @@ def read_yaml_mapping(path: str | Path, what: str = "recipe file") -> dict[str, 
     try:
         data = yaml.safe_load(path.read_text())
     except UnicodeDecodeError as exc:
-        raise RobustscaleError(f"{what} {str(path)!r} is not UTF-8 text ({first_line(exc)}); "
-                               "it is damaged or not a YAML file") from None
+        raise RobustscaleError(
+            f"{what} {str(path)!r} is not UTF-8 text ({first_line(exc)}); "
+            "it is damaged or not a YAML file"
+        ) from None
     except OSError as exc:
         raise RobustscaleError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
@@ -234,7 +247,12 @@ def rewrite_csv(path: str | Path, columns: list[str], rows: list[dict[str, Any]]
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _csv_value(row.get(k)) if not isinstance(row.get(k), str) else row.get(k) for k in columns})
+        writer.writerow(
+            {
+                k: _csv_value(row.get(k)) if not isinstance(row.get(k), str) else row.get(k)
+                for k in columns
+            }
+        )
     atomic_write_text(path, buf.getvalue())
 
 
@@ -246,9 +264,11 @@ _COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
 def check_component(value: Any, what: str) -> str:
     """``value`` when it is one safe path component, else a one-line RobustscaleError."""
     if not isinstance(value, str) or not _COMPONENT.fullmatch(value):
-        raise RobustscaleError(f"{what} {value!r} cannot be used in a file name; allowed: letters, "
-                               "digits and _ . - (at most 200, not starting with '.'; no '/', '..' "
-                               "or absolute paths)")
+        raise RobustscaleError(
+            f"{what} {value!r} cannot be used in a file name; allowed: letters, "
+            "digits and _ . - (at most 200, not starting with '.'; no '/', '..' "
+            "or absolute paths)"
+        )
     return value
 
 
@@ -256,6 +276,8 @@ def contained(root: str | Path, path: str | Path) -> Path:
     """``path`` resolved, when it lies inside ``root`` (links followed); else a RobustscaleError."""
     base, target = Path(root).resolve(), Path(path).resolve()
     if target != base and base not in target.parents:
-        raise RobustscaleError(f"{str(path)!r} resolves to {str(target)!r}, outside {str(base)!r}; "
-                               "refusing to write there")
+        raise RobustscaleError(
+            f"{str(path)!r} resolves to {str(target)!r}, outside {str(base)!r}; "
+            "refusing to write there"
+        )
     return target

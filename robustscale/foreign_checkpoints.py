@@ -8,7 +8,6 @@ normaliser keys (robustscale.models.robustbench). Loading is ``weights_only``: n
 file runs. Exports of robustscale runs for RobustBench are robustscale/export.py.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -24,12 +23,11 @@ log = logging.getLogger(__name__)
 __all__ = ["load_weights_file", "read_state_dict"]
 
 
-
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of tensors in a checkpoint file, out of its container (``state_dict``,
     ``model_state_dict``, ``model``, nested as saved). Never runs code from the file."""
-    from robustscale.models.robustbench import CONTAINER_KEYS
     from robustscale.checkpoint_io import safe_load
+    from robustscale.models.robustbench import CONTAINER_KEYS
 
     state = safe_load(path)
     while isinstance(state, dict):

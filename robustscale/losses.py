@@ -12,8 +12,8 @@ the batches, counted with validation); TRADES (2K + 7)F
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,9 @@ CLEAN_ACC_EVERY = 10
 
 def samples_clean_accuracy(loss: str, step: int) -> bool:
     """Whether the engine runs that extra clean forward at ``step`` (0-based, within the epoch)."""
-    return loss not in REPORTS_CLEAN_ACCURACY and step % CLEAN_ACC_EVERY == 0  # steps 0, 10, 20, ...
+    return (
+        loss not in REPORTS_CLEAN_ACCURACY and step % CLEAN_ACC_EVERY == 0
+    )  # steps 0, 10, 20, ...
 
 
 def clean_monitor_steps(loss: str, steps_per_epoch: int) -> int:
@@ -47,8 +49,8 @@ def clean_monitor_steps(loss: str, steps_per_epoch: int) -> int:
 @dataclass
 class LossOutput:
     loss: torch.Tensor
-    logits_clean: Optional[torch.Tensor]  # detached; None when not computed
-    logits_adv: Optional[torch.Tensor]  # detached; None for standard training
+    logits_clean: torch.Tensor | None  # detached; None when not computed
+    logits_adv: torch.Tensor | None  # detached; None for standard training
 
 
 def standard_loss(model: Model, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
@@ -57,7 +59,12 @@ def standard_loss(model: Model, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
 
 
 def pgd_at_loss(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
     generator: torch.Generator | None = None,
 ) -> LossOutput:
     """Madry et al.: cross-entropy on the PGD adversarial example (uniform random start).
@@ -70,23 +77,43 @@ def pgd_at_loss(
     return LossOutput(F.cross_entropy(logits_adv, y), None, logits_adv.detach())
 
 
-def trades_objective(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+def trades_objective(
+    logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float
+) -> torch.Tensor:
     """CE(f(x), y) + beta * KL(f(x) || f(x_adv)), the KL averaged over the batch (TRADES' 'batchmean')."""
     natural = F.cross_entropy(logits_clean, y)
-    robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
+    robust = F.kl_div(
+        F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean"
+    )
     return natural + beta * robust
 
 
 def trades_loss(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
-    beta: float, generator: torch.Generator | None = None,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
+    beta: float,
+    generator: torch.Generator | None = None,
 ) -> LossOutput:
     """Zhang et al.: delta maximises KL(f(x) || f(x + delta)) from a tiny Gaussian start, then the
     TRADES objective on clean and adversarial forwards (two forwards, as the reference code)."""
     with frozen_bn_stats(model):
         with torch.no_grad():
             p_clean = F.softmax(model(x).float(), dim=1)
-        x_adv = pgd(model, x, p_clean, eps, steps, step_size, init="normal", loss_fn=kl_sum, generator=generator)
+        x_adv = pgd(
+            model,
+            x,
+            p_clean,
+            eps,
+            steps,
+            step_size,
+            init="normal",
+            loss_fn=kl_sum,
+            generator=generator,
+        )
     logits_clean = model(x).float()
     logits_adv = model(x_adv).float()
     loss = trades_objective(logits_clean, logits_adv, y, beta)
@@ -94,8 +121,16 @@ def trades_loss(
 
 
 def compute_loss(
-    kind: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
-    steps: int, beta: float = 6.0, generator: torch.Generator | None = None,
+    kind: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    beta: float = 6.0,
+    generator: torch.Generator | None = None,
 ) -> LossOutput:
     """Dispatch on the recipe's ``loss`` name (standard | pgd | trades)."""
     if kind == "standard":

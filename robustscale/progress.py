@@ -81,7 +81,7 @@ class _StageLine:
                 "%s: %s %s in %.1fs%s", self.desc, n, unit, time.perf_counter() - self.t0, extra
             )
 
-    def __enter__(self) -> "_StageLine":
+    def __enter__(self) -> _StageLine:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -14,7 +14,7 @@ import math
 import re
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -52,7 +52,9 @@ _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 def parse_fraction(value: Any, key: str = "value") -> float:
     """Read a number given as a float, an int or a fraction string such as ``"8/255"``."""
     if isinstance(value, bool):
-        raise RobustscaleError(f"{key}={value!r} is not a number; give a float or a fraction such as 8/255")
+        raise RobustscaleError(
+            f"{key}={value!r} is not a number; give a float or a fraction such as 8/255"
+        )
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
@@ -66,7 +68,9 @@ def parse_fraction(value: Any, key: str = "value") -> float:
             return float(value)
         except ValueError:
             pass
-    raise RobustscaleError(f"{key}={value!r} is not a number; give a float or a fraction such as 8/255")
+    raise RobustscaleError(
+        f"{key}={value!r} is not a number; give a float or a fraction such as 8/255"
+    )
 
 
 def format_eps(eps: float) -> str:
@@ -88,7 +92,7 @@ class Recipe(BaseModel):
     # data
     dataset: Literal["cifar10", "cifar100", "digits", "arrays"] = "digits"
     data_dir: str = "data"
-    synthetic_data: Optional[str] = None
+    synthetic_data: str | None = None
     synthetic_fraction: float = 0.0
     augment: bool = True  # random crop (4 px) + horizontal flip; CIFAR only
     val_size: int = 256
@@ -116,7 +120,7 @@ class Recipe(BaseModel):
     nesterov: bool = False
     weight_decay: float = 5e-4
     schedule: Literal["cosine", "step"] = "cosine"
-    ema_decay: Optional[float] = None
+    ema_decay: float | None = None
     seed: int = 0
     # execution
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -126,12 +130,12 @@ class Recipe(BaseModel):
     sync_bn: bool = False
     grad_checkpointing: bool = False  # activation checkpointing (WRN-70-16 TRADES at large batches)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint_every_steps: Optional[int] = None
+    checkpoint_every_steps: int | None = None
     # accounting (the paper's constants)
     pue: float = 1.58
     usd_per_kwh: float = 0.12
     gco2_per_kwh: float = 566.3
-    power_watts: Optional[float] = None  # only for an explicitly *estimated* energy
+    power_watts: float | None = None  # only for an explicitly *estimated* energy
     power_sample_interval: float = 0.1
     # where researchers watch the run (not a result: left out of the run id)
     trackers: list[str] = []
@@ -163,40 +167,87 @@ class Recipe(BaseModel):
         return check_component(v, "model")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "Recipe":
+    def _ranges(self) -> Recipe:
         checks = [
             ("eps", self.eps, 0 <= self.eps <= 1, "a number in [0, 1] (input units)"),
             ("step_size", self.step_size, self.step_size > 0, "a number > 0"),
-            ("synthetic_fraction", self.synthetic_fraction, 0 <= self.synthetic_fraction < 1, "a number in [0, 1)"),
+            (
+                "synthetic_fraction",
+                self.synthetic_fraction,
+                0 <= self.synthetic_fraction < 1,
+                "a number in [0, 1)",
+            ),
             ("epochs", self.epochs, self.epochs >= 1, "an integer >= 1"),
-            ("warmup_epochs", self.warmup_epochs, 0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
-             f"an integer in [0, epochs={self.epochs})"),
+            (
+                "warmup_epochs",
+                self.warmup_epochs,
+                0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+                f"an integer in [0, epochs={self.epochs})",
+            ),
             ("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1"),
             ("lr", self.lr, self.lr > 0, "a number > 0"),
             ("momentum", self.momentum, 0 <= self.momentum < 1, "a number in [0, 1)"),
             ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
             ("trades_beta", self.trades_beta, self.trades_beta >= 0, "a number >= 0"),
             ("val_size", self.val_size, self.val_size >= 0, "an integer >= 0"),
-            ("train_fraction", self.train_fraction, 0 < self.train_fraction <= 1, "a number in (0, 1]"),
-            ("val_attack_steps", self.val_attack_steps, self.val_attack_steps >= 1, "an integer >= 1"),
+            (
+                "train_fraction",
+                self.train_fraction,
+                0 < self.train_fraction <= 1,
+                "a number in (0, 1]",
+            ),
+            (
+                "val_attack_steps",
+                self.val_attack_steps,
+                self.val_attack_steps >= 1,
+                "an integer >= 1",
+            ),
             ("drop_rate", self.drop_rate, 0 <= self.drop_rate < 1, "a number in [0, 1)"),
             ("pue", self.pue, self.pue >= 1, "a number >= 1"),
             ("usd_per_kwh", self.usd_per_kwh, self.usd_per_kwh >= 0, "a number >= 0"),
             ("gco2_per_kwh", self.gco2_per_kwh, self.gco2_per_kwh >= 0, "a number >= 0"),
-            ("power_sample_interval", self.power_sample_interval, self.power_sample_interval > 0, "a number > 0"),
+            (
+                "power_sample_interval",
+                self.power_sample_interval,
+                self.power_sample_interval > 0,
+                "a number > 0",
+            ),
         ]
         if self.loss != "standard":
-            checks.append(("attack_steps", self.attack_steps, self.attack_steps >= 1,
-                           f"an integer >= 1 with loss={self.loss}"))
+            checks.append(
+                (
+                    "attack_steps",
+                    self.attack_steps,
+                    self.attack_steps >= 1,
+                    f"an integer >= 1 with loss={self.loss}",
+                )
+            )
         else:
-            checks.append(("attack_steps", self.attack_steps, self.attack_steps >= 0, "an integer >= 0"))
+            checks.append(
+                ("attack_steps", self.attack_steps, self.attack_steps >= 0, "an integer >= 0")
+            )
         if self.ema_decay is not None:
-            checks.append(("ema_decay", self.ema_decay, 0 < self.ema_decay < 1, "null (no EMA) or a number in (0, 1)"))
+            checks.append(
+                (
+                    "ema_decay",
+                    self.ema_decay,
+                    0 < self.ema_decay < 1,
+                    "null (no EMA) or a number in (0, 1)",
+                )
+            )
         if self.checkpoint_every_steps is not None:
-            checks.append(("checkpoint_every_steps", self.checkpoint_every_steps, self.checkpoint_every_steps >= 1,
-                           "null or an integer >= 1"))
+            checks.append(
+                (
+                    "checkpoint_every_steps",
+                    self.checkpoint_every_steps,
+                    self.checkpoint_every_steps >= 1,
+                    "null or an integer >= 1",
+                )
+            )
         if self.power_watts is not None:
-            checks.append(("power_watts", self.power_watts, self.power_watts > 0, "null or a number > 0"))
+            checks.append(
+                ("power_watts", self.power_watts, self.power_watts > 0, "null or a number > 0")
+            )
         checks.append(("seed", self.seed, 0 <= self.seed < 2**63, "an integer from 0 to 2**63 - 1"))
         for key, value, ok, allowed in checks:
             if not ok or (isinstance(value, float) and not math.isfinite(value)):
@@ -214,25 +265,30 @@ class Recipe(BaseModel):
                     "a path to an .npz with 'image' (uint8 NxHxWxC) and 'label', or a folder of image.npy + label.npy"
                 )
             if self.synthetic_fraction <= 0:
-                raise ValueError("synthetic_fraction=0.0 with synthetic_data set; allowed: a number in (0, 1)")
+                raise ValueError(
+                    "synthetic_fraction=0.0 with synthetic_data set; allowed: a number in (0, 1)"
+                )
         return self
 
     # ---- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], site_defaults: bool = False) -> "Recipe":
+    def from_dict(cls, data: dict[str, Any], site_defaults: bool = False) -> Recipe:
         """Validate a plain dict; raise RobustscaleError with one line on any problem.
 
         ``site_defaults=True`` fills the cost constants the dict does not give from the site's
         robustscale.toml ``[cost]`` table (robustscale/site_config.py); the CLI's loaders ask
         for it, a resolved recipe.yaml of a run never needs it."""
         if not isinstance(data, dict):
-            raise RobustscaleError(f"a recipe must be a mapping of key: value, got {type(data).__name__}")
+            raise RobustscaleError(
+                f"a recipe must be a mapping of key: value, got {type(data).__name__}"
+            )
         return cls(**(_with_cost_defaults(data) if site_defaults else data))
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None,
-                  site_defaults: bool = False) -> "Recipe":
+    def from_yaml(
+        cls, path: str | Path, overrides: list[str] | None = None, site_defaults: bool = False
+    ) -> Recipe:
         """Load a YAML recipe file, apply ``key=value`` overrides, validate (``site_defaults``:
         as :meth:`from_dict`)."""
         from robustscale.files import read_yaml_mapping
@@ -241,7 +297,7 @@ class Recipe(BaseModel):
         data.update(parse_overrides(overrides or []))
         return cls.from_dict(data, site_defaults=site_defaults)
 
-    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Recipe":
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Recipe:
         """A new recipe with ``key=value`` strings (or a dict) applied, validated."""
         extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
         return Recipe.from_dict({**self.to_dict(), **extra})
@@ -257,8 +313,11 @@ class Recipe(BaseModel):
     def result_dict(self) -> dict[str, Any]:
         """The keys that change what the run computes (everything but NON_RESULT_KEYS). Keys added
         after runs were made are left out at their default, so those runs keep their ids."""
-        return {k: v for k, v in self.to_dict().items()
-                if k not in NON_RESULT_KEYS and not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in NON_RESULT_KEYS and not (k in _LATER_KEYS and v == _LATER_KEYS[k])
+        }
 
     def train_subset_size(self, n: int) -> int:
         """Training examples kept of ``n`` (after the validation hold-out) at ``train_fraction``."""
@@ -274,9 +333,13 @@ class Recipe(BaseModel):
         blob = json.dumps(self.result_dict(), sort_keys=True, default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
         steps = f"{self.attack_steps}" if self.adversarial else ""
-        return f"{self.dataset}-{self.model}-{self.loss}{steps}-e{self.epochs}-s{self.seed}-{digest}"
+        return (
+            f"{self.dataset}-{self.model}-{self.loss}{steps}-e{self.epochs}-s{self.seed}-{digest}"
+        )
 
-    def diff(self, other: "Recipe", ignore: frozenset[str] = NON_RESULT_KEYS) -> dict[str, tuple[Any, Any]]:
+    def diff(
+        self, other: Recipe, ignore: frozenset[str] = NON_RESULT_KEYS
+    ) -> dict[str, tuple[Any, Any]]:
         """Keys whose values differ between two recipes (ignoring ``ignore``)."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
@@ -290,11 +353,15 @@ def check_tracker_names(names: Any) -> list[str]:
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not isinstance(names, (list, tuple)):
-        raise ValueError(f"trackers={names!r} is not a list; allowed: a list of {', '.join(TRACKER_NAMES)}")
+        raise ValueError(
+            f"trackers={names!r} is not a list; allowed: a list of {', '.join(TRACKER_NAMES)}"
+        )
     out: list[str] = []
     for name in names:
         if name not in TRACKER_NAMES:
-            raise ValueError(f"trackers: {name!r} is not a known tracker; allowed: {', '.join(TRACKER_NAMES)}")
+            raise ValueError(
+                f"trackers: {name!r} is not a known tracker; allowed: {', '.join(TRACKER_NAMES)}"
+            )
         if name not in out:
             out.append(name)
     return out
@@ -305,7 +372,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise RobustscaleError(f"override {item!r} is not key=value (for example --set epochs=5)")
+            raise RobustscaleError(
+                f"override {item!r} is not key=value (for example --set epochs=5)"
+            )
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key:
@@ -327,7 +396,7 @@ def _one_line(exc: ValidationError, data: dict[str, Any]) -> str:
     if err.get("type") == "literal_error":
         return f"{loc}={data.get(loc)!r} is not allowed; {msg[0].lower() + msg[1:]}"
     if msg.startswith("Value error, "):
-        return msg[len("Value error, "):]
+        return msg[len("Value error, ") :]
     if err.get("type") == "value_error" and "ctx" in err and "error" in err["ctx"]:
         return str(err["ctx"]["error"])
     if loc:

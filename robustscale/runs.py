@@ -22,10 +22,10 @@ import io
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from robustscale.errors import RobustscaleError, first_line
 from robustscale.files import append_csv_row, atomic_write_json, rewrite_csv
@@ -60,8 +60,15 @@ class RunFileError(RobustscaleError):
 # ---- value checks shared by the records ---------------------------------------------------
 
 
-def _num(data: Mapping[str, Any], key: str, path: Path, *, integer: bool = False,
-         required: bool = False, minimum: float | None = 0.0) -> Any:
+def _num(
+    data: Mapping[str, Any],
+    key: str,
+    path: Path,
+    *,
+    integer: bool = False,
+    required: bool = False,
+    minimum: float | None = 0.0,
+) -> Any:
     """``data[key]`` as a finite number (None when null/absent unless ``required``)."""
     value = data.get(key)
     if value is None or value == "":
@@ -142,18 +149,24 @@ class Status:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], path: Path) -> "Status":
+    def from_json(cls, data: Mapping[str, Any], path: Path) -> Status:
         state = data.get("state")
         if state not in RUN_STATES:
             raise RunFileError(path, f"has state={state!r}; allowed: {', '.join(RUN_STATES)}")
-        return cls(run_id=_text(data, "run_id", path), state=state, reason=_text(data, "reason", path),
-                   epoch=_num(data, "epoch", path, integer=True) or 0,
-                   epochs=_num(data, "epochs", path, integer=True),
-                   best_epoch=_num(data, "best_epoch", path, integer=True),
-                   best_val_pgd_acc=_num(renamed(data, STATUS_RENAMES), "best_val_pgd_acc", path),
-                   val_attack_steps=_num(data, "val_attack_steps", path, integer=True),
-                   updated=_text(data, "updated", path), host=_text(data, "host", path),
-                   pid=_num(data, "pid", path, integer=True), threads=_num(data, "threads", path, integer=True))
+        return cls(
+            run_id=_text(data, "run_id", path),
+            state=state,
+            reason=_text(data, "reason", path),
+            epoch=_num(data, "epoch", path, integer=True) or 0,
+            epochs=_num(data, "epochs", path, integer=True),
+            best_epoch=_num(data, "best_epoch", path, integer=True),
+            best_val_pgd_acc=_num(renamed(data, STATUS_RENAMES), "best_val_pgd_acc", path),
+            val_attack_steps=_num(data, "val_attack_steps", path, integer=True),
+            updated=_text(data, "updated", path),
+            host=_text(data, "host", path),
+            pid=_num(data, "pid", path, integer=True),
+            threads=_num(data, "threads", path, integer=True),
+        )
 
 
 # The selection metric is PGD with the recipe's ``val_attack_steps`` (5 or 10 in the digits
@@ -165,7 +178,11 @@ METRIC_RENAMES = {"val_pgd40_acc": "val_pgd_acc"}
 
 def renamed(record: Mapping[str, Any], renames: dict[str, str]) -> dict[str, Any]:
     """``record`` with old key names replaced by their new ones (a new name already there wins)."""
-    return {renames.get(k, k): v for k, v in record.items() if k not in renames or renames[k] not in record}
+    return {
+        renames.get(k, k): v
+        for k, v in record.items()
+        if k not in renames or renames[k] not in record
+    }
 
 
 @dataclass(frozen=True)
@@ -190,21 +207,32 @@ class MetricsRow:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], path: Path, line: int) -> "MetricsRow":
+    def from_row(cls, row: Mapping[str, Any], path: Path, line: int) -> MetricsRow:
         row = renamed(dict(row), METRIC_RENAMES)  # columns written under an older name
         if None in row or any(row.get(k) is None for k in row):  # more or fewer cells than columns
-            raise RunFileError(path, f"line {line} has {'more' if None in row else 'fewer'} cells than "
-                               "the header (a torn or damaged row)")
+            raise RunFileError(
+                path,
+                f"line {line} has {'more' if None in row else 'fewer'} cells than "
+                "the header (a torn or damaged row)",
+            )
         values: dict[str, Any] = {}
         try:
             for f in fields(cls):
                 if f.name in row:  # a column added since the file was written stays empty
-                    values[f.name] = _num(row, f.name, path, integer=f.name in ("epoch", "examples"),
-                                          required=f.name == "epoch", minimum=None)
+                    values[f.name] = _num(
+                        row,
+                        f.name,
+                        path,
+                        integer=f.name in ("epoch", "examples"),
+                        required=f.name == "epoch",
+                        minimum=None,
+                    )
         except RunFileError as exc:
             raise RunFileError(path, f"line {line} {exc.problem.removeprefix('has ')}") from None
         if values.get("epoch") is None or values["epoch"] < 1:
-            raise RunFileError(path, f"line {line} has epoch={row.get('epoch')!r}; allowed: an integer >= 1")
+            raise RunFileError(
+                path, f"line {line} has epoch={row.get('epoch')!r}; allowed: an integer >= 1"
+            )
         return cls(**values)
 
 
@@ -248,7 +276,7 @@ class CostRecord:
         return {**out, **self.extra}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], path: Path) -> "CostRecord":
+    def from_json(cls, data: Mapping[str, Any], path: Path) -> CostRecord:
         known = {f.name for f in fields(cls)} - {"extra"}
         values: dict[str, Any] = {}
         for name in known - {"energy_measured", "energy_source", "devices"}:
@@ -257,10 +285,17 @@ class CostRecord:
         if measured is not None and not isinstance(measured, bool):
             raise RunFileError(path, f"has energy_measured={measured!r}, not true/false")
         devices = data.get("devices")
-        if devices is not None and not (isinstance(devices, list) and all(isinstance(d, str) for d in devices)):
+        if devices is not None and not (
+            isinstance(devices, list) and all(isinstance(d, str) for d in devices)
+        ):
             raise RunFileError(path, f"has devices={devices!r}, not a list of names")
-        return cls(**values, energy_measured=measured, energy_source=_text(data, "energy_source", path),
-                   devices=devices, extra={k: v for k, v in data.items() if k not in known})
+        return cls(
+            **values,
+            energy_measured=measured,
+            energy_source=_text(data, "energy_source", path),
+            devices=devices,
+            extra={k: v for k, v in data.items() if k not in known},
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -328,17 +363,23 @@ class EvalResult(Mapping):
 
     __hash__ = None  # type: ignore[assignment]  # holds lists and dicts
 
-    def replace(self, **changes: Any) -> "EvalResult":
+    def replace(self, **changes: Any) -> EvalResult:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], path: Path) -> "EvalResult":
+    def from_json(cls, data: Mapping[str, Any], path: Path) -> EvalResult:
         known = {f.name for f in fields(cls)} - {"extra"}
         attack = _text(data, "attack", path, required=True)
         per_attack = data.get("per_attack")
-        if per_attack is not None and not (isinstance(per_attack, dict) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in per_attack.values())):
-            raise RunFileError(path, f"has per_attack={per_attack!r}, not a mapping of attack: accuracy")
+        if per_attack is not None and not (
+            isinstance(per_attack, dict)
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in per_attack.values()
+            )
+        ):
+            raise RunFileError(
+                path, f"has per_attack={per_attack!r}, not a mapping of attack: accuracy"
+            )
         warnings = data.get("warnings") or []
         resumed = data.get("resumed_after")
         for key, value in (("warnings", warnings), ("resumed_after", resumed or [])):
@@ -348,21 +389,33 @@ class EvalResult(Mapping):
             acc = _num(data, key, path)
             if acc is not None and acc > 100:
                 raise RunFileError(path, f"has {key}={acc!r}; allowed: percent 0-100")
-        return cls(attack=attack, eps=_num(data, "eps", path, required=True),
-                   norm=_text(data, "norm", path), n=_num(data, "n", path, integer=True),
-                   clean_acc=_num(data, "clean_acc", path), robust_acc=_num(data, "robust_acc", path),
-                   per_attack=per_attack, steps=_num(data, "steps", path, integer=True),
-                   restarts=_num(data, "restarts", path, integer=True), step_size=_num(data, "step_size", path),
-                   step_size_rule=_text(data, "step_size_rule", path), version=_text(data, "version", path),
-                   seed=_num(data, "seed", path, integer=True),
-                   batch_size=_num(data, "batch_size", path, integer=True), warnings=list(warnings),
-                   resumed_after=resumed, seconds=_num(data, "seconds", path),
-                   device=_text(data, "device", path), checkpoint=_text(data, "checkpoint", path) or "best",
-                   split=_text(data, "split", path) or "test",
-                   split_size=_num(data, "split_size", path, integer=True), run_id=_text(data, "run_id", path),
-                   robust_ce_loss=_num(data, "robust_ce_loss", path),
-                   robust_cw_loss=_num(data, "robust_cw_loss", path, minimum=None),  # < 0: still correct
-                   extra={k: v for k, v in data.items() if k not in known})
+        return cls(
+            attack=attack,
+            eps=_num(data, "eps", path, required=True),
+            norm=_text(data, "norm", path),
+            n=_num(data, "n", path, integer=True),
+            clean_acc=_num(data, "clean_acc", path),
+            robust_acc=_num(data, "robust_acc", path),
+            per_attack=per_attack,
+            steps=_num(data, "steps", path, integer=True),
+            restarts=_num(data, "restarts", path, integer=True),
+            step_size=_num(data, "step_size", path),
+            step_size_rule=_text(data, "step_size_rule", path),
+            version=_text(data, "version", path),
+            seed=_num(data, "seed", path, integer=True),
+            batch_size=_num(data, "batch_size", path, integer=True),
+            warnings=list(warnings),
+            resumed_after=resumed,
+            seconds=_num(data, "seconds", path),
+            device=_text(data, "device", path),
+            checkpoint=_text(data, "checkpoint", path) or "best",
+            split=_text(data, "split", path) or "test",
+            split_size=_num(data, "split_size", path, integer=True),
+            run_id=_text(data, "run_id", path),
+            robust_ce_loss=_num(data, "robust_ce_loss", path),
+            robust_cw_loss=_num(data, "robust_cw_loss", path, minimum=None),  # < 0: still correct
+            extra={k: v for k, v in data.items() if k not in known},
+        )
 
 
 @dataclass(frozen=True)
@@ -384,23 +437,37 @@ class RecipeRecord:
     seed: int | None
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], path: Path) -> "RecipeRecord":
+    def from_mapping(cls, data: Mapping[str, Any], path: Path) -> RecipeRecord:
         synthetic = data.get("synthetic_data") is not None
-        return cls(dataset=_text(data, "dataset", path), model=_text(data, "model", path),
-                   activation=_text(data, "activation", path), loss=_text(data, "loss", path),
-                   attack_steps=_num(data, "attack_steps", path, integer=True),
-                   epochs=_num(data, "epochs", path, integer=True),
-                   ema=data.get("ema_decay") is not None,  # the Recipe's defaults are null
-                   synthetic_data=synthetic,
-                   synthetic_fraction=(_num(data, "synthetic_fraction", path) or 0.0) if synthetic else 0.0,
-                   eps=_num(data, "eps", path), seed=_num(data, "seed", path, integer=True))
+        return cls(
+            dataset=_text(data, "dataset", path),
+            model=_text(data, "model", path),
+            activation=_text(data, "activation", path),
+            loss=_text(data, "loss", path),
+            attack_steps=_num(data, "attack_steps", path, integer=True),
+            epochs=_num(data, "epochs", path, integer=True),
+            ema=data.get("ema_decay") is not None,  # the Recipe's defaults are null
+            synthetic_data=synthetic,
+            synthetic_fraction=(_num(data, "synthetic_fraction", path) or 0.0)
+            if synthetic
+            else 0.0,
+            eps=_num(data, "eps", path),
+            seed=_num(data, "seed", path, integer=True),
+        )
 
 
 # ---- file names of evaluations ----------------------------------------------------------------
 
 
-def eval_filename(attack: str, eps: float, checkpoint: str | None = "best", *, version: str | None = None,
-                  n: int | None = None, split_size: int | None = None) -> str:
+def eval_filename(
+    attack: str,
+    eps: float,
+    checkpoint: str | None = "best",
+    *,
+    version: str | None = None,
+    n: int | None = None,
+    split_size: int | None = None,
+) -> str:
     """``<attack>-<eps>[-<version>][-n<N>][-last].json``.
 
     eps is ``8-255`` when a whole number of 255ths, else the decimal. ``-<version>`` appears for
@@ -421,12 +488,24 @@ def eval_filename(attack: str, eps: float, checkpoint: str | None = "best", *, v
 
 def result_filename(result: Mapping[str, Any]) -> str:
     """The ``eval/`` file name of an evaluation result."""
-    return eval_filename(result["attack"], result["eps"], result.get("checkpoint") or "best",
-                         version=result.get("version"), n=result.get("n"), split_size=result.get("split_size"))
+    return eval_filename(
+        result["attack"],
+        result["eps"],
+        result.get("checkpoint") or "best",
+        version=result.get("version"),
+        n=result.get("n"),
+        split_size=result.get("split_size"),
+    )
 
 
-def state_filename(eps: float, checkpoint: str, *, version: str = "standard", n: int | None = None,
-                   split_size: int | None = None) -> str:
+def state_filename(
+    eps: float,
+    checkpoint: str,
+    *,
+    version: str = "standard",
+    n: int | None = None,
+    split_size: int | None = None,
+) -> str:
     """``.autoattack-<eps>[-<version>][-n<N>]-<checkpoint>.state``: the AutoAttack state (and,
     beside it, ``<state>.progress.json``) of one evaluation. The checkpoint is ``best``, ``last``
     or a checkpoint file's stem, so evaluations of different checkpoints, versions or subsets can
@@ -494,7 +573,9 @@ class RunDir:
             raise RunFileError(self.recipe, f"cannot be read ({exc.strerror or exc})") from None
         except RobustscaleError as exc:
             if str(self.recipe) in str(exc):
-                raise RunFileError(self.recipe, str(exc).split(f"{str(self.recipe)!r}", 1)[-1].strip()) from None
+                raise RunFileError(
+                    self.recipe, str(exc).split(f"{str(self.recipe)!r}", 1)[-1].strip()
+                ) from None
             raise RunFileError(self.recipe, f"holds an invalid recipe ({exc})") from None
 
     def _check_recipe_whole(self) -> None:
@@ -519,7 +600,9 @@ class RunDir:
         try:
             data = read_yaml_mapping(self.recipe, "recipe")
         except RobustscaleError as exc:
-            raise RunFileError(self.recipe, str(exc).split(f"{str(self.recipe)!r}", 1)[-1].strip()) from None
+            raise RunFileError(
+                self.recipe, str(exc).split(f"{str(self.recipe)!r}", 1)[-1].strip()
+            ) from None
         if not data:
             raise RunFileError(self.recipe, "is empty (a recipe must hold key: value lines)")
         return RecipeRecord.from_mapping(data, self.recipe)
@@ -558,7 +641,9 @@ class RunDir:
             reader = csv.DictReader(io.StringIO(text))
             header = reader.fieldnames or []
             if "epoch" not in header:
-                raise RunFileError(path, f"has no 'epoch' column (header {','.join(header)[:80]!r})")
+                raise RunFileError(
+                    path, f"has no 'epoch' column (header {','.join(header)[:80]!r})"
+                )
             rows = [MetricsRow.from_row(row, path, i + 2) for i, row in enumerate(reader)]
         except csv.Error as exc:
             raise RunFileError(path, f"is not valid CSV ({first_line(exc)})") from None
@@ -671,26 +756,42 @@ def read_status(run_dir: str | Path) -> dict[str, Any] | None:
     return status.to_json() if status is not None else None
 
 
-def model_from_state(recipe: Recipe, state_dict: dict[str, "torch.Tensor"],
-                     device: "str | torch.device" = "cpu") -> "nn.Module":
+def model_from_state(
+    recipe: Recipe, state_dict: dict[str, torch.Tensor], device: str | torch.device = "cpu"
+) -> nn.Module:
     """Rebuild the recipe's model and load weights into it (eval mode, [0, 1] inputs)."""
     from robustscale.data import dataset_info
     from robustscale.models import build_model
 
     info = dataset_info(recipe.dataset, recipe.data_dir)
-    model = build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
-                        recipe.activation, recipe.drop_rate, img_size=info.shape[1:])
+    model = build_model(
+        recipe.model,
+        info.num_classes,
+        info.shape[0],
+        info.mean,
+        info.std,
+        recipe.activation,
+        recipe.drop_rate,
+        img_size=info.shape[1:],
+    )
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        raise RobustscaleError(f"checkpoint weights do not fit model={recipe.model!r}: "
-                               f"{first_line(exc)}") from None
+        raise RobustscaleError(
+            f"checkpoint weights do not fit model={recipe.model!r}: {first_line(exc)}"
+        ) from None
     return model.to(device).eval()
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: "str | torch.device" = "cpu", *,
-         model: str | None = None, dataset: str = "cifar10",
-         activation: str | None = None) -> "nn.Module":
+def load(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    device: str | torch.device = "cpu",
+    *,
+    model: str | None = None,
+    dataset: str = "cifar10",
+    activation: str | None = None,
+) -> nn.Module:
     """The trained classifier of a run: ``checkpoint`` is ``best`` (selected epoch; EMA weights
     when EMA was on) or ``last``. Eval mode, parameters frozen, inputs in [0, 1].
 
@@ -702,10 +803,13 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: "str | torch.dev
         from robustscale.foreign_checkpoints import load_weights_file
 
         if checkpoint != "best":
-            raise RobustscaleError(f"checkpoint={checkpoint!r} applies to a run directory; a checkpoint "
-                                   "file is loaded as it is")
-        return load_weights_file(run_dir, model=model, dataset=dataset, activation=activation,
-                                 device=device)
+            raise RobustscaleError(
+                f"checkpoint={checkpoint!r} applies to a run directory; a checkpoint "
+                "file is loaded as it is"
+            )
+        return load_weights_file(
+            run_dir, model=model, dataset=dataset, activation=activation, device=device
+        )
 
     run = RunDir(Path(run_dir))
     recipe = run.read_recipe()

@@ -51,8 +51,10 @@ def config_path() -> Path | None:
     if env:
         path = Path(env)
         if not path.is_file():
-            raise RobustscaleError(f"{CONFIG_ENV}={env!r} is not an existing file; allowed: a path to a TOML "
-                                   f"file such as {CONFIG_FILE}, or unset")
+            raise RobustscaleError(
+                f"{CONFIG_ENV}={env!r} is not an existing file; allowed: a path to a TOML "
+                f"file such as {CONFIG_FILE}, or unset"
+            )
         return path
     path = Path(CONFIG_FILE)
     return path if path.is_file() else None
@@ -85,14 +87,26 @@ def _read(path: Path) -> dict[str, float]:
         raise RobustscaleError(f"{str(path)!r} is not valid TOML: {exc}") from None
     table = data.get("cost", {})
     if not isinstance(table, dict):
-        raise RobustscaleError(f"{str(path)!r}: 'cost' must be a table ([cost]), not {type(table).__name__}")
+        raise RobustscaleError(
+            f"{str(path)!r}: 'cost' must be a table ([cost]), not {type(table).__name__}"
+        )
     allowed = ", ".join(COST_KEYS)
     out: dict[str, float] = {}
     for k, v in table.items():
         if k not in COST_KEYS:
-            raise RobustscaleError(f"{str(path)!r}: unknown key {k!r} in [cost]; allowed keys: {allowed}")
+            raise RobustscaleError(
+                f"{str(path)!r}: unknown key {k!r} in [cost]; allowed keys: {allowed}"
+            )
         ok, what = COST_KEYS[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v) or not ok(v):
-            raise RobustscaleError(f"{str(path)!r}: [cost] {k} = {v!r} is not allowed; allowed: {what}")
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or math.isnan(v)
+            or math.isinf(v)
+            or not ok(v)
+        ):
+            raise RobustscaleError(
+                f"{str(path)!r}: [cost] {k} = {v!r} is not allowed; allowed: {what}"
+            )
         out[k] = float(v)
     return out

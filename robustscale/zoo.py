@@ -61,8 +61,17 @@ COLUMN_NAMES: list[str] = [name for name, _ in ZOO_COLUMNS]
 REQUIRED_COLUMNS: list[str] = [name for name in COLUMN_NAMES if name not in OPTIONAL_COLUMNS]
 ACCURACY_COLUMNS: list[str] = [name for name, kind in ZOO_COLUMNS if kind == "pct"]
 NONNEGATIVE_COLUMNS: list[str] = [
-    "params", "attack_steps", "epochs", "examples_seen", "synthetic_size", "train_flops",
-    "device_hours", "energy_kwh", "electricity_cost_usd", "co2_kg", "unique_synthetic_seen",
+    "params",
+    "attack_steps",
+    "epochs",
+    "examples_seen",
+    "synthetic_size",
+    "train_flops",
+    "device_hours",
+    "energy_kwh",
+    "electricity_cost_usd",
+    "co2_kg",
+    "unique_synthetic_seen",
 ]
 
 
@@ -105,7 +114,11 @@ def _zoo_evals(run: RunDir, eps: float | None, dataset: str | None) -> dict[str,
         if result.attack == "autoattack" and result.version != "standard":
             log.debug("%s: AutoAttack version %r is not the zoo's (standard)", path, result.version)
             continue
-        size = result.split_size if result.split_size is not None else TEST_SPLIT_SIZES.get(str(dataset))
+        size = (
+            result.split_size
+            if result.split_size is not None
+            else TEST_SPLIT_SIZES.get(str(dataset))
+        )
         if result.n != size:
             log.debug("%s: n=%r is not the whole test split; not the zoo's number", path, result.n)
             continue
@@ -195,12 +208,14 @@ def _row(run: RunDir) -> dict[str, Any]:
 
 def _run_dirs(root: Path) -> list[Path]:
     """Folders under ``root`` (itself included) that look like run directories."""
-    marks = {p.parent for name in ("status.json", "recipe.yaml", "cost.json") for p in root.rglob(name)}
+    marks = {
+        p.parent for name in ("status.json", "recipe.yaml", "cost.json") for p in root.rglob(name)
+    }
     # an eval/ folder is part of a run, not a run of its own
     return sorted(d for d in marks if d.name != "eval" and "checkpoints" not in d.parts)
 
 
-def gather_zoo(root: str | Path) -> tuple["pd.DataFrame", list[SkippedRun]]:
+def gather_zoo(root: str | Path) -> tuple[pd.DataFrame, list[SkippedRun]]:
     """Every finished run directory under ``root`` as one zoo table, plus the runs left out.
 
     Unfinished (state != done) runs and damaged ones (a missing or unreadable file, a missing or
@@ -228,8 +243,14 @@ def gather_zoo(root: str | Path) -> tuple["pd.DataFrame", list[SkippedRun]]:
         kept, dropped, why = _resolve_duplicate(rows[i], first, row, run_dir)
         if kept is None:  # the same results twice: merged silently
             continue
-        rows[i], where[row["run_id"]] = (row, (i, run_dir)) if kept == run_dir else (rows[i], (i, first))
-        skipped.append(SkippedRun(str(dropped), f"duplicate run_id {row['run_id']!r}: kept {str(kept)!r} ({why})"))
+        rows[i], where[row["run_id"]] = (
+            (row, (i, run_dir)) if kept == run_dir else (rows[i], (i, first))
+        )
+        skipped.append(
+            SkippedRun(
+                str(dropped), f"duplicate run_id {row['run_id']!r}: kept {str(kept)!r} ({why})"
+            )
+        )
     log.info("zoo: %d finished runs, %d left out, from %s", len(rows), len(skipped), root)
     return to_frame(rows), skipped
 
@@ -240,8 +261,9 @@ def _results(row: dict[str, Any]) -> int:
     return filled + (row.get("autoattack_acc") is not None)
 
 
-def _resolve_duplicate(a: dict[str, Any], a_dir: Path, b: dict[str, Any],
-                       b_dir: Path) -> tuple[Path | None, Path | None, str]:
+def _resolve_duplicate(
+    a: dict[str, Any], a_dir: Path, b: dict[str, Any], b_dir: Path
+) -> tuple[Path | None, Path | None, str]:
     """Which of two finished copies of one run id to keep: (kept, dropped, why), or (None, None, "")
     when their rows are the same. The copy with more results wins (AutoAttack first); on a tie,
     the first found (sorted paths) is kept."""
@@ -249,7 +271,8 @@ def _resolve_duplicate(a: dict[str, Any], a_dir: Path, b: dict[str, Any],
         return None, None, ""
     sa, sb = _results(a), _results(b)
     if (b.get("autoattack_acc") is not None) > (a.get("autoattack_acc") is not None) or (
-            (a.get("autoattack_acc") is None) == (b.get("autoattack_acc") is None) and sb > sa):
+        (a.get("autoattack_acc") is None) == (b.get("autoattack_acc") is None) and sb > sa
+    ):
         return b_dir, a_dir, _why(b, a)
     return a_dir, b_dir, _why(a, b) if sa != sb else "same number of results; first found kept"
 
@@ -270,7 +293,7 @@ def _why(kept: dict[str, Any], dropped: dict[str, Any]) -> str:
 # ---- tables: types, reading, writing, checking -------------------------------------------
 
 
-def to_frame(rows: list[dict[str, Any]]) -> "pd.DataFrame":
+def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows (dicts) as a zoo DataFrame with the schema's columns, in order, and typed."""
     import pandas as pd
 
@@ -278,11 +301,19 @@ def to_frame(rows: list[dict[str, Any]]) -> "pd.DataFrame":
     return coerce_types(df, source="runs")
 
 
-_BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False,
-               "1.0": True, "0.0": False}
+_BOOL_WORDS = {
+    "true": True,
+    "false": False,
+    "1": True,
+    "0": False,
+    "yes": True,
+    "no": False,
+    "1.0": True,
+    "0.0": False,
+}
 
 
-def _to_bool(series: "pd.Series", name: str, source: str) -> "pd.Series":
+def _to_bool(series: pd.Series, name: str, source: str) -> pd.Series:
     import pandas as pd
 
     def one(v: Any) -> Any:
@@ -294,13 +325,15 @@ def _to_bool(series: "pd.Series", name: str, source: str) -> "pd.Series":
         if word == "":
             return pd.NA
         if word not in _BOOL_WORDS:
-            raise RobustscaleError(f"zoo {source}: column {name!r} has value {v!r}; allowed: true/false (or empty)")
+            raise RobustscaleError(
+                f"zoo {source}: column {name!r} has value {v!r}; allowed: true/false (or empty)"
+            )
         return _BOOL_WORDS[word]
 
     return pd.array([one(v) for v in series.tolist()], dtype="boolean")
 
 
-def coerce_types(df: "pd.DataFrame", source: str = "table") -> "pd.DataFrame":
+def coerce_types(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
     """Give the schema columns their types: nullable ints/bools, floats, strings (extras kept)."""
     import pandas as pd
 
@@ -317,34 +350,46 @@ def coerce_types(df: "pd.DataFrame", source: str = "table") -> "pd.DataFrame":
         elif kind == "bool":
             df[name] = _to_bool(col, name, source)
         else:
-            num = pd.to_numeric(col.replace("", None) if col.dtype == object else col, errors="coerce")
+            num = pd.to_numeric(
+                col.replace("", None) if col.dtype == object else col, errors="coerce"
+            )
             bad = num.isna() & col.notna() & (col.astype("string").str.strip() != "")
             if bad.any():
                 value = col[bad].iloc[0]
-                raise RobustscaleError(f"zoo {source}: {_where(df, bad)} column {name!r} has non-numeric "
-                                       f"value {value!r}; allowed: a number or an empty cell")
+                raise RobustscaleError(
+                    f"zoo {source}: {_where(df, bad)} column {name!r} has non-numeric "
+                    f"value {value!r}; allowed: a number or an empty cell"
+                )
             num = num.astype("float64")
-            infinite = num.notna() & ~num.map(math.isfinite, na_action="ignore").fillna(True).astype(bool)
+            infinite = num.notna() & ~num.map(math.isfinite, na_action="ignore").fillna(
+                True
+            ).astype(bool)
             if infinite.any():
-                raise RobustscaleError(f"zoo {source}: {_where(df, infinite)} column {name!r} has "
-                                       f"{col[infinite].iloc[0]!r}, not a finite number; allowed: a finite "
-                                       "number or an empty cell")
+                raise RobustscaleError(
+                    f"zoo {source}: {_where(df, infinite)} column {name!r} has "
+                    f"{col[infinite].iloc[0]!r}, not a finite number; allowed: a finite "
+                    "number or an empty cell"
+                )
             if kind == "int":
                 huge = num.notna() & (num.abs() >= 2.0**63)
                 if huge.any():
-                    raise RobustscaleError(f"zoo {source}: {_where(df, huge)} column {name!r} has "
-                                           f"{num[huge].iloc[0]:g}, too large for an integer count")
+                    raise RobustscaleError(
+                        f"zoo {source}: {_where(df, huge)} column {name!r} has "
+                        f"{num[huge].iloc[0]:g}, too large for an integer count"
+                    )
                 frac = num.notna() & (num != num.round())
                 if frac.any():
-                    raise RobustscaleError(f"zoo {source}: column {name!r} has non-integer value "
-                                           f"{num[frac].iloc[0]!r}; allowed: an integer or an empty cell")
+                    raise RobustscaleError(
+                        f"zoo {source}: column {name!r} has non-integer value "
+                        f"{num[frac].iloc[0]!r}; allowed: an integer or an empty cell"
+                    )
                 df[name] = num.round().astype("Int64")
             else:
                 df[name] = num.astype("float64")
     return df
 
 
-def _where(df: "pd.DataFrame", mask: "pd.Series") -> str:
+def _where(df: pd.DataFrame, mask: pd.Series) -> str:
     """``row N (run 'x')`` of the first True in ``mask``: N counts data rows from 1, as in the file."""
     pos = int(mask.to_numpy().nonzero()[0][0])
     run = df["run_id"].iloc[pos] if "run_id" in df.columns else None
@@ -357,7 +402,7 @@ MAX_TRAIN_FLOPS = 1e30
 POSITIVE_COLUMNS = ("params", "train_flops")
 
 
-def validate_zoo(df: "pd.DataFrame", source: str = "table") -> None:
+def validate_zoo(df: pd.DataFrame, source: str = "table") -> None:
     """Check a typed zoo table; raise :class:`RobustscaleError` with one line on the first problem.
 
     Checked: every schema column present, accuracies in percent (a table whose accuracies are
@@ -366,38 +411,52 @@ def validate_zoo(df: "pd.DataFrame", source: str = "table") -> None:
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise RobustscaleError(f"zoo {source} lacks column(s) {', '.join(missing)}; "
-                               f"a zoo table needs all of: {', '.join(REQUIRED_COLUMNS)} (see docs/zoo-schema.md)")
+        raise RobustscaleError(
+            f"zoo {source} lacks column(s) {', '.join(missing)}; "
+            f"a zoo table needs all of: {', '.join(REQUIRED_COLUMNS)} (see docs/zoo-schema.md)"
+        )
     for name in ACCURACY_COLUMNS:
         col = df[name].dropna()
         if len(col) and col.max() <= 1.0 and col.max() > 0:
-            raise RobustscaleError(f"zoo {source}: column {name!r} looks like fractions (all values within 0-1, "
-                                   f"max {col.max():g}); accuracies must be percent 0-100, e.g. 52.3 not 0.523")
+            raise RobustscaleError(
+                f"zoo {source}: column {name!r} looks like fractions (all values within 0-1, "
+                f"max {col.max():g}); accuracies must be percent 0-100, e.g. 52.3 not 0.523"
+            )
         if len(col) and (col.min() < 0 or col.max() > 100):
             value = col[(col < 0) | (col > 100)].iloc[0]
-            raise RobustscaleError(f"zoo {source}: column {name!r} has {value:g}; allowed: percent 0-100")
+            raise RobustscaleError(
+                f"zoo {source}: column {name!r} has {value:g}; allowed: percent 0-100"
+            )
     for name in NONNEGATIVE_COLUMNS:
         col = df[name]
         neg = col.notna() & (col < 0)
         if neg.any():
             run = df.loc[neg, "run_id"].iloc[0]
-            raise RobustscaleError(f"zoo {source}: column {name!r} is negative ({col[neg].iloc[0]:g}) "
-                                   f"for run {run!r}; allowed: a number >= 0 (FLOPs in FLOPs, not log)")
+            raise RobustscaleError(
+                f"zoo {source}: column {name!r} is negative ({col[neg].iloc[0]:g}) "
+                f"for run {run!r}; allowed: a number >= 0 (FLOPs in FLOPs, not log)"
+            )
     for name in POSITIVE_COLUMNS:
         col = df[name]
         bad = col.notna() & (col <= 0)
         if bad.any():
-            raise RobustscaleError(f"zoo {source}: {_where(df, bad)} column {name!r} is {col[bad].iloc[0]:g}; "
-                                   "allowed: a number > 0 (or an empty cell)")
+            raise RobustscaleError(
+                f"zoo {source}: {_where(df, bad)} column {name!r} is {col[bad].iloc[0]:g}; "
+                "allowed: a number > 0 (or an empty cell)"
+            )
     big = df["train_flops"].notna() & (df["train_flops"] >= MAX_TRAIN_FLOPS)
     if big.any():
-        raise RobustscaleError(f"zoo {source}: {_where(df, big)} column 'train_flops' is "
-                               f"{df['train_flops'][big].iloc[0]:g}; allowed: below {MAX_TRAIN_FLOPS:g} "
-                               "(FLOPs of one training run, not a log or a sum of zoos)")
+        raise RobustscaleError(
+            f"zoo {source}: {_where(df, big)} column 'train_flops' is "
+            f"{df['train_flops'][big].iloc[0]:g}; allowed: below {MAX_TRAIN_FLOPS:g} "
+            "(FLOPs of one training run, not a log or a sum of zoos)"
+        )
     dup = df["run_id"].dropna().duplicated()
     if dup.any():
-        raise RobustscaleError(f"zoo {source}: run_id {df['run_id'].dropna()[dup].iloc[0]!r} appears twice; "
-                               "run ids must be unique")
+        raise RobustscaleError(
+            f"zoo {source}: run_id {df['run_id'].dropna()[dup].iloc[0]!r} appears twice; "
+            "run ids must be unique"
+        )
 
 
 def _check_csv_rows(path: Path) -> None:
@@ -409,26 +468,39 @@ def _check_csv_rows(path: Path) -> None:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise RobustscaleError(f"zoo table {str(path)!r} is not UTF-8 text; it is damaged or not a "
-                               "CSV file") from None
+        raise RobustscaleError(
+            f"zoo table {str(path)!r} is not UTF-8 text; it is damaged or not a CSV file"
+        ) from None
     except OSError as exc:
-        raise RobustscaleError(f"cannot read zoo table {str(path)!r}: {exc.strerror or exc}") from None
+        raise RobustscaleError(
+            f"cannot read zoo table {str(path)!r}: {exc.strerror or exc}"
+        ) from None
     try:
         rows = list(csv.reader(io.StringIO(text)))
     except csv.Error as exc:
-        raise RobustscaleError(f"zoo table {str(path)!r} is not valid CSV: {first_line(exc)}") from None
+        raise RobustscaleError(
+            f"zoo table {str(path)!r} is not valid CSV: {first_line(exc)}"
+        ) from None
     if not rows:
-        raise RobustscaleError(f"zoo table {str(path)!r} is empty; a zoo table needs a header row "
-                               "with the columns of zoo_schema.md")
+        raise RobustscaleError(
+            f"zoo table {str(path)!r} is empty; a zoo table needs a header row "
+            "with the columns of zoo_schema.md"
+        )
     width = len(rows[0])
     for i, row in enumerate(rows[1:], start=1):
         if row and len(row) != width:
-            torn = " (the file ends mid-row: truncated)" if i == len(rows) - 1 and not text.endswith("\n") else ""
-            raise RobustscaleError(f"zoo table {str(path)!r}: row {i} has {len(row)} cells, the header "
-                                   f"{width}{torn}; restore the file or remove the row")
+            torn = (
+                " (the file ends mid-row: truncated)"
+                if i == len(rows) - 1 and not text.endswith("\n")
+                else ""
+            )
+            raise RobustscaleError(
+                f"zoo table {str(path)!r}: row {i} has {len(row)} cells, the header "
+                f"{width}{torn}; restore the file or remove the row"
+            )
 
 
-def read_zoo(path: str | Path) -> "pd.DataFrame":
+def read_zoo(path: str | Path) -> pd.DataFrame:
     """Read and check a zoo table (CSV or Parquet, ours or anyone's); extra columns are kept."""
     import pandas as pd
 
@@ -443,11 +515,15 @@ def read_zoo(path: str | Path) -> "pd.DataFrame":
             _check_csv_rows(path)
             df = pd.read_csv(path, keep_default_na=True, na_values=[""], dtype=str)
         else:
-            raise RobustscaleError(f"zoo table {str(path)!r} has suffix {suffix!r}; allowed: .csv or .parquet")
+            raise RobustscaleError(
+                f"zoo table {str(path)!r} has suffix {suffix!r}; allowed: .csv or .parquet"
+            )
     except RobustscaleError:
         raise
     except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
-        raise RobustscaleError(f"zoo table {str(path)!r} could not be read: {first_line(exc)}") from None
+        raise RobustscaleError(
+            f"zoo table {str(path)!r} could not be read: {first_line(exc)}"
+        ) from None
     df.columns = [str(c).strip() for c in df.columns]
     for name in OPTIONAL_COLUMNS:
         if name not in df.columns:
@@ -465,11 +541,13 @@ def check_zoo_output(path: str | Path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
-        raise RobustscaleError(f"output {str(path)!r} has suffix {suffix!r}; allowed: .csv or .parquet")
+        raise RobustscaleError(
+            f"output {str(path)!r} has suffix {suffix!r}; allowed: .csv or .parquet"
+        )
     return path
 
 
-def write_zoo(df: "pd.DataFrame", path: str | Path) -> Path:
+def write_zoo(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a zoo table as CSV (empty cells for missing values) or Parquet, by suffix, atomically
     (a full or read-only disk is one line and leaves no temporary file)."""
     from robustscale.files import atomic_open, check_output_file

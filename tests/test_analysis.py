@@ -26,8 +26,14 @@ def test_predictor_learns_a_planted_dependence_and_ranks_it_first():
     assert p.r2_mean > 0.95 and p.r2_std < 0.05
     assert p.n_test == 180 and p.n_train == 420
     # a new recipe's prediction follows the planted law 20 + 4*steps (+1 with synthetic data)
-    row = {"params": 36_479_194, "synthetic_data": 0.0, "activation": "relu", "loss": "pgd",
-           "attack_steps": 10.0, "ema": 0.0}
+    row = {
+        "params": 36_479_194,
+        "synthetic_data": 0.0,
+        "activation": "relu",
+        "loss": "pgd",
+        "attack_steps": 10.0,
+        "ema": 0.0,
+    }
     import pandas as pd
 
     pred = p.predict(pd.DataFrame([row]))
@@ -37,7 +43,9 @@ def test_predictor_learns_a_planted_dependence_and_ranks_it_first():
 
 def test_report_and_every_figure_are_produced(tmp_path):
     df = power_law_zoo(n=300, with_collapsed=4)
-    df.loc[4:30, "loss"] = "standard"  # standard training: fitted on clean accuracy, beside the robust law
+    df.loc[4:30, "loss"] = (
+        "standard"  # standard training: fitted on clean accuracy, beside the robust law
+    )
     fits = analyze_zoo(df, tmp_path / "rep", target_acc=40.0, n_boot=200, n_splits=3)
     rep = tmp_path / "rep"
     for name in FIGURES:
@@ -48,7 +56,9 @@ def test_report_and_every_figure_are_produced(tmp_path):
     assert "Collapsed runs (4)" in html and "run00000" in html and "standard training" in html
     assert "Compute-optimal robustness" in html
     saved = json.loads((rep / "fits.json").read_text())
-    assert saved["n_runs"] == 300 and sorted(saved["collapsed_runs"]) == [f"run{i:05d}" for i in range(4)]
+    assert saved["n_runs"] == 300 and sorted(saved["collapsed_runs"]) == [
+        f"run{i:05d}" for i in range(4)
+    ]
     for law in ("accuracy", "electricity", "co2"):
         assert set(saved["scaling"][law]) >= {"alpha", "C", "r2", "alpha_ci", "C_ci", "n_bins"}
     assert saved["scaling"]["standard_accuracy"]["alpha"] is not None
@@ -68,7 +78,9 @@ def test_joint_figures_drawn_for_an_identifiable_law(tmp_path):
     assert joint["heldout_r2"] > 0.9 and joint["L"] == "robust_error" and joint["D"] == "processed"
     assert joint["law"]["alpha"] == pytest.approx(JOINT_THETA[2], abs=0.03)
     opt = joint["optimum"]
-    assert len(opt["C"]) == len(opt["N_star"]) == len(opt["D_star"]) == 10 and isinstance(opt["extrapolated"], bool)
+    assert len(opt["C"]) == len(opt["N_star"]) == len(opt["D_star"]) == 10 and isinstance(
+        opt["extrapolated"], bool
+    )
     for c, n, d in zip(opt["C"], opt["N_star"], opt["D_star"]):
         assert n * d * joint["k_flops_per_param_example"] == pytest.approx(c, rel=1e-6)
     for name in JOINT_FIGURES:
@@ -82,10 +94,16 @@ def test_not_identifiable_law_gets_a_paragraph_and_the_coverage_figure_only(tmp_
     df["params"] = np.where(np.arange(len(df)) % 2 == 0, 1_000_000, 30_000_000)  # two model sizes
     fits = analyze_zoo(df, tmp_path / "rep", n_boot=50, n_splits=2)
     joint = fits["joint"]
-    assert joint["identifiable"] is False and any("only 2 distinct model sizes" in r for r in joint["reasons"])
+    assert joint["identifiable"] is False and any(
+        "only 2 distinct model sizes" in r for r in joint["reasons"]
+    )
     assert "4d" in fits["figures"] and not set(JOINT_FIGURES) & set(fits["figures"])
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert "Not identifiable" in html and "only 2 distinct model sizes" in html and "plan</code> refuses" in html
+    assert (
+        "Not identifiable" in html
+        and "only 2 distinct model sizes" in html
+        and "plan</code> refuses" in html
+    )
 
 
 def _zoo_file(tmp_path, df, name="zoo.csv"):
@@ -94,11 +112,17 @@ def _zoo_file(tmp_path, df, name="zoo.csv"):
     return path
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda d: d.drop(columns=["autoattack_acc"]), "lacks column(s) autoattack_acc"),
-    (lambda d: d.assign(autoattack_acc=d["autoattack_acc"] / 100), "fractions"),
-    (lambda d: d.assign(train_flops=np.where(d.index == 5, -1e18, d["train_flops"])), "negative"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda d: d.drop(columns=["autoattack_acc"]), "lacks column(s) autoattack_acc"),
+        (lambda d: d.assign(autoattack_acc=d["autoattack_acc"] / 100), "fractions"),
+        (
+            lambda d: d.assign(train_flops=np.where(d.index == 5, -1e18, d["train_flops"])),
+            "negative",
+        ),
+    ],
+)
 def test_bad_zoo_gives_one_clear_line(tmp_path, capsys, change, words):
     path = tmp_path / "bad.csv"
     change(power_law_zoo(n=30)).to_csv(path, index=False)
@@ -110,7 +134,12 @@ def test_bad_zoo_gives_one_clear_line(tmp_path, capsys, change, words):
 
 def test_cli_analyze_prints_the_law_and_writes_the_report(tmp_path, capsys):
     path = _zoo_file(tmp_path, power_law_zoo(n=200), "zoo.parquet")
-    assert main(["analyze", str(path), "-o", str(tmp_path / "rep"), "--target-acc", "45", "--seed", "1"]) == 0
+    assert (
+        main(
+            ["analyze", str(path), "-o", str(tmp_path / "rep"), "--target-acc", "45", "--seed", "1"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "accuracy = " in out and "predictor: R2" in out and "target 45% AutoAttack" in out
     assert (tmp_path / "rep" / "report.html").is_file()
@@ -130,8 +159,18 @@ def test_cli_analyze_on_a_zoo_too_small_for_intervals(tmp_path, capsys):
 
 
 def _recipe(tmp_path, **overrides):
-    recipe = {"dataset": "cifar10", "model": "wrn28_10", "activation": "relu", "loss": "pgd", "attack_steps": 10,
-              "epochs": 100, "ema_decay": None, "synthetic_data": None, "synthetic_fraction": 0.0, "eps": "8/255"}
+    recipe = {
+        "dataset": "cifar10",
+        "model": "wrn28_10",
+        "activation": "relu",
+        "loss": "pgd",
+        "attack_steps": 10,
+        "epochs": 100,
+        "ema_decay": None,
+        "synthetic_data": None,
+        "synthetic_fraction": 0.0,
+        "eps": "8/255",
+    }
     recipe.update(overrides)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -144,7 +183,9 @@ def test_cli_predict_without_flops_forecast(tmp_path, capsys, monkeypatch):
     def missing(name):
         raise AttributeError(name)
 
-    monkeypatch.setattr(robustscale.cost, "__getattr__", missing)  # a cost module without forecast_recipe
+    monkeypatch.setattr(
+        robustscale.cost, "__getattr__", missing
+    )  # a cost module without forecast_recipe
     zoo = _zoo_file(tmp_path, planted_zoo(n=300))
     assert main(["predict", str(_recipe(tmp_path)), "--zoo", str(zoo), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -156,8 +197,12 @@ def test_cli_predict_without_flops_forecast(tmp_path, capsys, monkeypatch):
 def test_cli_predict_with_flops_forecast(tmp_path, capsys, monkeypatch):
     import robustscale.cost
 
-    monkeypatch.setattr(robustscale.cost, "forecast_recipe", lambda recipe: {"train_flops_total": 1e18},
-                        raising=False)
+    monkeypatch.setattr(
+        robustscale.cost,
+        "forecast_recipe",
+        lambda recipe: {"train_flops_total": 1e18},
+        raising=False,
+    )
     zoo = _zoo_file(tmp_path, planted_zoo(n=300))  # energy_kwh = 1e-17 x FLOPs
     assert main(["predict", str(_recipe(tmp_path, attack_steps=2)), "--zoo", str(zoo)]) == 0
     out = capsys.readouterr().out
@@ -186,7 +231,9 @@ def test_cli_predict_reads_the_recipe_as_train_does(tmp_path, capsys):
     from robustscale.cost.forecast import forecast_recipe
     from robustscale.recipe import Recipe
 
-    expected = forecast_recipe(Recipe.from_dict(recipe))["train_flops_total"]  # digits: 1,437 - 256 images
+    expected = forecast_recipe(Recipe.from_dict(recipe))[
+        "train_flops_total"
+    ]  # digits: 1,437 - 256 images
     assert out["flops"] == pytest.approx(expected)
     from robustscale.models import count_params
 
@@ -219,8 +266,14 @@ def test_figure_1a_plots_every_run(tmp_path):
 
 
 def test_report_says_why_when_the_joint_law_cannot_be_fitted(tmp_path):
-    df = power_law_zoo(n=60).assign(model="wrn28_10", params=36_479_194, loss="pgd", attack_steps=10,
-                                    ema=False, activation="relu")  # one family, one model size
+    df = power_law_zoo(n=60).assign(
+        model="wrn28_10",
+        params=36_479_194,
+        loss="pgd",
+        attack_steps=10,
+        ema=False,
+        activation="relu",
+    )  # one family, one model size
     fits = analyze_zoo(df, tmp_path / "rep", n_boot=100, n_splits=2)
     assert "2 model sizes" in fits["joint"]["error"]
     assert "4a" not in fits["figures"]
@@ -240,7 +293,11 @@ def test_analysis_layers_point_down_and_nothing_imports_the_orchestrator():
         name = name.removesuffix(".__init__")
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("robustscale.analysis"):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("robustscale.analysis")
+            ):
                 found.add(node.module)
             elif isinstance(node, ast.Import):
                 found |= {a.name for a in node.names if a.name.startswith("robustscale.analysis")}

@@ -37,14 +37,24 @@ def _wrn(name: str = "wrn10_1", meta: bool = True) -> nn.Module:
 
 
 def _step(model: nn.Module, loss: str, k: int, exact: bool = True, val_steps: int = 2):
-    return measure_step_flops(model, loss, (3, 32, 32), 10, eps=EPS, step_size=STEP, attack_steps=k,
-                              trades_beta=6.0, val_steps=val_steps, exact=exact)
+    return measure_step_flops(
+        model,
+        loss,
+        (3, 32, 32),
+        10,
+        eps=EPS,
+        step_size=STEP,
+        attack_steps=k,
+        trades_beta=6.0,
+        val_steps=val_steps,
+        exact=exact,
+    )
 
 
 _WRN10 = _wrn()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _counted(loss: str, k: int):
     """Full (exact) counts on one shared meta wrn10_1, cached across tests."""
     return _step(_WRN10, loss, k)
@@ -71,7 +81,9 @@ def test_conv2d_flops_match_formula(stride, groups):
     assert forward_flops(conv, (8, 20, 20)) == expected
 
 
-@pytest.mark.parametrize("name,params_m,gflops", [("wrn28_10", 36.5, 10.5), ("wrn70_16", 266.8, 77.6)])
+@pytest.mark.parametrize(
+    "name,params_m,gflops", [("wrn28_10", 36.5, 10.5), ("wrn70_16", 266.8, 77.6)]
+)
 def test_wrn_params_and_forward_flops_match_paper(name, params_m, gflops):
     assert count_params(name) / 1e6 == pytest.approx(params_m, rel=0.02)
     assert forward_flops(_wrn(name), (3, 32, 32)) / 1e9 == pytest.approx(gflops, rel=0.02)
@@ -138,10 +150,28 @@ def test_measure_step_flops_leaves_model_untouched():
 
 def test_step_flops_ignore_batch_size():
     model = _WRN10
-    a = measure_step_flops(model, "pgd", (3, 32, 32), 10, eps=EPS, step_size=STEP, attack_steps=3,
-                           trades_beta=6.0, batch_size=2)
-    b = measure_step_flops(model, "pgd", (3, 32, 32), 10, eps=EPS, step_size=STEP, attack_steps=3,
-                           trades_beta=6.0, batch_size=128)
+    a = measure_step_flops(
+        model,
+        "pgd",
+        (3, 32, 32),
+        10,
+        eps=EPS,
+        step_size=STEP,
+        attack_steps=3,
+        trades_beta=6.0,
+        batch_size=2,
+    )
+    b = measure_step_flops(
+        model,
+        "pgd",
+        (3, 32, 32),
+        10,
+        eps=EPS,
+        step_size=STEP,
+        attack_steps=3,
+        trades_beta=6.0,
+        batch_size=128,
+    )
     assert a == b
 
 
@@ -153,14 +183,19 @@ def test_bill_uses_paper_constants():
     assert b["energy_kwh"] == pytest.approx(1.58)
     assert b["electricity_cost_usd"] == pytest.approx(1.58 * 0.12)
     assert b["co2_kg"] == pytest.approx(1.58 * 0.5663)
-    assert bill(7.2e6) == pytest.approx({"energy_kwh": 3.16, "electricity_cost_usd": 0.3792, "co2_kg": 1.789508})
+    assert bill(7.2e6) == pytest.approx(
+        {"energy_kwh": 3.16, "electricity_cost_usd": 0.3792, "co2_kg": 1.789508}
+    )
 
 
 def test_bill_custom_constants_and_unmeasured():
     b = bill(1.8e6, pue=1.0, usd_per_kwh=0.3, gco2_per_kwh=100.0)
     assert b == pytest.approx({"energy_kwh": 0.5, "electricity_cost_usd": 0.15, "co2_kg": 0.05})
     assert bill(None, pue=1.58, usd_per_kwh=0.12, gco2_per_kwh=566.3) == {
-        "energy_kwh": None, "electricity_cost_usd": None, "co2_kg": None}
+        "energy_kwh": None,
+        "electricity_cost_usd": None,
+        "co2_kg": None,
+    }
     assert bill(0.0)["energy_kwh"] == 0.0  # a measured zero stays a number
 
 
@@ -323,7 +358,9 @@ def test_estimated_only_when_asked(tmp_path):
     before = meter.elapsed()
     joules = meter.read_joules()
     after = meter.elapsed()
-    assert 65.0 * before <= joules <= 65.0 * after and joules >= 65.0 * 0.05  # watts x seconds, growing
+    assert (
+        65.0 * before <= joules <= 65.0 * after and joules >= 65.0 * 0.05
+    )  # watts x seconds, growing
     meter.close()
     frozen = meter.read_joules()
     time.sleep(0.02)
@@ -371,8 +408,15 @@ def test_rapl_packages_and_wrap(tmp_path):
 
 
 def test_forecast_arithmetic_cifar():
-    r = Recipe(dataset="cifar10", model="wrn28_10", loss="pgd", attack_steps=10, epochs=100,
-               batch_size=128, val_size=512)
+    r = Recipe(
+        dataset="cifar10",
+        model="wrn28_10",
+        loss="pgd",
+        attack_steps=10,
+        epochs=100,
+        batch_size=128,
+        val_size=512,
+    )
     fc = forecast_recipe(r, throughput=1000.0, power_watts=500.0)
     f = fc["forward_flops"]
     assert fc["params"] == count_params("wrn28_10")
@@ -401,8 +445,17 @@ def test_forecast_arithmetic_cifar():
 def test_forecast_counts_synthetic_examples(tmp_path):
     npz = tmp_path / "syn.npz"
     np.savez(npz, image=np.zeros((10, 8, 8, 1), np.uint8), label=np.zeros(10, np.int64))
-    r = Recipe(dataset="digits", model="wrn10_1", loss="trades", attack_steps=2, epochs=3, batch_size=128,
-               val_size=256, synthetic_data=str(npz), synthetic_fraction=0.5)
+    r = Recipe(
+        dataset="digits",
+        model="wrn10_1",
+        loss="trades",
+        attack_steps=2,
+        epochs=3,
+        batch_size=128,
+        val_size=256,
+        synthetic_data=str(npz),
+        synthetic_fraction=0.5,
+    )
     fc = forecast_recipe(r)
     plan = BatchPlan(1437 - 256, 10, 128, 0.5, 0)
     assert fc["examples_per_epoch"] == plan.examples_per_epoch == 18 * 128  # 64 real + 64 synthetic
@@ -411,7 +464,9 @@ def test_forecast_counts_synthetic_examples(tmp_path):
 
 
 def test_calibrate_runs_on_cpu():
-    r = Recipe(dataset="digits", model="wrn10_1", loss="pgd", attack_steps=1, batch_size=16, device="cpu")
+    r = Recipe(
+        dataset="digits", model="wrn10_1", loss="pgd", attack_steps=1, batch_size=16, device="cpu"
+    )
     cal = calibrate(r, steps=1, warmup=0)
     assert cal["throughput_examples_per_s"] > 0 and cal["batch_size"] == 16
     assert (cal["power_watts"] is None) == (cal["energy_source"] == "none")
@@ -438,27 +493,56 @@ def test_cli_recipe_json_and_forecast(tmp_path, capsys):
     assert main(["flops", str(path), "--set", "epochs=4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     expected = forecast_recipe(recipe)
-    assert out == json.loads(json.dumps(expected))  # the CLI prints the library's numbers, all of them
+    assert out == json.loads(
+        json.dumps(expected)
+    )  # the CLI prints the library's numbers, all of them
     f = out["forward_flops"]
     assert out["epochs"] == 4 and out["examples_per_epoch"] == (1437 - 256) // 128 * 128
-    assert out["train_flops_total"] == out["train_flops_per_example"] * out["examples_per_epoch"] * 4
+    assert (
+        out["train_flops_total"] == out["train_flops_per_example"] * out["examples_per_epoch"] * 4
+    )
     assert out["paper_convention"]["train_flops_per_example"] == (3 * 3 + 3) * f  # PGD-3: (3K + 3)F
 
-    assert main(["flops", str(path), "--set", "epochs=4", "--throughput", "100", "--power-watts", "200",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "flops",
+                str(path),
+                "--set",
+                "epochs=4",
+                "--throughput",
+                "100",
+                "--power-watts",
+                "200",
+                "--json",
+            ]
+        )
+        == 0
+    )
     fc = json.loads(capsys.readouterr().out)["forecast"]
-    assert fc == pytest.approx(forecast_recipe(recipe, throughput=100.0, power_watts=200.0)["forecast"])
-    seconds = (out["examples_per_epoch"] * 4 + out["val_flops_total"] / out["train_flops_per_example"]) / 100.0
+    assert fc == pytest.approx(
+        forecast_recipe(recipe, throughput=100.0, power_watts=200.0)["forecast"]
+    )
+    seconds = (
+        out["examples_per_epoch"] * 4 + out["val_flops_total"] / out["train_flops_per_example"]
+    ) / 100.0
     assert fc["device_hours"] == pytest.approx(seconds / 3600)
     assert fc["energy_kwh"] == pytest.approx(200.0 * seconds / 3.6e6 * 1.58)
     assert fc["electricity_cost_usd"] == pytest.approx(fc["energy_kwh"] * 0.12)
     assert fc["co2_kg"] == pytest.approx(fc["energy_kwh"] * 566.3 / 1000)
     assert fc["energy_estimated"] is True and fc["power_source"] == "given"
 
-    assert main(["flops", str(path), "--set", "epochs=4", "--throughput", "100", "--power-watts", "200"]) == 0
+    assert (
+        main(
+            ["flops", str(path), "--set", "epochs=4", "--throughput", "100", "--power-watts", "200"]
+        )
+        == 0
+    )
     lines = {line.strip().split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert f"{_fl(out['train_flops_total'])} (paper {_fl(out['paper_convention']['train_flops_total'])})" in \
-        lines["total training"]
+    assert (
+        f"{_fl(out['train_flops_total'])} (paper {_fl(out['paper_convention']['train_flops_total'])})"
+        in lines["total training"]
+    )
     assert f"{fc['device_hours']:.4g} (train" in lines["device-hours"]
     assert lines["power"].endswith("200.0 W (estimated)")
     assert f"{fc['energy_kwh']:.4g} kWh (PUE 1.58)" in lines["energy"]
@@ -485,9 +569,15 @@ def test_toml_cost_defaults_and_precedence(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("ROBUSTSCALE_CONFIG")
     monkeypatch.chdir(tmp_path)
     paper = Recipe()
-    assert (paper.pue, paper.usd_per_kwh, paper.gco2_per_kwh, paper.power_watts) == (1.58, 0.12, 566.3, None)
+    assert (paper.pue, paper.usd_per_kwh, paper.gco2_per_kwh, paper.power_watts) == (
+        1.58,
+        0.12,
+        566.3,
+        None,
+    )
     (tmp_path / "robustscale.toml").write_text(
-        "[cost]\npue = 1.1\nusd_per_kwh = 0.3\ngco2_per_kwh = 50\npower_watts = 200\n\n[other]\nx = 1\n")
+        "[cost]\npue = 1.1\nusd_per_kwh = 0.3\ngco2_per_kwh = 50\npower_watts = 200\n\n[other]\nx = 1\n"
+    )
     # Recipe() itself does no I/O: only a loader that asks for the site's defaults reads the file
     assert Recipe().pue == 1.58
     r = Recipe.from_dict({}, site_defaults=True)
@@ -520,17 +610,23 @@ def test_toml_cost_defaults_and_precedence(tmp_path, monkeypatch, capsys):
     assert Recipe.from_dict({}, site_defaults=True).usd_per_kwh == 0.07
 
 
-@pytest.mark.parametrize("text,words", [
-    ("[cost]\npue = 1.2\nprice = 0.1\n", ["unknown key 'price' in [cost]", "allowed keys: pue, usd_per_kwh"]),
-    ("[cost]\npue = 0.5\n", ["[cost] pue = 0.5", "allowed: a number >= 1"]),
-    ("[cost]\nusd_per_kwh = -1\n", ["usd_per_kwh = -1", "allowed: a number >= 0"]),
-    ("[cost]\ngco2_per_kwh = 'a lot'\n", ["gco2_per_kwh = 'a lot'", "allowed: a number >= 0"]),
-    ("[cost]\npower_watts = true\n", ["power_watts = True", "allowed: a number > 0"]),
-    ("[cost]\npower_watts = 0\n", ["power_watts = 0", "allowed: a number > 0"]),
-    ("[cost]\npue = nan\n", ["pue = nan", "allowed: a number >= 1"]),
-    ("cost = 3\n", ["'cost' must be a table"]),
-    ("[cost\npue = 1\n", ["is not valid TOML"]),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        (
+            "[cost]\npue = 1.2\nprice = 0.1\n",
+            ["unknown key 'price' in [cost]", "allowed keys: pue, usd_per_kwh"],
+        ),
+        ("[cost]\npue = 0.5\n", ["[cost] pue = 0.5", "allowed: a number >= 1"]),
+        ("[cost]\nusd_per_kwh = -1\n", ["usd_per_kwh = -1", "allowed: a number >= 0"]),
+        ("[cost]\ngco2_per_kwh = 'a lot'\n", ["gco2_per_kwh = 'a lot'", "allowed: a number >= 0"]),
+        ("[cost]\npower_watts = true\n", ["power_watts = True", "allowed: a number > 0"]),
+        ("[cost]\npower_watts = 0\n", ["power_watts = 0", "allowed: a number > 0"]),
+        ("[cost]\npue = nan\n", ["pue = nan", "allowed: a number >= 1"]),
+        ("cost = 3\n", ["'cost' must be a table"]),
+        ("[cost\npue = 1\n", ["is not valid TOML"]),
+    ],
+)
 def test_toml_bad_cost_table_is_one_line_error(tmp_path, monkeypatch, capsys, text, words):
     from robustscale.cli import main
     from robustscale.errors import RobustscaleError
@@ -546,14 +642,18 @@ def test_toml_bad_cost_table_is_one_line_error(tmp_path, monkeypatch, capsys, te
     (tmp_path / "r.yaml").write_text("dataset: digits\n")
     assert main(["flops", str(tmp_path / "r.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("robustscale: error:") and "robustscale.toml" in err[0]
+    assert (
+        len(err) == 1 and err[0].startswith("robustscale: error:") and "robustscale.toml" in err[0]
+    )
 
 
 def test_toml_config_env_must_exist(tmp_path, monkeypatch):
     from robustscale.errors import RobustscaleError
 
     monkeypatch.setenv("ROBUSTSCALE_CONFIG", str(tmp_path / "missing.toml"))
-    with pytest.raises(RobustscaleError, match="ROBUSTSCALE_CONFIG=.*missing.toml.* is not an existing file"):
+    with pytest.raises(
+        RobustscaleError, match="ROBUSTSCALE_CONFIG=.*missing.toml.* is not an existing file"
+    ):
         Recipe.from_dict({}, site_defaults=True)
 
 
@@ -563,9 +663,10 @@ def test_toml_config_env_must_exist(tmp_path, monkeypatch):
 def test_training_without_nvml_or_rapl_records_unknown_energy(tmp_path, monkeypatch):
     """No NVML and no readable RAPL: the run finishes, and energy, cost and CO2 are null (unknown),
     never 0; the constants come from robustscale.toml."""
-    from robustscale.cost import energy
     from conftest import tiny
+
     from robustscale import train
+    from robustscale.cost import energy
     from robustscale.files import read_csv_rows
 
     monkeypatch.setattr(energy, "_import_nvml", lambda: None)
@@ -575,12 +676,19 @@ def test_training_without_nvml_or_rapl_records_unknown_energy(tmp_path, monkeypa
     cfg = tmp_path / "robustscale.toml"
     cfg.write_text("[cost]\npue = 1.25\nusd_per_kwh = 0.2\n")
     monkeypatch.setenv("ROBUSTSCALE_CONFIG", str(cfg))
-    run = train(tiny(epochs=2, attack_steps=1, val_attack_steps=1, val_size=32), out_root=tmp_path / "runs",
-                progress=False)
+    run = train(
+        tiny(epochs=2, attack_steps=1, val_attack_steps=1, val_size=32),
+        out_root=tmp_path / "runs",
+        progress=False,
+    )
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     cost = json.loads((run / "cost.json").read_text())
     assert cost["energy_source"] == "none" and cost["energy_measured"] is False
-    assert cost["energy_kwh"] is None and cost["electricity_cost_usd"] is None and cost["co2_kg"] is None
+    assert (
+        cost["energy_kwh"] is None
+        and cost["electricity_cost_usd"] is None
+        and cost["co2_kg"] is None
+    )
     assert cost["device_seconds"] > 0 and cost["train_flops"] > 0  # time and FLOPs are still known
     assert (cost["pue"], cost["usd_per_kwh"], cost["gco2_per_kwh"]) == (1.25, 0.2, 566.3)
     rows = read_csv_rows(run / "metrics.csv")

@@ -58,7 +58,10 @@ def _npz(tmp_path, n, value=255):
 @pytest.mark.parametrize("fraction,batch", [(0.7, 50), (0.5, 64), (0.3, 10)])
 def test_synthetic_fraction_is_exact_in_every_batch(tmp_path, fraction, batch):
     n_real = 300
-    real = (torch.zeros(n_real, 1, 8, 8), torch.zeros(n_real, dtype=torch.int64))  # real images are all 0
+    real = (
+        torch.zeros(n_real, 1, 8, 8),
+        torch.zeros(n_real, dtype=torch.int64),
+    )  # real images are all 0
     syn = load_synthetic(_npz(tmp_path, 1000), DATASETS["digits"])  # synthetic images are all 1
     plan = BatchPlan(n_real, len(syn), batch, fraction, seed=3)
     stream = BatchStream(plan, real, syn, augment=False, device=torch.device("cpu"))
@@ -101,8 +104,9 @@ def test_crop_flip_moves_pixels_without_changing_them():
         padded = torch.nn.functional.pad(x[i], (4, 4, 4, 4))
         found = any(
             torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1))
-            for dy in range(9) for dx in range(9)
-            for w in [padded[:, dy:dy + 32, dx:dx + 32]]
+            for dy in range(9)
+            for dx in range(9)
+            for w in [padded[:, dy : dy + 32, dx : dx + 32]]
         )
         assert found
     assert not torch.equal(out, x)
@@ -133,7 +137,9 @@ def test_a_cifar_file_that_would_run_code_is_refused_without_running_it(cifar10_
         load_split("cifar10", "train", cifar10_dir)
     assert not marker.exists(), "the pickle's code ran"
     msg = str(exc.value)
-    assert "\n" not in msg and "data_batch_1" in msg and ("posix.system" in msg or "os.system" in msg)
+    assert (
+        "\n" not in msg and "data_batch_1" in msg and ("posix.system" in msg or "os.system" in msg)
+    )
     # the same through the CLI path of a run: one line, no run directory
     from robustscale.cli import main
 
@@ -164,7 +170,9 @@ def test_official_cifar_bytes_are_trusted_by_their_md5(tmp_path, monkeypatch):
     from robustscale.data import cifar
 
     path = tmp_path / "batch"
-    path.write_bytes(pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": [3], "note": {1, 2}}))
+    path.write_bytes(
+        pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": [3], "note": {1, 2}})
+    )
     with pytest.raises(RobustscaleError, match="a set, which is not CIFAR data"):
         cifar.load_cifar_batch(path, official_md5=None)
     official = hashlib.md5(path.read_bytes()).hexdigest()  # as if these were the release's bytes

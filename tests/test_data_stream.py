@@ -4,15 +4,15 @@ walk is without replacement across epochs and counted, convert/info, bad sets ar
 from __future__ import annotations
 
 import json
-import sys
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny
+
 from robustscale import RobustscaleError, train
 from robustscale.data import DATASETS, load_synthetic
 from robustscale.data.arrays import InMemorySource, open_source

@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import tiny
+
 from robustscale.runs import read_status
 from robustscale.sweep import expand
 from robustscale.sweep.launch import LaunchOptions, launch_local
@@ -48,12 +48,28 @@ def _grad_check(rank: int, world: int, init_file: str) -> None:
             calls = []
             ddp.register_forward_pre_hook(lambda *a: calls.append(1))
             fwd = Forward(model, "fp32", False, False, cpu, ddp=ddp)
-            out = compute_loss(loss, fwd, xs, ys, eps=0.2, step_size=0.05, steps=3,
-                               generator=torch.Generator().manual_seed(rank))
+            out = compute_loss(
+                loss,
+                fwd,
+                xs,
+                ys,
+                eps=0.2,
+                step_size=0.05,
+                steps=3,
+                generator=torch.Generator().manual_seed(rank),
+            )
             out.loss.backward()
             # reference: this slice's gradient on a bare copy, averaged over the processes by hand
-            ref = compute_loss(loss, Forward(bare, "fp32", False, False, cpu), xs, ys, eps=0.2, step_size=0.05,
-                               steps=3, generator=torch.Generator().manual_seed(rank))
+            ref = compute_loss(
+                loss,
+                Forward(bare, "fp32", False, False, cpu),
+                xs,
+                ys,
+                eps=0.2,
+                step_size=0.05,
+                steps=3,
+                generator=torch.Generator().manual_seed(rank),
+            )
             ref.loss.backward()
             for p, q in zip(model.parameters(), bare.parameters()):
                 dist.all_reduce(q.grad)
@@ -81,19 +97,36 @@ def test_ddp_run_trains_as_one_run_and_resumes_exactly(tmp_path):
     out = tmp_path / "sweep"
     counts = launch_local(sweep, out, LaunchOptions(nproc_per_run=2, poll=0.2))
     rows = Ledger(out / "ledger.sqlite").rows()
-    assert counts["done"] == 1 and len(rows) == 1 and rows[0]["attempts"] == 1, \
-        (out / "logs" / f"{recipe.run_id}.log").read_text()
-    assert [p.name for p in (out / "runs").iterdir()] == [recipe.run_id]  # one run directory, rank 0 wrote it
+    assert counts["done"] == 1 and len(rows) == 1 and rows[0]["attempts"] == 1, (
+        out / "logs" / f"{recipe.run_id}.log"
+    ).read_text()
+    assert [p.name for p in (out / "runs").iterdir()] == [
+        recipe.run_id
+    ]  # one run directory, rank 0 wrote it
     whole = _metrics(out / "runs" / recipe.run_id)
     assert [int(r["epoch"]) for r in whole] == [1, 2, 3]
-    assert int(whole[0]["examples"]) == 21 * 64  # the batch size is global: 21 steps of 64 over 2 processes
+    assert (
+        int(whole[0]["examples"]) == 21 * 64
+    )  # the batch size is global: 21 steps of 64 over 2 processes
     log = (out / "logs" / f"{recipe.run_id}.log").read_text()
     assert log.count("epoch 1/3") == 1  # one log per run: only rank 0 speaks
 
     # the same run, killed after its first epoch and started again, ends with the same numbers
     run_dir = tmp_path / "again"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "robustscale",
-           "train", str(out / "recipes" / f"{recipe.run_id}.yaml"), "--run-dir", str(run_dir), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "robustscale",
+        "train",
+        str(out / "recipes" / f"{recipe.run_id}.yaml"),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and first.poll() is None:
@@ -110,5 +143,11 @@ def test_ddp_run_trains_as_one_run_and_resumes_exactly(tmp_path):
     resumed = _metrics(run_dir)
     assert [int(r["epoch"]) for r in resumed] == [1, 2, 3]
     for a, b in zip(whole, resumed):
-        for key in ("train_loss", "train_clean_acc", "train_robust_acc", "val_clean_acc", "val_pgd_acc"):
+        for key in (
+            "train_loss",
+            "train_clean_acc",
+            "train_robust_acc",
+            "val_clean_acc",
+            "val_pgd_acc",
+        ):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6, abs=1e-9), key

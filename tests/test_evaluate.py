@@ -19,12 +19,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DIGITS_EPS
 from torch import nn
 
 import robustscale
-from conftest import DIGITS_EPS
 from robustscale.cli import main
-from robustscale.evaluate import eval_filename, evaluate, evaluate_run, result_filename, run_warnings, state_filename
+from robustscale.evaluate import (
+    eval_filename,
+    evaluate,
+    evaluate_run,
+    result_filename,
+    run_warnings,
+    state_filename,
+)
 from robustscale.files import read_json
 from robustscale.runs import load, read_recipe
 
@@ -74,11 +81,32 @@ def test_autoattack_below_pgd40_below_clean(adv, aa_adv, pgd_adv):
     for result in (aa_adv, pgd_adv):
         on_disk = read_json(adv / "eval" / result_filename(result))
         assert on_disk == result and result["n"] == N and result["split_size"] == DIGITS_TEST
-        assert {"attack", "eps", "n", "split_size", "clean_acc", "robust_acc", "per_attack", "seconds", "checkpoint",
-                "version", "norm", "steps", "restarts", "seed", "split", "warnings"} <= set(on_disk)
+        assert {
+            "attack",
+            "eps",
+            "n",
+            "split_size",
+            "clean_acc",
+            "robust_acc",
+            "per_attack",
+            "seconds",
+            "checkpoint",
+            "version",
+            "norm",
+            "steps",
+            "restarts",
+            "seed",
+            "split",
+            "warnings",
+        } <= set(on_disk)
     assert (adv / "eval" / AA_N).is_file() and (adv / "eval" / "pgd-51-255-n100.json").is_file()
-    assert not (adv / "eval" / "autoattack-51-255.json").exists()  # the zoo's name: whole split only
-    assert pgd_adv["step_size"] == pytest.approx(DIGITS_EPS / 4) and pgd_adv["step_size_rule"] == "eps/4"
+    assert not (
+        adv / "eval" / "autoattack-51-255.json"
+    ).exists()  # the zoo's name: whole split only
+    assert (
+        pgd_adv["step_size"] == pytest.approx(DIGITS_EPS / 4)
+        and pgd_adv["step_size_rule"] == "eps/4"
+    )
     assert not (adv / "eval" / STATE).exists()  # a finished run leaves no state behind
 
 
@@ -94,8 +122,9 @@ def test_numbers_equal_pyautoattack_called_directly(adv, aa_adv):
 
     model = load(adv, "best")
     x, y = robustscale.load_split(adv, n=N)
-    _, y_adv = AutoAttack(model, eps=DIGITS_EPS, norm="Linf", version="standard", seed=0).run_standard_evaluation(
-        x, y, batch_size=BS)
+    _, y_adv = AutoAttack(
+        model, eps=DIGITS_EPS, norm="Linf", version="standard", seed=0
+    ).run_standard_evaluation(x, y, batch_size=BS)
     assert 100.0 * (y_adv == y).sum().item() / N == aa_adv["robust_acc"]
     assert 100.0 * (model(x).argmax(1) == y).sum().item() / N == aa_adv["clean_acc"]
 
@@ -111,7 +140,12 @@ def test_same_seed_same_numbers(adversarial_run, monkeypatch):
     # every attack: each reseeds torch with it (an ignored seed would be time.time()).
     from pyautoattack.square import SquareAttack
 
-    seeds, square_calls, manual_seed, square_perturb = [], [], torch.random.manual_seed, SquareAttack.perturb
+    seeds, square_calls, manual_seed, square_perturb = (
+        [],
+        [],
+        torch.random.manual_seed,
+        SquareAttack.perturb,
+    )
 
     def record_seed(seed):
         seeds.append(seed)
@@ -133,7 +167,12 @@ def test_same_seed_same_numbers(adversarial_run, monkeypatch):
         assert seeds and set(seeds) == {3}, set(seeds)
         assert sum(square_calls) > 0, "no example reached Square: its randomness is untested"
     c, d = runs
-    assert c["version"] == "standard" and list(c["per_attack"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert c["version"] == "standard" and list(c["per_attack"]) == [
+        "apgd-ce",
+        "apgd-t",
+        "fab-t",
+        "square",
+    ]
     assert c["per_attack"]["square"] > 0  # examples survived Square's whole random search
     for key in ("clean_acc", "robust_acc", "per_attack", "warnings"):
         assert c[key] == d[key], key
@@ -141,8 +180,12 @@ def test_same_seed_same_numbers(adversarial_run, monkeypatch):
     # move, the clean pass cannot
     seeds.clear()
     e = evaluate(model, x, y, seed=4, attacks=["apgd-ce"], **kw)
-    assert set(seeds) == {4} and (c["seed"], e["seed"]) == (3, 4) and e["clean_acc"] == c["clean_acc"]
-    assert torch.equal(rng, torch.random.get_rng_state())  # AutoAttack's reseeding does not leak out
+    assert (
+        set(seeds) == {4} and (c["seed"], e["seed"]) == (3, 4) and e["clean_acc"] == c["clean_acc"]
+    )
+    assert torch.equal(
+        rng, torch.random.get_rng_state()
+    )  # AutoAttack's reseeding does not leak out
 
 
 def test_killed_autoattack_resumes_with_the_same_result(adv, aa_adv, tmp_path_factory):
@@ -152,8 +195,19 @@ def test_killed_autoattack_resumes_with_the_same_result(adv, aa_adv, tmp_path_fa
     shutil.rmtree(run / "eval")
     state, snap = run / "eval" / STATE, run / "eval" / (STATE + ".progress.json")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "robustscale", "eval", str(run), "--attack", "autoattack", "--n", str(N),
-           "--batch-size", str(BS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "robustscale",
+        "eval",
+        str(run),
+        "--attack",
+        "autoattack",
+        "--n",
+        str(N),
+        "--batch-size",
+        str(BS),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     partial, deadline = False, time.monotonic() + 300
     try:
@@ -170,7 +224,10 @@ def test_killed_autoattack_resumes_with_the_same_result(adv, aa_adv, tmp_path_fa
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     assert not (run / "eval" / AA_N).exists() and state.exists()
     resumed = evaluate_run(run, attack="autoattack", n=N, batch_size=BS)
-    assert resumed["resumed_after"] and resumed["resumed_after"] == list(aa_adv["per_attack"])[: len(resumed["resumed_after"])]
+    assert (
+        resumed["resumed_after"]
+        and resumed["resumed_after"] == list(aa_adv["per_attack"])[: len(resumed["resumed_after"])]
+    )
     for key in ("clean_acc", "robust_acc", "per_attack"):
         assert resumed[key] == aa_adv[key], (key, partial)
     assert not state.exists()
@@ -246,41 +303,75 @@ def test_softmax_output_is_flagged(standard_run):
 
 
 def test_pgd_below_autoattack_is_flagged(standard_run, tmp_path):
-    pgd = {"attack": "pgd", "eps": DIGITS_EPS, "n": N, "split_size": DIGITS_TEST, "checkpoint": "best",
-           "split": "test", "steps": 40, "clean_acc": 97.0, "robust_acc": 5.0}
+    pgd = {
+        "attack": "pgd",
+        "eps": DIGITS_EPS,
+        "n": N,
+        "split_size": DIGITS_TEST,
+        "checkpoint": "best",
+        "split": "test",
+        "steps": 40,
+        "clean_acc": 97.0,
+        "robust_acc": 5.0,
+    }
     aa = {**pgd, "attack": "autoattack", "version": "standard", "robust_acc": 9.0}
     assert result_filename(aa) == AA_N
     robustscale.files.atomic_write_json(tmp_path / AA_N, aa)
     warnings = run_warnings(pgd, read_recipe(standard_run), tmp_path)
     assert any("below AutoAttack" in w for w in warnings)
-    robustscale.files.atomic_write_json(tmp_path / AA_N, {**aa, "n": 50})  # other examples: not comparable
-    assert not any("below AutoAttack" in w for w in run_warnings(pgd, read_recipe(standard_run), tmp_path))
+    robustscale.files.atomic_write_json(
+        tmp_path / AA_N, {**aa, "n": 50}
+    )  # other examples: not comparable
+    assert not any(
+        "below AutoAttack" in w for w in run_warnings(pgd, read_recipe(standard_run), tmp_path)
+    )
 
 
 def test_cli_checkpoint_file_and_json(standard_run, tmp_path, capsys):
     ckpt = tmp_path / "weights.pt"
     shutil.copy(standard_run / "checkpoints" / "best.pt", ckpt)
-    rc = main(["eval", str(ckpt), "--model", "wrn10_1", "--dataset", "digits", "--eps", "0.2", "--n", "30",
-               "--steps", "5", "--json"])
+    rc = main(
+        [
+            "eval",
+            str(ckpt),
+            "--model",
+            "wrn10_1",
+            "--dataset",
+            "digits",
+            "--eps",
+            "0.2",
+            "--n",
+            "30",
+            "--steps",
+            "5",
+            "--json",
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["checkpoint"] == str(ckpt) and out["n"] == 30 and out["clean_acc"] > 80
     assert read_json(tmp_path / "eval" / "pgd-51-255-n30.json") == out
 
 
-@pytest.mark.parametrize("args, says", [
-    (["eval", "{missing}"], "does not exist"),
-    (["eval", "{run}", "--eps", "8/25x"], "eps='8/25x'"),
-    (["eval", "{run}", "--n", "1000"], "n=1000"),
-    (["eval", "{run}", "--n", "abc"], "--n"),
-    (["eval", "{run}", "--attack", "fgsm"], "attack='fgsm'"),
-    (["eval", "{run}", "--attack", "autoattack", "--norm", "l2"], "norm='l2'"),
-    (["eval", "{run}", "--checkpoint", "middle"], "checkpoint='middle'"),
-    (["eval", "{ckpt}"], "--model"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["eval", "{missing}"], "does not exist"),
+        (["eval", "{run}", "--eps", "8/25x"], "eps='8/25x'"),
+        (["eval", "{run}", "--n", "1000"], "n=1000"),
+        (["eval", "{run}", "--n", "abc"], "--n"),
+        (["eval", "{run}", "--attack", "fgsm"], "attack='fgsm'"),
+        (["eval", "{run}", "--attack", "autoattack", "--norm", "l2"], "norm='l2'"),
+        (["eval", "{run}", "--checkpoint", "middle"], "checkpoint='middle'"),
+        (["eval", "{ckpt}"], "--model"),
+    ],
+)
 def test_cli_bad_input_is_one_line(adversarial_run, tmp_path, capsys, args, says):
-    fill = {"missing": str(tmp_path / "no-run"), "run": str(adversarial_run),
-            "ckpt": str(adversarial_run / "checkpoints" / "best.pt")}
+    fill = {
+        "missing": str(tmp_path / "no-run"),
+        "run": str(adversarial_run),
+        "ckpt": str(adversarial_run / "checkpoints" / "best.pt"),
+    }
     rc = _cli([a.format(**fill) for a in args])
     err = capsys.readouterr().err
     assert rc == 2 and says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -298,8 +389,12 @@ def test_train_final_eval_writes_the_zoo_file(tmp_path):
 
     from robustscale import zoo
 
-    run = robustscale.train(tiny(loss="standard", attack_steps=0, epochs=1, val_size=0), out_root=tmp_path,
-                            progress=False, final_eval="autoattack")
+    run = robustscale.train(
+        tiny(loss="standard", attack_steps=0, epochs=1, val_size=0),
+        out_root=tmp_path,
+        progress=False,
+        final_eval="autoattack",
+    )
     result = read_json(run / "eval" / "autoattack-51-255.json")
     assert result["checkpoint"] == "best" and result["n"] == result["split_size"] == DIGITS_TEST
     assert result["version"] == "standard" and result["robust_acc"] <= result["clean_acc"]
@@ -315,13 +410,18 @@ def test_train_final_eval_writes_the_zoo_file(tmp_path):
     # a subset JSON under the zoo's name, as written before names carried n and version: judged by
     # its contents (n against the digits test split), so it is not the zoo's number
     legacy = {k: v for k, v in sub.items() if k != "split_size"}
-    robustscale.files.atomic_write_json(run / "eval" / "autoattack-51-255.json", {**legacy, "robust_acc": 0.5})
+    robustscale.files.atomic_write_json(
+        run / "eval" / "autoattack-51-255.json", {**legacy, "robust_acc": 0.5}
+    )
     assert row["clean_acc"] is not None and zoo.read_run(run)["autoattack_acc"] is None
-    robustscale.files.atomic_write_json(run / "eval" / "autoattack-51-255.json",
-                                        {**legacy, "n": DIGITS_TEST, "robust_acc": 0.5})
+    robustscale.files.atomic_write_json(
+        run / "eval" / "autoattack-51-255.json", {**legacy, "n": DIGITS_TEST, "robust_acc": 0.5}
+    )
     assert zoo.read_run(run)["autoattack_acc"] == 0.5
-    robustscale.files.atomic_write_json(run / "eval" / "autoattack-51-255.json",
-                                        {**legacy, "n": DIGITS_TEST, "version": "rand", "robust_acc": 0.5})
+    robustscale.files.atomic_write_json(
+        run / "eval" / "autoattack-51-255.json",
+        {**legacy, "n": DIGITS_TEST, "version": "rand", "robust_acc": 0.5},
+    )
     assert zoo.read_run(run)["autoattack_acc"] is None
 
 
@@ -332,23 +432,40 @@ def test_last_checkpoint_evaluation_never_overwrites_the_best_one(tmp_path, adve
     last = evaluate_run(run, attack="pgd", checkpoint="last", steps=2)
     assert best["n"] == last["n"] == DIGITS_TEST
     assert read_json(run / "eval" / eval_filename("pgd", DIGITS_EPS))["checkpoint"] == "best"
-    assert read_json(run / "eval" / eval_filename("pgd", DIGITS_EPS, "last"))["checkpoint"] == "last"
+    assert (
+        read_json(run / "eval" / eval_filename("pgd", DIGITS_EPS, "last"))["checkpoint"] == "last"
+    )
 
 
 def test_file_names_keep_apart_what_the_zoo_must_not_mix():
     eps = 8 / 255
     assert eval_filename("autoattack", eps) == "autoattack-8-255.json"
     assert eval_filename("autoattack", eps, n=10_000, split_size=10_000) == "autoattack-8-255.json"
-    assert eval_filename("autoattack", eps, n=1000, split_size=10_000) == "autoattack-8-255-n1000.json"
+    assert (
+        eval_filename("autoattack", eps, n=1000, split_size=10_000) == "autoattack-8-255-n1000.json"
+    )
     assert eval_filename("autoattack", eps, version="rand") == "autoattack-8-255-rand.json"
-    assert eval_filename("autoattack", eps, "last", version="plus", n=5, split_size=9) == "autoattack-8-255-plus-n5-last.json"
-    assert eval_filename("autoattack", eps, version="custom:apgd-ce+fab-t") == "autoattack-8-255-custom-apgd-ce-fab-t.json"
+    assert (
+        eval_filename("autoattack", eps, "last", version="plus", n=5, split_size=9)
+        == "autoattack-8-255-plus-n5-last.json"
+    )
+    assert (
+        eval_filename("autoattack", eps, version="custom:apgd-ce+fab-t")
+        == "autoattack-8-255-custom-apgd-ce-fab-t.json"
+    )
     assert eval_filename("pgd", eps, version=None, n=20, split_size=20) == "pgd-8-255.json"
     # state files: one per checkpoint, version and subset, so concurrent evaluations never share one
-    names = {state_filename(eps, ckpt, version=v, n=n, split_size=10_000)
-             for ckpt in ("best", "last", "/w/weights.pt") for v in ("standard", "rand") for n in (None, 100)}
-    assert len(names) == 12 and ".autoattack-8-255-last.state" in names and ".autoattack-8-255-weights.state" in names
-
+    names = {
+        state_filename(eps, ckpt, version=v, n=n, split_size=10_000)
+        for ckpt in ("best", "last", "/w/weights.pt")
+        for v in ("standard", "rand")
+        for n in (None, 100)
+    }
+    assert (
+        len(names) == 12
+        and ".autoattack-8-255-last.state" in names
+        and ".autoattack-8-255-weights.state" in names
+    )
 
 
 def test_autoattack_channels_last_option_reaches_the_model_and_leaves_it_as_it_was():
@@ -363,7 +480,8 @@ def test_autoattack_channels_last_option_reaches_the_model_and_leaves_it_as_it_w
     x = torch.rand(4, 3, 16, 16)
     layouts = []
     hook = model.net.blocks[0].register_forward_pre_hook(
-        lambda m, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+        lambda m, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+    )
     with torch.no_grad():
         ref, fast = model(x), _Fast(model, channels_last=True, compile=False)(x)
     hook.remove()

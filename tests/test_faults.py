@@ -52,8 +52,11 @@ def _damage(path: Path, fault: str) -> None:
 
 
 def _snapshot(root: Path, skip: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p != skip}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p != skip
+    }
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +89,13 @@ RUN_FILES = {
     "eval/pgd-51-255.json": (("zoo",), ("zoo",)),  # no evaluation: an empty cell
     "checkpoints/best.pt": (("eval", "zoo"), ()),
 }
-CASES = [(name, cmd, fault) for name, (cmds, ok_missing) in RUN_FILES.items() for cmd in cmds
-         for fault in FAULTS if not (fault == "missing" and cmd in ok_missing)]
+CASES = [
+    (name, cmd, fault)
+    for name, (cmds, ok_missing) in RUN_FILES.items()
+    for cmd in cmds
+    for fault in FAULTS
+    if not (fault == "missing" and cmd in ok_missing)
+]
 
 
 def _one_line(err: str, name: str) -> str:
@@ -99,7 +107,9 @@ def _one_line(err: str, name: str) -> str:
 
 
 @pytest.mark.parametrize("name,command,fault", CASES, ids=[f"{n}-{c}-{f}" for n, c, f in CASES])
-def test_damaged_run_file_is_one_line_and_nothing_else_changes(trained, tmp_path, capsys, name, command, fault):
+def test_damaged_run_file_is_one_line_and_nothing_else_changes(
+    trained, tmp_path, capsys, name, command, fault
+):
     src, recipe_file = trained
     run = tmp_path / "runs" / src.name
     shutil.copytree(src, run)
@@ -151,7 +161,9 @@ def test_metrics_epoch_that_is_text_during_resume_is_one_line(trained, tmp_path,
 
 
 @pytest.mark.parametrize("change", ["lr=0.2", "model=wrn16_1"])
-def test_resume_compares_the_checkpoints_recipe_when_recipe_yaml_is_gone(trained, tmp_path, capsys, change):
+def test_resume_compares_the_checkpoints_recipe_when_recipe_yaml_is_gone(
+    trained, tmp_path, capsys, change
+):
     src, recipe_file = trained
     run = tmp_path / src.name
     shutil.copytree(src, run)
@@ -168,8 +180,12 @@ def test_stale_temporary_files_are_removed_when_a_run_starts(trained, tmp_path):
     src, recipe_file = trained
     run = tmp_path / src.name
     shutil.copytree(src, run)
-    debris = [run / "checkpoints" / ".last.pt.next.k2j3.tmp", run / "checkpoints" / ".best.pt.x8f.tmp",
-              run / "checkpoints" / ".last.pt.next", run / ".status.json.abc.tmp"]
+    debris = [
+        run / "checkpoints" / ".last.pt.next.k2j3.tmp",
+        run / "checkpoints" / ".best.pt.x8f.tmp",
+        run / "checkpoints" / ".last.pt.next",
+        run / ".status.json.abc.tmp",
+    ]
     for path in debris:
         path.write_bytes(b"partial")
     assert main(["train", str(recipe_file), "--run-dir", str(run), "--no-progress"]) == 0
@@ -205,7 +221,9 @@ def test_damaged_ledger_is_one_line_for_status(tmp_path, capsys, fault):
         _damage(path, fault)
     before = _snapshot(tmp_path, Path("/nonexistent"))
     assert main(["status", str(tmp_path)]) == 2
-    line = _one_line(capsys.readouterr().err, "ledger.sqlite" if fault != "missing" else tmp_path.name)
+    line = _one_line(
+        capsys.readouterr().err, "ledger.sqlite" if fault != "missing" else tmp_path.name
+    )
     if fault == "state":
         assert "weird" in line
     assert _snapshot(tmp_path, Path("/nonexistent")) == before  # status recreated nothing
@@ -223,9 +241,13 @@ def _zoo_damage(path: Path, fault: str) -> None:
         return
     lines = path.read_text().splitlines()
     header = lines[0].split(",")
-    column, value = {"inf": ("train_flops", "inf"), "huge": ("train_flops", "1e308"),
-                     "zero_params": ("params", "0"), "epochs_fraction": ("epochs", "10.5"),
-                     "overflow": ("params", "1e400")}[fault]
+    column, value = {
+        "inf": ("train_flops", "inf"),
+        "huge": ("train_flops", "1e308"),
+        "zero_params": ("params", "0"),
+        "epochs_fraction": ("epochs", "10.5"),
+        "overflow": ("params", "1e400"),
+    }[fault]
     cells = lines[3].split(",")
     cells[header.index(column)] = value
     lines[3] = ",".join(cells)
@@ -238,8 +260,10 @@ def test_damaged_zoo_table_is_one_line(tmp_path, capsys, command, fault):
     path = write_zoo(power_law_zoo(40), tmp_path / "zoo.csv")
     _zoo_damage(path, fault)
     before = _snapshot(tmp_path, path)
-    argv = {"analyze": ["analyze", str(path), "-o", str(tmp_path / "report")],
-            "plan": ["plan", "--zoo", str(path), "--budget", "1e18", "-o", str(tmp_path / "plan.yaml")]}[command]
+    argv = {
+        "analyze": ["analyze", str(path), "-o", str(tmp_path / "report")],
+        "plan": ["plan", "--zoo", str(path), "--budget", "1e18", "-o", str(tmp_path / "plan.yaml")],
+    }[command]
     assert main(argv) == 2
     line = _one_line(capsys.readouterr().err, "zoo.csv")
     if fault in ("inf", "huge", "zero_params", "overflow"):
@@ -281,8 +305,13 @@ def test_disk_full_write_is_one_line_and_keeps_the_previous_file(trained, tmp_pa
     run = tmp_path / src.name
     shutil.copytree(src, run)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run([sys.executable, "-c", _DISK_FULL, str(run)], capture_output=True, text=True,
-                         env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _DISK_FULL, str(run)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     lines = [ln for ln in out.stdout.splitlines() if ln]
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     errors = [ln for ln in lines if ln.startswith("ERROR")]
@@ -311,33 +340,42 @@ def test_read_only_output_folder_is_one_line(tmp_path, capsys, monkeypatch, comm
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    argv = {"zoo": ["zoo", "--import", str(path), "-o", str(out / "z.csv")],
-            "plan": ["plan", "--zoo", str(path), "--budget", "1e18", "-o", str(out / "plan.yaml")],
-            "analyze": ["analyze", str(path), "-o", str(out / "report")]}[command]
+    argv = {
+        "zoo": ["zoo", "--import", str(path), "-o", str(out / "z.csv")],
+        "plan": ["plan", "--zoo", str(path), "--budget", "1e18", "-o", str(out / "plan.yaml")],
+        "analyze": ["analyze", str(path), "-o", str(out / "report")],
+    }[command]
     assert main(argv) == 2
     line = _one_line(capsys.readouterr().err, "out")
     assert "EROFS" in line
     assert not [p for p in out.rglob("*") if p.is_file()]  # no temporary or partial file
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["analyze", "Z", "--seed", "-1"], "--seed"),
-    (["analyze", "Z", "--collapse-threshold", "-5"], "--collapse-threshold"),
-    (["plan", "--zoo", "Z", "--budget", "nan"], "--budget"),
-    (["plan", "--zoo", "Z", "--budget", "inf"], "--budget"),
-    (["plan", "--zoo", "Z", "--budget", "1e18", "-o", "DIR"], "is a folder"),
-    (["analyze", "Z", "-o", "FILE"], "is a file"),
-    (["zoo", "DIR", "-o", "DIR"], "is a folder"),
-    (["train", "R", "--set", "seed=99999999999999999999999"], "seed"),
-    (["train", "R", "--set", "step_size=.inf"], "step_size"),
-    (["eval", "DIR", "--seed", "-3"], "--seed"),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["analyze", "Z", "--seed", "-1"], "--seed"),
+        (["analyze", "Z", "--collapse-threshold", "-5"], "--collapse-threshold"),
+        (["plan", "--zoo", "Z", "--budget", "nan"], "--budget"),
+        (["plan", "--zoo", "Z", "--budget", "inf"], "--budget"),
+        (["plan", "--zoo", "Z", "--budget", "1e18", "-o", "DIR"], "is a folder"),
+        (["analyze", "Z", "-o", "FILE"], "is a file"),
+        (["zoo", "DIR", "-o", "DIR"], "is a folder"),
+        (["train", "R", "--set", "seed=99999999999999999999999"], "seed"),
+        (["train", "R", "--set", "step_size=.inf"], "step_size"),
+        (["eval", "DIR", "--seed", "-3"], "--seed"),
+    ],
+)
 def test_numeric_flags_and_output_paths_are_one_line(tmp_path, capsys, argv, words):
     zoo = write_zoo(power_law_zoo(20), tmp_path / "zoo.csv")
     (tmp_path / "file").write_text("x")
     (tmp_path / "recipe.yaml").write_text(tiny().to_yaml())
-    names = {"Z": str(zoo), "DIR": str(tmp_path), "FILE": str(tmp_path / "file"),
-             "R": str(tmp_path / "recipe.yaml")}
+    names = {
+        "Z": str(zoo),
+        "DIR": str(tmp_path),
+        "FILE": str(tmp_path / "file"),
+        "R": str(tmp_path / "recipe.yaml"),
+    }
     before = _snapshot(tmp_path, Path("/nonexistent"))
     assert main([names.get(a, a) for a in argv]) == 2
     err = capsys.readouterr().err

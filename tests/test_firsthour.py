@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny, write_cifar10
+from zoo_factory import make_run
 
 from robustscale.errors import RobustscaleError
 from robustscale.recipe import Recipe
-from conftest import tiny, write_cifar10
-from zoo_factory import make_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,9 +157,9 @@ def test_without_a_terminal_each_stage_logs_one_line(small_run):
 
 
 def test_autoattack_reports_each_attack_and_examples_left(small_run):
-    from robustscale.evaluate import evaluate_run
-
     import logging
+
+    from robustscale.evaluate import evaluate_run
 
     records: list[str] = []
 

@@ -27,7 +27,11 @@ def test_fit_recovers_alpha_beta_and_E(fitted):
     assert law.beta == pytest.approx(beta, abs=0.015)
     assert law.E == pytest.approx(E, abs=1.0)
     ci = law.ci()
-    for name, width in (("E", 4.0), ("alpha", 0.06), ("beta", 0.06)):  # bootstrap intervals: real and narrow
+    for name, width in (
+        ("E", 4.0),
+        ("alpha", 0.06),
+        ("beta", 0.06),
+    ):  # bootstrap intervals: real and narrow
         lo, hi = ci[name]
         assert lo < getattr(law, name) < hi and hi - lo < width, name
     assert law.r2_heldout > 0.95
@@ -68,7 +72,9 @@ def test_frontier_keeps_best_run_per_bin_and_fits_allocation(fitted):
 
     run_bins, row_bins = bin_of(lf), bin_of(np.log10(rows["train_flops"].to_numpy(float)))
     assert sorted(row_bins) == sorted(set(run_bins)), "one frontier row per non-empty bin"
-    for b, (_, row) in zip(row_bins, rows.iterrows()):  # no run anywhere in its bin beats the frontier's
+    for b, (_, row) in zip(
+        row_bins, rows.iterrows()
+    ):  # no run anywhere in its bin beats the frontier's
         assert acc[run_bins == b].max() == pytest.approx(row["robust_acc"])
     assert 0 < fitted.frontier.n_law.alpha < 1.5 and 0 < fitted.frontier.d_law.alpha < 1.5
 
@@ -86,14 +92,23 @@ def test_k_is_the_cost_modules_for_the_chosen_loss_and_steps_with_the_zoo_median
     df.loc[:29, "attack_steps"] = 5
     df.loc[:29, "train_flops"] = 36.0 * df.loc[:29, "params"] * df.loc[:29, "examples_seen"]
     jf = fit_joint_zoo(df, loss="pgd", attack_steps=5, n_boot=0)
-    assert jf.k == pytest.approx(_measured_k("wrn16_4", "pgd", 5)) and "robustscale.cost" in jf.k_source
+    assert (
+        jf.k == pytest.approx(_measured_k("wrn16_4", "pgd", 5))
+        and "robustscale.cost" in jf.k_source
+    )
     assert jf.k_zoo == pytest.approx(36.0) and jf.reference["attack_steps"] == 5
     jf10 = fit_joint_zoo(df, loss="pgd", attack_steps=10, n_boot=0)
-    assert jf10.k == pytest.approx(_measured_k("wrn16_4", "pgd", 10)) and jf10.k_zoo == pytest.approx(JOINT_K)
+    assert jf10.k == pytest.approx(
+        _measured_k("wrn16_4", "pgd", 10)
+    ) and jf10.k_zoo == pytest.approx(JOINT_K)
     assert jf10.k > 1.5 * jf.k  # 11 forward-backward passes per example against 6
     # a model the cost module cannot build: the zoo's median, and the reason
     other = fit_joint_zoo(df.assign(model="their_net"), loss="pgd", attack_steps=10, n_boot=0)
-    assert other.k == pytest.approx(JOINT_K) and "zoo median" in other.k_source and "their_net" in other.k_source
+    assert (
+        other.k == pytest.approx(JOINT_K)
+        and "zoo median" in other.k_source
+        and "their_net" in other.k_source
+    )
 
 
 def test_zoo_median_k_for_the_configuration():
@@ -127,6 +142,7 @@ def test_too_few_runs_or_sizes_is_a_clear_error():
 
 # ---- identifiability: a law is only a finding when the zoo pins it down ----------------------
 
+
 def _law_zoo(theta, n=300, noise=0.01, seed=0, sizes=None):
     """joint_zoo with robust error from ``theta``; ``sizes`` fixes the model sizes it may use."""
     df = joint_zoo(n=n, noise=noise, seed=seed, theta=theta)
@@ -159,7 +175,9 @@ def test_noise_larger_than_the_N_effect_is_not_identifiable():
     E, _, alpha, B, beta = JOINT_THETA
     jf = fit_joint_zoo(_law_zoo((E, 50.0, alpha, B, beta), noise=0.15, seed=2), n_boot=20)
     assert not jf.identifiable
-    assert any("no effect of N" in r for r in jf.reasons) and any("held-out R²" in r for r in jf.reasons)
+    assert any("no effect of N" in r for r in jf.reasons) and any(
+        "held-out R²" in r for r in jf.reasons
+    )
 
 
 def test_coefficient_at_a_bound_is_named():
@@ -167,12 +185,26 @@ def test_coefficient_at_a_bound_is_named():
 
     p = np.array([5.0, 3.0, 3.0, BOUNDS[3][1] - 1e-4, 0.3])  # alpha pinned at its upper bound
     assert _at_bounds(p) == ["alpha"]
-    law = JointLaw(E=20.0, A=np.exp(5.0), alpha=3.0, B=np.exp(3.0), beta=0.3, n_runs=50, r2_heldout=0.9,
-                   at_bounds=["alpha"], n_sizes=5, n_data=5, N_range=(1e5, 1e8), D_range=(1e6, 1e8), scatter=0.0)
+    law = JointLaw(
+        E=20.0,
+        A=np.exp(5.0),
+        alpha=3.0,
+        B=np.exp(3.0),
+        beta=0.3,
+        n_runs=50,
+        r2_heldout=0.9,
+        at_bounds=["alpha"],
+        n_sizes=5,
+        n_data=5,
+        N_range=(1e5, 1e8),
+        D_range=(1e6, 1e8),
+        scatter=0.0,
+    )
     assert any("alpha ended at a bound" in r for r in assess(law))
 
 
 # ---- what L and D are -----------------------------------------------------------------------
+
 
 def test_pgd40_loss_is_the_law_when_present_and_partly_empty_uses_the_runs_that_have_it():
     theta = (0.9, 30.0, 0.35, 60.0, 0.30)  # a robust cross-entropy in nats
@@ -185,7 +217,9 @@ def test_pgd40_loss_is_the_law_when_present_and_partly_empty_uses_the_runs_that_
     assert jf.metric == "pgd40_loss" and jf.law.n_runs == 250
     assert any("known for 250 of 300 runs" in n for n in jf.notes)
     assert jf.law.alpha == pytest.approx(0.35, abs=0.03) and jf.law.E == pytest.approx(0.9, abs=0.1)
-    assert jf.acc_map.slope == pytest.approx(-40, rel=1e-3) and jf.acc_map.intercept == pytest.approx(95, rel=1e-3)
+    assert jf.acc_map.slope == pytest.approx(
+        -40, rel=1e-3
+    ) and jf.acc_map.intercept == pytest.approx(95, rel=1e-3)
     assert jf.asymptote_acc == pytest.approx(95 - 40 * jf.law.E)
 
 
@@ -197,13 +231,18 @@ def test_D_is_unique_examples_where_the_zoo_records_them():
     df["unique_synthetic_seen"] = np.where(df["synthetic_data"], 400_000, np.nan)
     inputs = law_inputs(df)
     assert inputs.d_kind == "unique" and any("unique examples" in n for n in inputs.notes)
-    expected = np.where(df["synthetic_data"], 400_000 + 50_000, 50_000)  # + the CIFAR-10 train split
+    expected = np.where(
+        df["synthetic_data"], 400_000 + 50_000, 50_000
+    )  # + the CIFAR-10 train split
     assert inputs.D == pytest.approx(expected)
-    df.loc[df.index[df["synthetic_data"]][0], "unique_synthetic_seen"] = np.nan  # one synthetic run unknown
+    df.loc[df.index[df["synthetic_data"]][0], "unique_synthetic_seen"] = (
+        np.nan
+    )  # one synthetic run unknown
     assert law_inputs(df).d_kind == "processed"
 
 
 # ---- recipe families --------------------------------------------------------------------------
+
 
 def test_each_recipe_family_gets_its_own_law_and_small_families_are_named():
     from robustscale.analysis.joint.frontier import fit_families, joint_summary
@@ -211,12 +250,16 @@ def test_each_recipe_family_gets_its_own_law_and_small_families_are_named():
     good = joint_zoo(n=200, seed=5).assign(loss="trades")
     worse = joint_zoo(n=200, seed=6, theta=(50.0, 1000.0, 0.2, 2000.0, 0.4)).assign(attack_steps=1)
     tiny = joint_zoo(n=5, seed=7).assign(activation="gelu")
-    df = pd.concat([good, worse, tiny], ignore_index=True).assign(run_id=lambda d: [f"r{i}" for i in range(len(d))])
+    df = pd.concat([good, worse, tiny], ignore_index=True).assign(
+        run_id=lambda d: [f"r{i}" for i in range(len(d))]
+    )
     ff = fit_families(df, n_boot=20)
     by = {(f.family["loss"], f.family["attack_steps"]): f for f in ff.fits}
     assert set(by) == {("trades", 10), ("pgd", 1)}
     assert by[("trades", 10)].law.alpha == pytest.approx(JOINT_THETA[2], abs=0.03)
-    assert by[("pgd", 1)].law.alpha == pytest.approx(0.2, abs=0.03) and by[("pgd", 1)].law.E == pytest.approx(50, abs=2)
+    assert by[("pgd", 1)].law.alpha == pytest.approx(0.2, abs=0.03) and by[
+        ("pgd", 1)
+    ].law.E == pytest.approx(50, abs=2)
     assert [(fam["activation"], n) for fam, n in ff.too_small] == [("gelu", 5)]
     summary = joint_summary(ff)
     assert len(summary["families"]) == 2 and summary["families_too_small"][0]["n_runs"] == 5
@@ -224,10 +267,19 @@ def test_each_recipe_family_gets_its_own_law_and_small_families_are_named():
 
 # ---- foreign zoos -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, ours", [("wide_resnet28_10", "wrn28_10"), ("WideResNet-70-16", "wrn70_16"),
-                                        ("WideResNet-34-20", "wrn34_20"), ("wide_resnet70_16_dm", "dm_wrn70_16"),
-                                        ("wide_resnet28_10_dm", "dm_wrn28_10"), ("wrn28_10", "wrn28_10"),
-                                        ("resnet18", "resnet18")])
+
+@pytest.mark.parametrize(
+    "name, ours",
+    [
+        ("wide_resnet28_10", "wrn28_10"),
+        ("WideResNet-70-16", "wrn70_16"),
+        ("WideResNet-34-20", "wrn34_20"),
+        ("wide_resnet70_16_dm", "dm_wrn70_16"),
+        ("wide_resnet28_10_dm", "dm_wrn28_10"),
+        ("wrn28_10", "wrn28_10"),
+        ("resnet18", "resnet18"),
+    ],
+)
 def test_foreign_model_names_map_to_robustscale_names(name, ours):
     from robustscale.analysis.joint.k import robustscale_model
 

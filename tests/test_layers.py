@@ -63,7 +63,9 @@ def layer(name: str) -> int | None:
         return ROOT_LAYER
     best = None
     for prefix, rank in LAYERS.items():
-        if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > len(best[0])):
+        if (name == prefix or name.startswith(prefix + ".")) and (
+            best is None or len(prefix) > len(best[0])
+        ):
             best = (prefix, rank)
     return None if best is None else best[1]
 
@@ -86,7 +88,11 @@ def imports_of(path: Path, name: str) -> set[str]:
                 continue
             out.add(mod)
             for alias in node.names:  # `from robustscale.train import checkpoint` imports a module
-                if (PACKAGE.parent / (mod + "." + alias.name).replace(".", "/")).with_suffix(".py").exists():
+                if (
+                    (PACKAGE.parent / (mod + "." + alias.name).replace(".", "/"))
+                    .with_suffix(".py")
+                    .exists()
+                ):
                     out.add(mod + "." + alias.name)
     return out
 
@@ -133,7 +139,7 @@ def test_no_import_cycles():
             if nxt == "robustscale" or node.startswith(nxt + "."):
                 continue
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = 2

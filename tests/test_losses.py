@@ -35,12 +35,32 @@ def test_trades_loss_uses_the_objective_on_its_own_logits():
     torch.manual_seed(0)
     model = build_model("wrn10_1", 10, 1, [0.3], [0.4]).train()
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
-    out = compute_loss("trades", model, x, y, eps=0.2, step_size=0.05, steps=3, beta=6.0,
-                       generator=seeded_generator(0))
-    assert torch.allclose(out.loss.detach(), trades_objective(out.logits_clean, out.logits_adv, y, 6.0))
+    out = compute_loss(
+        "trades",
+        model,
+        x,
+        y,
+        eps=0.2,
+        step_size=0.05,
+        steps=3,
+        beta=6.0,
+        generator=seeded_generator(0),
+    )
+    assert torch.allclose(
+        out.loss.detach(), trades_objective(out.logits_clean, out.logits_adv, y, 6.0)
+    )
     # beta = 0 is plain cross-entropy on clean inputs
-    out0 = compute_loss("trades", model, x, y, eps=0.2, step_size=0.05, steps=3, beta=0.0,
-                        generator=seeded_generator(0))
+    out0 = compute_loss(
+        "trades",
+        model,
+        x,
+        y,
+        eps=0.2,
+        step_size=0.05,
+        steps=3,
+        beta=0.0,
+        generator=seeded_generator(0),
+    )
     assert torch.allclose(out0.loss.detach(), F.cross_entropy(out0.logits_clean, y))
 
 
@@ -49,7 +69,9 @@ def test_pgd_at_is_cross_entropy_on_the_pgd_example():
     model = build_model("wrn10_1", 10, 1, [0.3], [0.4]).train()
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
-    out = compute_loss("pgd", model, x, y, eps=0.2, step_size=0.05, steps=3, generator=seeded_generator(4))
+    out = compute_loss(
+        "pgd", model, x, y, eps=0.2, step_size=0.05, steps=3, generator=seeded_generator(4)
+    )
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters())
     model.load_state_dict(snapshot)
@@ -67,9 +89,13 @@ def test_pgd_at_runs_only_attack_and_update_forwards():
     calls = []
     model.register_forward_hook(lambda m, a, o: calls.append(o.requires_grad))
     x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
-    compute_loss("pgd", model, x, y, eps=0.2, step_size=0.05, steps=3, generator=seeded_generator(0))
+    compute_loss(
+        "pgd", model, x, y, eps=0.2, step_size=0.05, steps=3, generator=seeded_generator(0)
+    )
     # K attack forwards (their output needs grad for the input gradient) + the update's forward
     assert len(calls) == 3 + 1 and all(calls)
     for kind in REPORTS_CLEAN_ACCURACY:  # these do return clean logits
-        out = compute_loss(kind, model, x, y, eps=0.2, step_size=0.05, steps=1, generator=seeded_generator(0))
+        out = compute_loss(
+            kind, model, x, y, eps=0.2, step_size=0.05, steps=1, generator=seeded_generator(0)
+        )
         assert out.logits_clean is not None

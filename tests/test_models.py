@@ -26,11 +26,15 @@ def test_wrns_are_ordinary_timm_models():
     assert "wrn28_10" in timm.list_models("wrn*")
 
 
-@pytest.mark.parametrize("act,cls", [("relu", torch.nn.ReLU), ("gelu", torch.nn.GELU), ("silu", torch.nn.SiLU)])
+@pytest.mark.parametrize(
+    "act,cls", [("relu", torch.nn.ReLU), ("gelu", torch.nn.GELU), ("silu", torch.nn.SiLU)]
+)
 def test_activation_is_used(act, cls):
     model = build_model("wrn10_1", 10, 1, [0.5], [0.5], activation=act)
     kinds = {type(m) for m in model.modules()}
-    assert cls in kinds and all(k not in kinds for k in {torch.nn.ReLU, torch.nn.GELU, torch.nn.SiLU} - {cls})
+    assert cls in kinds and all(
+        k not in kinds for k in {torch.nn.ReLU, torch.nn.GELU, torch.nn.SiLU} - {cls}
+    )
 
 
 def test_normalisation_is_inside_the_model():
@@ -44,16 +48,22 @@ def test_any_timm_model_builds_for_the_dataset():
     assert model(torch.rand(2, 1, 32, 32)).shape == (2, 10)
     # a ViT gets the image size for its patch grid and position embeddings, as timm users pass img_size=32
     vit = build_model("vit_tiny_patch16_224", 10, 3, [0.5] * 3, [0.25] * 3, img_size=(32, 32))
-    assert vit.net.patch_embed.grid_size == (2, 2) and vit(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert vit.net.patch_embed.grid_size == (2, 2) and vit(torch.rand(2, 3, 32, 32)).shape == (
+        2,
+        10,
+    )
 
 
 def test_a_timm_model_other_than_a_wrn_trains(tmp_path):
     import csv
 
     from conftest import tiny
+
     from robustscale import train
 
-    run = train(tiny(model="test_efficientnet", epochs=2, attack_steps=1), out_root=tmp_path, progress=False)
+    run = train(
+        tiny(model="test_efficientnet", epochs=2, attack_steps=1), out_root=tmp_path, progress=False
+    )
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
@@ -62,6 +72,7 @@ def test_a_timm_model_other_than_a_wrn_trains(tmp_path):
 
 def test_a_model_that_cannot_take_the_images_is_one_line_and_writes_nothing(tmp_path, capsys):
     from conftest import tiny
+
     from robustscale.cli import main
 
     recipe = tmp_path / "r.yaml"

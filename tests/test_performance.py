@@ -16,6 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from conftest import DIGITS_EPS  # noqa: E402
+
 from benchmarks.baseline import baseline_step  # noqa: E402
 from benchmarks.train_step import make_robustscale_step  # noqa: E402
 from robustscale import Recipe, train  # noqa: E402
@@ -26,8 +28,6 @@ from robustscale.losses import compute_loss  # noqa: E402
 from robustscale.models import build_model  # noqa: E402
 from robustscale.runs import load, read_recipe  # noqa: E402
 from robustscale.train.setup import Forward  # noqa: E402
-
-from conftest import DIGITS_EPS  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -57,19 +57,39 @@ def test_baseline_and_robustscale_steps_compute_the_same_loss_and_gradients(loss
     kw = dict(loss=loss, eps=DIGITS_EPS, step_size=DIGITS_EPS / 4, steps=3, beta=6.0)
     x, y = _batch()
     fast, slow = _model(), _model()
-    step = make_robustscale_step(Forward(fast, "fp32", False, False, CPU).train(),
-                                 torch.optim.SGD(fast.parameters(), lr=0.0), x, y, seed=5, **kw)
+    step = make_robustscale_step(
+        Forward(fast, "fp32", False, False, CPU).train(),
+        torch.optim.SGD(fast.parameters(), lr=0.0),
+        x,
+        y,
+        seed=5,
+        **kw,
+    )
     fast_loss = step().item()
-    metrics = baseline_step(slow, torch.optim.SGD(slow.parameters(), lr=0.0), x, y,
-                            generator=seeded_generator(5, 0, 0, 7), attack_bn="frozen", **kw)
+    metrics = baseline_step(
+        slow,
+        torch.optim.SGD(slow.parameters(), lr=0.0),
+        x,
+        y,
+        generator=seeded_generator(5, 0, 0, 7),
+        attack_bn="frozen",
+        **kw,
+    )
     assert metrics["loss"] == pytest.approx(fast_loss, rel=1e-5)
     for a, b in zip(_grads(fast), _grads(slow)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
     # The reference's eval-mode attack is another attack: a different loss on the same batch.
     other = _model()
-    ref = baseline_step(other, torch.optim.SGD(other.parameters(), lr=0.0), x, y,
-                        generator=seeded_generator(5, 0, 0, 7), attack_bn="eval", **kw)
+    ref = baseline_step(
+        other,
+        torch.optim.SGD(other.parameters(), lr=0.0),
+        x,
+        y,
+        generator=seeded_generator(5, 0, 0, 7),
+        attack_bn="eval",
+        **kw,
+    )
     assert ref["loss"] != pytest.approx(fast_loss, rel=1e-5)
 
 
@@ -79,15 +99,29 @@ def test_baseline_pgd_attack_computes_weight_gradients_and_robustscale_does_not(
 
     model = _model()
     kw = dict(loss="pgd", eps=DIGITS_EPS, step_size=0.05, steps=4)
-    base = executed_flops(lambda m, x, y: baseline_step(m, torch.optim.SGD(m.parameters(), lr=0.1), x, y,
-                                                        sync=False, **kw), model, (1, 8, 8), 10)
-    ours = executed_flops(lambda m, x, y: compute_loss("pgd", m, x, y, eps=DIGITS_EPS, step_size=0.05,
-                                                      steps=4).loss.backward(), model, (1, 8, 8), 10)
+    base = executed_flops(
+        lambda m, x, y: baseline_step(
+            m, torch.optim.SGD(m.parameters(), lr=0.1), x, y, sync=False, **kw
+        ),
+        model,
+        (1, 8, 8),
+        10,
+    )
+    ours = executed_flops(
+        lambda m, x, y: compute_loss(
+            "pgd", m, x, y, eps=DIGITS_EPS, step_size=0.05, steps=4
+        ).loss.backward(),
+        model,
+        (1, 8, 8),
+        10,
+    )
     # (3K + 4)F against (2K + 3)F: 16F vs 11F at K = 4
     assert base == pytest.approx(ours * 16 / 11, rel=0.05)
 
 
-@pytest.mark.parametrize("precision,channels_last", [("bf16", False), ("fp32", True), ("bf16", True)])
+@pytest.mark.parametrize(
+    "precision,channels_last", [("bf16", False), ("fp32", True), ("bf16", True)]
+)
 @pytest.mark.parametrize("loss", ["pgd", "trades"])
 def test_fast_settings_run_on_cpu_with_finite_losses(loss, precision, channels_last):
     model = _model()
@@ -95,9 +129,17 @@ def test_fast_settings_run_on_cpu_with_finite_losses(loss, precision, channels_l
         model = model.to(memory_format=torch.channels_last)
     x, y = _batch()
     before = [p.detach().clone() for p in model.parameters()]
-    step = make_robustscale_step(Forward(model, precision, channels_last, False, CPU).train(),
-                                 torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), x, y,
-                                 loss=loss, eps=DIGITS_EPS, step_size=0.05, steps=2, beta=6.0)
+    step = make_robustscale_step(
+        Forward(model, precision, channels_last, False, CPU).train(),
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        x,
+        y,
+        loss=loss,
+        eps=DIGITS_EPS,
+        step_size=0.05,
+        steps=2,
+        beta=6.0,
+    )
     losses = [step() for _ in range(2)]
     assert all(torch.isfinite(v) for v in losses)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: weights stay fp32
@@ -111,10 +153,20 @@ def test_compiled_step_matches_eager_on_cpu():
     x, y = _batch()
     kw = dict(loss="pgd", eps=DIGITS_EPS, step_size=0.05, steps=2, beta=6.0)
     eager, compiled = _model(), _model()
-    e = make_robustscale_step(Forward(eager, "fp32", False, False, CPU).train(),
-                              torch.optim.SGD(eager.parameters(), lr=0.0), x, y, **kw)
-    c = make_robustscale_step(Forward(compiled, "fp32", False, True, CPU).train(),
-                              torch.optim.SGD(compiled.parameters(), lr=0.0), x, y, **kw)
+    e = make_robustscale_step(
+        Forward(eager, "fp32", False, False, CPU).train(),
+        torch.optim.SGD(eager.parameters(), lr=0.0),
+        x,
+        y,
+        **kw,
+    )
+    c = make_robustscale_step(
+        Forward(compiled, "fp32", False, True, CPU).train(),
+        torch.optim.SGD(compiled.parameters(), lr=0.0),
+        x,
+        y,
+        **kw,
+    )
     le, lc = e(), c()
     assert torch.isfinite(lc)
     assert lc.item() == pytest.approx(le.item(), rel=1e-4)
@@ -131,8 +183,16 @@ def test_grad_checkpointing_gives_the_same_loss_gradients_and_bn_statistics(loss
     for model in (plain, ckpt):
         for _ in range(2):  # two steps: BN running statistics are updated once per forward
             model.zero_grad(set_to_none=True)
-            out = compute_loss(loss, model, x, y, eps=DIGITS_EPS, step_size=0.05, steps=2,
-                               generator=torch.Generator().manual_seed(3))
+            out = compute_loss(
+                loss,
+                model,
+                x,
+                y,
+                eps=DIGITS_EPS,
+                step_size=0.05,
+                steps=2,
+                generator=torch.Generator().manual_seed(3),
+            )
             out.loss.backward()
         results.append((out.loss.detach(), _grads(model), [b.clone() for b in model.buffers()]))
     (l0, g0, b0), (l1, g1, b1) = results
@@ -148,7 +208,9 @@ def test_grad_checkpointing_applies_only_when_training_with_autograd(monkeypatch
 
     calls = []
     real = wrn.checkpoint
-    monkeypatch.setattr(wrn, "checkpoint", lambda fn, *a, **kw: calls.append(fn) or real(fn, *a, **kw))
+    monkeypatch.setattr(
+        wrn, "checkpoint", lambda fn, *a, **kw: calls.append(fn) or real(fn, *a, **kw)
+    )
     model = _model()
     model.net.set_grad_checkpointing(True)
     x, _ = _batch()
@@ -162,15 +224,20 @@ def test_grad_checkpointing_applies_only_when_training_with_autograd(monkeypatch
 
 def test_grad_checkpointing_recipe_key_checkpoints_and_trains_the_same_run(tmp_path, monkeypatch):
     from conftest import tiny
+
     from robustscale.models import wrn
     from robustscale.train.checkpoint import load_checkpoint
 
     calls = []
     real = wrn.checkpoint
-    monkeypatch.setattr(wrn, "checkpoint", lambda fn, *a, **kw: calls.append(fn) or real(fn, *a, **kw))
+    monkeypatch.setattr(
+        wrn, "checkpoint", lambda fn, *a, **kw: calls.append(fn) or real(fn, *a, **kw)
+    )
     plain = train(tiny(epochs=1), out_root=tmp_path / "plain", progress=False)
     assert calls == []
-    ckpt = train(tiny(epochs=1, grad_checkpointing=True), out_root=tmp_path / "ckpt", progress=False)
+    ckpt = train(
+        tiny(epochs=1, grad_checkpointing=True), out_root=tmp_path / "ckpt", progress=False
+    )
     assert calls  # the engine turned it on
     assert plain.name == ckpt.name  # not a result key: the same run id
     a, b = (load_checkpoint(r / "checkpoints" / "last.pt")["model"] for r in (plain, ckpt))
@@ -179,8 +246,14 @@ def test_grad_checkpointing_recipe_key_checkpoints_and_trains_the_same_run(tmp_p
 
 # ---- bf16 does not weaken the attack ------------------------------------------------------------
 
-def _robust_acc(model: torch.nn.Module, precision: str, x: torch.Tensor, y: torch.Tensor,
-                judge: torch.nn.Module | None = None) -> tuple[float, torch.Tensor]:
+
+def _robust_acc(
+    model: torch.nn.Module,
+    precision: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    judge: torch.nn.Module | None = None,
+) -> tuple[float, torch.Tensor]:
     """PGD-20 accuracy (%) with the attack run at ``precision``, judged by ``judge`` (default: the
     attacked forward). Also returns the per-example 'fooled' mask."""
     f = Forward(model, precision, False, False, CPU).eval()
@@ -223,21 +296,63 @@ def test_bf16_trained_model_is_as_robust_as_fp32_trained(adversarial_run, tmp_pa
 
 # ---- the benchmarks run -------------------------------------------------------------------------
 
+
 def test_train_step_benchmark_writes_json_lines(tmp_path, capsys):
     from benchmarks import train_step
 
     out = tmp_path / "b.jsonl"
-    train_step.main(["--model", "wrn10_1", "--image-size", "8", "--channels", "1", "--batch-size", "8",
-                     "--loss", "pgd,trades", "--steps", "1", "--warmup", "0", "--iters", "1", "--repeats", "1",
-                     "--eps", "0.2", "--step-size", "0.05", "--out", str(out)])
+    train_step.main(
+        [
+            "--model",
+            "wrn10_1",
+            "--image-size",
+            "8",
+            "--channels",
+            "1",
+            "--batch-size",
+            "8",
+            "--loss",
+            "pgd,trades",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--repeats",
+            "1",
+            "--eps",
+            "0.2",
+            "--step-size",
+            "0.05",
+            "--out",
+            str(out),
+        ]
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["impl"], r["loss"]) for r in rows] == [("baseline", "pgd"), ("robustscale", "pgd"),
-                                                      ("baseline", "trades"), ("robustscale", "trades")]
+    assert [(r["impl"], r["loss"]) for r in rows] == [
+        ("baseline", "pgd"),
+        ("robustscale", "pgd"),
+        ("baseline", "trades"),
+        ("robustscale", "trades"),
+    ]
     rs = rows[1]
-    for key in ("device", "torch", "examples_per_s", "achieved_tflops", "flops_per_example", "step_s",
-                "speedup_vs_baseline", "peak_tflops"):
+    for key in (
+        "device",
+        "torch",
+        "examples_per_s",
+        "achieved_tflops",
+        "flops_per_example",
+        "step_s",
+        "speedup_vs_baseline",
+        "peak_tflops",
+    ):
         assert key in rs
-    assert rows[0]["executed_flops_per_example"] > rs["executed_flops_per_example"] == rs["flops_per_example"]
+    assert (
+        rows[0]["executed_flops_per_example"]
+        > rs["executed_flops_per_example"]
+        == rs["flops_per_example"]
+    )
     assert capsys.readouterr().out.count("\n") == 4
 
 
@@ -245,8 +360,20 @@ def test_eval_benchmark_writes_json_lines(adversarial_run, tmp_path):
     from benchmarks import eval as eval_bench
 
     out = tmp_path / "e.jsonl"
-    eval_bench.main(["--run", str(adversarial_run), "--n", "32", "--attacks", "pgd40", "--repeats", "1",
-                     "--out", str(out)])
+    eval_bench.main(
+        [
+            "--run",
+            str(adversarial_run),
+            "--n",
+            "32",
+            "--attacks",
+            "pgd40",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     rows = {r["impl"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert set(rows) == {"robustscale", "peer-pgd", "apgd-ce", "robustscale-bf16"}
     assert {"speedup_vs_peer-pgd", "speedup_vs_apgd-ce"} <= set(rows["robustscale"])
@@ -258,9 +385,24 @@ def test_eval_benchmark_compares_autoattack_options_example_by_example(adversari
     from benchmarks import eval as eval_bench
 
     out = tmp_path / "aa.jsonl"
-    eval_bench.main(["--run", str(adversarial_run), "--n", "8", "--batch-size", "8", "--attacks",
-                     "autoattack-options", "--aa-options", "robustscale,channels_last",
-                     "--aa-repeats", "1", "--out", str(out)])
+    eval_bench.main(
+        [
+            "--run",
+            str(adversarial_run),
+            "--n",
+            "8",
+            "--batch-size",
+            "8",
+            "--attacks",
+            "autoattack-options",
+            "--aa-options",
+            "robustscale,channels_last",
+            "--aa-repeats",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     rows = {r["impl"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert set(rows) == {"pyautoattack", "robustscale", "channels_last"}
     # the adapter runs the library itself: the same verdict on every example as the plain call

@@ -71,7 +71,9 @@ def test_planner_optimum_is_within_10_percent_of_the_analytic_one(zoo, budget):
     per_example, params = cost(out["model"])
     k = per_example / params
     assert out["k_flops_per_param_example"] == pytest.approx(k) and out["params"] == params
-    assert "robustscale.cost" in out["k_source"] and out["k_zoo"] == pytest.approx(out["k_reference"], rel=1e-6)
+    assert "robustscale.cost" in out["k_source"] and out["k_zoo"] == pytest.approx(
+        out["k_reference"], rel=1e-6
+    )
     n_true, d_true = optimum(np.array(JOINT_THETA), budget, k)
     assert out["optimal"]["N"] == pytest.approx(n_true, rel=0.10)
     assert out["optimal"]["D"] == pytest.approx(d_true, rel=0.10)
@@ -115,19 +117,25 @@ def test_budget_in_dollars_is_converted_with_the_cost_law(zoo, k_ref):
 def test_target_gives_the_cheapest_table_model_reaching_it(zoo):
     out = plan(zoo, target_acc=55.0, n_boot=0)
     E, A, alpha, B, beta = (out["law"][k] for k in ("E", "A", "alpha", "B", "beta"))
-    assert out["predicted_acc"] >= 55.0 - 1e-9 and out["predicted_acc"] == pytest.approx(55.0, abs=0.05)
+    assert out["predicted_acc"] >= 55.0 - 1e-9 and out["predicted_acc"] == pytest.approx(
+        55.0, abs=0.05
+    )
     for model in MODEL_TABLE:  # no other model reaches 55% for fewer training FLOPs
         per_example, n = cost(model)
         room = 45.0 - E - A / n**alpha
         if room > 0:
             assert per_example * (B / room) ** (1 / beta) >= out["flops_needed"] * (1 - 1e-9), model
     per_epoch_flops = cost(out["model"])[0] * PER_EPOCH_REAL
-    assert out["flops_needed"] <= out["bill"]["flops"] < out["flops_needed"] + per_epoch_flops * 1.001
+    assert (
+        out["flops_needed"] <= out["bill"]["flops"] < out["flops_needed"] + per_epoch_flops * 1.001
+    )
     assert out["epochs"] == math.ceil(out["examples_needed"] / PER_EPOCH_REAL)
 
 
 def test_models_option_chooses_among_the_given_timm_models(zoo):
-    assert candidate_models("wrn1*") == {m: MODEL_TABLE[m] for m in ("wrn10_1", "wrn16_1", "wrn16_4")}
+    assert candidate_models("wrn1*") == {
+        m: MODEL_TABLE[m] for m in ("wrn10_1", "wrn16_1", "wrn16_4")
+    }
     out = plan(zoo, budget=1e18, n_boot=0, models="resnet18")
     per_example, params = cost_flops_per_example("cifar10", "resnet18", "pgd", 10)
     assert out["model"] == "resnet18" and out["params"] == params
@@ -139,9 +147,14 @@ def test_models_option_chooses_among_the_given_timm_models(zoo):
     assert both["model"] in ("wrn16_4", "wrn28_10") and both["candidates"] == 2
 
 
-@pytest.mark.parametrize("models, words", [("nosuch", "not a registered timm model"),
-                                           ("nosuch*", "matches no timm model"),
-                                           ("*", "narrow the pattern")])
+@pytest.mark.parametrize(
+    "models, words",
+    [
+        ("nosuch", "not a registered timm model"),
+        ("nosuch*", "matches no timm model"),
+        ("*", "narrow the pattern"),
+    ],
+)
 def test_bad_models_are_one_line(zoo_file, capsys, models, words):
     assert main(["plan", "--zoo", str(zoo_file), "--budget", "1e18", "--models", models]) == 2
     err = capsys.readouterr().err.strip()
@@ -167,11 +180,35 @@ def test_unknown_configuration_is_a_message(zoo):
 
 def test_written_recipe_loads_and_validates(zoo_file, npz, tmp_path, capsys):
     out = tmp_path / "plan.yaml"
-    assert main(["plan", "--zoo", str(zoo_file), "--budget", "1e18", "--loss", "pgd", "--attack-steps", "10",
-                 "--synthetic-data", str(npz), "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--zoo",
+                str(zoo_file),
+                "--budget",
+                "1e18",
+                "--loss",
+                "pgd",
+                "--attack-steps",
+                "10",
+                "--synthetic-data",
+                str(npz),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert "plan: wrn" in printed and "predicted AutoAttack accuracy" in printed and "kWh" in printed
-    assert "robustscale.cost" in printed and "zoo median" in printed and "bill of the recipe" in printed
+    assert (
+        "plan: wrn" in printed and "predicted AutoAttack accuracy" in printed and "kWh" in printed
+    )
+    assert (
+        "robustscale.cost" in printed
+        and "zoo median" in printed
+        and "bill of the recipe" in printed
+    )
     recipe = Recipe.from_yaml(out)
     assert recipe.model in MODEL_TABLE and recipe.loss == "pgd" and recipe.attack_steps == 10
     assert recipe.epochs >= 1 and recipe.eps == pytest.approx(8 / 255)
@@ -184,6 +221,7 @@ def test_written_recipe_loads_and_validates(zoo_file, npz, tmp_path, capsys):
 
 # ---- plan refuses a law the zoo does not pin down; families; one answer for a target ---------
 
+
 def test_plan_refuses_a_law_that_is_not_identifiable(zoo, zoo_file, tmp_path, capsys):
     two = zoo.copy()
     two["params"] = np.where(np.arange(len(two)) % 2 == 0, 1_000_000, 30_000_000)  # two model sizes
@@ -191,7 +229,11 @@ def test_plan_refuses_a_law_that_is_not_identifiable(zoo, zoo_file, tmp_path, ca
     out = tmp_path / "r.yaml"
     assert main(["plan", "--zoo", str(path), "--budget", "1e19", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "not identifiable" in err and "only 2 distinct model sizes" in err
+    assert (
+        len(err.splitlines()) == 1
+        and "not identifiable" in err
+        and "only 2 distinct model sizes" in err
+    )
     assert not out.exists()
     with pytest.raises(RobustscaleError, match="not identifiable"):
         plan(two, target_acc=50, n_boot=10)
@@ -200,10 +242,15 @@ def test_plan_refuses_a_law_that_is_not_identifiable(zoo, zoo_file, tmp_path, ca
 def test_plan_uses_the_family_whose_law_predicts_more(k_ref):
     import pandas as pd
 
-    good = joint_zoo(n=150, seed=1, k=k_ref).assign(model="wrn28_10", loss="trades", activation="relu")
+    good = joint_zoo(n=150, seed=1, k=k_ref).assign(
+        model="wrn28_10", loss="trades", activation="relu"
+    )
     worse = joint_zoo(n=150, seed=2, k=k_ref, theta=(55.0, 1000.0, 0.35, 2000.0, 0.30)).assign(
-        model="wrn28_10", activation="relu")
-    df = pd.concat([worse, good], ignore_index=True).assign(run_id=lambda d: [f"r{i}" for i in range(len(d))])
+        model="wrn28_10", activation="relu"
+    )
+    df = pd.concat([worse, good], ignore_index=True).assign(
+        run_id=lambda d: [f"r{i}" for i in range(len(d))]
+    )
     out = plan(df, budget=1e19, n_boot=10)
     assert out["family"]["loss"] == "trades" and out["recipe"]["loss"] == "trades"
     assert out["recipe"]["attack_steps"] == 10 and len(out["families"]) == 2
@@ -226,4 +273,6 @@ def test_analyze_and_plan_give_one_answer_for_a_target(zoo, tmp_path, capsys):
     assert a["flops_ci"][0] < a["flops"] < a["flops_ci"][1]
     assert planned["ideal_flops"] == pytest.approx(a["flops"])
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert "joint law L(N, D) of loss=pgd" in html and "95% interval over its bootstrap draws" in html
+    assert (
+        "joint law L(N, D) of loss=pgd" in html and "95% interval over its bootstrap draws" in html
+    )

@@ -36,9 +36,13 @@ BAD = [
 
 
 @pytest.mark.parametrize("override,key", BAD)
-def test_bad_recipe_gives_one_line_naming_key_and_value(recipe_file, tmp_path, capsys, override, key):
+def test_bad_recipe_gives_one_line_naming_key_and_value(
+    recipe_file, tmp_path, capsys, override, key
+):
     run_dir = tmp_path / "run"
-    rc = main(["train", str(recipe_file), "--set", override, "--run-dir", str(run_dir), "--no-progress"])
+    rc = main(
+        ["train", str(recipe_file), "--set", override, "--run-dir", str(run_dir), "--no-progress"]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1, err
@@ -50,8 +54,22 @@ def test_bad_recipe_gives_one_line_naming_key_and_value(recipe_file, tmp_path, c
 
 
 def test_bad_recipe_in_a_real_process_has_no_traceback(recipe_file, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "robustscale", "train", str(recipe_file), "--set", "eps=-1",
-                           "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "robustscale",
+            "train",
+            str(recipe_file),
+            "--set",
+            "eps=-1",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "eps" in proc.stderr and "-1" in proc.stderr
 
@@ -62,7 +80,9 @@ def test_missing_recipe_file(tmp_path, capsys):
 
 
 def test_fractions_and_overrides(recipe_file):
-    r = Recipe.from_yaml(recipe_file, ["eps=8/255", "step_size=2/255", "ema_decay=null", "nesterov=true"])
+    r = Recipe.from_yaml(
+        recipe_file, ["eps=8/255", "step_size=2/255", "ema_decay=null", "nesterov=true"]
+    )
     assert r.eps == pytest.approx(8 / 255) and r.step_size == pytest.approx(2 / 255)
     assert r.ema_decay is None and r.nesterov is True
     assert parse_fraction("0.5/2") == 0.25
@@ -74,7 +94,9 @@ def test_run_id_is_stable_and_ignores_execution_settings(recipe_file):
     a = Recipe.from_yaml(recipe_file)
     b = Recipe.from_yaml(recipe_file)
     assert a.run_id == b.run_id
-    assert a.with_overrides({"device": "cpu", "data_dir": "/elsewhere", "pue": 1.1}).run_id == a.run_id
+    assert (
+        a.with_overrides({"device": "cpu", "data_dir": "/elsewhere", "pue": 1.1}).run_id == a.run_id
+    )
     assert a.with_overrides({"seed": 1}).run_id != a.run_id
     assert a.with_overrides({"eps": 0.1}).run_id != a.run_id
 

@@ -16,20 +16,31 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny
+
 from robustscale import RobustscaleError, train
 from robustscale.files import append_csv_row, atomic_write_json, read_csv_rows
 from robustscale.train import checkpoint as ckpt
 from robustscale.train import engine
 
 # 40 steps per epoch (1309 training digits / 32), 2 epochs, a checkpoint every 3 steps.
-KILL_RECIPE = tiny(epochs=2, batch_size=32, attack_steps=3, checkpoint_every_steps=3, val_attack_steps=5)
+KILL_RECIPE = tiny(
+    epochs=2, batch_size=32, attack_steps=3, checkpoint_every_steps=3, val_attack_steps=5
+)
 VOLATILE = {"seconds", "epoch_energy_kwh"}  # wall time differs between two runs; nothing else may
 
 
 def _train_cmd(recipe_path: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "robustscale", "train", str(recipe_path), "--run-dir", str(run_dir), "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "robustscale",
+        "train",
+        str(recipe_path),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:
@@ -47,11 +58,17 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same arithmetic in every process
 
     reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(recipe_path, reference), check=True, env=env, capture_output=True, timeout=900)
+    subprocess.run(
+        _train_cmd(recipe_path, reference), check=True, env=env, capture_output=True, timeout=900
+    )
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(recipe_path, killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(recipe_path, killed),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = killed / "checkpoints" / "last.pt"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -69,7 +86,9 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert json.loads((killed / "status.json").read_text())["state"] == "running"
 
-    resumed = subprocess.run(_train_cmd(recipe_path, killed), env=env, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        _train_cmd(recipe_path, killed), env=env, capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
 
@@ -136,11 +155,18 @@ def test_nan_loss_marks_the_run_failed_and_keeps_the_last_good_checkpoint(tmp_pa
     run = tmp_path / recipe.run_id
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed"
-    assert "not finite" in status["reason"] and "epoch 2" in status["reason"] and "step 6" in status["reason"]
+    assert (
+        "not finite" in status["reason"]
+        and "epoch 2" in status["reason"]
+        and "step 6" in status["reason"]
+    )
     assert "pgd" in status["reason"]
     assert ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in _weights(run / "checkpoints" / "last.pt").values()
-               if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all()
+        for v in _weights(run / "checkpoints" / "last.pt").values()
+        if v.is_floating_point()
+    )
 
 
 def test_exception_is_recorded_with_its_message(tmp_path, monkeypatch):
@@ -177,7 +203,9 @@ def test_a_run_killed_before_its_first_checkpoint_starts_clean(tmp_path):
     train(tiny(epochs=1), run_dir=run, progress=False)
     again = _metrics(run)
     assert [r["epoch"] for r in again] == ["1"]
-    assert {k: v for k, v in again[0].items() if k != "seconds"} == {k: v for k, v in first[0].items() if k != "seconds"}
+    assert {k: v for k, v in again[0].items() if k != "seconds"} == {
+        k: v for k, v in first[0].items() if k != "seconds"
+    }
 
 
 def test_a_failed_run_without_a_checkpoint_may_change_its_recipe(tmp_path, monkeypatch):
@@ -190,7 +218,9 @@ def test_a_failed_run_without_a_checkpoint_may_change_its_recipe(tmp_path, monke
         train(tiny(epochs=1, lr=5.0), run_dir=run, progress=False)
     monkeypatch.undo()
     assert json.loads((run / "status.json").read_text())["state"] == "failed"
-    train(tiny(epochs=1), run_dir=run, progress=False)  # nothing to keep, so a new recipe is accepted
+    train(
+        tiny(epochs=1), run_dir=run, progress=False
+    )  # nothing to keep, so a new recipe is accepted
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     assert "lr: 0.05" in (run / "recipe.yaml").read_text()
 
@@ -202,7 +232,9 @@ def test_unwritable_output_folder_is_one_line(tmp_path, capsys):
     recipe_path.write_text(tiny(epochs=1).to_yaml())
     from robustscale.cli import main
 
-    assert main(["train", str(recipe_path), "--run-dir", str(blocker / "run"), "--no-progress"]) == 2
+    assert (
+        main(["train", str(recipe_path), "--run-dir", str(blocker / "run"), "--no-progress"]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "a-file" in err
 

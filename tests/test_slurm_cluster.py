@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import tiny
+
 from robustscale.cli import main
 from robustscale.runs import read_status
 from robustscale.sweep.ledger import Ledger

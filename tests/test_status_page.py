@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from conftest import tiny
+
 from robustscale import train
 from robustscale.cli import main
 from robustscale.sweep.launch import prepare
@@ -14,8 +15,13 @@ from robustscale.sweep.status_page import page_data
 
 
 def _sweep(tmp_path, seeds):
-    sweep = expand({"name": "page", "base": tiny(epochs=1, power_watts=40.0).to_dict(),
-                    "axes": {"seed": seeds}})
+    sweep = expand(
+        {
+            "name": "page",
+            "base": tiny(epochs=1, power_watts=40.0).to_dict(),
+            "axes": {"seed": seeds},
+        }
+    )
     folder, ledger = prepare(sweep, tmp_path / "sweep", wal=False)
     return sweep, folder, ledger
 
@@ -28,7 +34,12 @@ def test_page_numbers_come_from_the_ledger_and_the_run_files(tmp_path):
     data = page_data(folder.root)
     cost = json.loads((run / "cost.json").read_text())
     status = json.loads((run / "status.json").read_text())
-    assert data["name"] == "page" and data["counts"] == {"pending": 1, "running": 0, "done": 1, "failed": 0}
+    assert data["name"] == "page" and data["counts"] == {
+        "pending": 1,
+        "running": 0,
+        "done": 1,
+        "failed": 0,
+    }
     assert data["spent_flops"] == cost["train_flops"] and data["spent_kwh"] == cost["energy_kwh"]
     assert data["forecast_flops"] == sum(forecast_flops(sweep.runs))
     assert data["best"]["run_id"] == claim.run_id

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import tiny
+
 from robustscale.cli import main
 from robustscale.sweep import load_sweep
 from robustscale.sweep.launch import prepare

@@ -15,8 +15,18 @@ from robustscale.zoo import COLUMN_NAMES, gather_zoo, read_run, read_zoo, write_
 
 def _runs(root):
     make_run(root, "a", autoattack=51.2, aa_clean=86.0, flops=2e18)
-    make_run(root, "b", model="wrn34_10", loss="trades", ema_decay=0.995, synthetic_data="/data/gen.npz",
-             synthetic_fraction=0.7, autoattack=None, flops=3e18, energy_kwh=None)
+    make_run(
+        root,
+        "b",
+        model="wrn34_10",
+        loss="trades",
+        ema_decay=0.995,
+        synthetic_data="/data/gen.npz",
+        synthetic_fraction=0.7,
+        autoattack=None,
+        flops=3e18,
+        energy_kwh=None,
+    )
     make_run(root / "nested", "c", state="running")
     make_run(root, "d", state="failed")
     make_run(root, "e", skip=("cost.json",))
@@ -43,11 +53,23 @@ def test_row_values_follow_the_run_directory_contract(tmp_path):
     df, _ = gather_zoo(_runs(tmp_path))
     a = df.set_index("run_id").loc["a"]
     assert a["autoattack_acc"] == 51.2 and a["clean_acc"] == 86.0 and a["pgd40_acc"] == 53.0
-    assert a["train_flops"] == 2e18 and a["params"] == 36_479_194 and a["examples_seen"] == 5_000_000
-    assert not a["ema"] and not a["synthetic_data"] and a["synthetic_fraction"] == 0 and a["synthetic_size"] == 0
+    assert (
+        a["train_flops"] == 2e18 and a["params"] == 36_479_194 and a["examples_seen"] == 5_000_000
+    )
+    assert (
+        not a["ema"]
+        and not a["synthetic_data"]
+        and a["synthetic_fraction"] == 0
+        and a["synthetic_size"] == 0
+    )
     assert math.isclose(a["eps"], 8 / 255)
     b = df.set_index("run_id").loc["b"]
-    assert b["ema"] and b["synthetic_data"] and b["synthetic_fraction"] == 0.7 and b["synthetic_size"] == 1_000_000
+    assert (
+        b["ema"]
+        and b["synthetic_data"]
+        and b["synthetic_fraction"] == 0.7
+        and b["synthetic_size"] == 1_000_000
+    )
     # no AutoAttack evaluation: empty, and clean accuracy falls back to the best epoch's metrics row
     assert pd.isna(b["autoattack_acc"]) and b["clean_acc"] == 81.5
     assert pd.isna(b["energy_kwh"]) and pd.isna(b["co2_kg"])
@@ -80,7 +102,9 @@ def test_external_table_round_trips_and_keeps_extra_columns(tmp_path, suffix):
     back = read_zoo(path)
     assert len(back) == 20 and "lab_note" in back.columns and back["lab_note"].iloc[0] == "theirs"
     assert pd.isna(back.loc[3, "autoattack_acc"])
-    assert back["autoattack_acc"].dropna().tolist() == pytest.approx(df["autoattack_acc"].dropna().tolist())
+    assert back["autoattack_acc"].dropna().tolist() == pytest.approx(
+        df["autoattack_acc"].dropna().tolist()
+    )
 
 
 def _bad(tmp_path, change):
@@ -91,13 +115,16 @@ def _bad(tmp_path, change):
     return path
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda d: d.drop(columns=["train_flops"]), "lacks column(s) train_flops"),
-    (lambda d: d.assign(autoattack_acc=d["autoattack_acc"] / 100), "fractions"),
-    (lambda d: d.assign(train_flops=-d["train_flops"]), "negative"),
-    (lambda d: d.assign(clean_acc=d["clean_acc"] + 200), "percent 0-100"),
-    (lambda d: d.assign(params="many"), "non-numeric"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda d: d.drop(columns=["train_flops"]), "lacks column(s) train_flops"),
+        (lambda d: d.assign(autoattack_acc=d["autoattack_acc"] / 100), "fractions"),
+        (lambda d: d.assign(train_flops=-d["train_flops"]), "negative"),
+        (lambda d: d.assign(clean_acc=d["clean_acc"] + 200), "percent 0-100"),
+        (lambda d: d.assign(params="many"), "non-numeric"),
+    ],
+)
 def test_bad_tables_give_one_clear_line(tmp_path, change, words):
     path = _bad(tmp_path, change)
     with pytest.raises(RobustscaleError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -131,12 +158,40 @@ def test_only_the_best_checkpoint_at_the_recipe_eps_counts(tmp_path):
     import json
 
     d = make_run(tmp_path, "h", autoattack=None)
-    (d / "eval" / "autoattack-4-255.json").write_text(json.dumps(
-        {"attack": "autoattack", "eps": 4 / 255, "clean_acc": 90.0, "robust_acc": 70.0, "checkpoint": "best"}))
-    (d / "eval" / "autoattack-8-255.json").write_text(json.dumps(
-        {"attack": "autoattack", "eps": 8 / 255, "clean_acc": 88.0, "robust_acc": 48.0, "checkpoint": "last"}))
-    (d / "eval" / "pgd-8-255.json").write_text(json.dumps(
-        {"attack": "pgd", "eps": 8 / 255, "n": 10_000, "clean_acc": 84.2, "robust_acc": 52.0, "checkpoint": "best"}))
+    (d / "eval" / "autoattack-4-255.json").write_text(
+        json.dumps(
+            {
+                "attack": "autoattack",
+                "eps": 4 / 255,
+                "clean_acc": 90.0,
+                "robust_acc": 70.0,
+                "checkpoint": "best",
+            }
+        )
+    )
+    (d / "eval" / "autoattack-8-255.json").write_text(
+        json.dumps(
+            {
+                "attack": "autoattack",
+                "eps": 8 / 255,
+                "clean_acc": 88.0,
+                "robust_acc": 48.0,
+                "checkpoint": "last",
+            }
+        )
+    )
+    (d / "eval" / "pgd-8-255.json").write_text(
+        json.dumps(
+            {
+                "attack": "pgd",
+                "eps": 8 / 255,
+                "n": 10_000,
+                "clean_acc": 84.2,
+                "robust_acc": 52.0,
+                "checkpoint": "best",
+            }
+        )
+    )
     df, skipped = gather_zoo(tmp_path)
     row = df.set_index("run_id").loc["h"]
     assert not skipped and pd.isna(row["autoattack_acc"]) and row["clean_acc"] == 84.2
@@ -146,8 +201,17 @@ def test_only_a_standard_autoattack_on_the_whole_test_split_is_the_zoo_number(tm
     import json
 
     d = make_run(tmp_path, "s", autoattack=None)
-    base = {"attack": "autoattack", "eps": 8 / 255, "version": "standard", "n": 10_000, "split_size": 10_000,
-            "checkpoint": "best", "split": "test", "clean_acc": 90.0, "robust_acc": 60.0}
+    base = {
+        "attack": "autoattack",
+        "eps": 8 / 255,
+        "version": "standard",
+        "n": 10_000,
+        "split_size": 10_000,
+        "checkpoint": "best",
+        "split": "test",
+        "clean_acc": 90.0,
+        "robust_acc": 60.0,
+    }
 
     def write(name, **change):
         (d / "eval" / name).write_text(json.dumps({**base, **change}))
@@ -157,18 +221,24 @@ def test_only_a_standard_autoattack_on_the_whole_test_split_is_the_zoo_number(tm
         assert not skipped
         return df.set_index("run_id").loc["s"]
 
-    write("autoattack-8-255-n100.json", n=100)                       # a subset
-    write("autoattack-8-255-rand.json", version="rand")              # another version
+    write("autoattack-8-255-n100.json", n=100)  # a subset
+    write("autoattack-8-255-rand.json", version="rand")  # another version
     write("autoattack-8-255-custom-apgd-ce.json", version="custom:apgd-ce")
-    write("pgd-8-255-n100.json", attack="pgd", version=None, n=100)  # a subset's clean accuracy neither
+    write(
+        "pgd-8-255-n100.json", attack="pgd", version=None, n=100
+    )  # a subset's clean accuracy neither
     # files from before names carried n and version, under the zoo's name: judged by their contents
-    write("autoattack-8-255.json", n=100, split_size=None)            # no split_size: n vs CIFAR-10's 10,000
-    assert pd.isna(row()["autoattack_acc"]) and row()["clean_acc"] == 81.5  # the best epoch's metrics row
+    write("autoattack-8-255.json", n=100, split_size=None)  # no split_size: n vs CIFAR-10's 10,000
+    assert (
+        pd.isna(row()["autoattack_acc"]) and row()["clean_acc"] == 81.5
+    )  # the best epoch's metrics row
     write("autoattack-8-255.json", split_size=None, version=None)
     assert pd.isna(row()["autoattack_acc"])
-    write("autoattack-8-255.json", split_size=None, robust_acc=47.0)  # legacy, whole split, standard
+    write(
+        "autoattack-8-255.json", split_size=None, robust_acc=47.0
+    )  # legacy, whole split, standard
     assert (row()["autoattack_acc"], row()["clean_acc"]) == (47.0, 90.0)
-    write("autoattack-8-255.json", robust_acc=48.5, clean_acc=88.0)   # as written now
+    write("autoattack-8-255.json", robust_acc=48.5, clean_acc=88.0)  # as written now
     assert (row()["autoattack_acc"], row()["clean_acc"]) == (48.5, 88.0)
 
 
@@ -176,16 +246,40 @@ def test_pgd40_loss_comes_from_the_final_pgd40_evaluation(tmp_path):
     import json
 
     d = make_run(tmp_path, "a")
-    (d / "eval" / "pgd-8-255.json").write_text(json.dumps(
-        {"attack": "pgd", "eps": 8 / 255, "n": 10_000, "steps": 40, "clean_acc": 84.2, "robust_acc": 52.0,
-         "robust_ce_loss": 1.234, "robust_cw_loss": 0.5, "checkpoint": "best"}))
+    (d / "eval" / "pgd-8-255.json").write_text(
+        json.dumps(
+            {
+                "attack": "pgd",
+                "eps": 8 / 255,
+                "n": 10_000,
+                "steps": 40,
+                "clean_acc": 84.2,
+                "robust_acc": 52.0,
+                "robust_ce_loss": 1.234,
+                "robust_cw_loss": 0.5,
+                "checkpoint": "best",
+            }
+        )
+    )
     e = make_run(tmp_path, "b")  # an evaluation written before the loss was recorded
-    (e / "eval" / "pgd-8-255.json").write_text(json.dumps(
-        {"attack": "pgd", "eps": 8 / 255, "n": 10_000, "steps": 40, "clean_acc": 84.2, "robust_acc": 52.0,
-         "checkpoint": "best"}))
+    (e / "eval" / "pgd-8-255.json").write_text(
+        json.dumps(
+            {
+                "attack": "pgd",
+                "eps": 8 / 255,
+                "n": 10_000,
+                "steps": 40,
+                "clean_acc": 84.2,
+                "robust_acc": 52.0,
+                "checkpoint": "best",
+            }
+        )
+    )
     df, _ = gather_zoo(tmp_path)
     rows = df.set_index("run_id")
-    assert rows.loc["a", "pgd40_loss"] == pytest.approx(1.234) and pd.isna(rows.loc["b", "pgd40_loss"])
+    assert rows.loc["a", "pgd40_loss"] == pytest.approx(1.234) and pd.isna(
+        rows.loc["b", "pgd40_loss"]
+    )
     # a table made without the optional column still reads, the column empty
     path = write_zoo(df.drop(columns=["pgd40_loss"]), tmp_path / "z.csv")
     assert read_zoo(path)["pgd40_loss"].isna().all()

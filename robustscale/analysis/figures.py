@@ -34,7 +34,9 @@ def _plain_log_labels(fig: Any) -> None:
         for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
             if scale == "log":
                 axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-                axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+                axis.set_minor_formatter(
+                    LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+                )
 
 
 def save(fig: Any, out_dir: Path, name: str) -> Path:
@@ -54,8 +56,12 @@ def save(fig: Any, out_dir: Path, name: str) -> Path:
     return png
 
 
-def fig_1a_layers(kept: Any, collapsed: Any, standard: Any = None, no_autoattack: Any = None,
-                  ) -> tuple[list[dict[str, Any]], int]:
+def fig_1a_layers(
+    kept: Any,
+    collapsed: Any,
+    standard: Any = None,
+    no_autoattack: Any = None,
+) -> tuple[list[dict[str, Any]], int]:
     """The point sets of figure 1a: every run that has training FLOPs, and how many have none.
 
     Kept adversarial runs by loss x synthetic data; collapsed runs as grey crosses;
@@ -64,16 +70,32 @@ def fig_1a_layers(kept: Any, collapsed: Any, standard: Any = None, no_autoattack
     """
     layers: list[dict[str, Any]] = []
     for (loss, synth), part in kept.groupby(["loss", "synthetic_data"], dropna=False):
-        layers.append({"label": f"{loss}, {'synthetic' if synth is True else 'no synthetic'}",
-                       "x": part["train_flops"], "y": part["autoattack_acc"],
-                       "style": {"marker": MARKERS.get(str(loss), "D"), "alpha": 0.7,
-                                 "color": "tab:orange" if synth is True else "tab:blue"}})
+        layers.append(
+            {
+                "label": f"{loss}, {'synthetic' if synth is True else 'no synthetic'}",
+                "x": part["train_flops"],
+                "y": part["autoattack_acc"],
+                "style": {
+                    "marker": MARKERS.get(str(loss), "D"),
+                    "alpha": 0.7,
+                    "color": "tab:orange" if synth is True else "tab:blue",
+                },
+            }
+        )
     if len(collapsed):
-        layers.append({"label": "collapsed", "x": collapsed["train_flops"], "y": collapsed["autoattack_acc"],
-                       "style": {"marker": "x", "color": "grey"}})
+        layers.append(
+            {
+                "label": "collapsed",
+                "x": collapsed["train_flops"],
+                "y": collapsed["autoattack_acc"],
+                "style": {"marker": "x", "color": "grey"},
+            }
+        )
     missing = 0
-    for group, label, color in ((standard, "standard training", "black"),
-                                (no_autoattack, "adversarial", "tab:purple")):
+    for group, label, color in (
+        (standard, "standard training", "black"),
+        (no_autoattack, "adversarial", "tab:purple"),
+    ):
         if group is None or not len(group):
             continue
         flops = group["train_flops"].to_numpy(float, na_value=np.nan)
@@ -84,26 +106,54 @@ def fig_1a_layers(kept: Any, collapsed: Any, standard: Any = None, no_autoattack
         with_pgd = placed & ~np.isfinite(aa) & np.isfinite(pgd)
         missing += int((~(with_aa | with_pgd)).sum())
         if with_aa.any():
-            layers.append({"label": f"{label}, AutoAttack", "x": flops[with_aa], "y": aa[with_aa],
-                           "style": {"marker": "s", "color": color, "alpha": 0.8}})
+            layers.append(
+                {
+                    "label": f"{label}, AutoAttack",
+                    "x": flops[with_aa],
+                    "y": aa[with_aa],
+                    "style": {"marker": "s", "color": color, "alpha": 0.8},
+                }
+            )
         if with_pgd.any():
-            layers.append({"label": f"{label}, PGD-40 (no AutoAttack)", "x": flops[with_pgd], "y": pgd[with_pgd],
-                           "style": {"marker": "s" if color == "black" else "o", "facecolors": "none",
-                                     "edgecolors": color, "alpha": 0.8}})
+            layers.append(
+                {
+                    "label": f"{label}, PGD-40 (no AutoAttack)",
+                    "x": flops[with_pgd],
+                    "y": pgd[with_pgd],
+                    "style": {
+                        "marker": "s" if color == "black" else "o",
+                        "facecolors": "none",
+                        "edgecolors": color,
+                        "alpha": 0.8,
+                    },
+                }
+            )
     return layers, missing
 
 
-def fig_1a(kept: Any, collapsed: Any, out_dir: Path, standard: Any = None, no_autoattack: Any = None) -> Path:
+def fig_1a(
+    kept: Any, collapsed: Any, out_dir: Path, standard: Any = None, no_autoattack: Any = None
+) -> Path:
     """AutoAttack accuracy vs training FLOPs for every run: adversarial runs marked by loss and
     synthetic data, collapsed runs, standard-training runs, and runs without AutoAttack (PGD-40)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     layers, missing = fig_1a_layers(kept, collapsed, standard, no_autoattack)
     for layer in layers:
-        ax.scatter(layer["x"], layer["y"], s=14, rasterized=True, label=layer["label"], **layer["style"])
+        ax.scatter(
+            layer["x"], layer["y"], s=14, rasterized=True, label=layer["label"], **layer["style"]
+        )
     title = "1a  AutoAttack accuracy vs training compute"
-    ax.set(xscale="log", xlabel="training FLOPs", ylabel="AutoAttack accuracy (%)",
-           title=title + (f"\n({missing} run{'s' if missing != 1 else ''} without FLOPs or accuracy not shown)"
-                          if missing else ""))
+    ax.set(
+        xscale="log",
+        xlabel="training FLOPs",
+        ylabel="AutoAttack accuracy (%)",
+        title=title
+        + (
+            f"\n({missing} run{'s' if missing != 1 else ''} without FLOPs or accuracy not shown)"
+            if missing
+            else ""
+        ),
+    )
     ax.legend(fontsize=7)
     return save(fig, out_dir, "fig1a_accuracy_vs_flops")
 
@@ -116,9 +166,14 @@ def fig_1b(true: np.ndarray, pred: np.ndarray, r2: float, out_dir: Path) -> Path
     pad = 0.03 * (hi - lo) or 1.0
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="prediction = truth")
     # the same range on both axes, so distance from the diagonal reads as error in points
-    ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), aspect="equal",
-           xlabel="true AutoAttack accuracy (%)", ylabel="predicted AutoAttack accuracy (%)",
-           title=f"1b  held-out runs (R² = {r2:.3f})")
+    ax.set(
+        xlim=(lo - pad, hi + pad),
+        ylim=(lo - pad, hi + pad),
+        aspect="equal",
+        xlabel="true AutoAttack accuracy (%)",
+        ylabel="predicted AutoAttack accuracy (%)",
+        title=f"1b  held-out runs (R² = {r2:.3f})",
+    )
     ax.legend(fontsize=7, loc="upper left")
     return save(fig, out_dir, "fig1b_predicted_vs_true")
 
@@ -132,8 +187,10 @@ def fig_1c(importance: dict[str, float], permutation: dict[str, float], out_dir:
     ax.barh(y + 0.2, [permutation[n] for n in names], height=0.4, label="permutation (held-out)")
     ax.set_yticks(y, names)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set(xlabel="importance (impurity: share of split gain; permutation: drop in held-out R²)",
-           title="1c  feature importance")
+    ax.set(
+        xlabel="importance (impurity: share of split gain; permutation: drop in held-out R²)",
+        title="1c  feature importance",
+    )
     ax.xaxis.label.set_size(8)
     # below the axes: inside, it covered the longest bar
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
@@ -144,7 +201,9 @@ def fig_2(runs: Any, out_dir: Path) -> Path:
     """Mean AutoAttack accuracy by synthetic data x loss x EMA x model size (error bar: std)."""
     losses = sorted(str(v) for v in runs["loss"].dropna().unique()) or ["-"]
     models = runs.groupby("model")["params"].median().sort_values().index.tolist()
-    fig, axes = plt.subplots(2, len(losses), figsize=(3.6 * len(losses) + 1, 6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        2, len(losses), figsize=(3.6 * len(losses) + 1, 6), squeeze=False, sharey=True
+    )
     x = np.arange(len(models))
     for col, loss in enumerate(losses):
         for row, ema in enumerate([False, True]):
@@ -154,37 +213,74 @@ def fig_2(runs: Any, out_dir: Path) -> Path:
                 sel = part[part["synthetic_data"].fillna(False) == synth]
                 stats = sel.groupby("model")["autoattack_acc"].agg(["mean", "std"]).reindex(models)
                 pos = x + (k - 0.5) * 0.4
-                ax.bar(pos, stats["mean"].fillna(0), 0.4, yerr=stats["std"].fillna(0),
-                       label="synthetic" if synth else "no synthetic", color="tab:orange" if synth else "tab:blue")
-                for where in pos[stats["mean"].isna().to_numpy()]:  # a zero bar would read as 0% accuracy
-                    ax.text(where, 1, "no runs", rotation=90, ha="center", va="bottom", fontsize=6, color="grey")
+                ax.bar(
+                    pos,
+                    stats["mean"].fillna(0),
+                    0.4,
+                    yerr=stats["std"].fillna(0),
+                    label="synthetic" if synth else "no synthetic",
+                    color="tab:orange" if synth else "tab:blue",
+                )
+                for where in pos[
+                    stats["mean"].isna().to_numpy()
+                ]:  # a zero bar would read as 0% accuracy
+                    ax.text(
+                        where,
+                        1,
+                        "no runs",
+                        rotation=90,
+                        ha="center",
+                        va="bottom",
+                        fontsize=6,
+                        color="grey",
+                    )
             ax.set_xticks(x, models, rotation=45, fontsize=7)
             ax.set_title(f"{loss}, {'EMA' if ema else 'no EMA'}", fontsize=9)
     axes[0][0].set_ylabel("AutoAttack accuracy (%)")
     axes[1][0].set_ylabel("AutoAttack accuracy (%)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("2  mean AutoAttack accuracy by synthetic data × loss × EMA × model size "
-                 "(error bars: ±1 std over runs)", fontsize=10)
+    fig.suptitle(
+        "2  mean AutoAttack accuracy by synthetic data × loss × EMA × model size "
+        "(error bars: ±1 std over runs)",
+        fontsize=10,
+    )
     return save(fig, out_dir, "fig2_accuracy_by_recipe")
 
 
-def fig_3(law: PowerLaw, x: np.ndarray, y: np.ndarray, name: str, ylabel: str, title: str, out_dir: Path,
-          extra: tuple[PowerLaw, np.ndarray, np.ndarray, str] | None = None) -> Path:
+def fig_3(
+    law: PowerLaw,
+    x: np.ndarray,
+    y: np.ndarray,
+    name: str,
+    ylabel: str,
+    title: str,
+    out_dir: Path,
+    extra: tuple[PowerLaw, np.ndarray, np.ndarray, str] | None = None,
+) -> Path:
     """One power law in log-log: envelope points, fitted line and its bootstrap 95% band."""
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
     if extra:  # two kinds of accuracy on one axis: say which is which
         ylabel = "accuracy (%)"
-    for item, color, label in [((law, x, y), "tab:blue",
-                                "adversarial training, AutoAttack envelope" if extra else "envelope"),
-                               ((extra[0], extra[1], extra[2]) if extra else None, "tab:green",
-                                extra[3] if extra else "")]:
+    for item, color, label in [
+        (
+            (law, x, y),
+            "tab:blue",
+            "adversarial training, AutoAttack envelope" if extra else "envelope",
+        ),
+        ((extra[0], extra[1], extra[2]) if extra else None, "tab:green", extra[3] if extra else ""),
+    ]:
         if item is None:
             continue
         lw, px, py = item
         grid = np.logspace(np.log10(lw.x_range[0]), np.log10(lw.x_range[1]), 100)
         low, high = lw.band(grid)
         ax.scatter(px, py, s=18, color=color, label=f"{label} ({lw.n_bins} bins)", zorder=3)
-        ax.plot(grid, lw.predict(grid), color=color, label=f"fit: α={lw.alpha:.3g}, C={lw.C:.3g}, R²={lw.r2:.2f}")
+        ax.plot(
+            grid,
+            lw.predict(grid),
+            color=color,
+            label=f"fit: α={lw.alpha:.3g}, C={lw.C:.3g}, R²={lw.r2:.2f}",
+        )
         ax.fill_between(grid, low, high, color=color, alpha=0.2, lw=0)
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=ylabel, title=title)
     plain_log_ticks(ax)
@@ -200,6 +296,8 @@ def plain_log_ticks(ax: Any) -> None:
     if not (low > 0 and high / low < 100):
         return
     axis = ax.yaxis
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0), numticks=12))
+    axis.set_major_locator(
+        LogLocator(base=10, subs=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0), numticks=12)
+    )
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())

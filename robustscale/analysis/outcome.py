@@ -38,25 +38,32 @@ def recipe_model_params(recipe: Any, zoo: Any) -> tuple[float, str]:
     recipe = as_recipe(recipe)
     info = dataset_info(recipe.dataset, recipe.data_dir)
     try:
-        return float(count_params(recipe.model, info.num_classes, info.shape[0], recipe.activation)), \
-            "robustscale.models.count_params"
+        return float(
+            count_params(recipe.model, info.num_classes, info.shape[0], recipe.activation)
+        ), "robustscale.models.count_params"
     except (RobustscaleError, KeyError, RuntimeError, ValueError, TypeError) as exc:
         log.debug("count_params(%r) failed: %s", recipe.model, exc)
     rows = zoo[(zoo["model"].astype("string") == recipe.model) & zoo["params"].notna()]
     if len(rows):
         return float(rows["params"].median()), "zoo rows with the same model"
-    raise RobustscaleError(f"model={recipe.model!r}: cannot count its parameters and no zoo row has it; "
-                           f"models in the zoo: {', '.join(sorted(zoo['model'].dropna().astype(str).unique()))}")
+    raise RobustscaleError(
+        f"model={recipe.model!r}: cannot count its parameters and no zoo row has it; "
+        f"models in the zoo: {', '.join(sorted(zoo['model'].dropna().astype(str).unique()))}"
+    )
 
 
 def recipe_features(recipe: Any, zoo: Any) -> tuple[dict[str, Any], str]:
     """The predictor's feature row for a recipe (a Recipe, or a dict validated as one)."""
     recipe = as_recipe(recipe)
     params, source = recipe_model_params(recipe, zoo)
-    row = {"params": params, "synthetic_data": float(recipe.synthetic_data is not None),
-           "activation": recipe.activation, "loss": recipe.loss,
-           "attack_steps": float(recipe.attack_steps if recipe.adversarial else 0),
-           "ema": float(recipe.ema_decay is not None)}
+    row = {
+        "params": params,
+        "synthetic_data": float(recipe.synthetic_data is not None),
+        "activation": recipe.activation,
+        "loss": recipe.loss,
+        "attack_steps": float(recipe.attack_steps if recipe.adversarial else 0),
+        "ema": float(recipe.ema_decay is not None),
+    }
     return row, source
 
 
@@ -88,8 +95,9 @@ def _law_at(law: PowerLaw | str | None, flops: float) -> dict[str, Any]:
     return {"value": float(law.C * flops**law.alpha), "ci": ci}
 
 
-def forecast_recipe_outcome(recipe: Any, zoo: Any, predictor: Predictor,
-                            laws: dict[str, PowerLaw | str]) -> dict[str, Any]:
+def forecast_recipe_outcome(
+    recipe: Any, zoo: Any, predictor: Predictor, laws: dict[str, PowerLaw | str]
+) -> dict[str, Any]:
     """Predicted AutoAttack accuracy (with interval) and forecast FLOPs, kWh, USD, kg CO2 of a
     recipe (a Recipe, or a dict validated as one: keys it lacks take the Recipe's defaults)."""
     import pandas as pd
@@ -99,20 +107,25 @@ def forecast_recipe_outcome(recipe: Any, zoo: Any, predictor: Predictor,
     pred = predictor.predict(pd.DataFrame([row], columns=FEATURES))
     out: dict[str, Any] = {
         "recipe": {"dataset": recipe.dataset, "model": recipe.model, "epochs": recipe.epochs},
-        "features": row, "params_source": params_source,
+        "features": row,
+        "params_source": params_source,
         "autoattack_acc": float(pred["mean"][0]),
         "autoattack_acc_ci": [float(pred["low"][0]), float(pred["high"][0])],
         "warnings": [],
     }
     datasets = sorted(zoo["dataset"].dropna().astype(str).unique())
     if datasets and recipe.dataset not in datasets:
-        out["warnings"].append(f"the recipe trains on {recipe.dataset} but the zoo's runs are on "
-                               f"{', '.join(datasets)}: the prediction transfers across datasets "
-                               "(a recipe without 'dataset' trains on digits, the Recipe's default)")
+        out["warnings"].append(
+            f"the recipe trains on {recipe.dataset} but the zoo's runs are on "
+            f"{', '.join(datasets)}: the prediction transfers across datasets "
+            "(a recipe without 'dataset' trains on digits, the Recipe's default)"
+        )
     flops, source = recipe_flops_forecast(recipe)
     out["flops"], out["flops_source"] = flops, source
     if flops is not None:
-        out["flops_in_zoo_range"] = bool(zoo["train_flops"].min() <= flops <= zoo["train_flops"].max())
+        out["flops_in_zoo_range"] = bool(
+            zoo["train_flops"].min() <= flops <= zoo["train_flops"].max()
+        )
         for key, name in (("kwh", "energy"), ("usd", "electricity"), ("kg_co2", "co2")):
             out[key] = _law_at(laws.get(name), flops)
     return out

@@ -47,10 +47,20 @@ class Predictor:
     rmses: list[float] = field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"r2": self.r2, "mae": self.mae, "r2_mean": self.r2_mean, "r2_std": self.r2_std,
-                "mae_mean": self.mae_mean, "mae_std": self.mae_std, "n_splits": len(self.models),
-                "n_train": self.n_train, "n_test": self.n_test, "features": FEATURES,
-                "importance": self.importance, "permutation_importance": self.permutation_importance}
+        return {
+            "r2": self.r2,
+            "mae": self.mae,
+            "r2_mean": self.r2_mean,
+            "r2_std": self.r2_std,
+            "mae_mean": self.mae_mean,
+            "mae_std": self.mae_std,
+            "n_splits": len(self.models),
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "features": FEATURES,
+            "importance": self.importance,
+            "permutation_importance": self.permutation_importance,
+        }
 
     def predict(self, rows: Any) -> dict[str, np.ndarray]:
         """Mean prediction over the split models and a 95% interval for each row of features.
@@ -79,8 +89,10 @@ def encode(df: Any, categories: dict[str, list[str]]) -> np.ndarray:
             known = categories[name]
             unknown = sorted({str(v) for v in values.dropna()} - set(known))
             if unknown:
-                raise RobustscaleError(f"{name}={unknown[0]!r} does not occur in the zoo; the predictor "
-                                       f"knows: {', '.join(known)}")
+                raise RobustscaleError(
+                    f"{name}={unknown[0]!r} does not occur in the zoo; the predictor "
+                    f"knows: {', '.join(known)}"
+                )
             cols.append(np.array([known.index(str(v)) for v in values], dtype=float))
         else:
             cols.append(np.asarray(values, dtype=float))
@@ -107,17 +119,26 @@ def _aggregate(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return rows, np.bincount(inverse, weights=y, minlength=len(rows)) / counts, counts
 
 
-def _split_fit(X: np.ndarray, y: np.ndarray, seed: int, test_size: float) -> tuple[Any, np.ndarray, np.ndarray]:
+def _split_fit(
+    X: np.ndarray, y: np.ndarray, seed: int, test_size: float
+) -> tuple[Any, np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
-    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(y)), test_size=test_size, random_state=seed
+    )
     rows, mean_y, counts = _aggregate(X[idx_train], y[idx_train])
     model = _model(seed).fit(rows, mean_y, sample_weight=counts)
     return model, idx_test, model.predict(X[idx_test])
 
 
-def fit_predictor(df: Any, seed: int = 0, n_splits: int = 10, test_size: float = 0.3,
-                  target: str = "autoattack_acc") -> Predictor:
+def fit_predictor(
+    df: Any,
+    seed: int = 0,
+    n_splits: int = 10,
+    test_size: float = 0.3,
+    target: str = "autoattack_acc",
+) -> Predictor:
     """Fit and score the predictor on runs with all features and a ``target`` value.
 
     The reported R², MAE and importances are those of the split seeded with ``seed``; the
@@ -129,8 +150,10 @@ def fit_predictor(df: Any, seed: int = 0, n_splits: int = 10, test_size: float =
 
     data = df.dropna(subset=FEATURES + [target])
     if len(data) < MIN_RUNS:
-        raise RobustscaleError(f"the predictor needs at least {MIN_RUNS} runs with {target} and all of "
-                               f"{', '.join(FEATURES)}; the zoo has {len(data)}")
+        raise RobustscaleError(
+            f"the predictor needs at least {MIN_RUNS} runs with {target} and all of "
+            f"{', '.join(FEATURES)}; the zoo has {len(data)}"
+        )
     categories = category_codes(data)
     X, y = encode(data, categories), data[target].to_numpy(dtype=float)
     fits = [_split_fit(X, y, seed + r, test_size) for r in range(max(1, n_splits))]
@@ -139,12 +162,19 @@ def fit_predictor(df: Any, seed: int = 0, n_splits: int = 10, test_size: float =
     model, idx_test, pred = fits[0]
     perm = permutation_importance(model, X[idx_test], y[idx_test], n_repeats=5, random_state=seed)
     return Predictor(
-        categories=categories, r2=float(r2s[0]), mae=float(maes[0]),
-        r2_mean=float(np.mean(r2s)), r2_std=float(np.std(r2s)),
-        mae_mean=float(np.mean(maes)), mae_std=float(np.std(maes)),
+        categories=categories,
+        r2=float(r2s[0]),
+        mae=float(maes[0]),
+        r2_mean=float(np.mean(r2s)),
+        r2_std=float(np.std(r2s)),
+        mae_mean=float(np.mean(maes)),
+        mae_std=float(np.std(maes)),
         importance=dict(zip(FEATURES, map(float, model.feature_importances_))),
         permutation_importance=dict(zip(FEATURES, map(float, perm.importances_mean))),
-        n_train=len(y) - len(idx_test), n_test=len(idx_test), test_true=y[idx_test], test_pred=pred,
+        n_train=len(y) - len(idx_test),
+        n_test=len(idx_test),
+        test_true=y[idx_test],
+        test_pred=pred,
         test_run_ids=[str(v) for v in data["run_id"].to_numpy()[idx_test]],
         models=[f[0] for f in fits],
         rmses=[float(np.sqrt(np.mean((y[i] - p) ** 2))) for _, i, p in fits],

@@ -18,18 +18,30 @@ from robustscale.analysis.target import describe_target
 from robustscale.analysis.zoo_fit import Analysis
 from robustscale.files import atomic_write_text
 
-LAW_FIGURES = [("accuracy", "autoattack_acc", "AutoAttack accuracy (%)",
-                r"3a  accuracy = $C \cdot \mathrm{FLOPs}^{\alpha}$"),
-               ("electricity", "electricity_cost_usd", "electricity cost (USD)",
-                r"3b  electricity cost = $C \cdot \mathrm{FLOPs}^{\alpha}$"),
-               ("co2", "co2_kg", "CO$_2$ (kg)", r"3c  CO$_2$ = $C \cdot \mathrm{FLOPs}^{\alpha}$")]
+LAW_FIGURES = [
+    (
+        "accuracy",
+        "autoattack_acc",
+        "AutoAttack accuracy (%)",
+        r"3a  accuracy = $C \cdot \mathrm{FLOPs}^{\alpha}$",
+    ),
+    (
+        "electricity",
+        "electricity_cost_usd",
+        "electricity cost (USD)",
+        r"3b  electricity cost = $C \cdot \mathrm{FLOPs}^{\alpha}$",
+    ),
+    ("co2", "co2_kg", "CO$_2$ (kg)", r"3c  CO$_2$ = $C \cdot \mathrm{FLOPs}^{\alpha}$"),
+]
 
 
 def draw_figures(a: Analysis, out_dir: Path) -> dict[str, Path]:
     """Draw every figure the analysis supports; return figure name -> PNG path."""
     from robustscale.analysis import figures as F
 
-    out: dict[str, Path] = {"1a": F.fig_1a(a.kept, a.collapsed, out_dir, a.standard, a.no_autoattack)}
+    out: dict[str, Path] = {
+        "1a": F.fig_1a(a.kept, a.collapsed, out_dir, a.standard, a.no_autoattack)
+    }
     if isinstance(a.predictor, Predictor):
         p = a.predictor
         out["1b"] = F.fig_1b(p.test_true, p.test_pred, p.r2, out_dir)
@@ -43,11 +55,22 @@ def draw_figures(a: Analysis, out_dir: Path) -> dict[str, Path]:
         extra = None
         if name == "accuracy" and isinstance(a.standard_law, PowerLaw):
             se = a.standard_envelope
-            extra = (a.standard_law, se["train_flops"].to_numpy(float), se["clean_acc"].to_numpy(float),
-                     "standard training, clean accuracy")
-        out[f"3{letter}"] = F.fig_3(law, env["train_flops"].to_numpy(float, na_value=np.nan),
-                                    env[col].to_numpy(float, na_value=np.nan), f"fig3{letter}_{name}_law",
-                                    ylabel, title, out_dir, extra)
+            extra = (
+                a.standard_law,
+                se["train_flops"].to_numpy(float),
+                se["clean_acc"].to_numpy(float),
+                "standard training, clean accuracy",
+            )
+        out[f"3{letter}"] = F.fig_3(
+            law,
+            env["train_flops"].to_numpy(float, na_value=np.nan),
+            env[col].to_numpy(float, na_value=np.nan),
+            f"fig3{letter}_{name}_law",
+            ylabel,
+            title,
+            out_dir,
+            extra,
+        )
     if a.joint_fit is not None:
         out.update(draw_joint_figures(a.joint_fit, out_dir))
     return out
@@ -75,15 +98,34 @@ def _scaling_section(fits: dict[str, Any]) -> str:
         if law.get("alpha") is None:
             rows.append([name, None, None, None, None, None, law.get("n_bins"), law.get("error")])
             continue
-        rows.append([name, law["alpha"], _ci(law["alpha_ci"]), law["C"], _ci(law["C_ci"]), law["r2"],
-                     law["n_bins"], ""])
-    text = _table(["law (y vs FLOPs)", "α", "α 95% CI", "C", "C 95% CI", "R² (log-log)", "bins", "note"], rows,
-                  ident="laws")
+        rows.append(
+            [
+                name,
+                law["alpha"],
+                _ci(law["alpha_ci"]),
+                law["C"],
+                _ci(law["C_ci"]),
+                law["r2"],
+                law["n_bins"],
+                "",
+            ]
+        )
+    text = _table(
+        ["law (y vs FLOPs)", "α", "α 95% CI", "C", "C 95% CI", "R² (log-log)", "bins", "note"],
+        rows,
+        ident="laws",
+    )
     std = fits["scaling"].get("standard_accuracy")
-    if std and std.get("alpha") is not None and fits["scaling"]["accuracy"].get("alpha") is not None:
-        text += (f"<p>Growth rates side by side: adversarial training (AutoAttack) α = "
-                 f"{fits['scaling']['accuracy']['alpha']:.4g}; standard training (clean accuracy) α = "
-                 f"{std['alpha']:.4g}.</p>")
+    if (
+        std
+        and std.get("alpha") is not None
+        and fits["scaling"]["accuracy"].get("alpha") is not None
+    ):
+        text += (
+            f"<p>Growth rates side by side: adversarial training (AutoAttack) α = "
+            f"{fits['scaling']['accuracy']['alpha']:.4g}; standard training (clean accuracy) α = "
+            f"{std['alpha']:.4g}.</p>"
+        )
     return "<h2>Scaling laws on the best-performance envelope</h2>" + text
 
 
@@ -91,59 +133,72 @@ def _predictor_section(fits: dict[str, Any]) -> str:
     p = fits["predictor"]
     if "error" in p:
         return f"<h2>Predictor</h2><p>{html.escape(str(p['error']))}</p>"
-    scores = _table(["", "R²", "MAE (points)"],
-                    [[f"held-out 30% (seed split, {p['n_test']} runs)", p["r2"], p["mae"]],
-                     [f"{p['n_splits']} repeated splits, mean ± std",
-                      f"{p['r2_mean']:.3f} ± {p['r2_std']:.3f}", f"{p['mae_mean']:.3f} ± {p['mae_std']:.3f}"]],
-                    ident="predictor-scores")
-    imp = _table(["feature", "impurity importance", "permutation importance (held-out)"],
-                 [[f, p["importance"][f], p["permutation_importance"][f]]
-                  for f in sorted(p["importance"], key=p["importance"].get, reverse=True)],
-                 ident="predictor-importance")
-    return ("<h2>Predictor (gradient boosting, 50 estimators, depth 5)</h2>" + scores + imp)
+    scores = _table(
+        ["", "R²", "MAE (points)"],
+        [
+            [f"held-out 30% (seed split, {p['n_test']} runs)", p["r2"], p["mae"]],
+            [
+                f"{p['n_splits']} repeated splits, mean ± std",
+                f"{p['r2_mean']:.3f} ± {p['r2_std']:.3f}",
+                f"{p['mae_mean']:.3f} ± {p['mae_std']:.3f}",
+            ],
+        ],
+        ident="predictor-scores",
+    )
+    imp = _table(
+        ["feature", "impurity importance", "permutation importance (held-out)"],
+        [
+            [f, p["importance"][f], p["permutation_importance"][f]]
+            for f in sorted(p["importance"], key=p["importance"].get, reverse=True)
+        ],
+        ident="predictor-importance",
+    )
+    return "<h2>Predictor (gradient boosting, 50 estimators, depth 5)</h2>" + scores + imp
 
 
 def _runs_section(a: Analysis, fits: dict[str, Any]) -> str:
     cols = ["run_id", "model", "loss", "attack_steps", "epochs", "train_flops", "autoattack_acc"]
     rows = a.collapsed[cols].astype(object).where(a.collapsed[cols].notna(), None).values.tolist()
-    text = (f"<h2>Collapsed runs ({len(rows)})</h2><p>AutoAttack accuracy at or below "
-            f"{fits['collapse_threshold']:g}%: catastrophic overfitting or failed training; left out of the "
-            f"fits and the predictor.</p>")
+    text = (
+        f"<h2>Collapsed runs ({len(rows)})</h2><p>AutoAttack accuracy at or below "
+        f"{fits['collapse_threshold']:g}%: catastrophic overfitting or failed training; left out of the "
+        f"fits and the predictor.</p>"
+    )
     return text + (_table(cols, rows, ident="collapsed") if rows else "<p>None.</p>")
 
 
 # What each figure shows and how it was computed: the caption under it in report.html.
 FIGURE_CAPTIONS = {
     "1a": "AutoAttack accuracy against training FLOPs, one point per run: adversarial runs by loss "
-          "(marker) and synthetic data (colour), collapsed runs as grey crosses, standard training and "
-          "runs without AutoAttack (at their PGD-40 accuracy, hollow). FLOPs: every forward and backward "
-          "of the attack and the update over all epochs, validation excluded.",
+    "(marker) and synthetic data (colour), collapsed runs as grey crosses, standard training and "
+    "runs without AutoAttack (at their PGD-40 accuracy, hollow). FLOPs: every forward and backward "
+    "of the attack and the update over all epochs, validation excluded.",
     "1b": "Predicted against true AutoAttack accuracy on the held-out 30% of runs (seeded split); the "
-          "gradient-boosting predictor (50 estimators, depth 5) was fitted on the other 70%. Points on "
-          "the dashed diagonal are predicted exactly.",
+    "gradient-boosting predictor (50 estimators, depth 5) was fitted on the other 70%. Points on "
+    "the dashed diagonal are predicted exactly.",
     "1c": "Feature importance of the predictor: impurity importance (each feature's share of the "
-          "trees' split gain, on the training runs) and permutation importance (how much held-out R² "
-          "drops when that feature is shuffled; negative: shuffling it did not hurt).",
+    "trees' split gain, on the training runs) and permutation importance (how much held-out R² "
+    "drops when that feature is shuffled; negative: shuffling it did not hurt).",
     "2": "Mean AutoAttack accuracy of the fitted runs for each synthetic data × loss × EMA × model "
-         "combination, models ordered by parameter count; error bars are one standard deviation "
-         "over the runs of a bar; 'no runs' marks a combination the zoo does not have.",
+    "combination, models ordered by parameter count; error bars are one standard deviation "
+    "over the runs of a bar; 'no runs' marks a combination the zoo does not have.",
     "3a": "The accuracy law on the best-performance envelope: the FLOP range is split into equal "
-          "log-scale bins, the best AutoAttack accuracy of each bin kept and a straight line fitted in "
-          "log-log space (accuracy = C·FLOPs^α); the band is the bootstrap 95% interval. Standard "
-          "training's clean-accuracy law, where the zoo has it, is drawn beside it for comparison.",
+    "log-scale bins, the best AutoAttack accuracy of each bin kept and a straight line fitted in "
+    "log-log space (accuracy = C·FLOPs^α); the band is the bootstrap 95% interval. Standard "
+    "training's clean-accuracy law, where the zoo has it, is drawn beside it for comparison.",
     "3b": "Electricity cost (USD) of the envelope runs against training FLOPs in log-log space, with "
-          "its fitted power law and bootstrap 95% band. Cost = metered energy × PUE × price per kWh.",
+    "its fitted power law and bootstrap 95% band. Cost = metered energy × PUE × price per kWh.",
     "3c": "CO2 (kg) of the envelope runs against training FLOPs in log-log space, with its fitted "
-          "power law and bootstrap 95% band. CO2 = metered energy × PUE × grid carbon intensity.",
+    "power law and bootstrap 95% band. CO2 = metered energy × PUE × grid carbon intensity.",
     "4a": "Iso-FLOP curves of the joint law L(N, D): predicted robust accuracy along N·D = C/k for a "
-          "few compute levels, the optimum of each curve marked.",
+    "few compute levels, the optimum of each curve marked.",
     "4b": "The compute-optimal frontier: the law's N*(C) and D*(C), with the best run of each FLOP "
-          "bin and their fitted power laws.",
+    "bin and their fitted power laws.",
     "4c": "Best predicted robust accuracy per compute, the runs, and the asymptote (L = E) of the "
-          "joint law.",
+    "joint law.",
     "4d": "Data coverage: the (model size N, data D) points the runs of the headline recipe family "
-          "cover, sized by run count. Drawn instead of 4a-4c when the zoo does not identify the "
-          "joint law.",
+    "cover, sized by run count. Drawn instead of 4a-4c when the zoo does not identify the "
+    "joint law.",
 }
 _H2 = re.compile(r"<h2>(.*?)</h2>", re.S)
 
@@ -166,43 +221,60 @@ def _figures_section(fits: dict[str, Any], out_dir: Path) -> str:
         data = base64.b64encode((out_dir / "figures" / filename).read_bytes()).decode()
         caption = FIGURE_CAPTIONS.get(name, "")
         svg = Path(filename).with_suffix(".svg").name
-        out.append(f'<figure id="fig{html.escape(name)}"><img alt="figure {html.escape(name)}" '
-                   f'src="data:image/png;base64,{data}"><figcaption><b>Figure {html.escape(name)}.</b> '
-                   f'{html.escape(caption)} <a href="figures/{html.escape(svg)}">SVG</a></figcaption></figure>')
+        out.append(
+            f'<figure id="fig{html.escape(name)}"><img alt="figure {html.escape(name)}" '
+            f'src="data:image/png;base64,{data}"><figcaption><b>Figure {html.escape(name)}.</b> '
+            f'{html.escape(caption)} <a href="figures/{html.escape(svg)}">SVG</a></figcaption></figure>'
+        )
     return "".join(out)
 
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:auto;padding:0 16px;line-height:1.45}"
-         "table{border-collapse:collapse;margin:8px 0;display:block;overflow-x:auto;max-width:100%}"
-         "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}th{background:#f3f3f3}"
-         "img{max-width:100%;height:auto}figure{margin:24px 0}"
-         "figcaption{font-size:13px;color:#333;max-width:760px}nav ul{columns:4}")
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:980px;margin:auto;padding:0 16px;line-height:1.45}"
+    "table{border-collapse:collapse;margin:8px 0;display:block;overflow-x:auto;max-width:100%}"
+    "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}th{background:#f3f3f3}"
+    "img{max-width:100%;height:auto}figure{margin:24px 0}"
+    "figcaption{font-size:13px;color:#333;max-width:760px}nav ul{columns:4}"
+)
 
 
 def write_report(a: Analysis, fits: dict[str, Any], out_dir: Path) -> Path:
     """Write ``report.html``: one self-contained file (figures embedded as PNG, SVGs linked beside
     it), a table of contents, the laws and the predictor as tables, a caption on every figure."""
-    intro = (f"<h1>robustscale zoo analysis</h1><p>{fits['n_runs']} runs: {fits['n_fitted']} fitted, "
-             f"{len(fits['collapsed_runs'])} collapsed, {fits['n_standard']} standard training, "
-             f"{fits['n_without_autoattack']} without AutoAttack or FLOPs. FLOPs in FLOPs, accuracies in "
-             f"percent.</p>")
+    intro = (
+        f"<h1>robustscale zoo analysis</h1><p>{fits['n_runs']} runs: {fits['n_fitted']} fitted, "
+        f"{len(fits['collapsed_runs'])} collapsed, {fits['n_standard']} standard training, "
+        f"{fits['n_without_autoattack']} without AutoAttack or FLOPs. FLOPs in FLOPs, accuracies in "
+        f"percent.</p>"
+    )
     parts = [_scaling_section(fits)]
     if "target" in fits:
-        parts.append(f"<h2>Cost of the target</h2><p>{html.escape(describe_target(fits['target']))}</p>")
+        parts.append(
+            f"<h2>Cost of the target</h2><p>{html.escape(describe_target(fits['target']))}</p>"
+        )
     parts.append(_predictor_section(fits))
     if "joint" in fits:
         parts.append(joint_section(fits["joint"]))
     parts.append(_runs_section(a, fits))
     parts.append(_figures_section(fits, out_dir))
     parts, toc = _with_anchors(parts)
-    figs = "".join(f'<li><a href="#fig{html.escape(n)}">Figure {html.escape(n)}</a></li>' for n in fits["figures"])
-    items = "".join(f'<li><a href="#{i}">{title}</a>' + (f"<ul>{figs}</ul>" if title == "Figures" else "")
-                    + "</li>" for i, title in toc)
+    figs = "".join(
+        f'<li><a href="#fig{html.escape(n)}">Figure {html.escape(n)}</a></li>'
+        for n in fits["figures"]
+    )
+    items = "".join(
+        f'<li><a href="#{i}">{title}</a>'
+        + (f"<ul>{figs}</ul>" if title == "Figures" else "")
+        + "</li>"
+        for i, title in toc
+    )
     nav = f'<nav id="contents"><h2>Contents</h2><ol>{items}</ol></nav>'
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>robustscale analysis</title><style>{STYLE}</style></head>"
-            f"<body>{intro}{nav}{''.join(parts)}</body></html>")
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>robustscale analysis</title><style>{STYLE}</style></head>"
+        f"<body>{intro}{nav}{''.join(parts)}</body></html>"
+    )
     path = out_dir / "report.html"
     atomic_write_text(path, page)
     return path

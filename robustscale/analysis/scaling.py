@@ -47,12 +47,21 @@ class PowerLaw:
             return y, y
         draws = self.boot[:, 1:2] + self.boot[:, 0:1] * lx[None, :]
         q = (1 - level) / 2 * 100
-        return np.exp(np.percentile(draws, q, axis=0)), np.exp(np.percentile(draws, 100 - q, axis=0))
+        return np.exp(np.percentile(draws, q, axis=0)), np.exp(
+            np.percentile(draws, 100 - q, axis=0)
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "C": self.C, "r2": self.r2, "alpha_ci": list(self.alpha_ci),
-                "C_ci": list(self.C_ci), "n_bins": self.n_bins, "x_range": list(self.x_range),
-                "y_range": list(self.y_range)}
+        return {
+            "alpha": self.alpha,
+            "C": self.C,
+            "r2": self.r2,
+            "alpha_ci": list(self.alpha_ci),
+            "C_ci": list(self.C_ci),
+            "n_bins": self.n_bins,
+            "x_range": list(self.x_range),
+            "y_range": list(self.y_range),
+        }
 
 
 def envelope_index(x: np.ndarray, score: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
@@ -103,7 +112,9 @@ def _bootstrap(lx: np.ndarray, ly: np.ndarray, n_boot: int, seed: int) -> np.nda
     return np.column_stack([slope, intercept])
 
 
-def fit_power_law(x: Any, y: Any, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> PowerLaw:
+def fit_power_law(
+    x: Any, y: Any, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> PowerLaw:
     """Least-squares fit of ``ln y = ln C + alpha ln x`` with bootstrap intervals.
 
     Points with non-positive or missing x or y are dropped (a log needs them positive).
@@ -114,7 +125,9 @@ def fit_power_law(x: Any, y: Any, n_boot: int = 1000, seed: int = 0, level: floa
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     x, y = x[ok], y[ok]
     if len(np.unique(x)) < 2:
-        raise ValueError(f"needs at least 2 points with distinct positive x, has {len(np.unique(x))}")
+        raise ValueError(
+            f"needs at least 2 points with distinct positive x, has {len(np.unique(x))}"
+        )
     lx, ly = np.log(x), np.log(y)
     alpha, ln_c, r2 = _ols(lx, ly)
     boot = _bootstrap(lx, ly, n_boot, seed) if len(x) >= 3 else np.empty((0, 2))
@@ -124,15 +137,27 @@ def fit_power_law(x: Any, y: Any, n_boot: int = 1000, seed: int = 0, level: floa
         c_ci = tuple(float(v) for v in np.exp(np.percentile(boot[:, 1], [q, 100 - q])))
     else:
         a_ci, c_ci = (float("nan"), float("nan")), (float("nan"), float("nan"))
-    return PowerLaw(alpha=alpha, C=math.exp(ln_c), r2=r2, alpha_ci=a_ci, C_ci=c_ci,  # type: ignore[arg-type]
-                    n_bins=len(x),
-                    x_range=(float(x.min()), float(x.max())), y_range=(float(y.min()), float(y.max())),
-                    boot=boot)
+    return PowerLaw(
+        alpha=alpha,
+        C=math.exp(ln_c),
+        r2=r2,
+        alpha_ci=a_ci,
+        C_ci=c_ci,  # type: ignore[arg-type]
+        n_bins=len(x),
+        x_range=(float(x.min()), float(x.max())),
+        y_range=(float(y.min()), float(y.max())),
+        boot=boot,
+    )
 
 
-def fit_envelope_laws(flops: np.ndarray, acc: np.ndarray, costs: dict[str, np.ndarray],
-                      n_bins: int = N_BINS, n_boot: int = 1000, seed: int = 0
-                      ) -> tuple[np.ndarray, dict[str, PowerLaw | str]]:
+def fit_envelope_laws(
+    flops: np.ndarray,
+    acc: np.ndarray,
+    costs: dict[str, np.ndarray],
+    n_bins: int = N_BINS,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict[str, PowerLaw | str]]:
     """The envelope of (flops, acc) and the laws of acc and of each cost column on its runs.
 
     Returns the envelope positions and, per law name ("accuracy" and the keys of ``costs``),

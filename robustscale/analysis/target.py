@@ -23,9 +23,15 @@ COST_LAWS = {"kwh": "energy", "usd": "electricity", "kg_co2": "co2"}
 
 
 def _log10_flops(law: PowerLaw, target: float) -> tuple[float, np.ndarray]:
-    point = (math.log(target) - math.log(law.C)) / law.alpha / math.log(10) if law.alpha > 0 else math.inf
+    point = (
+        (math.log(target) - math.log(law.C)) / law.alpha / math.log(10)
+        if law.alpha > 0
+        else math.inf
+    )
     draws = law.boot[law.boot[:, 0] > 0] if len(law.boot) else law.boot
-    boot = (math.log(target) - draws[:, 1]) / draws[:, 0] / math.log(10) if len(draws) else np.empty(0)
+    boot = (
+        (math.log(target) - draws[:, 1]) / draws[:, 0] / math.log(10) if len(draws) else np.empty(0)
+    )
     return point, boot
 
 
@@ -56,10 +62,14 @@ def envelope_cost_of_target(target_acc: float, laws: dict[str, Any]) -> dict[str
     lo, hi = acc.y_range
     out["extrapolated"] = not (lo <= target_acc <= hi)
     if out["extrapolated"]:
-        out["warning"] = (f"target {target_acc:g}% lies outside the data (envelope accuracies "
-                          f"{lo:.1f}-{hi:.1f}%): an extrapolation of the fitted law")
+        out["warning"] = (
+            f"target {target_acc:g}% lies outside the data (envelope accuracies "
+            f"{lo:.1f}-{hi:.1f}%): an extrapolation of the fitted law"
+        )
     if acc.alpha <= 0:
-        out["error"] = f"accuracy does not grow with FLOPs in this zoo (alpha={acc.alpha:.3g}); no FLOPs reach it"
+        out["error"] = (
+            f"accuracy does not grow with FLOPs in this zoo (alpha={acc.alpha:.3g}); no FLOPs reach it"
+        )
         return out
     flops_point, flops_boot = _log10_flops(acc, target_acc)
     put_log10(out, "flops", flops_point, flops_boot)
@@ -67,7 +77,9 @@ def envelope_cost_of_target(target_acc: float, laws: dict[str, Any]) -> dict[str
     return out
 
 
-def put_costs(out: dict[str, Any], laws: dict[str, Any], flops_log10: float, flops_log10_boot: np.ndarray) -> None:
+def put_costs(
+    out: dict[str, Any], laws: dict[str, Any], flops_log10: float, flops_log10_boot: np.ndarray
+) -> None:
     """kWh, USD and kg CO2 at ``10**flops_log10`` FLOPs from the cost laws into ``out``; draw i
     of the FLOPs goes through draw i of each cost law, so intervals carry both uncertainties."""
     for key, name in COST_LAWS.items():
@@ -78,7 +90,11 @@ def put_costs(out: dict[str, Any], laws: dict[str, Any], flops_log10: float, flo
             continue
         point = math.log10(law.C) + law.alpha * flops_log10
         n = min(len(flops_log10_boot), len(law.boot))
-        boot = (law.boot[:n, 1] / math.log(10) + law.boot[:n, 0] * flops_log10_boot[:n]) if n else np.empty(0)
+        boot = (
+            (law.boot[:n, 1] / math.log(10) + law.boot[:n, 0] * flops_log10_boot[:n])
+            if n
+            else np.empty(0)
+        )
         put_log10(out, key, point, boot)
 
 
@@ -108,6 +124,9 @@ def describe_target(result: dict[str, Any]) -> str:
     if result.get("law") == "joint":
         line += f" (joint law L(N, D) of {result['family_name']}; 95% interval over its bootstrap draws)"
     elif result.get("law") == "envelope":
-        line += " (envelope law accuracy = C·FLOPs^α" + (f"; not the joint law: {result['joint_note']}"
-                                                         if result.get("joint_note") else "") + ")"
+        line += (
+            " (envelope law accuracy = C·FLOPs^α"
+            + (f"; not the joint law: {result['joint_note']}" if result.get("joint_note") else "")
+            + ")"
+        )
     return line + (f" (WARNING: {result['warning']})" if result.get("extrapolated") else "")

@@ -33,9 +33,9 @@ import logging
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -93,7 +93,10 @@ class _Snapshots:
         snap = read_json(self.path) if self.path.is_file() else None
         if snap is None or snap.get("key") != self.key:
             if snap is not None:
-                log.info("AutoAttack state in %s belongs to another evaluation; starting over", self.state_path)
+                log.info(
+                    "AutoAttack state in %s belongs to another evaluation; starting over",
+                    self.state_path,
+                )
             self.clear()
             return []
         self.state_path.unlink(missing_ok=True)  # the library's own file is never read back
@@ -116,11 +119,18 @@ class _Snapshots:
             self.clean = int(flags.sum())
         else:
             self.done.append((attack, int(flags.sum())))
-        atomic_write_json(self.path, {
-            "key": self.key, "n": self.n, "attacks": self.attacks, "clean": self.clean,
-            "done": self.done, "flags": flags.to(torch.uint8).tolist(),
-            "seconds": self.seconds_before + time.perf_counter() - self.started,
-        })
+        atomic_write_json(
+            self.path,
+            {
+                "key": self.key,
+                "n": self.n,
+                "attacks": self.attacks,
+                "clean": self.clean,
+                "done": self.done,
+                "flags": flags.to(torch.uint8).tolist(),
+                "seconds": self.seconds_before + time.perf_counter() - self.started,
+            },
+        )
 
     def clear(self) -> None:
         for p in (self.state_path, self.path):
@@ -155,8 +165,14 @@ class _Progress:
         from robustscale.progress import bars_on
 
         if not bars_on():  # no bar: one line per attack instead
-            log.info("AutoAttack %s: %d of %d examples robust (%.1f%%) after %.1fs", attack, robust,
-                     self.n, 100.0 * robust / self.n, time.perf_counter() - self.t_attack)
+            log.info(
+                "AutoAttack %s: %d of %d examples robust (%.1f%%) after %.1fs",
+                attack,
+                robust,
+                self.n,
+                100.0 * robust / self.n,
+                time.perf_counter() - self.t_attack,
+            )
 
     def _show(self, extra: str = "") -> None:
         left = "?" if self.robust is None else str(self.robust)
@@ -176,7 +192,9 @@ class _Listener(logging.Handler):
         self.progress: _Progress | None = None
         self.warnings: list[str] = []
 
-    def emit(self, record: logging.LogRecord) -> None:  # errors propagate: a lost snapshot must not pass silently
+    def emit(
+        self, record: logging.LogRecord
+    ) -> None:  # errors propagate: a lost snapshot must not pass silently
         msg = record.getMessage()
         snaps, prog = self.snapshots, self.progress
         if record.levelno >= logging.WARNING:
@@ -197,7 +215,9 @@ class _Listener(logging.Handler):
         else:
             log.debug("autoattack: %s", msg)
 
-    def handleError(self, record: logging.LogRecord) -> None:  # pragma: no cover - emit raises instead
+    def handleError(
+        self, record: logging.LogRecord
+    ) -> None:  # pragma: no cover - emit raises instead
         raise
 
 
@@ -237,11 +257,23 @@ class _Fast(nn.Module):
         return self.fn(x.contiguous(memory_format=self.memory_format))
 
 
-def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
-                   version: str = "standard", attacks: list[str] | None = None, seed: int = 0,
-                   batch_size: int = 256, device: torch.device | str = "cpu",
-                   state_path: str | Path | None = None, channels_last: bool = False,
-                   compile: bool = False, progress: bool = True) -> AutoAttackOutcome:
+def run_autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "Linf",
+    version: str = "standard",
+    attacks: list[str] | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    state_path: str | Path | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    progress: bool = True,
+) -> AutoAttackOutcome:
     """Run pyautoattack on (x, y) (CPU tensors, x in [0, 1]) and read back per-attack accuracy.
 
     ``attacks`` runs a custom list (version ``custom``) with the version's settings otherwise
@@ -265,41 +297,71 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
             aa.version, aa.attacks_to_run = "custom", list(attacks)
         order = list(aa.attacks_to_run)
         if state_path is None:
-            state_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "autoattack.state"
+            state_path = (
+                Path(stack.enter_context(tempfile.TemporaryDirectory())) / "autoattack.state"
+            )
         state_path = Path(state_path)
         state_path.parent.mkdir(parents=True, exist_ok=True)
-        key = fingerprint(model, x, y, eps=eps, norm=norm, version=version, attacks=order, seed=seed,
-                          batch_size=batch_size, pyautoattack=_library_version(),
-                          **({"channels_last": True} if channels_last else {}),
-                          **({"compile": True} if compile else {}))
+        key = fingerprint(
+            model,
+            x,
+            y,
+            eps=eps,
+            norm=norm,
+            version=version,
+            attacks=order,
+            seed=seed,
+            batch_size=batch_size,
+            pyautoattack=_library_version(),
+            **({"channels_last": True} if channels_last else {}),
+            **({"compile": True} if compile else {}),
+        )
         listener.snapshots = snaps = _Snapshots(state_path, key, len(y), order)
         resumed = snaps.load()
-        todo = order[len(resumed):]
+        todo = order[len(resumed) :]
         if snaps.flags is not None:  # resume: the remaining attacks on the examples still robust
             snaps.index = snaps.flags.nonzero().flatten()
             aa.attacks_to_run = todo
-            log.info("resuming AutoAttack after %s: %d of %d examples left for %s",
-                     ", ".join(resumed) or "the clean pass", len(snaps.index), len(y), ", ".join(todo) or "nothing")
+            log.info(
+                "resuming AutoAttack after %s: %d of %d examples left for %s",
+                ", ".join(resumed) or "the clean pass",
+                len(snaps.index),
+                len(y),
+                ", ".join(todo) or "nothing",
+            )
         if todo and len(snaps.index):
             # the attacks reseed torch's global RNG; fork it so the caller's stream is left as it was
             stack.enter_context(torch.random.fork_rng(devices=devices, device_type="cuda"))
             listener.progress = _Progress(todo, len(y), progress)
             stack.callback(listener.progress.close)
-            aa.run_standard_evaluation(x[snaps.index], y[snaps.index], batch_size=batch_size, state_path=state_path)
+            aa.run_standard_evaluation(
+                x[snaps.index], y[snaps.index], batch_size=batch_size, state_path=state_path
+            )
         return _outcome(snaps, listener, resumed, order, len(y))
 
 
-def _outcome(snaps: _Snapshots, listener: _Listener, resumed: list[str], order: list[str], n: int) -> AutoAttackOutcome:
-    if snaps.flags is None or snaps.clean is None:  # pragma: no cover - the library always reports clean accuracy
-        raise RuntimeError("pyautoattack reported no clean accuracy; its log format may have changed")
+def _outcome(
+    snaps: _Snapshots, listener: _Listener, resumed: list[str], order: list[str], n: int
+) -> AutoAttackOutcome:
+    if (
+        snaps.flags is None or snaps.clean is None
+    ):  # pragma: no cover - the library always reports clean accuracy
+        raise RuntimeError(
+            "pyautoattack reported no clean accuracy; its log format may have changed"
+        )
     per_attack = {a: 100.0 * c / n for a, c in snaps.done}
     last = 100.0 * int(snaps.flags.sum()) / n
     for a in order:  # attacks the library skipped because nothing robust was left
         per_attack.setdefault(a, last)
     outcome = AutoAttackOutcome(
-        clean_acc=100.0 * snaps.clean / n, robust_acc=last, robust=snaps.flags,
-        per_attack={a: per_attack[a] for a in order}, warnings=listener.warnings, resumed_after=resumed,
-        seconds_before=snaps.seconds_before)
+        clean_acc=100.0 * snaps.clean / n,
+        robust_acc=last,
+        robust=snaps.flags,
+        per_attack={a: per_attack[a] for a in order},
+        warnings=listener.warnings,
+        resumed_after=resumed,
+        seconds_before=snaps.seconds_before,
+    )
     snaps.clear()
     return outcome
 

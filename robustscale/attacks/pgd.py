@@ -11,7 +11,8 @@ the attack: PGD-K costs (2K)F per example, not (3K)F.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Literal, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,11 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     running statistics (the paper: generating adversarial examples must not move them).
     Turning ``track_running_stats`` off for the duration does exactly that without an extra
     forward pass; in eval mode nothing changes."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     if not model.training:
         bns = []
     for m in bns:
@@ -57,7 +62,9 @@ def _project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> tor
     return (x + delta).clamp(0.0, 1.0) - x
 
 
-def _init_delta(x: torch.Tensor, eps: float, norm: str, init: str, generator: torch.Generator | None) -> torch.Tensor:
+def _init_delta(
+    x: torch.Tensor, eps: float, norm: str, init: str, generator: torch.Generator | None
+) -> torch.Tensor:
     if init == "zero" or eps == 0:
         return torch.zeros_like(x)
     if init == "normal":  # TRADES' start: a tiny Gaussian
@@ -109,7 +116,9 @@ def pgd(
 
 
 @torch.no_grad()
-def _correct(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _correct(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     return model(x).argmax(1) == y
 
 
@@ -135,8 +144,7 @@ def pgd_worst_case(
         idx = robust.nonzero().flatten()
         if idx.numel() == 0:
             break
-        cand = pgd(model, x[idx], y[idx], eps, steps, step_size, norm=norm,
-                   generator=generator)
+        cand = pgd(model, x[idx], y[idx], eps, steps, step_size, norm=norm, generator=generator)
         fooled = ~_correct(model, cand, y[idx])
         x_adv[idx[fooled]] = cand[fooled]
         robust[idx[fooled]] = False
@@ -162,8 +170,20 @@ def pgd_accuracy(
     ``(seed, batch index)``, so the numbers do not depend on what ran before. This is the
     evaluation both model selection during training and ``robustscale eval`` use.
     ``on_batch(n)`` is called after each batch of ``n`` examples (a progress bar)."""
-    counts = pgd_counts(model, x, y, eps, steps, step_size, batch_size=batch_size, restarts=restarts,
-                        norm=norm, seed=seed, with_losses=False, on_batch=on_batch)
+    counts = pgd_counts(
+        model,
+        x,
+        y,
+        eps,
+        steps,
+        step_size,
+        batch_size=batch_size,
+        restarts=restarts,
+        norm=norm,
+        seed=seed,
+        with_losses=False,
+        on_batch=on_batch,
+    )
     return counts.clean, counts.robust
 
 
@@ -212,14 +232,24 @@ def pgd_counts(
     ce = torch.zeros((), device=dev, dtype=torch.float64)
     cw = torch.zeros((), device=dev, dtype=torch.float64)
     for b, i in enumerate(range(0, len(y), batch_size)):
-        xb, yb = to_float(x[i:i + batch_size]), y[i:i + batch_size]
+        xb, yb = to_float(x[i : i + batch_size]), y[i : i + batch_size]
         ok = _correct(model, xb, yb)
         clean += ok.sum()
         x_adv = xb
         if eps > 0 and steps > 0:
             g = seeded_generator(seed, 4_001, b, device=dev)
-            x_adv, ok = pgd_worst_case(model, xb, yb, eps, steps, step_size, restarts=restarts, norm=norm,
-                                       generator=g, clean=ok)
+            x_adv, ok = pgd_worst_case(
+                model,
+                xb,
+                yb,
+                eps,
+                steps,
+                step_size,
+                restarts=restarts,
+                norm=norm,
+                generator=g,
+                clean=ok,
+            )
         robust += ok.sum()
         if with_losses:
             with torch.no_grad():

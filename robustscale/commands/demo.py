@@ -6,11 +6,16 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="quick-start: standard vs adversarial training on digits, compared",
-                       description="Train a standard and a PGD-AT WRN-10-1 on scikit-learn's digits (offline, "
-                                   "CPU, 13 s on 2 idle cores with OMP_NUM_THREADS=1), evaluate both with PGD-40 "
-                                   "and print a table.")
-    p.add_argument("--out", default="runs/demo", help="where the two run directories go (default: runs/demo)")
+    p = sub.add_parser(
+        "demo",
+        help="quick-start: standard vs adversarial training on digits, compared",
+        description="Train a standard and a PGD-AT WRN-10-1 on scikit-learn's digits (offline, "
+        "CPU, 13 s on 2 idle cores with OMP_NUM_THREADS=1), evaluate both with PGD-40 "
+        "and print a table.",
+    )
+    p.add_argument(
+        "--out", default="runs/demo", help="where the two run directories go (default: runs/demo)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

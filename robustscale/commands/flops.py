@@ -21,25 +21,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "training; with --throughput and --power-watts, or --calibrate, also device-hours, kWh, USD "
         "and CO2. FLOPs count 2 per multiply-add. See docs/cost.md.",
     )
-    p.add_argument("target", metavar="MODEL|RECIPE.yaml", help="a model name (e.g. wrn28_10) or a recipe file")
-    p.add_argument("--dataset", default="cifar10", help="input size and classes for a MODEL (default cifar10)")
+    p.add_argument(
+        "target", metavar="MODEL|RECIPE.yaml", help="a model name (e.g. wrn28_10) or a recipe file"
+    )
+    p.add_argument(
+        "--dataset", default="cifar10", help="input size and classes for a MODEL (default cifar10)"
+    )
     p.add_argument("--activation", default="relu", help="activation for a MODEL (default relu)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--throughput", type=float, metavar="EXAMPLES_PER_S",
-                     help="training examples per second on one device, for the cost forecast")
-    src.add_argument("--calibrate", action="store_true",
-                     help="measure throughput (and power, where a meter can) with a few real training "
-                     "steps of the recipe on random data, on the recipe's device")
-    p.add_argument("--power-watts", type=float, metavar="W",
-                   help="average device power draw for the forecast (an estimate; a measured power "
-                   "from --calibrate takes precedence; default: the recipe's power_watts, which "
-                   "robustscale.toml's [cost] table can set)")
-    p.add_argument("--calibrate-steps", type=int, default=3, metavar="N", help="timed steps (default 3)")
-    p.add_argument("--calibrate-batch", type=int, metavar="B",
-                   help="batch size for calibration (default: the recipe's)")
+    src.add_argument(
+        "--throughput",
+        type=float,
+        metavar="EXAMPLES_PER_S",
+        help="training examples per second on one device, for the cost forecast",
+    )
+    src.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure throughput (and power, where a meter can) with a few real training "
+        "steps of the recipe on random data, on the recipe's device",
+    )
+    p.add_argument(
+        "--power-watts",
+        type=float,
+        metavar="W",
+        help="average device power draw for the forecast (an estimate; a measured power "
+        "from --calibrate takes precedence; default: the recipe's power_watts, which "
+        "robustscale.toml's [cost] table can set)",
+    )
+    p.add_argument(
+        "--calibrate-steps", type=int, default=3, metavar="N", help="timed steps (default 3)"
+    )
+    p.add_argument(
+        "--calibrate-batch",
+        type=int,
+        metavar="B",
+        help="batch size for calibration (default: the recipe's)",
+    )
     p.set_defaults(func=run)
 
 
@@ -53,34 +80,51 @@ def run(args: argparse.Namespace) -> int:
     if _is_recipe(args.target):
         return _recipe(args)
     if Path(args.target).suffix.lower() in (".yaml", ".yml"):
-        raise RobustscaleError(f"recipe file {args.target!r} does not exist; give an existing .yaml or a model name")
-    for flag, value in (("--set", args.overrides), ("--throughput", args.throughput),
-                        ("--calibrate", args.calibrate), ("--power-watts", args.power_watts)):
+        raise RobustscaleError(
+            f"recipe file {args.target!r} does not exist; give an existing .yaml or a model name"
+        )
+    for flag, value in (
+        ("--set", args.overrides),
+        ("--throughput", args.throughput),
+        ("--calibrate", args.calibrate),
+        ("--power-watts", args.power_watts),
+    ):
         if value:
-            raise RobustscaleError(f"{flag} needs a RECIPE.yaml, not the model name {args.target!r}")
+            raise RobustscaleError(
+                f"{flag} needs a RECIPE.yaml, not the model name {args.target!r}"
+            )
     return _model(args)
 
 
 def _model(args: argparse.Namespace) -> int:
+    import torch
+
     from robustscale.cost.flops import forward_flops
     from robustscale.data import dataset_info
     from robustscale.models import build_model
 
-    import torch
-
     info = dataset_info(args.dataset)
     with torch.device("meta"):
-        model = build_model(args.target, info.num_classes, info.shape[0], info.mean, info.std, args.activation)
+        model = build_model(
+            args.target, info.num_classes, info.shape[0], info.mean, info.std, args.activation
+        )
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    out = {"model": args.target, "dataset": args.dataset, "input_shape": list(info.shape),
-           "params": params, "forward_flops": forward_flops(model, info.shape)}
+    out = {
+        "model": args.target,
+        "dataset": args.dataset,
+        "input_shape": list(info.shape),
+        "params": params,
+        "forward_flops": forward_flops(model, info.shape),
+    }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         c, h, w = info.shape
         print(f"{args.target} on {args.dataset} ({c}x{h}x{w}, {info.num_classes} classes)")
         print(f"  params         {params / 1e6:.2f} M")
-        print(f"  forward        {_fl(out['forward_flops'])} per example (2 FLOPs per multiply-add)")
+        print(
+            f"  forward        {_fl(out['forward_flops'])} per example (2 FLOPs per multiply-add)"
+        )
     return 0
 
 
@@ -132,22 +176,35 @@ def _table(o: dict[str, Any], recipe: Any) -> str:
         f" = {o['train_flops_total']:.3e}",
         f"  validation (not training)   {_fl(o['val_flops_total'])} total: {recipe.val_size} examples x "
         f"PGD-{recipe.val_attack_steps} x {o['epochs']} epochs"
-        + (f", + clean-accuracy samples {_fl(o['monitor_flops_per_epoch'])} per epoch"
-           if o.get("monitor_flops_per_epoch") else ""),
+        + (
+            f", + clean-accuracy samples {_fl(o['monitor_flops_per_epoch'])} per epoch"
+            if o.get("monitor_flops_per_epoch")
+            else ""
+        ),
     ]
     fc = o.get("forecast")
     if fc is None:
-        lines.append("  cost forecast: give --throughput EXAMPLES_PER_S [--power-watts W], or --calibrate")
+        lines.append(
+            "  cost forecast: give --throughput EXAMPLES_PER_S [--power-watts W], or --calibrate"
+        )
         return "\n".join(lines)
     cal = o.get("calibration")
     if cal:
-        lines.append(f"  calibration                 {cal['steps']} steps of {cal['batch_size']} on {cal['device']} "
-                     f"({', '.join(cal['device_names'])}) in {cal['seconds']:.2f} s; energy source {cal['energy_source']}")
-    lines.append(f"  throughput                  {fc['throughput_examples_per_s']:,.1f} examples/s per device")
-    lines.append(f"  device-hours                {fc['device_hours']:.4g} (train {fc['device_hours_train']:.4g}, "
-                 f"validation {fc['device_hours_val']:.4g}, scaled by FLOPs)")
+        lines.append(
+            f"  calibration                 {cal['steps']} steps of {cal['batch_size']} on {cal['device']} "
+            f"({', '.join(cal['device_names'])}) in {cal['seconds']:.2f} s; energy source {cal['energy_source']}"
+        )
+    lines.append(
+        f"  throughput                  {fc['throughput_examples_per_s']:,.1f} examples/s per device"
+    )
+    lines.append(
+        f"  device-hours                {fc['device_hours']:.4g} (train {fc['device_hours_train']:.4g}, "
+        f"validation {fc['device_hours_val']:.4g}, scaled by FLOPs)"
+    )
     if fc["power_watts"] is None:
-        lines.append("  energy, cost, CO2           unknown: no power measured; give --power-watts W for an estimate")
+        lines.append(
+            "  energy, cost, CO2           unknown: no power measured; give --power-watts W for an estimate"
+        )
     else:
         label = "estimated" if fc["energy_estimated"] else fc["power_source"]
         lines += [

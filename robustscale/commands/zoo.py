@@ -16,11 +16,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "are listed in a 'damaged runs' section and kept out of the table. With --import, read an external zoo table (CSV or Parquet) instead, check "
         "it, and write it out in our format.",
     )
-    p.add_argument("dir", help="folder holding run directories (searched recursively), or with "
-                   "--import a zoo table file")
-    p.add_argument("-o", "--output", default="zoo.csv", help="output table, .csv or .parquet (default zoo.csv)")
-    p.add_argument("--import", dest="import_table", action="store_true",
-                   help="DIR is an external zoo table (CSV/Parquet) to check and convert")
+    p.add_argument(
+        "dir",
+        help="folder holding run directories (searched recursively), or with "
+        "--import a zoo table file",
+    )
+    p.add_argument(
+        "-o", "--output", default="zoo.csv", help="output table, .csv or .parquet (default zoo.csv)"
+    )
+    p.add_argument(
+        "--import",
+        dest="import_table",
+        action="store_true",
+        help="DIR is an external zoo table (CSV/Parquet) to check and convert",
+    )
     p.set_defaults(func=run)
 
 
@@ -39,8 +48,11 @@ def run(args: argparse.Namespace) -> int:
         if not item.damaged:
             print(f"left out {item.path}: {item.reason}", file=sys.stderr)
     if damaged:
-        print(f"damaged runs ({len(damaged)}; kept out of the table: restore the file named, or "
-              "delete the run directory and train the run again):", file=sys.stderr)
+        print(
+            f"damaged runs ({len(damaged)}; kept out of the table: restore the file named, or "
+            "delete the run directory and train the run again):",
+            file=sys.stderr,
+        )
         for item in damaged:
             print(f"  {item.path}: {item.reason}", file=sys.stderr)
     extra = f" ({len(skipped)} left out" + (f", {len(damaged)} damaged" if damaged else "") + ")"

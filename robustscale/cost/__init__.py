@@ -19,9 +19,15 @@ from robustscale.cost.energy import EnergyMeter, open_meter
 from robustscale.cost.flops import StepFlops, forward_flops, measure_step_flops
 
 __all__ = [
-    "StepFlops", "measure_step_flops", "forward_flops",
-    "EnergyMeter", "open_meter",
-    "bill", "PUE", "USD_PER_KWH", "GCO2_PER_KWH",
+    "StepFlops",
+    "measure_step_flops",
+    "forward_flops",
+    "EnergyMeter",
+    "open_meter",
+    "bill",
+    "PUE",
+    "USD_PER_KWH",
+    "GCO2_PER_KWH",
     "forecast_recipe",
 ]
 

@@ -27,4 +27,8 @@ def bill(
     if energy_joules is None:
         return {"energy_kwh": None, "electricity_cost_usd": None, "co2_kg": None}
     kwh = energy_joules / JOULES_PER_KWH * pue
-    return {"energy_kwh": kwh, "electricity_cost_usd": kwh * usd_per_kwh, "co2_kg": kwh * gco2_per_kwh / 1000.0}
+    return {
+        "energy_kwh": kwh,
+        "electricity_cost_usd": kwh * usd_per_kwh,
+        "co2_kg": kwh * gco2_per_kwh / 1000.0,
+    }

@@ -27,15 +27,25 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EnergyMeter", "SamplingMeter", "NvmlEnergyMeter", "RaplMeter", "EstimatedMeter", "NoMeter",
-           "open_meter", "SOURCES", "RAPL_ROOT"]
+__all__ = [
+    "EnergyMeter",
+    "SamplingMeter",
+    "NvmlEnergyMeter",
+    "RaplMeter",
+    "EstimatedMeter",
+    "NoMeter",
+    "open_meter",
+    "SOURCES",
+    "RAPL_ROOT",
+]
 
 SOURCES = ("nvml-energy", "nvml-power", "rapl", "estimated", "none")
 RAPL_ROOT = "/sys/class/powercap"  # where open_meter looks for RAPL zones unless given rapl_root
@@ -82,7 +92,7 @@ class EnergyMeter:
     def _shutdown(self) -> None:
         pass
 
-    def __enter__(self) -> "EnergyMeter":
+    def __enter__(self) -> EnergyMeter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -103,7 +113,12 @@ class EstimatedMeter(EnergyMeter):
 
     source = "estimated"
 
-    def __init__(self, power_watts: float, device_names: Sequence[str], clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        power_watts: float,
+        device_names: Sequence[str],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         super().__init__(device_names, clock)
         self.power_watts = float(power_watts)
 
@@ -122,8 +137,14 @@ class SamplingMeter(EnergyMeter):
     source = "nvml-power"
 
     def __init__(
-        self, power_fn: Callable[[], float], interval: float, device_names: Sequence[str], *,
-        source: str = "nvml-power", clock: Callable[[], float] = time.monotonic, start: bool = True,
+        self,
+        power_fn: Callable[[], float],
+        interval: float,
+        device_names: Sequence[str],
+        *,
+        source: str = "nvml-power",
+        clock: Callable[[], float] = time.monotonic,
+        start: bool = True,
         on_close: Callable[[], None] | None = None,
     ):
         super().__init__(device_names, clock)
@@ -181,8 +202,13 @@ class NvmlEnergyMeter(EnergyMeter):
 
     source = "nvml-energy"
 
-    def __init__(self, nvml: Any, handles: Sequence[Any], device_names: Sequence[str],
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        nvml: Any,
+        handles: Sequence[Any],
+        device_names: Sequence[str],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         super().__init__(device_names, clock)
         self._nvml = nvml
         self._handles = list(handles)
@@ -201,8 +227,15 @@ class RaplMeter(EnergyMeter):
 
     source = "rapl"
 
-    def __init__(self, zones: Sequence[Path], interval: float, device_names: Sequence[str], *,
-                 clock: Callable[[], float] = time.monotonic, start: bool = True):
+    def __init__(
+        self,
+        zones: Sequence[Path],
+        interval: float,
+        device_names: Sequence[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        start: bool = True,
+    ):
         super().__init__(device_names, clock)
         self._zones = [Path(z) for z in zones]
         self._max = [int((z / "max_energy_range_uj").read_text()) for z in self._zones]
@@ -214,7 +247,9 @@ class RaplMeter(EnergyMeter):
         if start:
             # A 32-bit counter at 200 W wraps after ~20 s; polling each second keeps every delta.
             poll = min(float(interval), 1.0)
-            self._thread = threading.Thread(target=self._run, args=(poll,), name="robustscale-rapl", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, args=(poll,), name="robustscale-rapl", daemon=True
+            )
             self._thread.start()
 
     @staticmethod
@@ -316,7 +351,9 @@ def _open_nvml(nvml: Any, interval: float, devices: Sequence[int] | None) -> Ene
     def power() -> float:
         return sum(nvml.nvmlDeviceGetPowerUsage(h) for h in handles) / 1000.0
 
-    return SamplingMeter(power, interval, names, source="nvml-power", on_close=lambda: _nvml_shutdown(nvml))
+    return SamplingMeter(
+        power, interval, names, source="nvml-power", on_close=lambda: _nvml_shutdown(nvml)
+    )
 
 
 def _rapl_zones(root: Path) -> list[Path]:
@@ -388,7 +425,9 @@ def open_meter(
         names = _cuda_names(devices)
     elif device.type == "cpu":
         zones = _rapl_zones(Path(RAPL_ROOT if rapl_root is None else rapl_root))
-        names = [f"{_cpu_name()} (package {i})" for i in range(len(zones))] if zones else [_cpu_name()]
+        names = (
+            [f"{_cpu_name()} (package {i})" for i in range(len(zones))] if zones else [_cpu_name()]
+        )
         if zones:
             return RaplMeter(zones, interval, names)
     else:

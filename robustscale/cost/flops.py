@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -110,7 +110,9 @@ def meta_clone(model: nn.Module) -> nn.Module:
     model = _unwrap(model)
     memo: dict[int, object] = {}
     for p in model.parameters(recurse=True):
-        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        memo[id(p)] = nn.Parameter(
+            torch.empty_like(p, device="meta"), requires_grad=p.requires_grad
+        )
     for b in model.buffers(recurse=True):
         memo[id(b)] = torch.empty_like(b, device="meta")
     clone = copy.deepcopy(model, memo)
@@ -135,8 +137,16 @@ def _inputs(batch: int, input_shape: tuple[int, int, int], num_classes: int, dev
 
 
 def _measure(
-    model: nn.Module, loss: str, input_shape: tuple[int, int, int], num_classes: int, batch: int,
-    eps: float, step_size: float, attack_steps: int, trades_beta: float, val_steps: int,
+    model: nn.Module,
+    loss: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    batch: int,
+    eps: float,
+    step_size: float,
+    attack_steps: int,
+    trades_beta: float,
+    val_steps: int,
 ) -> StepFlops:
     from robustscale.attacks.pgd import pgd
     from robustscale.losses import compute_loss
@@ -155,7 +165,9 @@ def _measure(
     model.train()
 
     def train_step() -> None:
-        out = compute_loss(loss, model, x, y, eps=eps, step_size=step_size, steps=attack_steps, beta=trades_beta)
+        out = compute_loss(
+            loss, model, x, y, eps=eps, step_size=step_size, steps=attack_steps, beta=trades_beta
+        )
         out.loss.backward()
 
     t_total, t_passes = _count(model, train_step)
@@ -172,7 +184,10 @@ def _measure(
 
     v_total, _ = _count(model, val_step)
     return StepFlops(
-        forward=f_total / batch, train=t_total / batch, train_paper=t_passes.paper / batch, val=v_total / batch
+        forward=f_total / batch,
+        train=t_total / batch,
+        train_paper=t_passes.paper / batch,
+        val=v_total / batch,
     )
 
 
@@ -204,26 +219,68 @@ def measure_step_flops(
     with torch.random.fork_rng(devices=[]):
         try:
             clone, batch = meta_clone(model), batch_size
-            return _measure_steps(clone, loss, tuple(input_shape), num_classes, batch, eps, step_size,
-                                  attack_steps, trades_beta, val_steps, exact)
+            return _measure_steps(
+                clone,
+                loss,
+                tuple(input_shape),
+                num_classes,
+                batch,
+                eps,
+                step_size,
+                attack_steps,
+                trades_beta,
+                val_steps,
+                exact,
+            )
         except NotImplementedError as exc:  # an op without a meta kernel
             log.warning("FLOP counting on meta failed (%s); counting on a CPU copy instead", exc)
             clone = copy.deepcopy(_unwrap(model)).to("cpu")
             clone.zero_grad(set_to_none=True)
-            return _measure_steps(clone, loss, tuple(input_shape), num_classes, 2, eps, step_size,
-                                  attack_steps, trades_beta, val_steps, exact)
+            return _measure_steps(
+                clone,
+                loss,
+                tuple(input_shape),
+                num_classes,
+                2,
+                eps,
+                step_size,
+                attack_steps,
+                trades_beta,
+                val_steps,
+                exact,
+            )
 
 
 def _measure_steps(
-    model: nn.Module, loss: str, input_shape: tuple[int, int, int], num_classes: int, batch: int,
-    eps: float, step_size: float, attack_steps: int, trades_beta: float, val_steps: int, exact: bool,
+    model: nn.Module,
+    loss: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    batch: int,
+    eps: float,
+    step_size: float,
+    attack_steps: int,
+    trades_beta: float,
+    val_steps: int,
+    exact: bool,
 ) -> StepFlops:
     """Every PGD iteration runs the same passes on the same shapes, so the count at K steps is
     c(1) + (K - 1) * (c(2) - c(1)) exactly; counting 1 and 2 steps makes a 40-step validation
     of WRN-70-16 cost two iterations instead of forty (``exact=True`` counts all K)."""
 
     def at(k_train: int, k_val: int) -> StepFlops:
-        return _measure(model, loss, input_shape, num_classes, batch, eps, step_size, k_train, trades_beta, k_val)
+        return _measure(
+            model,
+            loss,
+            input_shape,
+            num_classes,
+            batch,
+            eps,
+            step_size,
+            k_train,
+            trades_beta,
+            k_val,
+        )
 
     k_train = attack_steps if loss != "standard" else 1  # standard training runs no attack
     if exact or max(k_train, val_steps) <= 2:

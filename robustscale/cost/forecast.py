@@ -20,9 +20,15 @@ from robustscale.cost.flops import StepFlops, measure_step_flops
 from robustscale.device import resolve_device
 from robustscale.errors import RobustscaleError
 
-
-__all__ = ["TRAIN_SPLIT_SIZES", "forecast_recipe", "calibrate", "train_examples", "recipe_model", "recipe_step_flops",
-           "recipe_params"]
+__all__ = [
+    "TRAIN_SPLIT_SIZES",
+    "forecast_recipe",
+    "calibrate",
+    "train_examples",
+    "recipe_model",
+    "recipe_step_flops",
+    "recipe_params",
+]
 
 # Size of each dataset's train split (digits: the fixed 80% split of sklearn's 1797 images).
 TRAIN_SPLIT_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1437}
@@ -34,7 +40,9 @@ def train_examples(recipe: Any) -> int:
     n = TRAIN_SPLIT_SIZES[recipe.dataset]
     if recipe.val_source == "train":
         if recipe.val_size >= n:
-            raise RobustscaleError(f"val_size={recipe.val_size} leaves no training data; allowed: fewer than {n}")
+            raise RobustscaleError(
+                f"val_size={recipe.val_size} leaves no training data; allowed: fewer than {n}"
+            )
         n -= recipe.val_size
     return recipe.train_subset_size(n)  # train_fraction of what is left
 
@@ -46,13 +54,28 @@ def recipe_model(recipe: Any, device: torch.device | str = "meta") -> torch.nn.M
 
     info = dataset_info(recipe.dataset, recipe.data_dir)
     with torch.device(device):
-        return build_model(recipe.model, info.num_classes, info.shape[0], info.mean, info.std,
-                           recipe.activation, recipe.drop_rate, img_size=info.shape[1:])
+        return build_model(
+            recipe.model,
+            info.num_classes,
+            info.shape[0],
+            info.mean,
+            info.std,
+            recipe.activation,
+            recipe.drop_rate,
+            img_size=info.shape[1:],
+        )
 
 
 @functools.lru_cache(maxsize=256)
-def _model_flops(dataset: str, model: str, activation: str, drop_rate: float, loss: str, attack_steps: int,
-                 val_steps: int) -> tuple[int, StepFlops]:
+def _model_flops(
+    dataset: str,
+    model: str,
+    activation: str,
+    drop_rate: float,
+    loss: str,
+    attack_steps: int,
+    val_steps: int,
+) -> tuple[int, StepFlops]:
     # eps, step size, beta and batch size change no FLOP count; a sweep of hundreds of recipes
     # shares a handful of these keys.
     from robustscale.data import dataset_info
@@ -60,11 +83,28 @@ def _model_flops(dataset: str, model: str, activation: str, drop_rate: float, lo
 
     info = dataset_info(dataset)
     with torch.device("meta"):
-        net = build_model(model, info.num_classes, info.shape[0], info.mean, info.std, activation, drop_rate,
-                          img_size=info.shape[1:])
+        net = build_model(
+            model,
+            info.num_classes,
+            info.shape[0],
+            info.mean,
+            info.std,
+            activation,
+            drop_rate,
+            img_size=info.shape[1:],
+        )
     params = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    sf = measure_step_flops(net, loss, info.shape, info.num_classes, eps=8 / 255, step_size=2 / 255,
-                            attack_steps=attack_steps, trades_beta=6.0, val_steps=val_steps)
+    sf = measure_step_flops(
+        net,
+        loss,
+        info.shape,
+        info.num_classes,
+        eps=8 / 255,
+        step_size=2 / 255,
+        attack_steps=attack_steps,
+        trades_beta=6.0,
+        val_steps=val_steps,
+    )
     return params, sf
 
 
@@ -80,8 +120,15 @@ def recipe_params(recipe: Any) -> int:
 
 def _recipe_key_flops(recipe: Any) -> tuple[int, StepFlops]:
     steps = recipe.attack_steps if recipe.loss != "standard" else 0
-    return _model_flops(recipe.dataset, recipe.model, recipe.activation, recipe.drop_rate, recipe.loss, steps,
-                        recipe.val_attack_steps)
+    return _model_flops(
+        recipe.dataset,
+        recipe.model,
+        recipe.activation,
+        recipe.drop_rate,
+        recipe.loss,
+        steps,
+        recipe.val_attack_steps,
+    )
 
 
 def forecast_recipe(
@@ -104,11 +151,18 @@ def forecast_recipe(
     from robustscale.losses import clean_monitor_steps
 
     params, sf = _recipe_key_flops(recipe)
-    plan = BatchPlan(train_examples(recipe), 1 if recipe.synthetic_data else 0, recipe.batch_size,
-                     recipe.synthetic_fraction, recipe.seed)
+    plan = BatchPlan(
+        train_examples(recipe),
+        1 if recipe.synthetic_data else 0,
+        recipe.batch_size,
+        recipe.synthetic_fraction,
+        recipe.seed,
+    )
     per_epoch = plan.examples_per_epoch
     # validation, plus PGD-AT's sampled clean-accuracy forwards (robustscale.losses.CLEAN_ACC_EVERY)
-    monitor_epoch = sf.forward * clean_monitor_steps(recipe.loss, plan.steps_per_epoch) * plan.batch_size
+    monitor_epoch = (
+        sf.forward * clean_monitor_steps(recipe.loss, plan.steps_per_epoch) * plan.batch_size
+    )
     val_epoch = sf.val * recipe.val_size + monitor_epoch
     out: dict[str, Any] = {
         "model": recipe.model,
@@ -139,10 +193,13 @@ def forecast_recipe(
     return out
 
 
-def _forecast(fl: dict[str, Any], recipe: Any, throughput: float, power_watts: float | None,
-              power_source: str) -> dict[str, Any]:
+def _forecast(
+    fl: dict[str, Any], recipe: Any, throughput: float, power_watts: float | None, power_source: str
+) -> dict[str, Any]:
     if not throughput > 0:
-        raise RobustscaleError(f"throughput={throughput!r} is not allowed; give examples per second > 0")
+        raise RobustscaleError(
+            f"throughput={throughput!r} is not allowed; give examples per second > 0"
+        )
     if power_watts is not None and not power_watts > 0:
         raise RobustscaleError(f"power_watts={power_watts!r} is not allowed; give watts > 0")
     train_s = fl["examples_per_epoch"] * fl["epochs"] / throughput
@@ -158,7 +215,9 @@ def _forecast(fl: dict[str, Any], recipe: Any, throughput: float, power_watts: f
         "device_hours_train": train_s / 3600,
         "device_hours_val": val_s / 3600,
         "device_hours": seconds / 3600,
-        **bill(joules, pue=recipe.pue, usd_per_kwh=recipe.usd_per_kwh, gco2_per_kwh=recipe.gco2_per_kwh),
+        **bill(
+            joules, pue=recipe.pue, usd_per_kwh=recipe.usd_per_kwh, gco2_per_kwh=recipe.gco2_per_kwh
+        ),
         "pue": recipe.pue,
         "usd_per_kwh": recipe.usd_per_kwh,
         "gco2_per_kwh": recipe.gco2_per_kwh,
@@ -170,7 +229,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def calibrate(recipe: Any, *, steps: int = 3, warmup: int = 1, batch_size: int | None = None) -> dict[str, Any]:
+def calibrate(
+    recipe: Any, *, steps: int = 3, warmup: int = 1, batch_size: int | None = None
+) -> dict[str, Any]:
     """Time ``steps`` real training steps (after ``warmup``) of the recipe's model and loss on random
     data of the recipe's shape on the recipe's device, and measure the power drawn meanwhile.
 
@@ -184,24 +245,41 @@ def calibrate(recipe: Any, *, steps: int = 3, warmup: int = 1, batch_size: int |
     from robustscale.losses import compute_loss
 
     if steps < 1 or warmup < 0:
-        raise RobustscaleError(f"calibration steps={steps}, warmup={warmup}; allowed: steps >= 1, warmup >= 0")
+        raise RobustscaleError(
+            f"calibration steps={steps}, warmup={warmup}; allowed: steps >= 1, warmup >= 0"
+        )
     device = resolve_device(recipe.device)
     info = dataset_info(recipe.dataset, recipe.data_dir)
     bs = batch_size or recipe.batch_size
     model = recipe_model(recipe, device).train()
     fmt = torch.channels_last if recipe.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
     g = torch.Generator(device=device).manual_seed(recipe.seed)
     x = torch.rand(bs, *info.shape, device=device, generator=g).contiguous(memory_format=fmt)
     y = torch.randint(0, info.num_classes, (bs,), device=device, generator=g)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
-    amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
+    amp = (
+        torch.autocast(device.type, dtype=dtype)
+        if dtype is not None
+        else torch.autocast(device.type, enabled=False)
+    )
 
     def step() -> None:
         with amp:
-            out = compute_loss(recipe.loss, model, x, y, eps=recipe.eps, step_size=recipe.step_size,
-                               steps=recipe.attack_steps, beta=recipe.trades_beta, generator=g)
+            out = compute_loss(
+                recipe.loss,
+                model,
+                x,
+                y,
+                eps=recipe.eps,
+                step_size=recipe.step_size,
+                steps=recipe.attack_steps,
+                beta=recipe.trades_beta,
+                generator=g,
+            )
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -36,8 +36,12 @@ class DatasetInfo:
 
 
 DATASETS = {
-    "cifar10": DatasetInfo("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), True),
-    "cifar100": DatasetInfo("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True),
+    "cifar10": DatasetInfo(
+        "cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), True
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True
+    ),
     "digits": DatasetInfo("digits", 10, (1, 8, 8), (0.3051,), (0.3786,), False),
 }
 
@@ -49,11 +53,13 @@ def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
 
         if data_dir is None:
             raise RobustscaleError(
-                "dataset='arrays' needs data_dir: a folder holding train/ and test/ arrays")
+                "dataset='arrays' needs data_dir: a folder holding train/ and test/ arrays"
+            )
         return arrays_info(Path(data_dir))
     if name not in DATASETS:
         raise RobustscaleError(
-            f"dataset={name!r} is not known; allowed: {', '.join(DATASETS)}, arrays")
+            f"dataset={name!r} is not known; allowed: {', '.join(DATASETS)}, arrays"
+        )
     return DATASETS[name]
 
 
@@ -62,7 +68,9 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def load_split(name: str, split: str = "train", data_dir: str | Path = "data") -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(
+    name: str, split: str = "train", data_dir: str | Path = "data"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All images and labels of one split, as CPU tensors (images N x C x H x W, labels int64)."""
     if split not in ("train", "test"):
         raise RobustscaleError(f"split={split!r} is not known; allowed: train, test")
@@ -100,15 +108,16 @@ def _cifar(info: DatasetInfo, split: str, data_dir: Path) -> tuple[torch.Tensor,
         pretty = "CIFAR-10" if info.name == "cifar10" else "CIFAR-100"
         raise RobustscaleError(
             f"{pretty} not found in {str(folder)!r}: put the python version of {pretty} there "
-            f"(on a machine with internet: python -c \"import torchvision; "
-            f"torchvision.datasets.{release['torchvision']}({str(data_dir)!r}, download=True)\"), "
+            f'(on a machine with internet: python -c "import torchvision; '
+            f'torchvision.datasets.{release["torchvision"]}({str(data_dir)!r}, download=True)"), '
             "or set data_dir"
         )
     # the files are parsed as data, never unpickled as code (robustscale/data/cifar.py)
     images, labels = read_cifar(folder, release[split], release["label_key"])
     if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
         raise RobustscaleError(
-            f"{info.name} labels in {str(folder)!r} must be in [0, {info.num_classes})")
+            f"{info.name} labels in {str(folder)!r} must be in [0, {info.num_classes})"
+        )
     return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)
 
 
@@ -117,14 +126,16 @@ def split_holdout(
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Hold out ``n`` seeded-random examples: returns ((x_rest, y_rest), (x_held, y_held))."""
     if n >= len(x):
-        raise RobustscaleError(f"val_size={n} leaves no training data; allowed: fewer than {len(x)}")
+        raise RobustscaleError(
+            f"val_size={n} leaves no training data; allowed: fewer than {len(x)}"
+        )
     g = torch.Generator().manual_seed(10_007 * seed + 17)
     perm = torch.randperm(len(x), generator=g)
     held, rest = perm[:n].sort().values, perm[n:].sort().values
     return (x[rest], y[rest]), (x[held], y[held])
 
 
-def load_synthetic(path: str | Path, info: DatasetInfo) -> "ImageSource":
+def load_synthetic(path: str | Path, info: DatasetInfo) -> ImageSource:
     """Extra data for ``info``'s images: an ``.npz`` (held in memory), a folder with ``image.npy``
     and ``label.npy`` or a folder of shards (memory-mapped); see ``robustscale/data/arrays.py``."""
     from robustscale.data.arrays import check_source, open_source

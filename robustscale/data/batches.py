@@ -49,7 +49,9 @@ class BatchPlan:
     world_size: int = 1
 
     def __post_init__(self) -> None:
-        self.syn_per_batch = int(round(self.batch_size * self.synthetic_fraction)) if self.n_syn else 0
+        self.syn_per_batch = (
+            int(round(self.batch_size * self.synthetic_fraction)) if self.n_syn else 0
+        )
         self.real_per_batch = self.batch_size - self.syn_per_batch
         if self.real_per_batch < 1:
             raise RobustscaleError(
@@ -76,7 +78,9 @@ class BatchPlan:
         """(real, synthetic) index tensors of shape (steps, per_batch) for ``epoch`` (this rank's
         share)."""
         g = seeded_generator(self.seed, epoch, 1)
-        real = torch.randperm(self.n_real, generator=g)[: self.steps_per_epoch * self.real_per_batch]
+        real = torch.randperm(self.n_real, generator=g)[
+            : self.steps_per_epoch * self.real_per_batch
+        ]
         real = real.view(self.steps_per_epoch, self.real_per_batch)
         syn = None
         if self.syn_per_batch:
@@ -180,8 +184,9 @@ class BatchStream:
                     ys.append(sy)
                 xb, yb = (torch.cat(xs), torch.cat(ys)) if len(xs) > 1 else (xs[0], ys[0])
                 if self.augment:
-                    g = seeded_generator(self.plan.seed, epoch, step, 2 + self.plan.rank,
-                                         device=self.device)
+                    g = seeded_generator(
+                        self.plan.seed, epoch, step, 2 + self.plan.rank, device=self.device
+                    )
                     xb = random_crop_flip(xb, 4, g)
                 yield step, xb, yb
         finally:

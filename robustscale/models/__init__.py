@@ -6,7 +6,7 @@ Every model robustscale builds takes images in [0, 1] and normalises inside
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import timm
 import torch
@@ -18,8 +18,15 @@ from robustscale.models import wrn as _wrn  # noqa: F401  (registers the WideRes
 from robustscale.models.dm_wrn import DM_WRN_VARIANTS, DMWideResNet
 from robustscale.models.wrn import WRN_VARIANTS, WideResNet
 
-__all__ = ["Normalized", "build_model", "count_params", "WideResNet", "WRN_VARIANTS", "DMWideResNet",
-           "DM_WRN_VARIANTS"]
+__all__ = [
+    "Normalized",
+    "build_model",
+    "count_params",
+    "WideResNet",
+    "WRN_VARIANTS",
+    "DMWideResNet",
+    "DM_WRN_VARIANTS",
+]
 
 
 class Normalized(nn.Module):
@@ -61,8 +68,10 @@ def build_model(
         kwargs.update(act_layer=activation, drop_rate=drop_rate)
     elif name in DM_WRN_VARIANTS:
         if drop_rate:
-            raise RobustscaleError(f"drop_rate={drop_rate!r} is not allowed for model={name!r}: the DeepMind "
-                                   "WideResNet has no dropout; allowed: 0")
+            raise RobustscaleError(
+                f"drop_rate={drop_rate!r} is not allowed for model={name!r}: the DeepMind "
+                "WideResNet has no dropout; allowed: 0"
+            )
         kwargs["act_layer"] = activation
     else:
         if drop_rate:
@@ -81,13 +90,19 @@ def build_model(
         raise RobustscaleError(f"model={name!r} does not accept {sorted(kwargs)}: {exc}") from None
     except (ValueError, AssertionError, RuntimeError) as exc:
         size = "x".join(map(str, img_size)) if img_size is not None else "these"
-        raise RobustscaleError(f"model={name!r} cannot be built for {size} images with {in_chans} channels: "
-                               f"{first_line(exc)}") from None
+        raise RobustscaleError(
+            f"model={name!r} cannot be built for {size} images with {in_chans} channels: "
+            f"{first_line(exc)}"
+        ) from None
     return Normalized(net, mean, std)
 
 
-def count_params(name: str, num_classes: int = 10, in_chans: int = 3, activation: str = "relu") -> int:
+def count_params(
+    name: str, num_classes: int = 10, in_chans: int = 3, activation: str = "relu"
+) -> int:
     """Trainable parameters of ``name`` built for the given classes and channels."""
     with torch.device("meta"):
-        model = build_model(name, num_classes, in_chans, [0.0] * in_chans, [1.0] * in_chans, activation)
+        model = build_model(
+            name, num_classes, in_chans, [0.0] * in_chans, [1.0] * in_chans, activation
+        )
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

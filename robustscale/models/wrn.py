@@ -9,12 +9,12 @@ The activation is a constructor argument because the paper's grid varies it (ReL
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
+from timm.models import register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from timm.models import register_model
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -32,8 +32,13 @@ def _bn_stats_untouched(module: nn.Module) -> Iterator[None]:
     running statistics (and batch counters) are restored afterwards so that they are updated
     once per forward, as without checkpointing. The recomputed output is the same: in train
     mode BatchNorm normalises with the batch statistics."""
-    bufs = [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    bufs = [
+        b
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if b is not None
+    ]
     saved = [b.clone() for b in bufs]
     try:
         yield
@@ -56,8 +61,12 @@ def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, checkpointed: bool)
         if compiling:  # traced once: the recomputation replays no buffer mutation
             x = checkpoint(blk, x, use_reentrant=False)
         else:
-            x = checkpoint(blk, x, use_reentrant=False,
-                           context_fn=lambda blk=blk: (contextlib.nullcontext(), _bn_stats_untouched(blk)))
+            x = checkpoint(
+                blk,
+                x,
+                use_reentrant=False,
+                context_fn=lambda blk=blk: (contextlib.nullcontext(), _bn_stats_untouched(blk)),
+            )
     return x
 
 
@@ -109,7 +118,9 @@ class WideResNet(nn.Module):
         for g, stride in enumerate((1, 2, 2)):
             for i in range(n):
                 c_in = widths[g] if i == 0 else widths[g + 1]
-                blocks.append(BasicBlock(c_in, widths[g + 1], stride if i == 0 else 1, act, drop_rate))
+                blocks.append(
+                    BasicBlock(c_in, widths[g + 1], stride if i == 0 else 1, act, drop_rate)
+                )
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(widths[3])
         self.act = _act(act)

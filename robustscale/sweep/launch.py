@@ -96,14 +96,19 @@ def check_folder_permissions(root: Path) -> None:
         except OSError:  # not created yet: created below under this user's umask (slurm/: 0700)
             continue
         if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-            raise RobustscaleError(f"sweep folder {str(path)!r} is writable by every user (mode "
-                                   f"{stat.filemode(mode)}); anyone could change what its runs "
-                                   "execute; allowed: writable by its owner only "
-                                   f"(chmod go-w {str(path)!r})")
+            raise RobustscaleError(
+                f"sweep folder {str(path)!r} is writable by every user (mode "
+                f"{stat.filemode(mode)}); anyone could change what its runs "
+                "execute; allowed: writable by its owner only "
+                f"(chmod go-w {str(path)!r})"
+            )
         if mode & stat.S_IWGRP:
-            log.warning("sweep folder %s is writable by its group (mode %s): every member can "
-                        "change what its runs execute (chmod g-w to prevent it)",
-                        path, stat.filemode(mode))
+            log.warning(
+                "sweep folder %s is writable by its group (mode %s): every member can "
+                "change what its runs execute (chmod g-w to prevent it)",
+                path,
+                stat.filemode(mode),
+            )
 
 
 def check_states(ledger: Ledger) -> None:
@@ -112,9 +117,11 @@ def check_states(ledger: Ledger) -> None:
 
     for row in ledger.rows():
         if row["state"] not in STATES:
-            raise RobustscaleError(f"ledger {str(ledger.path)!r}: run {row['run_id']} has state "
-                                   f"{row['state']!r}; allowed: {', '.join(STATES)} (was it "
-                                   "written by another program?)")
+            raise RobustscaleError(
+                f"ledger {str(ledger.path)!r}: run {row['run_id']} has state "
+                f"{row['state']!r}; allowed: {', '.join(STATES)} (was it "
+                "written by another program?)"
+            )
 
 
 def visible_gpus() -> list[str]:
@@ -149,12 +156,14 @@ def last_error_line(log_path: Path, returncode: int) -> str:
             name = str(-returncode)
         return f"killed by signal {name}"
     try:
-        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [
+            ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()
+        ]
     except OSError:
         lines = []
     for ln in reversed(lines):
         if ln.startswith("robustscale: error:"):
-            return ln[len("robustscale: error:"):].strip()
+            return ln[len("robustscale: error:") :].strip()
     for ln in reversed(lines):
         if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Diverged)\b(:|$)", ln):
             return ln
@@ -170,10 +179,14 @@ class LocalLauncher:
 
         check_leases(self.opt.lease_timeout, self.opt.heartbeat)
         if self.opt.nproc_per_run < 1:
-            raise RobustscaleError(f"nproc_per_run={self.opt.nproc_per_run}; allowed: an integer >= 1")
+            raise RobustscaleError(
+                f"nproc_per_run={self.opt.nproc_per_run}; allowed: an integer >= 1"
+            )
         self.sweep = sweep
         self.folder, self.ledger = prepare(sweep, out)
-        self.ledger.set_meta(lease_timeout=self.opt.lease_timeout, max_attempts=self.opt.max_attempts)
+        self.ledger.set_meta(
+            lease_timeout=self.opt.lease_timeout, max_attempts=self.opt.max_attempts
+        )
         self.run_ids = [r.run_id for r in sweep.runs]
         self.stop = threading.Event()
         self._children: dict[str, subprocess.Popen] = {}
@@ -184,7 +197,9 @@ class LocalLauncher:
         """The device group of each slot: GPU ids, or None for a CPU slot."""
         gpus, n = visible_gpus(), self.opt.nproc_per_run
         if gpus:
-            groups: list[list[str] | None] = [gpus[i:i + n] for i in range(0, len(gpus) - n + 1, n)]
+            groups: list[list[str] | None] = [
+                gpus[i : i + n] for i in range(0, len(gpus) - n + 1, n)
+            ]
             if not groups:
                 raise RobustscaleError(f"nproc_per_run={n} but only {len(gpus)} GPUs are visible")
         else:
@@ -197,11 +212,19 @@ class LocalLauncher:
         self.n_slots = len(slots)
         if threading.current_thread() is threading.main_thread():  # SIGTERM stops like Ctrl-C
             signal.signal(signal.SIGTERM, _raise_interrupt)
-        log.info("sweep %s: %d runs, %d slot(s) %s, ledger %s", self.sweep.name, len(self.run_ids), len(slots),
-                 [",".join(s) if s else "cpu" for s in slots], self.folder.ledger)
+        log.info(
+            "sweep %s: %d runs, %d slot(s) %s, ledger %s",
+            self.sweep.name,
+            len(self.run_ids),
+            len(slots),
+            [",".join(s) if s else "cpu" for s in slots],
+            self.folder.ledger,
+        )
         with Heartbeat(self.ledger, self.opt.heartbeat, on_lost=self._on_lost) as self.beat:
-            threads = [threading.Thread(target=self._slot, args=(g,), name=f"slot-{i}", daemon=True)
-                       for i, g in enumerate(slots)]
+            threads = [
+                threading.Thread(target=self._slot, args=(g,), name=f"slot-{i}", daemon=True)
+                for i, g in enumerate(slots)
+            ]
             for t in threads:
                 t.start()
             bar = _SweepBar(self)
@@ -213,7 +236,9 @@ class LocalLauncher:
                 bar.close()
             except KeyboardInterrupt:
                 bar.close()
-                log.warning("interrupted: stopping the runs of this launcher; their leases go back to pending")
+                log.warning(
+                    "interrupted: stopping the runs of this launcher; their leases go back to pending"
+                )
                 self.stop.set()
                 self._terminate_children()
                 for t in threads:
@@ -230,16 +255,24 @@ class LocalLauncher:
     def _slot(self, devices: list[str] | None) -> None:
         o = self.opt
         while not self.stop.is_set():
-            claim = self.ledger.claim(self.run_ids, max_attempts=o.max_attempts, lease_timeout=o.lease_timeout)
+            claim = self.ledger.claim(
+                self.run_ids, max_attempts=o.max_attempts, lease_timeout=o.lease_timeout
+            )
             if claim is None:
-                left = self.ledger.unsettled(self.run_ids, max_attempts=o.max_attempts, lease_timeout=o.lease_timeout)
+                left = self.ledger.unsettled(
+                    self.run_ids, max_attempts=o.max_attempts, lease_timeout=o.lease_timeout
+                )
                 if left["claimable"] == 0 and left["held"] == 0:
                     return
                 self.stop.wait(o.poll)  # others hold the remaining runs: take over if they go stale
                 continue
             if claim.took_over:
-                log.warning("%s: lease of %s went stale; taking the run over (attempt %d)", claim.run_id,
-                            claim.took_over, claim.attempt)
+                log.warning(
+                    "%s: lease of %s went stale; taking the run over (attempt %d)",
+                    claim.run_id,
+                    claim.took_over,
+                    claim.attempt,
+                )
             self.beat.add(claim)
             try:
                 self._train(claim, devices)
@@ -266,17 +299,29 @@ class LocalLauncher:
         log_path = f.log(rid)
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with open(log_path, "a") as out:
-            out.write(f"=== attempt {claim.attempt} on {self.ledger.host} at {stamp}: {' '.join(cmd)}\n")
+            out.write(
+                f"=== attempt {claim.attempt} on {self.ledger.host} at {stamp}: {' '.join(cmd)}\n"
+            )
             out.flush()
             with self._lock:
                 if self.stop.is_set():
                     self.ledger.release(claim, "interrupted before start")
                     return
-                child = subprocess.Popen([sys.executable, "-c", _EXEC_WITH_DEATHSIG, str(os.getpid()), *cmd],
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                child = subprocess.Popen(
+                    [sys.executable, "-c", _EXEC_WITH_DEATHSIG, str(os.getpid()), *cmd],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                )
                 self._children[rid] = child
-            log.info("%s: started (attempt %d, %s, pid %d)", rid, claim.attempt,
-                     "cpu" if devices is None else "gpu " + ",".join(devices), child.pid)
+            log.info(
+                "%s: started (attempt %d, %s, pid %d)",
+                rid,
+                claim.attempt,
+                "cpu" if devices is None else "gpu " + ",".join(devices),
+                child.pid,
+            )
             rc = child.wait()
         with self._lock:
             self._children.pop(rid, None)
@@ -289,9 +334,15 @@ class LocalLauncher:
             self.ledger.finish(claim, ok=True)
             log.info("%s: done", rid)
         else:
-            reason = last_error_line(log_path, rc) if rc != 0 else "exited 0 but status.json does not say done"
+            reason = (
+                last_error_line(log_path, rc)
+                if rc != 0
+                else "exited 0 but status.json does not say done"
+            )
             self.ledger.finish(claim, ok=False, error=reason)
-            log.warning("%s: failed (attempt %d of %d): %s", rid, claim.attempt, o.max_attempts, reason)
+            log.warning(
+                "%s: failed (attempt %d of %d): %s", rid, claim.attempt, o.max_attempts, reason
+            )
 
     def _on_lost(self, claim: Claim) -> None:
         with self._lock:
@@ -316,7 +367,7 @@ class LocalLauncher:
 class _SweepBar:
     """Runs done / running / failed of this launcher's sweep, read from the ledger about once a second."""
 
-    def __init__(self, launcher: "LocalLauncher"):
+    def __init__(self, launcher: LocalLauncher):
         from robustscale.progress import bar
 
         self.launcher, self.last = launcher, 0.0
@@ -350,13 +401,24 @@ def _run_done(run_dir: Path) -> bool:
     return status is not None and status.state == "done"
 
 
-def launch_local(sweep: Sweep, out: str | Path, options: LaunchOptions | None = None) -> dict[str, int]:
+def launch_local(
+    sweep: Sweep, out: str | Path, options: LaunchOptions | None = None
+) -> dict[str, int]:
     """Run ``sweep`` into ``out`` on this machine; returns counts by state. Safe to start
     several times on one folder (concurrently too): done runs are skipped, interrupted ones
     resume from their ``last.pt``, failed ones are retried up to ``max_attempts``."""
     return LocalLauncher(sweep, out, options).run()
 
 
-__all__ = ["LaunchOptions", "LocalLauncher", "SweepFolder", "check_folder_permissions",
-           "check_states", "launch_local", "prepare", "last_error_line",
-           "train_command", "visible_gpus"]
+__all__ = [
+    "LaunchOptions",
+    "LocalLauncher",
+    "SweepFolder",
+    "check_folder_permissions",
+    "check_states",
+    "launch_local",
+    "prepare",
+    "last_error_line",
+    "train_command",
+    "visible_gpus",
+]

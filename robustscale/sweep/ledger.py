@@ -23,9 +23,10 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from robustscale.errors import RobustscaleError
 
@@ -75,7 +76,9 @@ class Ledger:
     """The run states of one sweep folder. Each call opens its own short connection, so a
     ledger object may be shared by threads."""
 
-    def __init__(self, path: str | Path, *, wal: bool = True, busy_timeout: float = 60.0, create: bool = True):
+    def __init__(
+        self, path: str | Path, *, wal: bool = True, busy_timeout: float = 60.0, create: bool = True
+    ):
         """``create=False`` (readers such as ``status``) opens an existing ledger without
         creating or repairing anything: a file that is not a ledger is one line."""
         self.path = Path(path)
@@ -88,19 +91,25 @@ class Ledger:
             else:
                 self._check_schema()
         except (sqlite3.Error, OSError) as exc:
-            raise RobustscaleError(f"cannot open the sweep ledger {str(self.path)!r}: {exc}; restore it, "
-                                   "or start the sweep again into a new --out folder") from None
+            raise RobustscaleError(
+                f"cannot open the sweep ledger {str(self.path)!r}: {exc}; restore it, "
+                "or start the sweep again into a new --out folder"
+            ) from None
 
     def _check_schema(self) -> None:
         if not self.path.is_file():
             raise RobustscaleError(f"sweep ledger {str(self.path)!r} does not exist")
         with self._connect() as con:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
         missing = {"runs", "meta"} - tables
         if missing:
-            raise RobustscaleError(f"sweep ledger {str(self.path)!r} has no {', '.join(sorted(missing))} table "
-                                   "(damaged or not a ledger); restore it, or start the sweep again into "
-                                   "a new --out folder")
+            raise RobustscaleError(
+                f"sweep ledger {str(self.path)!r} has no {', '.join(sorted(missing))} table "
+                "(damaged or not a ledger); restore it, or start the sweep again into "
+                "a new --out folder"
+            )
 
     def _init_schema(self, wal: bool) -> None:
         # Two launchers starting together can both try to switch the journal mode or create the
@@ -148,12 +157,16 @@ class Ledger:
         with self._transaction() as con:
             con.executemany(
                 "INSERT INTO runs (run_id, idx, label) VALUES (?, ?, ?) "
-                "ON CONFLICT(run_id) DO UPDATE SET idx = excluded.idx, label = excluded.label", runs)
+                "ON CONFLICT(run_id) DO UPDATE SET idx = excluded.idx, label = excluded.label",
+                runs,
+            )
 
     def set_meta(self, **values: Any) -> None:
         with self._transaction() as con:
-            con.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                            [(k, json.dumps(v)) for k, v in values.items()])
+            con.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in values.items()],
+            )
 
     def meta(self) -> dict[str, Any]:
         with self._connect() as con:
@@ -161,22 +174,28 @@ class Ledger:
         try:
             return {r["key"]: json.loads(r["value"]) for r in rows}
         except (TypeError, ValueError):
-            raise RobustscaleError(f"sweep ledger {str(self.path)!r} has a meta value that is not JSON; "
-                                   "restore it, or start the sweep again into a new --out folder") from None
+            raise RobustscaleError(
+                f"sweep ledger {str(self.path)!r} has a meta value that is not JSON; "
+                "restore it, or start the sweep again into a new --out folder"
+            ) from None
 
     def rows(self, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
         with self._connect() as con:
             if run_ids is None:
                 cur = con.execute("SELECT * FROM runs ORDER BY idx, run_id")
             else:
-                cur = con.execute("SELECT * FROM runs WHERE run_id IN (SELECT value FROM json_each(?)) "
-                                  "ORDER BY idx, run_id", (json.dumps(run_ids),))
+                cur = con.execute(
+                    "SELECT * FROM runs WHERE run_id IN (SELECT value FROM json_each(?)) "
+                    "ORDER BY idx, run_id",
+                    (json.dumps(run_ids),),
+                )
             rows = [dict(r) for r in cur]
         for row in rows:
             if row.get("state") not in STATES:
                 raise RobustscaleError(
                     f"sweep ledger {str(self.path)!r}: run {row.get('run_id')!r} has state {row.get('state')!r}; "
-                    f"allowed: {', '.join(STATES)}; restore the ledger, or set the run's state to pending")
+                    f"allowed: {', '.join(STATES)}; restore the ledger, or set the run's state to pending"
+                )
         return rows
 
     # ---- leases ----------------------------------------------------------------------------
@@ -186,67 +205,101 @@ class Ledger:
             return True
         return row["host"] == self.host and row["pid"] is not None and not pid_alive(row["pid"])
 
-    def _claimable(self, row: sqlite3.Row, now: float, max_attempts: int, lease_timeout: float) -> bool:
+    def _claimable(
+        self, row: sqlite3.Row, now: float, max_attempts: int, lease_timeout: float
+    ) -> bool:
         if row["state"] == "pending":
             return True
         if row["state"] == "failed":
             return row["attempts"] < max_attempts
         return row["state"] == "running" and self._stale(row, now, lease_timeout)
 
-    def claim(self, run_ids: list[str], *, max_attempts: int, lease_timeout: float, pid: int | None = None,
-              job_id: str | None = None) -> Claim | None:
+    def claim(
+        self,
+        run_ids: list[str],
+        *,
+        max_attempts: int,
+        lease_timeout: float,
+        pid: int | None = None,
+        job_id: str | None = None,
+    ) -> Claim | None:
         """Take the first run (in sweep order) among ``run_ids`` that is pending, failed with
         attempts left, or running under a stale lease; None when there is none."""
         now = time.time()
         with self._transaction() as con:
-            rows = con.execute("SELECT * FROM runs WHERE run_id IN (SELECT value FROM json_each(?)) "
-                               "AND state != 'done' ORDER BY idx", (json.dumps(run_ids),)).fetchall()
-            row = next((r for r in rows if self._claimable(r, now, max_attempts, lease_timeout)), None)
+            rows = con.execute(
+                "SELECT * FROM runs WHERE run_id IN (SELECT value FROM json_each(?)) "
+                "AND state != 'done' ORDER BY idx",
+                (json.dumps(run_ids),),
+            ).fetchall()
+            row = next(
+                (r for r in rows if self._claimable(r, now, max_attempts, lease_timeout)), None
+            )
             if row is None:
                 return None
             token = uuid.uuid4().hex
-            con.execute("UPDATE runs SET state = 'running', lease = ?, host = ?, pid = ?, heartbeat = ?, "
-                        "started = ?, finished = NULL, attempts = attempts + 1, job_id = ? WHERE run_id = ?",
-                        (token, self.host, pid or os.getpid(), now, now, job_id, row["run_id"]))
+            con.execute(
+                "UPDATE runs SET state = 'running', lease = ?, host = ?, pid = ?, heartbeat = ?, "
+                "started = ?, finished = NULL, attempts = attempts + 1, job_id = ? WHERE run_id = ?",
+                (token, self.host, pid or os.getpid(), now, now, job_id, row["run_id"]),
+            )
         took_over = f"{row['host']}:{row['pid']}" if row["state"] == "running" else None
         return Claim(row["run_id"], token, row["attempts"] + 1, took_over)
 
     def heartbeat(self, claim: Claim) -> bool:
         """Renew the lease; False when it was lost (taken over by another launcher)."""
         with self._transaction() as con:
-            cur = con.execute("UPDATE runs SET heartbeat = ? WHERE run_id = ? AND lease = ? AND state = 'running'",
-                              (time.time(), claim.run_id, claim.token))
+            cur = con.execute(
+                "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND lease = ? AND state = 'running'",
+                (time.time(), claim.run_id, claim.token),
+            )
             return cur.rowcount == 1
 
     def finish(self, claim: Claim, ok: bool, error: str | None = None) -> bool:
         """Record the end of an attempt; False (and nothing written) when the lease was lost."""
         with self._transaction() as con:
-            cur = con.execute("UPDATE runs SET state = ?, lease = NULL, finished = ?, last_error = ? "
-                              "WHERE run_id = ? AND lease = ?",
-                              ("done" if ok else "failed", time.time(), None if ok else error,
-                               claim.run_id, claim.token))
+            cur = con.execute(
+                "UPDATE runs SET state = ?, lease = NULL, finished = ?, last_error = ? "
+                "WHERE run_id = ? AND lease = ?",
+                (
+                    "done" if ok else "failed",
+                    time.time(),
+                    None if ok else error,
+                    claim.run_id,
+                    claim.token,
+                ),
+            )
             return cur.rowcount == 1
 
     def release(self, claim: Claim, note: str | None = None) -> bool:
         """Give a run back as pending without counting the attempt (interrupted, pre-empted)."""
         with self._transaction() as con:
-            cur = con.execute("UPDATE runs SET state = 'pending', lease = NULL, attempts = MAX(attempts - 1, 0), "
-                              "last_error = COALESCE(?, last_error) WHERE run_id = ? AND lease = ?",
-                              (note, claim.run_id, claim.token))
+            cur = con.execute(
+                "UPDATE runs SET state = 'pending', lease = NULL, attempts = MAX(attempts - 1, 0), "
+                "last_error = COALESCE(?, last_error) WHERE run_id = ? AND lease = ?",
+                (note, claim.run_id, claim.token),
+            )
             return cur.rowcount == 1
 
     def record_jobs(self, jobs: list[tuple[str, str]]) -> None:
         """Note the scheduler job id of each (run_id, job_id) just submitted."""
         with self._transaction() as con:
-            con.executemany("UPDATE runs SET job_id = ? WHERE run_id = ?", [(j, r) for r, j in jobs])
+            con.executemany(
+                "UPDATE runs SET job_id = ? WHERE run_id = ?", [(j, r) for r, j in jobs]
+            )
 
-    def unsettled(self, run_ids: list[str], *, max_attempts: int, lease_timeout: float) -> dict[str, int]:
+    def unsettled(
+        self, run_ids: list[str], *, max_attempts: int, lease_timeout: float
+    ) -> dict[str, int]:
         """Counts of runs that are not settled yet: ``claimable`` now, or ``held`` under a live
         lease by someone (maybe this launcher). A sweep is over when both are zero."""
         now = time.time()
         with self._connect() as con:
-            rows = con.execute("SELECT * FROM runs WHERE run_id IN (SELECT value FROM json_each(?)) "
-                               "AND state != 'done'", (json.dumps(run_ids),)).fetchall()
+            rows = con.execute(
+                "SELECT * FROM runs WHERE run_id IN (SELECT value FROM json_each(?)) "
+                "AND state != 'done'",
+                (json.dumps(run_ids),),
+            ).fetchall()
         claimable = sum(self._claimable(r, now, max_attempts, lease_timeout) for r in rows)
         held = sum(r["state"] == "running" and not self._stale(r, now, lease_timeout) for r in rows)
         return {"claimable": claimable, "held": held}
@@ -256,12 +309,16 @@ class Heartbeat:
     """A background thread that renews this process's leases every ``interval`` seconds and
     calls ``on_lost(claim)`` for a lease that another launcher has taken over."""
 
-    def __init__(self, ledger: Ledger, interval: float, on_lost: Callable[[Claim], None] | None = None):
+    def __init__(
+        self, ledger: Ledger, interval: float, on_lost: Callable[[Claim], None] | None = None
+    ):
         self.ledger, self.interval, self.on_lost = ledger, interval, on_lost
         self._claims: dict[str, Claim] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="robustscale-heartbeat", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name="robustscale-heartbeat", daemon=True
+        )
         self._thread.start()
 
     def add(self, claim: Claim) -> None:
@@ -290,7 +347,7 @@ class Heartbeat:
         self._stop.set()
         self._thread.join()
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,7 +20,6 @@ line with sbatch's own words, and no run is recorded as submitted.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -46,10 +45,23 @@ except ImportError:  # pragma: no cover
 class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
     """What one array task runs: claim the run, train it (retrying up to ``max_attempts``), record."""
 
-    def __init__(self, folder: str, run_id: str, *, max_attempts: int, lease_timeout: float, heartbeat: float,
-                 final_eval: str | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        folder: str,
+        run_id: str,
+        *,
+        max_attempts: int,
+        lease_timeout: float,
+        heartbeat: float,
+        final_eval: str | None = None,
+        threads: int | None = None,
+    ):
         self.folder, self.run_id = str(folder), run_id
-        self.max_attempts, self.lease_timeout, self.heartbeat = max_attempts, lease_timeout, heartbeat
+        self.max_attempts, self.lease_timeout, self.heartbeat = (
+            max_attempts,
+            lease_timeout,
+            heartbeat,
+        )
         self.final_eval, self.threads = final_eval, threads
         self._claim: Claim | None = None
         self._requeued = False  # set by checkpoint() (USR2): the job is being requeued
@@ -71,8 +83,11 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
             import torch
 
             torch.set_num_threads(self.threads)
-            log.info("%s: torch intra-op threads %d (--cpus-per-task)", self.run_id,
-                     torch.get_num_threads())
+            log.info(
+                "%s: torch intra-op threads %d (--cpus-per-task)",
+                self.run_id,
+                torch.get_num_threads(),
+            )
         if env.num_tasks > 1:  # one run on several GPUs: join the tasks into one process group
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         ledger = Ledger(SweepFolder(Path(self.folder)).ledger, wal=False)
@@ -82,8 +97,12 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
 
     def _lead(self, ledger: Ledger, job_id: str) -> str:
         while True:
-            claim = ledger.claim([self.run_id], max_attempts=self.max_attempts, lease_timeout=self.lease_timeout,
-                                 job_id=job_id)
+            claim = ledger.claim(
+                [self.run_id],
+                max_attempts=self.max_attempts,
+                lease_timeout=self.lease_timeout,
+                job_id=job_id,
+            )
             if claim is None:
                 row = ledger.rows([self.run_id])
                 return row[0]["state"] if row else "unknown"
@@ -110,11 +129,16 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
                 # Raised inside the USR2 handler after checkpoint() gave the run back: `scontrol
                 # requeue` (a child of the job) is often killed by the requeue it asked for. Not a
                 # failure of the run; this process is about to be killed and the job restarts.
-                log.warning("%s: requeue in progress (%s); not counted as a failure",
-                            self.run_id, exc)
+                log.warning(
+                    "%s: requeue in progress (%s); not counted as a failure", self.run_id, exc
+                )
                 raise
-            error = str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}"
-            ledger.finish(claim, ok=False, error=error.splitlines()[0] if error else type(exc).__name__)
+            error = (
+                str(exc) if isinstance(exc, RobustscaleError) else f"{type(exc).__name__}: {exc}"
+            )
+            ledger.finish(
+                claim, ok=False, error=error.splitlines()[0] if error else type(exc).__name__
+            )
             log.error("%s failed (attempt %d): %s", self.run_id, claim.attempt, error)
             return False, error
         finally:
@@ -135,8 +159,11 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
                 recipe = Recipe.from_yaml(folder.recipe(self.run_id))
                 train(recipe, folder.run_dir(self.run_id), progress=False)
                 return "done"
-            if row.get("state") == "done" or (row.get("state") == "running" and row.get("job_id") != job_id
-                                              and time.time() - (row.get("heartbeat") or 0) < self.lease_timeout):
+            if row.get("state") == "done" or (
+                row.get("state") == "running"
+                and row.get("job_id") != job_id
+                and time.time() - (row.get("heartbeat") or 0) < self.lease_timeout
+            ):
                 return str(row.get("state"))
             time.sleep(1.0)
         return "not claimed"
@@ -147,21 +174,31 @@ class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
         self._requeued = True
         if self._claim is not None:
             try:
-                Ledger(SweepFolder(Path(self.folder)).ledger, wal=False).release(self._claim, "requeued")
+                Ledger(SweepFolder(Path(self.folder)).ledger, wal=False).release(
+                    self._claim, "requeued"
+                )
             except Exception as exc:  # noqa: BLE001 - a stale lease is taken over anyway
                 log.warning("could not give %s back before the requeue: %s", self.run_id, exc)
         return super().checkpoint(*args, **kwargs)
 
 
-def dead_jobs(job_ids: list[str],
-              view: Callable[[list[str]], QueueView | None] = queue_view) -> set[str]:
+def dead_jobs(
+    job_ids: list[str], view: Callable[[list[str]], QueueView | None] = queue_view
+) -> set[str]:
     """The jobs among ``job_ids`` known to be over (none when Slurm cannot be asked)."""
     answer = view(job_ids)
     return set() if answer is None else {j for j in job_ids if answer.over(j)}
 
 
-def runs_to_submit(ledger: Ledger, run_ids: list[str], *, max_attempts: int, lease_timeout: float,
-                   resubmit: bool, jobs_over: Callable[[list[str]], set[str]] | None = None) -> list[str]:
+def runs_to_submit(
+    ledger: Ledger,
+    run_ids: list[str],
+    *,
+    max_attempts: int,
+    lease_timeout: float,
+    resubmit: bool,
+    jobs_over: Callable[[list[str]], set[str]] | None = None,
+) -> list[str]:
     """Runs that need a job: pending ones not yet submitted, pending ones whose recorded job is
     over (``jobs_over`` returns those among the recorded job ids; all pending runs with ``resubmit``),
     failed ones with attempts left, and running ones whose lease went stale."""
@@ -177,9 +214,17 @@ def runs_to_submit(ledger: Ledger, run_ids: list[str], *, max_attempts: int, lea
     return [r["run_id"] for r in rows if r["state"] in needs and needs[r["state"]](r)]
 
 
-def launch_slurm(sweep: Sweep, out: str | Path, options: SlurmOptions | None = None, *, max_attempts: int = 3,
-                 cluster: str = "slurm", final_eval: str | None = None,
-                 resubmit: bool = False, notes: list[str] | None = None) -> list[Any]:
+def launch_slurm(
+    sweep: Sweep,
+    out: str | Path,
+    options: SlurmOptions | None = None,
+    *,
+    max_attempts: int = 3,
+    cluster: str = "slurm",
+    final_eval: str | None = None,
+    resubmit: bool = False,
+    notes: list[str] | None = None,
+) -> list[Any]:
     """Submit one array task per run that needs one; returns the submitit jobs. Starting it
     again submits only what is not done, not held by a live lease, and not pending under a job
     that is still alive (squeue or sacct; with ``resubmit`` every pending run is submitted again).
@@ -189,43 +234,74 @@ def launch_slurm(sweep: Sweep, out: str | Path, options: SlurmOptions | None = N
 
     o = options or SlurmOptions()
     o.validate()
-    folder, ledger = prepare(sweep, out, wal=False)  # jobs on several nodes: no WAL (docs/sweeps.md)
+    folder, ledger = prepare(
+        sweep, out, wal=False
+    )  # jobs on several nodes: no WAL (docs/sweeps.md)
     ledger.set_meta(lease_timeout=o.lease_timeout, max_attempts=max_attempts, backend="slurm")
+
     def jobs_over(job_ids: list[str]) -> set[str]:
         view = queue_view(job_ids)
         over = set() if view is None else {j for j in job_ids if view.over(j)}
         if notes is not None:
-            notes.append(f"asked {view.source} about {len(job_ids)} recorded job(s): "
-                         f"{len(over)} over" if view is not None else
-                         "neither squeue nor sacct answered: pending runs with a job are not "
-                         "submitted again (--resubmit to force it)")
+            notes.append(
+                f"asked {view.source} about {len(job_ids)} recorded job(s): {len(over)} over"
+                if view is not None
+                else "neither squeue nor sacct answered: pending runs with a job are not "
+                "submitted again (--resubmit to force it)"
+            )
         return over
 
-    todo = runs_to_submit(ledger, [r.run_id for r in sweep.runs], max_attempts=max_attempts,
-                          lease_timeout=o.lease_timeout, resubmit=resubmit,
-                          jobs_over=jobs_over if cluster == "slurm" else None)
+    todo = runs_to_submit(
+        ledger,
+        [r.run_id for r in sweep.runs],
+        max_attempts=max_attempts,
+        lease_timeout=o.lease_timeout,
+        resubmit=resubmit,
+        jobs_over=jobs_over if cluster == "slurm" else None,
+    )
     if not todo:
         return []
     # submitit's pickles in slurm/ are what the jobs run: only their owner may write there.
     (folder.root / "slurm").mkdir(mode=0o700, exist_ok=True)
     try:
-        executor = submitit.AutoExecutor(folder=folder.slurm / "%j", cluster=cluster,
-                                         slurm_max_num_timeout=o.max_timeouts, local_max_num_timeout=o.max_timeouts)
-    except RuntimeError as exc:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
-        raise RobustscaleError(f"cannot submit to Slurm here ({exc}); allowed: run on a Slurm login node, "
-                               "or --backend local, or --cluster local") from None
+        executor = submitit.AutoExecutor(
+            folder=folder.slurm / "%j",
+            cluster=cluster,
+            slurm_max_num_timeout=o.max_timeouts,
+            local_max_num_timeout=o.max_timeouts,
+        )
+    except (
+        RuntimeError
+    ) as exc:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
+        raise RobustscaleError(
+            f"cannot submit to Slurm here ({exc}); allowed: run on a Slurm login node, "
+            "or --backend local, or --cluster local"
+        ) from None
     params = o.executor_parameters(f"rs-{sweep.name}")
     if cluster != "slurm":
         params = {k: v for k, v in params.items() if not k.startswith("slurm_") and k != "nodes"}
         params["gpus_per_node"] = min(params.get("gpus_per_node", 0), len(_visible()))
     executor.update_parameters(**params)
-    tasks = [SweepJob(str(folder.root), rid, max_attempts=max_attempts,
-                      lease_timeout=o.lease_timeout, heartbeat=o.heartbeat, final_eval=final_eval,
-                      threads=o.cpus_per_task) for rid in todo]
+    tasks = [
+        SweepJob(
+            str(folder.root),
+            rid,
+            max_attempts=max_attempts,
+            lease_timeout=o.lease_timeout,
+            heartbeat=o.heartbeat,
+            final_eval=final_eval,
+            threads=o.cpus_per_task,
+        )
+        for rid in todo
+    ]
     jobs = _submit(executor, tasks)
     ledger.record_jobs([(rid, job.job_id) for rid, job in zip(todo, jobs)])
-    log.info("submitted %d run(s) of sweep %s: jobs %s", len(jobs), sweep.name,
-             sorted({j.job_id.split("_")[0] for j in jobs}))
+    log.info(
+        "submitted %d run(s) of sweep %s: jobs %s",
+        len(jobs),
+        sweep.name,
+        sorted({j.job_id.split("_")[0] for j in jobs}),
+    )
     return jobs
 
 
@@ -244,8 +320,10 @@ def _submit(executor: Any, tasks: list[SweepJob]) -> list[Any]:
     except (FailedJobError, subprocess.SubprocessError, OSError) as exc:
         words = [ln.strip() for ln in (str(exc) or said.getvalue()).splitlines() if ln.strip()]
         words = [w.removeprefix("sbatch: error: ") for w in words] or [type(exc).__name__]
-        raise RobustscaleError(f"sbatch refused the job array of {len(tasks)} run(s): "
-                               f"{'; '.join(words)} (no run was submitted)") from None
+        raise RobustscaleError(
+            f"sbatch refused the job array of {len(tasks)} run(s): "
+            f"{'; '.join(words)} (no run was submitted)"
+        ) from None
     return jobs
 
 

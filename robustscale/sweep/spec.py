@@ -61,20 +61,37 @@ class Sweep:
         return sorted({p for r in self.runs for p in r.unchecked_files})
 
 
-def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None, check_files: bool = True) -> Sweep:
+def load_sweep(
+    path: str | Path, overrides: dict[str, Any] | None = None, check_files: bool = True
+) -> Sweep:
     """Read and expand a sweep file. ``check_files=False`` (dry runs) validates every recipe but
     accepts a ``synthetic_data`` file that does not exist on this machine."""
     path = Path(path)
     spec = read_yaml_mapping(path, "sweep file")
     if not spec:  # an empty file is a mistake, not a sweep of one default recipe
-        raise RobustscaleError(f"sweep file {str(path)!r} is empty; a sweep must be a mapping with keys "
-                               f"{', '.join(TOP_KEYS)}")
-    return expand(spec, base_dir=path.parent, name=path.stem, overrides=overrides, check_files=check_files,
-                  path=path)
+        raise RobustscaleError(
+            f"sweep file {str(path)!r} is empty; a sweep must be a mapping with keys "
+            f"{', '.join(TOP_KEYS)}"
+        )
+    return expand(
+        spec,
+        base_dir=path.parent,
+        name=path.stem,
+        overrides=overrides,
+        check_files=check_files,
+        path=path,
+    )
 
 
-def expand(spec: Any, *, base_dir: Path = Path("."), name: str = "sweep", overrides: dict[str, Any] | None = None,
-           check_files: bool = True, path: Path | None = None) -> Sweep:
+def expand(
+    spec: Any,
+    *,
+    base_dir: Path = Path("."),
+    name: str = "sweep",
+    overrides: dict[str, Any] | None = None,
+    check_files: bool = True,
+    path: Path | None = None,
+) -> Sweep:
     """Expand a parsed sweep mapping into validated runs with distinct run ids."""
     if not isinstance(spec, dict):
         raise RobustscaleError(f"a sweep must be a mapping with keys {', '.join(TOP_KEYS)}")
@@ -101,20 +118,27 @@ def expand(spec: Any, *, base_dir: Path = Path("."), name: str = "sweep", overri
             try:
                 recipe, unchecked = _validate(data, check_files, placeholder)
             except RobustscaleError as exc:
-                raise RobustscaleError(f"sweep {name!r}, run {i + 1} ({label or 'base'}): {exc}") from None
+                raise RobustscaleError(
+                    f"sweep {name!r}, run {i + 1} ({label or 'base'}): {exc}"
+                ) from None
             varying = {k: getattr(recipe, k) for k in varying_keys}
             run = SweepRun(i, recipe, varying, unchecked)
             if run.run_id in seen:
                 other = runs[seen[run.run_id]]
                 raise RobustscaleError(
                     f"sweep {name!r}: runs {other.index + 1} ({other.label}) and {i + 1} ({run.label}) are the same "
-                    f"recipe (run id {run.run_id}); vary keys that change the result")
+                    f"recipe (run id {run.run_id}); vary keys that change the result"
+                )
             seen[run.run_id] = i
             runs.append(run)
-    return Sweep(name, path, runs, _mapping(spec.get("slurm"), "slurm"), _mapping(spec.get("local"), "local"))
+    return Sweep(
+        name, path, runs, _mapping(spec.get("slurm"), "slurm"), _mapping(spec.get("local"), "local")
+    )
 
 
-def _validate(data: dict[str, Any], check_files: bool, placeholder: Path) -> tuple[Recipe, list[str]]:
+def _validate(
+    data: dict[str, Any], check_files: bool, placeholder: Path
+) -> tuple[Recipe, list[str]]:
     syn = data.get("synthetic_data")
     if check_files or not isinstance(syn, str) or Path(syn).is_file() or Path(syn).suffix != ".npz":
         return Recipe.from_dict(data, site_defaults=True), []
@@ -132,16 +156,22 @@ def _base(base: Any, base_dir: Path) -> dict[str, Any]:
     if isinstance(base, str):
         path = (base_dir / base) if not Path(base).is_absolute() else Path(base)
         if not path.is_file():
-            raise RobustscaleError(f"sweep base recipe {str(path)!r} does not exist (base is relative to the sweep file)")
+            raise RobustscaleError(
+                f"sweep base recipe {str(path)!r} does not exist (base is relative to the sweep file)"
+            )
         return read_yaml_mapping(path, "sweep base recipe")
-    raise RobustscaleError(f"sweep base={base!r} is not allowed; give a recipe file path or a mapping of keys")
+    raise RobustscaleError(
+        f"sweep base={base!r} is not allowed; give a recipe file path or a mapping of keys"
+    )
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise RobustscaleError(f"sweep {key}: must be a mapping of key: value, got {type(value).__name__}")
+        raise RobustscaleError(
+            f"sweep {key}: must be a mapping of key: value, got {type(value).__name__}"
+        )
     return dict(value)
 
 
@@ -154,16 +184,22 @@ def _factors(spec: dict[str, Any]) -> list[list[dict[str, Any]]]:
         used = _claim(used, [key])
     zips = spec.get("zip") or []
     if not isinstance(zips, list):
-        raise RobustscaleError("sweep zip: must be a list of groups, each a mapping of key: [values]")
+        raise RobustscaleError(
+            "sweep zip: must be a list of groups, each a mapping of key: [values]"
+        )
     for n, group in enumerate(zips, start=1):
         group = _mapping(group, f"zip group {n}")
         if not group:
-            raise RobustscaleError(f"sweep zip group {n} is empty; give keys with equal-length value lists")
+            raise RobustscaleError(
+                f"sweep zip group {n} is empty; give keys with equal-length value lists"
+            )
         lists = {k: _values(k, v) for k, v in group.items()}
         lengths = {k: len(v) for k, v in lists.items()}
         if len(set(lengths.values())) != 1:
-            raise RobustscaleError(f"sweep zip group {n} has value lists of different lengths {lengths}; "
-                                   "allowed: equal lengths (values at the same position go together)")
+            raise RobustscaleError(
+                f"sweep zip group {n} has value lists of different lengths {lengths}; "
+                "allowed: equal lengths (values at the same position go together)"
+            )
         width = next(iter(lengths.values()))
         factors.append([{k: lists[k][i] for k in lists} for i in range(width)])
         used = _claim(used, list(group))
@@ -172,14 +208,18 @@ def _factors(spec: dict[str, Any]) -> list[list[dict[str, Any]]]:
 
 def _values(key: str, values: Any) -> list[Any]:
     if not isinstance(values, list) or not values:
-        raise RobustscaleError(f"sweep axis {key!r} must be a non-empty list of values, got {values!r}")
+        raise RobustscaleError(
+            f"sweep axis {key!r} must be a non-empty list of values, got {values!r}"
+        )
     return values
 
 
 def _claim(used: set[str], keys: list[str]) -> set[str]:
     for k in keys:
         if k in used:
-            raise RobustscaleError(f"sweep key {k!r} appears in more than one axis or zip group; allowed: once")
+            raise RobustscaleError(
+                f"sweep key {k!r} appears in more than one axis or zip group; allowed: once"
+            )
     return used | set(keys)
 
 
@@ -207,13 +247,28 @@ def forecast_flops(runs: list[SweepRun]) -> list[float | None] | None:
     for run in runs:
         r = run.recipe
         key = (r.dataset, r.model, r.activation, r.drop_rate, r.loss, r.trades_beta, r.batch_size)
-        if key not in cache:  # validation FLOPs are not training FLOPs: count them with 1 step (cheap)
-            k1 = recipe_step_flops(r.model_copy(update={"attack_steps": 1, "val_attack_steps": 1})).train
-            k2 = recipe_step_flops(r.model_copy(update={"attack_steps": 2, "val_attack_steps": 1})).train \
-                if r.adversarial else k1
+        if (
+            key not in cache
+        ):  # validation FLOPs are not training FLOPs: count them with 1 step (cheap)
+            k1 = recipe_step_flops(
+                r.model_copy(update={"attack_steps": 1, "val_attack_steps": 1})
+            ).train
+            k2 = (
+                recipe_step_flops(
+                    r.model_copy(update={"attack_steps": 2, "val_attack_steps": 1})
+                ).train
+                if r.adversarial
+                else k1
+            )
             cache[key] = (k1, k2 - k1)
         k1, per_step = cache[key]
         per_example = k1 + per_step * (r.attack_steps - 1) if r.adversarial else k1
-        plan = BatchPlan(train_examples(r), 1 if r.synthetic_data else 0, r.batch_size, r.synthetic_fraction, r.seed)
+        plan = BatchPlan(
+            train_examples(r),
+            1 if r.synthetic_data else 0,
+            r.batch_size,
+            r.synthetic_fraction,
+            r.seed,
+        )
         out.append(per_example * plan.examples_per_epoch * r.epochs)
     return out

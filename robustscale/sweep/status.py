@@ -18,8 +18,10 @@ def sweep_status(folder: str | Path) -> list[dict[str, Any]]:
     and ``damage``) and ``where``."""
     sweep = SweepFolder(Path(folder))
     if not sweep.ledger.is_file():
-        raise RobustscaleError(f"{str(sweep.root)!r} is not a sweep folder (no ledger.sqlite); "
-                               "give the --out folder of robustscale sweep")
+        raise RobustscaleError(
+            f"{str(sweep.root)!r} is not a sweep folder (no ledger.sqlite); "
+            "give the --out folder of robustscale sweep"
+        )
     ledger = Ledger(sweep.ledger, wal=False, create=False)  # a reader: never recreates a table
     timeout = float(ledger.meta().get("lease_timeout") or 300.0)
     now = time.time()
@@ -38,7 +40,9 @@ def sweep_status(folder: str | Path) -> list[dict[str, Any]]:
         shown, where = row["state"], ""
         if row["state"] == "running":
             age = now - (row["heartbeat"] or 0)
-            where = f"{row['host']}:{row['pid']}" + (f" job {row['job_id']}" if row["job_id"] else "")
+            where = f"{row['host']}:{row['pid']}" + (
+                f" job {row['job_id']}" if row["job_id"] else ""
+            )
             where += f", heartbeat {age:.0f}s ago"
             if age > timeout:
                 shown = "running (stale)"
@@ -48,11 +52,19 @@ def sweep_status(folder: str | Path) -> list[dict[str, Any]]:
             where = f"{row['host']}" + (f" job {row['job_id']}" if row["job_id"] else "")
         if damage:
             shown, where = "damaged", damage
-        out.append({**row, "shown_state": shown, "where": where, "damage": damage,
-                    "epoch": status.epoch if status else 0, "epochs": status.epochs if status else None,
-                    "run_state": status.state if status else None,
-                    "best_val_pgd_acc": status.best_val_pgd_acc if status else None,
-                    "scheduler_state": scheduler.get(row["job_id"] or "", "")})
+        out.append(
+            {
+                **row,
+                "shown_state": shown,
+                "where": where,
+                "damage": damage,
+                "epoch": status.epoch if status else 0,
+                "epochs": status.epochs if status else None,
+                "run_state": status.state if status else None,
+                "best_val_pgd_acc": status.best_val_pgd_acc if status else None,
+                "scheduler_state": scheduler.get(row["job_id"] or "", ""),
+            }
+        )
     return out
 
 
@@ -65,5 +77,7 @@ def _scheduler_states(rows: list[dict[str, Any]]) -> dict[str, str]:
     view = queue_view(ids) if ids else None
     if view is None:
         return {}
-    return {j: (view.jobs[j].shown if j in view.jobs else "gone" if view.over(j) else "unknown")
-            for j in ids}
+    return {
+        j: (view.jobs[j].shown if j in view.jobs else "gone" if view.over(j) else "unknown")
+        for j in ids
+    }

@@ -26,8 +26,15 @@ from robustscale.errors import RobustscaleError
 from robustscale.files import replace_files
 
 log = logging.getLogger(__name__)
-__all__ = ["FORMAT_VERSION", "load_checkpoint", "safe_load", "save_checkpoint", "load_resume_checkpoint",
-           "rng_state", "set_rng_state"]
+__all__ = [
+    "FORMAT_VERSION",
+    "load_checkpoint",
+    "safe_load",
+    "save_checkpoint",
+    "load_resume_checkpoint",
+    "rng_state",
+    "set_rng_state",
+]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool = False) -> None:
@@ -58,7 +65,9 @@ def load_resume_checkpoint(ckpt_dir: Path) -> tuple[dict[str, Any] | None, Path 
             log.warning("warning: resuming from the intact older checkpoint %s", path)
         return state, path
     if any(p.exists() for p in candidates):
-        raise RobustscaleError(f"no intact checkpoint in {str(ckpt_dir)!r}; delete the run folder to start over")
+        raise RobustscaleError(
+            f"no intact checkpoint in {str(ckpt_dir)!r}; delete the run folder to start over"
+        )
     return None, None
 
 
@@ -67,7 +76,11 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "python": _py_state_to_list(random.getstate()),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            *map(float, np_state[2:]),
+        ],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -77,7 +90,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_py_state_from_list(state["python"]))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    np.random.set_state(
+        (name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached))
+    )
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -92,7 +92,9 @@ def sum_float(env: DistEnv, value: float, device: torch.device) -> float:
     return float(t.item())
 
 
-def prepare_model(model: nn.Module, env: DistEnv, device: torch.device, *, sync_bn: bool) -> nn.Module:
+def prepare_model(
+    model: nn.Module, env: DistEnv, device: torch.device, *, sync_bn: bool
+) -> nn.Module:
     """SyncBatchNorm when the recipe asks for it (``sync_bn: true``) on a distributed CUDA run."""
     if sync_bn and env.enabled and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -110,4 +112,13 @@ def wrap(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module | No
     return DistributedDataParallel(model, device_ids=ids)
 
 
-__all__ = ["DistEnv", "init_from_env", "shutdown", "barrier", "all_reduce_sum", "sum_float", "prepare_model", "wrap"]
+__all__ = [
+    "DistEnv",
+    "init_from_env",
+    "shutdown",
+    "barrier",
+    "all_reduce_sum",
+    "sum_float",
+    "prepare_model",
+    "wrap",
+]

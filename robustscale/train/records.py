@@ -41,7 +41,8 @@ def check_run_dir(run: RunDir, recipe: Recipe) -> bool:
         more = f" (and {len(diff) - 1} more keys)" if len(diff) > 1 else ""
         raise RobustscaleError(
             f"{str(run.path)!r} was trained with {key}={old!r}, not {new!r}{more}; "
-            "resume with the same recipe or choose another --run-dir")
+            "resume with the same recipe or choose another --run-dir"
+        )
     status = run.read_status()
     if status is not None and status.state == "done":
         log.info("run %s is already done; nothing to train", run.path)
@@ -69,7 +70,8 @@ def _check_checkpoint_recipe(run: RunDir, recipe: Recipe) -> None:
             more = f" (and {len(diff) - 1} more keys)" if len(diff) > 1 else ""
             raise RobustscaleError(
                 f"{str(path)!r} was trained with {key}={old!r}, not {new!r}{more}; resume with the "
-                "same recipe or choose another --run-dir")
+                "same recipe or choose another --run-dir"
+            )
         return
 
 
@@ -79,7 +81,9 @@ def create_run_dir(run: RunDir, recipe: Recipe) -> None:
     try:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RobustscaleError(f"cannot create run directory {str(run.path)!r}: {exc.strerror}") from None
+        raise RobustscaleError(
+            f"cannot create run directory {str(run.path)!r}: {exc.strerror}"
+        ) from None
     remove_debris(run)
     atomic_write_text(run.recipe, recipe.to_yaml())
 
@@ -92,8 +96,14 @@ def remove_debris(run: RunDir) -> None:
         log.info("removed %s, left by an interrupted write", stale)
 
 
-def write_status(run: RunDir, recipe: Recipe, state: str, progress: Any = None,
-                 reason: str | None = None, threads: int | None = None) -> None:
+def write_status(
+    run: RunDir,
+    recipe: Recipe,
+    state: str,
+    progress: Any = None,
+    reason: str | None = None,
+    threads: int | None = None,
+) -> None:
     """Rewrite status.json; without ``progress`` (epoch, best_epoch, best_val_pgd) the previous
     values are kept, so a failure after a kill still says how far the run got. ``threads``: the
     CPU intra-op thread count the run trains with (None on a GPU, or to keep the previous)."""
@@ -104,13 +114,21 @@ def write_status(run: RunDir, recipe: Recipe, state: str, progress: Any = None,
         except RobustscaleError:  # a damaged status is replaced, not a reason to lose this one
             previous = None
     p = progress
-    run.write_status(Status(
-        run_id=recipe.run_id, state=state, reason=reason,
-        epoch=p.epoch if p else (previous.epoch if previous else 0),
-        epochs=recipe.epochs,
-        best_epoch=p.best_epoch if p else (previous.best_epoch if previous else None),
-        best_val_pgd_acc=p.best_val_pgd if p else (previous.best_val_pgd_acc if previous else None),
-        val_attack_steps=recipe.val_attack_steps,
-        updated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        host=socket.gethostname(), pid=os.getpid(),
-        threads=threads if threads is not None else (previous.threads if previous else None)))
+    run.write_status(
+        Status(
+            run_id=recipe.run_id,
+            state=state,
+            reason=reason,
+            epoch=p.epoch if p else (previous.epoch if previous else 0),
+            epochs=recipe.epochs,
+            best_epoch=p.best_epoch if p else (previous.best_epoch if previous else None),
+            best_val_pgd_acc=p.best_val_pgd
+            if p
+            else (previous.best_val_pgd_acc if previous else None),
+            val_attack_steps=recipe.val_attack_steps,
+            updated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            threads=threads if threads is not None else (previous.threads if previous else None),
+        )
+    )

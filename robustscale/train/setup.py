@@ -56,8 +56,9 @@ class RunData:
     synthetic_size: int
 
 
-def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0,
-                 world_size: int = 1) -> RunData:
+def prepare_data(
+    recipe: Recipe, device: torch.device, rank: int = 0, world_size: int = 1
+) -> RunData:
     info = dataset_info(recipe.dataset, recipe.data_dir)
     if recipe.dataset == "arrays":  # streamed from disk like extra data, never loaded whole
         train_set, val = _arrays_train(recipe, info)
@@ -78,9 +79,17 @@ def prepare_data(recipe: Recipe, device: torch.device, rank: int = 0,
     if syn is not None and len(syn) == 0:
         raise RobustscaleError(
             f"synthetic_data={recipe.synthetic_data!r} holds no images; expected at least one "
-            f"with synthetic_fraction={recipe.synthetic_fraction}")
-    plan = BatchPlan(n_real, len(syn) if syn else 0, recipe.batch_size, recipe.synthetic_fraction,
-                     recipe.seed, rank, world_size)
+            f"with synthetic_fraction={recipe.synthetic_fraction}"
+        )
+    plan = BatchPlan(
+        n_real,
+        len(syn) if syn else 0,
+        recipe.batch_size,
+        recipe.synthetic_fraction,
+        recipe.seed,
+        rank,
+        world_size,
+    )
     stream = BatchStream(plan, train_set, syn, recipe.augment and info.crop_flip, device)
     if val is not None:
         val = (val[0].to(device), val[1].to(device))
@@ -106,8 +115,9 @@ def _arrays_train(recipe: Recipe, info: DatasetInfo):
         return source, _test_head(recipe)
     # the same seeded holdout as split_holdout, on indices: the held-out images alone are read
     idx = torch.arange(len(source)).view(-1, 1, 1, 1)
-    (rest, _), (held, _) = split_holdout(idx, torch.zeros(len(source)), recipe.val_size,
-                                         HOLDOUT_SEED)
+    (rest, _), (held, _) = split_holdout(
+        idx, torch.zeros(len(source)), recipe.val_size, HOLDOUT_SEED
+    )
     held = held.flatten().numpy()
     vx = torch.from_numpy(source.gather(held).transpose(0, 3, 1, 2).copy())
     return SubsetSource(source, rest.flatten().numpy()), (vx, torch.from_numpy(source.labels[held]))
@@ -120,28 +130,41 @@ def check_data_fit(recipe: Recipe, n_train: int) -> None:
     val = recipe.val_size if recipe.val_source == "train" else 0
     if val >= n_train:
         val = max(1, n_train // 10) if n_train > 1 else 0
-        problems.append(f"val_size={recipe.val_size} leaves none of the {n_train} training examples")
+        problems.append(
+            f"val_size={recipe.val_size} leaves none of the {n_train} training examples"
+        )
         fits.append(f"val_size={val}")
     left = recipe.train_subset_size(n_train - val)
     frac = recipe.synthetic_fraction if recipe.synthetic_data else 0.0
 
-    def real(batch: int) -> int:  # the real (not synthetic) examples of a batch, as BatchPlan counts them
+    def real(
+        batch: int,
+    ) -> int:  # the real (not synthetic) examples of a batch, as BatchPlan counts them
         return batch - int(round(batch * frac))
 
     if real(recipe.batch_size) > left:
         what = f"batch_size={recipe.batch_size}" + (
-            f" ({real(recipe.batch_size)} real examples per batch)" if frac else "")
-        problems.append(f"{what} is larger than the {left} training examples left"
-                        + (f" after val_size={val}" if val else "")
-                        + (f" and train_fraction={recipe.train_fraction:g}" if recipe.train_fraction < 1 else ""))
+            f" ({real(recipe.batch_size)} real examples per batch)" if frac else ""
+        )
+        problems.append(
+            f"{what} is larger than the {left} training examples left"
+            + (f" after val_size={val}" if val else "")
+            + (
+                f" and train_fraction={recipe.train_fraction:g}"
+                if recipe.train_fraction < 1
+                else ""
+            )
+        )
         fitting = 1 << max(0, recipe.batch_size.bit_length())
         while fitting > 1 and real(fitting) > left:  # the largest power of two that fits
             fitting //= 2
         fits.append(f"batch_size={fitting}")
     if problems:
         where = "" if recipe.dataset == "digits" else f" in {recipe.data_dir!r}"
-        raise RobustscaleError(f"{recipe.dataset}{where} is too small for this recipe: "
-                               f"{'; '.join(problems)}; values that fit: {' '.join('--set ' + f for f in fits)}")
+        raise RobustscaleError(
+            f"{recipe.dataset}{where} is too small for this recipe: "
+            f"{'; '.join(problems)}; values that fit: {' '.join('--set ' + f for f in fits)}"
+        )
 
 
 def train_subset(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,8 +185,15 @@ class Forward(nn.Module):
     come back as fp32.
     """
 
-    def __init__(self, model: nn.Module, precision: str, channels_last: bool, compile: bool, device: torch.device,
-                 ddp: nn.Module | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        precision: str,
+        channels_last: bool,
+        compile: bool,
+        device: torch.device,
+        ddp: nn.Module | None = None,
+    ):
         super().__init__()
         self.model = model
         self.fn = torch.compile(model) if compile else model
@@ -178,8 +208,16 @@ class Forward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=self.memory_format)
-        ctx = torch.autocast(self.device_type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
-        fn = self.ddp if self.ddp is not None and torch.is_grad_enabled() and not x.requires_grad else self.fn
+        ctx = (
+            torch.autocast(self.device_type, dtype=self.dtype)
+            if self.dtype
+            else contextlib.nullcontext()
+        )
+        fn = (
+            self.ddp
+            if self.ddp is not None and torch.is_grad_enabled() and not x.requires_grad
+            else self.fn
+        )
         with ctx:
             return fn(x).float()
 
@@ -190,12 +228,16 @@ def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
     net = getattr(model, "net", model)
     switch = getattr(net, "set_grad_checkpointing", None)
     if switch is None:
-        raise RobustscaleError(f"grad_checkpointing=true: model={name!r} has no set_grad_checkpointing; "
-                               "use a WideResNet or a timm model that supports it")
+        raise RobustscaleError(
+            f"grad_checkpointing=true: model={name!r} has no set_grad_checkpointing; "
+            "use a WideResNet or a timm model that supports it"
+        )
     try:
         switch(True)
     except (NotImplementedError, AssertionError) as exc:
-        raise RobustscaleError(f"grad_checkpointing=true: model={name!r} does not support it ({exc})") from None
+        raise RobustscaleError(
+            f"grad_checkpointing=true: model={name!r} does not support it ({exc})"
+        ) from None
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -205,29 +247,53 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise RobustscaleError("precision='bf16' is not supported by this GPU; allowed: fp32, fp16")
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float,
-                   device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    device: torch.device,
+) -> torch.optim.Optimizer:
     from timm.optim import create_optimizer_v2
 
     # Weight decay on every parameter (BN and biases included), as the adversarial-training
     # reference code does; timm's default would exempt them.
     return create_optimizer_v2(
-        model, opt="sgd" if nesterov else "momentum", lr=lr, momentum=momentum,
-        weight_decay=weight_decay, filter_bias_and_bn=False, foreach=device.type == "cuda" or None,
+        model,
+        opt="sgd" if nesterov else "momentum",
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        filter_bias_and_bn=False,
+        foreach=device.type == "cuda" or None,
     )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int, warmup_epochs: int,
-                   lr: float, steps_per_epoch: int):
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    epochs: int,
+    warmup_epochs: int,
+    lr: float,
+    steps_per_epoch: int,
+):
     """timm's cosine or multi-step schedule, updated every optimizer step. Step decay divides the
     learning rate by 10 at 50% and 75% of training (Madry et al.'s CIFAR milestones)."""
     from timm.scheduler import create_scheduler_v2
 
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine" if schedule == "cosine" else "multistep", num_epochs=epochs,
-        decay_milestones=[max(1, epochs // 2), max(1, (3 * epochs) // 4)], decay_rate=0.1,
-        warmup_epochs=warmup_epochs, warmup_lr=lr * 0.01 if warmup_epochs else lr, min_lr=0.0,
-        warmup_prefix=True, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
+        optimizer,
+        sched="cosine" if schedule == "cosine" else "multistep",
+        num_epochs=epochs,
+        decay_milestones=[max(1, epochs // 2), max(1, (3 * epochs) // 4)],
+        decay_rate=0.1,
+        warmup_epochs=warmup_epochs,
+        warmup_lr=lr * 0.01 if warmup_epochs else lr,
+        min_lr=0.0,
+        warmup_prefix=True,
+        step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch,
     )
     return scheduler
 
