@@ -57,7 +57,7 @@ def logits_check(depth: int, width: int) -> None:
 
 def pad_cost() -> None:
     def make(explicit: bool) -> torch.nn.Module:
-        m = build_model("dm_wrn16_1", 10, 3, [0.5] * 3, [0.25] * 3, "silu").train()
+        m = build_model("dm_wrn16_1", 10, 3, [0.5] * 3, [0.25] * 3, activation="silu").train()
         if explicit:
             for b in m.modules():
                 if isinstance(b, _Block) and b._pad is None:

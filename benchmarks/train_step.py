@@ -383,7 +383,7 @@ def measure(
     )
 
     def rs_step() -> None:
-        if device.type == "cuda":  # what robustscale.train.setup.resolve_device sets
+        if device.type == "cuda":  # what robustscale.train.setup.training_device sets
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
         r_step()

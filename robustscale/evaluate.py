@@ -30,7 +30,7 @@ from robustscale.device import resolve_device
 from robustscale.errors import RobustscaleError
 from robustscale.recipe import format_eps, parse_fraction
 from robustscale.runs import EvalResult, RunDir, eval_filename, state_filename
-from robustscale.runs import result_filename  # noqa: F401 - part of this module's public names
+from robustscale.runs import result_filename as result_filename  # re-exported: a public name here
 
 log = logging.getLogger(__name__)
 

@@ -81,7 +81,13 @@ def load_weights_file(
     if act not in ("relu", "gelu", "silu"):
         raise RobustscaleError(f"activation={act!r} is not known; allowed: relu, gelu, silu")
     net = build_model(
-        model, info.num_classes, info.shape[0], info.mean, info.std, act, img_size=info.shape[1:]
+        model,
+        info.num_classes,
+        info.shape[0],
+        info.mean,
+        info.std,
+        activation=act,
+        img_size=info.shape[1:],
     )
     state = read_state_dict(path)  # after the model name is known good: its errors come first
     applied = weights_into(net, model, state, dataset=dataset, source=str(path))

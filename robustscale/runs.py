@@ -761,19 +761,9 @@ def model_from_state(
 ) -> nn.Module:
     """Rebuild the recipe's model and load weights into it (eval mode, [0, 1] inputs)."""
     from robustscale.data import dataset_info
-    from robustscale.models import build_model
+    from robustscale.models import build_model_for
 
-    info = dataset_info(recipe.dataset, recipe.data_dir)
-    model = build_model(
-        recipe.model,
-        info.num_classes,
-        info.shape[0],
-        info.mean,
-        info.std,
-        recipe.activation,
-        recipe.drop_rate,
-        img_size=info.shape[1:],
-    )
+    model = build_model_for(recipe, dataset_info(recipe.dataset, recipe.data_dir))
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:

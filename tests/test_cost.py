@@ -676,11 +676,13 @@ def test_training_without_nvml_or_rapl_records_unknown_energy(tmp_path, monkeypa
     cfg = tmp_path / "robustscale.toml"
     cfg.write_text("[cost]\npue = 1.25\nusd_per_kwh = 0.2\n")
     monkeypatch.setenv("ROBUSTSCALE_CONFIG", str(cfg))
-    run = train(
-        tiny(epochs=2, attack_steps=1, val_attack_steps=1, val_size=32),
-        out_root=tmp_path / "runs",
-        progress=False,
+    # the site's constants reach a recipe through the loaders (as `robustscale train` loads one)
+    keys = tiny(epochs=2, attack_steps=1, val_attack_steps=1, val_size=32).to_dict()
+    cost_keys = ("pue", "usd_per_kwh", "gco2_per_kwh", "power_watts")
+    recipe = Recipe.from_dict(
+        {k: v for k, v in keys.items() if k not in cost_keys}, site_defaults=True
     )
+    run = train(recipe, out_root=tmp_path / "runs", progress=False)
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     cost = json.loads((run / "cost.json").read_text())
     assert cost["energy_source"] == "none" and cost["energy_measured"] is False

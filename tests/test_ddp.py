@@ -42,7 +42,9 @@ def _grad_check(rank: int, world: int, init_file: str) -> None:
         xs, ys = x[rank::world], y[rank::world]  # this process's slice of the global batch
         for loss in ("pgd", "trades"):
             torch.manual_seed(0)
-            model = build_model("wrn10_1", 10, 1, (0.5,), (0.25,), "relu", 0.0).train()
+            model = build_model(
+                "wrn10_1", 10, 1, (0.5,), (0.25,), activation="relu", drop_rate=0.0
+            ).train()
             bare = copy.deepcopy(model)
             ddp = DistributedDataParallel(model)
             calls = []

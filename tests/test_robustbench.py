@@ -338,7 +338,7 @@ def test_flops_work_for_the_dm_models(capsys):
     from robustscale.cost.flops import forward_flops, measure_step_flops
     from robustscale.models import build_model
 
-    mk = lambda name: build_model(name, 10, 3, [0.5] * 3, [0.25] * 3, "silu")
+    mk = lambda name: build_model(name, 10, 3, [0.5] * 3, [0.25] * 3, activation="silu")
     # the same convolutions as the classic WRN: "SAME" padding changes no output size
     assert forward_flops(mk("dm_wrn16_1"), (3, 32, 32)) == forward_flops(mk("wrn16_1"), (3, 32, 32))
     step = measure_step_flops(
@@ -363,7 +363,7 @@ def test_dm_grad_checkpointing_gives_the_same_gradients_and_bn_statistics():
     from robustscale.models import build_model
 
     plain, ckpt = (
-        build_model("dm_wrn10_1", 10, 3, [0.5] * 3, [0.25] * 3, "silu") for _ in range(2)
+        build_model("dm_wrn10_1", 10, 3, [0.5] * 3, [0.25] * 3, activation="silu") for _ in range(2)
     )
     ckpt.load_state_dict(plain.state_dict())
     ckpt.net.set_grad_checkpointing(True)
@@ -395,6 +395,6 @@ def test_every_dm_model_has_the_wrn_flop_count(name):
     from robustscale.models import build_model
 
     with torch.device("meta"):  # no weights allocated, even for dm_wrn106_16
-        model = build_model(name, 10, 3, [0.5] * 3, [0.25] * 3, "silu")
+        model = build_model(name, 10, 3, [0.5] * 3, [0.25] * 3, activation="silu")
     # 2 FLOPs per multiply-add; "SAME" padding changes no output size, so no count either
     assert forward_flops(model, (3, 32, 32)) == 2 * _wrn_macs(*DM_WRN_VARIANTS[name])

@@ -106,7 +106,12 @@ def _model(args: argparse.Namespace) -> int:
     info = dataset_info(args.dataset)
     with torch.device("meta"):
         model = build_model(
-            args.target, info.num_classes, info.shape[0], info.mean, info.std, args.activation
+            args.target,
+            info.num_classes,
+            info.shape[0],
+            info.mean,
+            info.std,
+            activation=args.activation,
         )
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     out = {

@@ -50,20 +50,11 @@ def train_examples(recipe: Any) -> int:
 def recipe_model(recipe: Any, device: torch.device | str = "meta") -> torch.nn.Module:
     """The recipe's model for its dataset (on ``meta`` by default: shapes only, no memory)."""
     from robustscale.data import dataset_info
-    from robustscale.models import build_model
+    from robustscale.models import build_model_for
 
     info = dataset_info(recipe.dataset, recipe.data_dir)
     with torch.device(device):
-        return build_model(
-            recipe.model,
-            info.num_classes,
-            info.shape[0],
-            info.mean,
-            info.std,
-            recipe.activation,
-            recipe.drop_rate,
-            img_size=info.shape[1:],
-        )
+        return build_model_for(recipe, info)
 
 
 @functools.lru_cache(maxsize=256)
@@ -89,8 +80,8 @@ def _model_flops(
             info.shape[0],
             info.mean,
             info.std,
-            activation,
-            drop_rate,
+            activation=activation,
+            drop_rate=drop_rate,
             img_size=info.shape[1:],
         )
     params = sum(p.numel() for p in net.parameters() if p.requires_grad)

@@ -7,6 +7,7 @@ Every model robustscale builds takes images in [0, 1] and normalises inside
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import timm
 import torch
@@ -18,9 +19,14 @@ from robustscale.models import wrn as _wrn  # noqa: F401  (registers the WideRes
 from robustscale.models.dm_wrn import DM_WRN_VARIANTS, DMWideResNet
 from robustscale.models.wrn import WRN_VARIANTS, WideResNet
 
+if TYPE_CHECKING:
+    from robustscale.data import DatasetInfo
+    from robustscale.recipe import Recipe
+
 __all__ = [
     "Normalized",
     "build_model",
+    "build_model_for",
     "count_params",
     "WideResNet",
     "WRN_VARIANTS",
@@ -49,6 +55,7 @@ def build_model(
     in_chans: int,
     mean: Sequence[float],
     std: Sequence[float],
+    *,
     activation: str = "relu",
     drop_rate: float = 0.0,
     img_size: Sequence[int] | None = None,
@@ -97,12 +104,27 @@ def build_model(
     return Normalized(net, mean, std)
 
 
+def build_model_for(recipe: Recipe, info: DatasetInfo) -> Normalized:
+    """The recipe's model for the dataset ``info`` describes (classes, channels, image size,
+    normalisation): the one way a run's architecture is built, for training, loading and counting."""
+    return build_model(
+        recipe.model,
+        info.num_classes,
+        info.shape[0],
+        info.mean,
+        info.std,
+        activation=recipe.activation,
+        drop_rate=recipe.drop_rate,
+        img_size=info.shape[1:],
+    )
+
+
 def count_params(
     name: str, num_classes: int = 10, in_chans: int = 3, activation: str = "relu"
 ) -> int:
     """Trainable parameters of ``name`` built for the given classes and channels."""
     with torch.device("meta"):
         model = build_model(
-            name, num_classes, in_chans, [0.0] * in_chans, [1.0] * in_chans, activation
+            name, num_classes, in_chans, [0.0] * in_chans, [1.0] * in_chans, activation=activation
         )
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from robustscale.attacks.pgd import frozen_bn_stats, pgd_accuracy
+from robustscale.cost.accounting import JOULES_PER_KWH
 from robustscale.data.batches import seeded_generator
+from robustscale.device import resolve_device
 from robustscale.errors import RobustscaleError, first_line
 from robustscale.losses import clean_monitor_steps, compute_loss, samples_clean_accuracy
 from robustscale.recipe import Recipe
@@ -37,8 +39,8 @@ from robustscale.train.setup import (
     make_optimizer,
     make_scheduler,
     prepare_data,
-    resolve_device,
     seed_everything,
+    training_device,
 )
 
 log = logging.getLogger(__name__)
@@ -166,24 +168,15 @@ class _Engine:
 
         self.dist, self.main = dist, dist.is_main  # only the main process writes files
         self.r, self.run, self.show_progress = recipe, run, show_progress and dist.is_main
-        self.device = resolve_device(recipe.device)
+        self.device = training_device(recipe.device)
         check_precision(recipe.precision, self.device)
         self.threads = configure_cpu_threads() if self.device.type == "cpu" else None
         seed_everything(recipe.seed)
         self.data = prepare_data(recipe, self.device, dist.rank, dist.world_size)
-        from robustscale.models import build_model
+        from robustscale.models import build_model_for
 
         info = self.data.info
-        model = build_model(
-            recipe.model,
-            info.num_classes,
-            info.shape[0],
-            info.mean,
-            info.std,
-            recipe.activation,
-            recipe.drop_rate,
-            img_size=info.shape[1:],
-        ).to(self.device)
+        model = build_model_for(recipe, info).to(self.device)
         if recipe.grad_checkpointing:
             enable_grad_checkpointing(model, recipe.model)
         if recipe.channels_last:
@@ -580,7 +573,7 @@ class _Engine:
         return 100.0 * clean.item() / n, 100.0 * robust.item() / n
 
     def _kwh(self, joules: float) -> float:
-        return joules / 3.6e6 * self.r.pue
+        return joules / JOULES_PER_KWH * self.r.pue
 
     def _write_cost(self) -> None:
         from robustscale.cost import bill

@@ -17,7 +17,7 @@ from torch import nn
 
 from robustscale.data import DatasetInfo, dataset_info, load_split, load_synthetic, split_holdout
 from robustscale.data.batches import BatchPlan, BatchStream
-from robustscale.device import resolve_device as _resolve
+from robustscale.device import resolve_device
 from robustscale.errors import RobustscaleError
 from robustscale.recipe import Recipe
 
@@ -28,12 +28,13 @@ log = logging.getLogger(__name__)
 HOLDOUT_SEED = 0
 
 
-def resolve_device(name: str) -> torch.device:
-    """The recipe's device, with cuDNN autotuning and TF32 matmuls on for CUDA training.
+def training_device(name: str) -> torch.device:
+    """The recipe's device (robustscale.device.resolve_device), with cuDNN autotuning and TF32
+    matmuls switched on for CUDA training (process-wide flags: only the engine calls this).
 
     Under ``torch.use_deterministic_algorithms(True)`` autotuning stays off: it may pick
     another (deterministic) convolution algorithm in a resumed process than in the first one."""
-    device = _resolve(name)
+    device = resolve_device(name)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
         torch.backends.cuda.matmul.allow_tf32 = True
