@@ -53,7 +53,8 @@ def build_model(
     drop_rate: float = 0.0,
     img_size: Sequence[int] | None = None,
 ) -> Normalized:
-    """Create ``name`` from timm's registry with the dataset's classes and channels, normalising inside.
+    """Create ``name`` from timm's registry with the dataset's classes and channels, normalising
+    inside.
 
     ``img_size`` (height, width) reaches models whose layers depend on it (ViTs' position
     embeddings, as ``timm.create_model(..., img_size=32)`` does for CIFAR); convolutional
