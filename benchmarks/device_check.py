@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             limits[step] = float(secs)
         except ValueError:
             print(
-                f"device_check: --limit {item!r}: give STEP=SECONDS with a step of "
-                f"{', '.join(STEPS)} "
+                f"device_check: --limit {item!r}: give STEP=SECONDS with a "
+                f"step of {', '.join(STEPS)} "
                 "and seconds > 0",
                 file=sys.stderr,
             )
@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             device = "cuda"
         elif args.device == "cuda":
             note = (
-                f"no CUDA device ({versions}): the CUDA steps are skipped; the CPU steps run at "
-                "--quick sizes"
+                f"no CUDA device ({versions}): the CUDA steps are skipped; the CPU "
+                "steps run at --quick sizes"
             )
             print(f"device_check: {note}", file=sys.stderr, flush=True)
             device = "cpu"

@@ -14,8 +14,8 @@ def summary_table(session: dict) -> str:
     """The session as Markdown: step states, then the figures of each step."""
     steps = session["steps"]
     lines = [
-        f"## device check, session {session['index']} ({session['started']}, device "
-        f"{session['device']}"
+        f"## device check, session {session['index']} ({session['started']}, "
+        f"device {session['device']}"
         f"{', quick' if session['quick'] else ''})",
         "",
     ]
@@ -52,8 +52,8 @@ def summary_table(session: dict) -> str:
         base = next((r for r in rows if r.get("impl") == "baseline" and "step_s" in r), None)
         lines += [
             "",
-            "| variant | model | impl | ex/s | MFU | peak GiB | x baseline | fits "
-            "| 400 epochs, h |",
+            "| variant | model | impl | ex/s | MFU | peak GiB | x baseline "
+            "| fits | 400 epochs, h |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
@@ -72,8 +72,8 @@ def summary_table(session: dict) -> str:
                 f"| {r['variant']} | {r.get('model')} | {r.get('impl')} | "
                 f"{_f(r.get('examples_per_s'))} | "
                 f"{_f(100 * r['mfu'] if r.get('mfu') else None)}{'%' if r.get('mfu') else ''} | "
-                f"{_f(mem / 2**30 if mem else None, '{:.2f}')} | {_f(ratio, '{:.2f}')} | "
-                f"{fits} | "
+                f"{_f(mem / 2**30 if mem else None, '{:.2f}')} | "
+                f"{_f(ratio, '{:.2f}')} | {fits} | "
                 f"{_f(r['projected_wall_s'] / 3600 if r.get('projected_wall_s') else None)} |"
             )
     for r in recs.get("train_eval", []):
@@ -96,8 +96,8 @@ def summary_table(session: dict) -> str:
             )
             lines.append(
                 f"AutoAttack, n={r['n']}: plain pyautoattack {r['plain_seconds']} s, robustscale "
-                f"{r['robustscale_seconds']} s (x{r['speedup_vs_pyautoattack']:.2f}); verdicts "
-                f"{verdicts}"
+                f"{r['robustscale_seconds']} s "
+                f"(x{r['speedup_vs_pyautoattack']:.2f}); verdicts {verdicts}"
             )
             for opt in ("channels_last", "compile"):
                 if f"{opt}_seconds" in r:

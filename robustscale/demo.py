@@ -92,8 +92,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         )
     sources = sorted({r["energy_source"] for r in rows})
     lines.append(
-        f"(digits test split, eps = {DEMO_EPS} in [0, 1] pixel units; energy source: "
-        f"{', '.join(sources)}; "
+        f"(digits test split, eps = {DEMO_EPS} in [0, 1] pixel units; energy "
+        f"source: {', '.join(sources)}; "
         "energy, cost and CO2 are 'unmeasured' where no NVML/RAPL meter is readable)"
     )
     return "\n".join(lines)

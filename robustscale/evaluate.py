@@ -123,14 +123,14 @@ def evaluate(
         )
     if x.dim() != 4 or len(x) != len(y) or len(y) == 0:
         raise RobustscaleError(
-            f"x must be N x C x H x W and y N labels with N >= 1; got {tuple(x.shape)} and "
-            f"{tuple(y.shape)}"
+            "x must be N x C x H x W and y N labels with N >= 1; got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
         )
     x, y = x.detach().float().cpu(), y.detach().long().cpu()
     if x.min() < 0 or x.max() > 1:
         raise RobustscaleError(
-            f"x must hold images in [0, 1]; got values in [{x.min().item():.3g}, "
-            f"{x.max().item():.3g}]"
+            "x must hold images in [0, 1]; got values in "
+            f"[{x.min().item():.3g}, {x.max().item():.3g}]"
         )
     t0, seconds_before = time.perf_counter(), 0.0
     with _frozen(model, device) as dev:
@@ -504,8 +504,8 @@ def run_warnings(result: Mapping[str, Any], recipe: Any, eval_dir: Path) -> list
     ):
         found.append(
             f"a standard-trained model keeps {result['robust_acc']:.1f}% robust accuracy at eps "
-            f"{format_eps(result['eps'])}: expected near 0; suspect gradient masking or a broken "
-            "attack"
+            f"{format_eps(result['eps'])}: expected near 0; suspect gradient "
+            "masking or a broken attack"
         )
     if result["robust_acc"] >= result["clean_acc"] > 0:
         found.append(
@@ -518,11 +518,10 @@ def run_warnings(result: Mapping[str, Any], recipe: Any, eval_dir: Path) -> list
         pgd, aa = (result, other) if result["attack"] == "pgd" else (other, result)
         if pgd["robust_acc"] < aa["robust_acc"]:
             found.append(
-                f"PGD-{pgd['steps']} robust accuracy {pgd['robust_acc']:.2f}% is below "
-                "AutoAttack's "
+                f"PGD-{pgd['steps']} robust accuracy "
+                f"{pgd['robust_acc']:.2f}% is below AutoAttack's "
                 f"{aa['robust_acc']:.2f}% on the same {result['n']} examples: AutoAttack missed "
-                "examples "
-                "PGD breaks, so its number is not trustworthy"
+                "examples PGD breaks, so its number is not trustworthy"
             )
     if recipe is not None and recipe.val_size and recipe.val_source == "test":
         found.append(

@@ -255,17 +255,16 @@ class Recipe(BaseModel):
         if self.synthetic_data is None and self.synthetic_fraction > 0:
             raise ValueError(
                 f"synthetic_fraction={self.synthetic_fraction!r} needs synthetic_data (a path to "
-                "an .npz); "
-                "allowed: 0 when synthetic_data is null"
+                "an .npz); allowed: 0 when synthetic_data is null"
             )
         if self.synthetic_data is not None:
             path = Path(self.synthetic_data)
             if not ((path.suffix == ".npz" and path.is_file()) or path.is_dir()):
                 raise ValueError(
-                    f"synthetic_data={self.synthetic_data!r} is not an existing .npz file or "
-                    "folder; allowed: null, "
-                    "a path to an .npz with 'image' (uint8 NxHxWxC) and 'label', or a folder of "
-                    "image.npy + label.npy"
+                    f"synthetic_data={self.synthetic_data!r} is not an existing .npz file "
+                    "or folder; allowed: null, "
+                    "a path to an .npz with 'image' (uint8 NxHxWxC) and 'label', or a folder "
+                    "of image.npy + label.npy"
                 )
             if self.synthetic_fraction <= 0:
                 raise ValueError(

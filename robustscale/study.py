@@ -79,10 +79,10 @@ def machine_line() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"{cpu}; {physical_cores()} physical core(s), {len(usable_cpus())} usable logical CPU(s); "
-        f"{gpu}; "
-        f"{platform.system()} {platform.release()}; Python {platform.python_version()}; torch "
-        f"{torch.__version__}"
+        f"{cpu}; {physical_cores()} physical core(s), {len(usable_cpus())} "
+        f"usable logical CPU(s); {gpu}; "
+        f"{platform.system()} {platform.release()}; Python {platform.python_version()}; "
+        f"torch {torch.__version__}"
     )
 
 
@@ -238,8 +238,7 @@ def _write_about(result: StudyResult, name: str, command: str, parallel: int | N
             f"machine: {machine_line()}",
             runs_line,
             f"wall time: {_span(result.span)} from the first run's start to the last run's end "
-            "(ledger); "
-            f"this invocation {result.seconds:.0f} s",
+            f"(ledger); this invocation {result.seconds:.0f} s",
             f"ledger: {_counts(result.counts)}"
             + (
                 ""

@@ -576,8 +576,8 @@ def test_toml_cost_defaults_and_precedence(tmp_path, monkeypatch, capsys):
         None,
     )
     (tmp_path / "robustscale.toml").write_text(
-        "[cost]\npue = 1.1\nusd_per_kwh = 0.3\ngco2_per_kwh = 50\npower_watts = 200\n\n[other]\nx "
-        "= 1\n"
+        "[cost]\npue = 1.1\nusd_per_kwh = 0.3\ngco2_per_kwh = 50\npower_watts "
+        "= 200\n\n[other]\nx = 1\n"
     )
     # Recipe() itself does no I/O: only a loader that asks for the site's defaults reads the file
     assert Recipe().pue == 1.58

@@ -35,8 +35,8 @@ def fake_slurm(tmp_path, monkeypatch):
     (bin_dir / "sbatch").write_text(
         '#!/bin/sh\necho "ARGS $@" >> "$FAKE_SBATCH_LOG"\n'
         'for a in "$@"; do f="$a"; done\ncat "$f" >> "$FAKE_SBATCH_LOG"\n'
-        'n=$(cat "$FAKE_SBATCH_N" 2>/dev/null || echo 1233); n=$((n + 1)); echo $n > '
-        '"$FAKE_SBATCH_N"\n'
+        'n=$(cat "$FAKE_SBATCH_N" 2>/dev/null || echo 1233); n=$((n + 1)); '
+        'echo $n > "$FAKE_SBATCH_N"\n'
         'echo "Submitted batch job $n"\n'
     )
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")

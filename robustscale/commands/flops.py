@@ -15,13 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "flops",
         help="parameters and FLOPs of a model, or FLOPs and cost forecast of a recipe",
-        description="With a MODEL name: parameters and forward FLOPs of one example at the "
-        "dataset's "
+        description="With a MODEL name: parameters and forward FLOPs of one "
+        "example at the dataset's "
         "input size. With a RECIPE.yaml: FLOPs per example, per epoch and in total (measured with "
         "torch.utils.flop_counter, and the paper's convention, backward = 2 x forward), before "
         "training; with --throughput and --power-watts, or --calibrate, also device-hours, kWh, "
-        "USD "
-        "and CO2. FLOPs count 2 per multiply-add. See docs/cost.md.",
+        "USD and CO2. FLOPs count 2 per multiply-add. See docs/cost.md.",
     )
     p.add_argument(
         "target", metavar="MODEL|RECIPE.yaml", help="a model name (e.g. wrn28_10) or a recipe file"
@@ -180,8 +179,7 @@ def _table(o: dict[str, Any], recipe: Any) -> str:
         f"{_fl(pc['train_flops_total'])})"
         f" = {o['train_flops_total']:.3e}",
         f"  validation (not training)   {_fl(o['val_flops_total'])} total: {recipe.val_size} "
-        "examples x "
-        f"PGD-{recipe.val_attack_steps} x {o['epochs']} epochs"
+        f"examples x PGD-{recipe.val_attack_steps} x {o['epochs']} epochs"
         + (
             f", + clean-accuracy samples {_fl(o['monitor_flops_per_epoch'])} per epoch"
             if o.get("monitor_flops_per_epoch")
@@ -197,14 +195,14 @@ def _table(o: dict[str, Any], recipe: Any) -> str:
     cal = o.get("calibration")
     if cal:
         lines.append(
-            f"  calibration                 {cal['steps']} steps of {cal['batch_size']} on "
-            f"{cal['device']} "
-            f"({', '.join(cal['device_names'])}) in {cal['seconds']:.2f} s; energy source "
-            f"{cal['energy_source']}"
+            f"  calibration                 {cal['steps']} steps of "
+            f"{cal['batch_size']} on {cal['device']} "
+            f"({', '.join(cal['device_names'])}) in {cal['seconds']:.2f} s; energy "
+            f"source {cal['energy_source']}"
         )
     lines.append(
-        f"  throughput                  {fc['throughput_examples_per_s']:,.1f} examples/s per "
-        "device"
+        "  throughput                  "
+        f"{fc['throughput_examples_per_s']:,.1f} examples/s per device"
     )
     lines.append(
         f"  device-hours                {fc['device_hours']:.4g} (train "
@@ -213,8 +211,8 @@ def _table(o: dict[str, Any], recipe: Any) -> str:
     )
     if fc["power_watts"] is None:
         lines.append(
-            "  energy, cost, CO2           unknown: no power measured; give --power-watts W for an "
-            "estimate"
+            "  energy, cost, CO2           unknown: no power measured; give "
+            "--power-watts W for an estimate"
         )
     else:
         label = "estimated" if fc["energy_estimated"] else fc["power_source"]

@@ -56,8 +56,7 @@ class BatchPlan:
         if self.real_per_batch < 1:
             raise RobustscaleError(
                 f"synthetic_fraction={self.synthetic_fraction} leaves no real example in a batch "
-                "of "
-                f"{self.batch_size}; allowed: a fraction below {1 - 1 / self.batch_size:.4f}"
+                f"of {self.batch_size}; allowed: a fraction below {1 - 1 / self.batch_size:.4f}"
             )
         self.steps_per_epoch = self.n_real // self.real_per_batch
         if self.steps_per_epoch < 1:
@@ -68,8 +67,7 @@ class BatchPlan:
         if self.batch_size % self.world_size:
             raise RobustscaleError(
                 f"batch_size={self.batch_size} (global) does not split over {self.world_size} "
-                "processes; "
-                "allowed: a multiple of the number of processes"
+                "processes; allowed: a multiple of the number of processes"
             )
 
     @property

@@ -168,8 +168,7 @@ def read_cifar(
         ):
             raise RobustscaleError(
                 f"CIFAR file {str(path)!r} has no {label_key!r} list of {len(data)} ints (its "
-                "keys: "
-                f"{sorted(map(str, entry))}); expected keys 'data' and {label_key!r}"
+                f"keys: {sorted(map(str, entry))}); expected keys 'data' and {label_key!r}"
             )
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(np.asarray(lab, dtype=np.int64))

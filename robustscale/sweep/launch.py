@@ -237,8 +237,8 @@ class LocalLauncher:
             except KeyboardInterrupt:
                 bar.close()
                 log.warning(
-                    "interrupted: stopping the runs of this launcher; their leases go back to "
-                    "pending"
+                    "interrupted: stopping the runs of this launcher; their "
+                    "leases go back to pending"
                 )
                 self.stop.set()
                 self._terminate_children()

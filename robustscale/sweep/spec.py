@@ -158,8 +158,8 @@ def _base(base: Any, base_dir: Path) -> dict[str, Any]:
         path = (base_dir / base) if not Path(base).is_absolute() else Path(base)
         if not path.is_file():
             raise RobustscaleError(
-                f"sweep base recipe {str(path)!r} does not exist (base is relative to the sweep "
-                "file)"
+                f"sweep base recipe {str(path)!r} does not exist (base is "
+                "relative to the sweep file)"
             )
         return read_yaml_mapping(path, "sweep base recipe")
     raise RobustscaleError(
