@@ -32,7 +32,8 @@ MODELS = {
 
 
 def generated_zoo(n: int, seed: int = 0) -> pd.DataFrame:
-    """A zoo shaped like the paper's grid, with accuracy rising slowly with FLOPs and 3% collapsed."""
+    """A zoo shaped like the paper's grid, with accuracy rising slowly with FLOPs and 3%
+    collapsed."""
     rng = np.random.default_rng(seed)
     models = rng.choice(list(MODELS), n)
     params = np.array([MODELS[m] for m in models], dtype=float)
@@ -86,7 +87,8 @@ def main() -> None:
     print(f"runs: {n}")
     for stage, seconds in fits.get("timings", {}).items():
         print(f"  {stage}: {seconds:.2f} s")
-    # CPU seconds tell what the wall time would be on an idle machine when other work shares the cores
+    # CPU seconds tell what the wall time would be on an idle machine when other work shares the
+    # cores
     print(
         f"analysis seconds: {total:.2f} wall, {cpu:.2f} CPU (load average {os.getloadavg()[0]:.1f})"
     )
@@ -94,7 +96,8 @@ def main() -> None:
 
 
 def joint_fit_seconds(n: int, seed: int = 0) -> None:
-    """CPU seconds of one joint-law fit on ``n`` runs of L = E + A/N^alpha + B/D^beta (+2% noise)."""
+    """CPU seconds of one joint-law fit on ``n`` runs of L = E + A/N^alpha + B/D^beta (+2%
+    noise)."""
     from robustscale.analysis import fit_joint
 
     rng = np.random.default_rng(seed)

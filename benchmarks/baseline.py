@@ -115,7 +115,8 @@ def attack_trades(
     criterion_kl = nn.KLDivLoss(reduction="sum")
     delta = _start(x, eps, "normal", generator)
     for _ in range(steps):
-        delta.requires_grad_()  # the reference differentiates w.r.t. x_adv = x + delta: the same gradient
+        # the reference differentiates w.r.t. x_adv = x + delta: the same gradient
+        delta.requires_grad_()
         with torch.enable_grad():
             loss_kl = criterion_kl(
                 F.log_softmax(model(x + delta), dim=1), F.softmax(model(x), dim=1)

@@ -84,7 +84,7 @@ def child(args: argparse.Namespace) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     done, epoch, t0 = 0, 0, None
     while done < args.steps + args.warmup:
-        for _, xb, _ in stream.epoch(epoch):
+        for _, _xb, _ in stream.epoch(epoch):
             done += 1
             if done == args.warmup:
                 sync()

@@ -52,7 +52,7 @@ LIMITS = {
 }
 
 
-# ---- the parent: sessions, time limits, the JSON file ---------------------------------------------
+# ---- the parent: sessions, time limits, the JSON file --------------------------------------------
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             limits[step] = float(secs)
         except ValueError:
             print(
-                f"device_check: --limit {item!r}: give STEP=SECONDS with a step of {', '.join(STEPS)} "
+                f"device_check: --limit {item!r}: give STEP=SECONDS with a "
+                f"step of {', '.join(STEPS)} "
                 "and seconds > 0",
                 file=sys.stderr,
             )
@@ -329,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         if ok:
             device = "cuda"
         elif args.device == "cuda":
-            note = f"no CUDA device ({versions}): the CUDA steps are skipped; the CPU steps run at --quick sizes"
+            note = (
+                f"no CUDA device ({versions}): the CUDA steps are skipped; the CPU "
+                "steps run at --quick sizes"
+            )
             print(f"device_check: {note}", file=sys.stderr, flush=True)
             device = "cpu"
         else:

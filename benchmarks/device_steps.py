@@ -339,7 +339,7 @@ def step_train_step(
             torch.cuda.empty_cache()
 
 
-# ---- 4. a short real training, then AutoAttack ----------------------------------------------------
+# ---- 4. a short real training, then AutoAttack ---------------------------------------------------
 
 
 def write_random_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
@@ -397,7 +397,8 @@ def _cli(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
             code = main(args)
         except SystemExit as exc:  # argparse
             code = exc.code if isinstance(exc.code, int) else 2
-        finally:  # main's logging.basicConfig wrote to this call's stderr: the next call gets its own
+        # main's logging.basicConfig wrote to this call's stderr: the next call gets its own
+        finally:
             for h in [h for h in root.handlers if h not in handlers]:
                 root.removeHandler(h)
     sys.stdout.write(out.getvalue()[-4000:] + err.getvalue()[-4000:])
@@ -526,7 +527,7 @@ def compare_autoattack(run_dir: Path, device: str, n: int, batch_size: int) -> d
         if name == "pyautoattack":
             for p in model.parameters():
                 p.requires_grad_(True)
-        out[name] = timed(lambda: fn(model, x, y, eps, batch_size, dev), dev)
+        out[name] = timed(lambda fn=fn, model=model: fn(model, x, y, eps, batch_size, dev), dev)
     plain, ours = out["pyautoattack"], out["robustscale"]
     rec = {
         "section": "train_eval",
@@ -547,7 +548,12 @@ def compare_autoattack(run_dir: Path, device: str, n: int, batch_size: int) -> d
             ("compile", {"compile": True}),
         ):
             model = load(run_dir, device=dev)
-            r = timed(lambda: rs_autoattack_option(**opts)(model, x, y, eps, batch_size, dev), dev)
+            r = timed(
+                lambda opts=opts, model=model: rs_autoattack_option(**opts)(
+                    model, x, y, eps, batch_size, dev
+                ),
+                dev,
+            )
             rec[f"{name}_seconds"] = round(r["seconds"], 2)  # compile: compilation included
             rec[f"{name}_speedup_vs_pyautoattack"] = plain["seconds"] / r["seconds"]
             rec[f"{name}_verdicts_differing"] = int((plain["flags"] != r["flags"]).sum())

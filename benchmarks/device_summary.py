@@ -14,7 +14,8 @@ def summary_table(session: dict) -> str:
     """The session as Markdown: step states, then the figures of each step."""
     steps = session["steps"]
     lines = [
-        f"## device check, session {session['index']} ({session['started']}, device {session['device']}"
+        f"## device check, session {session['index']} ({session['started']}, "
+        f"device {session['device']}"
         f"{', quick' if session['quick'] else ''})",
         "",
     ]
@@ -51,7 +52,8 @@ def summary_table(session: dict) -> str:
         base = next((r for r in rows if r.get("impl") == "baseline" and "step_s" in r), None)
         lines += [
             "",
-            "| variant | model | impl | ex/s | MFU | peak GiB | x baseline | fits | 400 epochs, h |",
+            "| variant | model | impl | ex/s | MFU | peak GiB | x baseline "
+            "| fits | 400 epochs, h |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
@@ -61,31 +63,41 @@ def summary_table(session: dict) -> str:
                 else None
             )
             mem = r.get("peak_mem_bytes")
+            fits = (
+                "no"
+                if r.get("fits") is False
+                else ("error: " + r["error"] if r.get("error") else "yes")
+            )
             lines.append(
-                f"| {r['variant']} | {r.get('model')} | {r.get('impl')} | {_f(r.get('examples_per_s'))} | "
+                f"| {r['variant']} | {r.get('model')} | {r.get('impl')} | "
+                f"{_f(r.get('examples_per_s'))} | "
                 f"{_f(100 * r['mfu'] if r.get('mfu') else None)}{'%' if r.get('mfu') else ''} | "
-                f"{_f(mem / 2**30 if mem else None, '{:.2f}')} | {_f(ratio, '{:.2f}')} | "
-                f"{'no' if r.get('fits') is False else ('error: ' + r['error'] if r.get('error') else 'yes')} | "
+                f"{_f(mem / 2**30 if mem else None, '{:.2f}')} | "
+                f"{_f(ratio, '{:.2f}')} | {fits} | "
                 f"{_f(r['projected_wall_s'] / 3600 if r.get('projected_wall_s') else None)} |"
             )
     for r in recs.get("train_eval", []):
         if r["part"] == "train":
             lines += [
                 "",
-                f"Training: {r['model']}, {r['examples']} random CIFAR-format images, 2 epochs bf16: "
-                f"exit {r['exit_code']} in {r['seconds']} s; energy {r.get('energy_kwh')} kWh "
-                f"({r.get('energy_source')}); status {r.get('status')}",
+                f"Training: {r['model']}, {r['examples']} random CIFAR-format images, 2 epochs "
+                f"bf16: exit {r['exit_code']} in {r['seconds']} s; energy {r.get('energy_kwh')} "
+                f"kWh ({r.get('energy_source')}); status {r.get('status')}",
             ]
         elif r["part"] == "eval-cli":
             lines.append(
                 f"`{r['command']}`: exit {r['exit_code']} in {r['seconds']} s; clean "
-                f"{_f(r.get('clean_acc'), '{:.2f}')}%, AutoAttack {_f(r.get('robust_acc'), '{:.2f}')}%"
+                f"{_f(r.get('clean_acc'), '{:.2f}')}%, AutoAttack "
+                f"{_f(r.get('robust_acc'), '{:.2f}')}%"
             )
         else:
+            verdicts = (
+                "identical" if r["verdicts_identical"] else f"DIFFER on {r['verdicts_differing']:d}"
+            )
             lines.append(
                 f"AutoAttack, n={r['n']}: plain pyautoattack {r['plain_seconds']} s, robustscale "
-                f"{r['robustscale_seconds']} s (x{r['speedup_vs_pyautoattack']:.2f}); verdicts "
-                f"{'identical' if r['verdicts_identical'] else 'DIFFER on %d' % r['verdicts_differing']}"
+                f"{r['robustscale_seconds']} s "
+                f"(x{r['speedup_vs_pyautoattack']:.2f}); verdicts {verdicts}"
             )
             for opt in ("channels_last", "compile"):
                 if f"{opt}_seconds" in r:

@@ -207,7 +207,8 @@ def plain_autoattack_flags(model, x, y, eps, bs, device) -> dict:
 
 
 def rs_autoattack_option(**options) -> Callable:
-    """robustscale's adapter with one option: ``channels_last``, ``compile`` or a ``batch_scale``."""
+    """robustscale's adapter with one option: ``channels_last``, ``compile`` or a
+    ``batch_scale``."""
 
     def fn(model, x, y, eps, bs, device) -> dict:
         from robustscale.attacks.autoattack import run_autoattack
@@ -289,7 +290,10 @@ def run(args: argparse.Namespace) -> Iterator[dict]:
                     for p in model.parameters():
                         p.requires_grad_(True)
                 results[name].append(
-                    timed(lambda: fn(model, x, y, eps, args.batch_size, device), device)
+                    timed(
+                        lambda fn=fn, model=model: fn(model, x, y, eps, args.batch_size, device),
+                        device,
+                    )
                 )
         records = []
         for name, rs in results.items():
@@ -342,7 +346,12 @@ def aa_options(
                 for p in model.parameters():
                     p.requires_grad_(True)
             results[name].append(
-                timed(lambda: AA_OPTIONS[name](model, x, y, eps, args.batch_size, device), device)
+                timed(
+                    lambda name=name, model=model: AA_OPTIONS[name](
+                        model, x, y, eps, args.batch_size, device
+                    ),
+                    device,
+                )
             )
     ref = results["pyautoattack"][0]["flags"]
     base = median(r["seconds"] for r in results["pyautoattack"])

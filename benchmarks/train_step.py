@@ -490,7 +490,8 @@ def main(argv: list[str] | None = None) -> None:
         "--project-epochs",
         type=int,
         default=None,
-        help="also report the wall time of this many epochs of --epoch-examples at the measured rate",
+        help="also report the wall time of this many epochs of "
+        "--epoch-examples at the measured rate",
     )
     p.add_argument(
         "--epoch-examples", type=int, default=50_000, help="examples per epoch (CIFAR: 50,000)"
@@ -568,8 +569,8 @@ def emit(rec: dict, out: Path | None) -> None:
     mfu = f"  MFU {100 * rec['mfu']:.1f}%" if rec["mfu"] is not None else ""
     mem = f"  {rec['peak_mem_bytes'] / 2**30:.2f} GiB" if rec["peak_mem_bytes"] else ""
     print(
-        f"{rec['impl']:>11} {rec['loss']:>6} k={rec['steps']:<2} {rec['examples_per_s']:9.1f} ex/s  "
-        f"{rec['achieved_tflops']:.3f} TFLOP/s{mfu}{mem}{ratio}",
+        f"{rec['impl']:>11} {rec['loss']:>6} k={rec['steps']:<2} {rec['examples_per_s']:9.1f} ex/s "
+        f" {rec['achieved_tflops']:.3f} TFLOP/s{mfu}{mem}{ratio}",
         file=sys.stderr,
         flush=True,
     )

@@ -86,12 +86,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         cost = " ".join(f"{_cell(r[k], fmt):>{w}}" for k, _, w, fmt in _COST_COLUMNS)
         lines.append(
-            f"{r['name']:<10} {r['clean_acc']:>8.1f} {r['pgd40_acc']:>9.1f} {r['train_seconds']:>8.1f} "
+            f"{r['name']:<10} {r['clean_acc']:>8.1f} {r['pgd40_acc']:>9.1f} "
+            f"{r['train_seconds']:>8.1f} "
             f"{cost}  {r['run_dir']}"
         )
     sources = sorted({r["energy_source"] for r in rows})
     lines.append(
-        f"(digits test split, eps = {DEMO_EPS} in [0, 1] pixel units; energy source: {', '.join(sources)}; "
+        f"(digits test split, eps = {DEMO_EPS} in [0, 1] pixel units; energy "
+        f"source: {', '.join(sources)}; "
         "energy, cost and CO2 are 'unmeasured' where no NVML/RAPL meter is readable)"
     )
     return "\n".join(lines)

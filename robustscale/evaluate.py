@@ -59,7 +59,8 @@ def load_split(
 def _load_examples(
     run_dir_or_dataset: str | Path, split: str, n: int | None, data_dir: str | Path | None
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """:func:`load_split` plus the size of the whole split (an evaluation records it as ``split_size``)."""
+    """:func:`load_split` plus the size of the whole split (an evaluation records it as
+    ``split_size``)."""
     from robustscale.data import DATASETS, to_float
     from robustscale.data import load_split as load_all
 
@@ -123,12 +124,14 @@ def evaluate(
         )
     if x.dim() != 4 or len(x) != len(y) or len(y) == 0:
         raise RobustscaleError(
-            f"x must be N x C x H x W and y N labels with N >= 1; got {tuple(x.shape)} and {tuple(y.shape)}"
+            "x must be N x C x H x W and y N labels with N >= 1; got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
         )
     x, y = x.detach().float().cpu(), y.detach().long().cpu()
     if x.min() < 0 or x.max() > 1:
         raise RobustscaleError(
-            f"x must hold images in [0, 1]; got values in [{x.min().item():.3g}, {x.max().item():.3g}]"
+            "x must hold images in [0, 1]; got values in "
+            f"[{x.min().item():.3g}, {x.max().item():.3g}]"
         )
     t0, seconds_before = time.perf_counter(), 0.0
     with _frozen(model, device) as dev:
@@ -502,11 +505,13 @@ def run_warnings(result: Mapping[str, Any], recipe: Any, eval_dir: Path) -> list
     ):
         found.append(
             f"a standard-trained model keeps {result['robust_acc']:.1f}% robust accuracy at eps "
-            f"{format_eps(result['eps'])}: expected near 0; suspect gradient masking or a broken attack"
+            f"{format_eps(result['eps'])}: expected near 0; suspect gradient "
+            "masking or a broken attack"
         )
     if result["robust_acc"] >= result["clean_acc"] > 0:
         found.append(
-            f"{result['attack']} changed no prediction (robust = clean = {result['clean_acc']:.1f}%): "
+            f"{result['attack']} changed no prediction (robust = clean = "
+            f"{result['clean_acc']:.1f}%): "
             "suspect zero or masked gradients"
         )
     other = _comparable(result, eval_dir)
@@ -514,9 +519,10 @@ def run_warnings(result: Mapping[str, Any], recipe: Any, eval_dir: Path) -> list
         pgd, aa = (result, other) if result["attack"] == "pgd" else (other, result)
         if pgd["robust_acc"] < aa["robust_acc"]:
             found.append(
-                f"PGD-{pgd['steps']} robust accuracy {pgd['robust_acc']:.2f}% is below AutoAttack's "
-                f"{aa['robust_acc']:.2f}% on the same {result['n']} examples: AutoAttack missed examples "
-                "PGD breaks, so its number is not trustworthy"
+                f"PGD-{pgd['steps']} robust accuracy "
+                f"{pgd['robust_acc']:.2f}% is below AutoAttack's "
+                f"{aa['robust_acc']:.2f}% on the same {result['n']} examples: AutoAttack missed "
+                "examples PGD breaks, so its number is not trustworthy"
             )
     if recipe is not None and recipe.val_size and recipe.val_source == "test":
         found.append(

@@ -231,7 +231,8 @@ def _csv_value(v: Any) -> Any:
 
 
 def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a CSV written by :func:`append_csv_row`; a torn final line (no newline) is ignored."""
+    """Rows of a CSV written by :func:`append_csv_row`; a torn final line (no newline) is
+    ignored."""
     path = Path(path)
     if not path.exists():
         return []

@@ -80,7 +80,8 @@ def pgd_at_loss(
 def trades_objective(
     logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """CE(f(x), y) + beta * KL(f(x) || f(x_adv)), the KL averaged over the batch (TRADES' 'batchmean')."""
+    """CE(f(x), y) + beta * KL(f(x) || f(x_adv)), the KL averaged over the batch (TRADES'
+    'batchmean')."""
     natural = F.cross_entropy(logits_clean, y)
     robust = F.kl_div(
         F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean"

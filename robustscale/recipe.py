@@ -254,15 +254,17 @@ class Recipe(BaseModel):
                 raise ValueError(f"{key}={value!r} is out of range; allowed: {allowed}")
         if self.synthetic_data is None and self.synthetic_fraction > 0:
             raise ValueError(
-                f"synthetic_fraction={self.synthetic_fraction!r} needs synthetic_data (a path to an .npz); "
-                "allowed: 0 when synthetic_data is null"
+                f"synthetic_fraction={self.synthetic_fraction!r} needs synthetic_data (a path to "
+                "an .npz); allowed: 0 when synthetic_data is null"
             )
         if self.synthetic_data is not None:
             path = Path(self.synthetic_data)
             if not ((path.suffix == ".npz" and path.is_file()) or path.is_dir()):
                 raise ValueError(
-                    f"synthetic_data={self.synthetic_data!r} is not an existing .npz file or folder; allowed: null, "
-                    "a path to an .npz with 'image' (uint8 NxHxWxC) and 'label', or a folder of image.npy + label.npy"
+                    f"synthetic_data={self.synthetic_data!r} is not an existing .npz file "
+                    "or folder; allowed: null, "
+                    "a path to an .npz with 'image' (uint8 NxHxWxC) and 'label', or a folder "
+                    "of image.npy + label.npy"
                 )
             if self.synthetic_fraction <= 0:
                 raise ValueError(
@@ -368,7 +370,8 @@ def check_tracker_names(names: Any) -> list[str]:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings; values are read as YAML scalars (``null``, ``true``, ``0.1``, ``8/255``)."""
+    """Parse ``key=value`` strings; values are read as YAML scalars (``null``, ``true``, ``0.1``,
+    ``8/255``)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -404,7 +407,7 @@ def _one_line(exc: ValidationError, data: dict[str, Any]) -> str:
     return msg
 
 
-# ---- site defaults for the cost constants (robustscale.toml [cost]; robustscale/site_config.py) ----
+# ---- site defaults for the cost constants (robustscale.toml [cost]; robustscale/site_config.py)
 
 
 def _with_cost_defaults(data: dict[str, Any]) -> dict[str, Any]:

@@ -520,7 +520,8 @@ def state_filename(
 
 @dataclass(frozen=True)
 class RunDir:
-    """``<output>/<run_id>/``: every path of a run directory, and its one reader and writer per file."""
+    """``<output>/<run_id>/``: every path of a run directory, and its one reader and writer per
+    file."""
 
     path: Path
 
@@ -786,7 +787,8 @@ def load(
     when EMA was on) or ``last``. Eval mode, parameters frozen, inputs in [0, 1].
 
     A checkpoint *file* trained elsewhere (a RobustBench or other published state dict) loads
-    with ``model=NAME`` (and ``dataset``, ``activation``): robustscale.foreign_checkpoints.load_weights_file."""
+    with ``model=NAME`` (and ``dataset``, ``activation``):
+    robustscale.foreign_checkpoints.load_weights_file."""
     from robustscale.checkpoint_io import load_checkpoint
 
     if model is not None or Path(run_dir).is_file():

@@ -46,7 +46,8 @@ _cache: dict[tuple[str, int, int], dict[str, float]] = {}
 
 
 def config_path() -> Path | None:
-    """The config file in force: ``$ROBUSTSCALE_CONFIG``, else ``./robustscale.toml`` if it exists."""
+    """The config file in force: ``$ROBUSTSCALE_CONFIG``, else ``./robustscale.toml`` if it
+    exists."""
     env = os.environ.get(CONFIG_ENV)
     if env:
         path = Path(env)

@@ -79,8 +79,10 @@ def machine_line() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"{cpu}; {physical_cores()} physical core(s), {len(usable_cpus())} usable logical CPU(s); {gpu}; "
-        f"{platform.system()} {platform.release()}; Python {platform.python_version()}; torch {torch.__version__}"
+        f"{cpu}; {physical_cores()} physical core(s), {len(usable_cpus())} "
+        f"usable logical CPU(s); {gpu}; "
+        f"{platform.system()} {platform.release()}; Python {platform.python_version()}; "
+        f"torch {torch.__version__}"
     )
 
 
@@ -95,7 +97,8 @@ def run_study(
     command: str | None = None,
     train: bool = True,
 ) -> StudyResult:
-    """Train and AutoAttack every run of ``spec`` into ``out``, then write the zoo table ``zoo_path``.
+    """Train and AutoAttack every run of ``spec`` into ``out``, then write the zoo table
+    ``zoo_path``.
 
     ``max_parallel`` defaults to the usable physical cores, each run with one thread. Runs that
     failed for good are reported in ``counts`` and left out of the table; the table is written
@@ -234,8 +237,8 @@ def _write_about(result: StudyResult, name: str, command: str, parallel: int | N
             f"written: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
             f"machine: {machine_line()}",
             runs_line,
-            f"wall time: {_span(result.span)} from the first run's start to the last run's end (ledger); "
-            f"this invocation {result.seconds:.0f} s",
+            f"wall time: {_span(result.span)} from the first run's start to the last run's end "
+            f"(ledger); this invocation {result.seconds:.0f} s",
             f"ledger: {_counts(result.counts)}"
             + (
                 ""

@@ -34,7 +34,8 @@ def usable_cpus() -> set[int]:
 
 
 def physical_cores(cpus: set[int] | None = None) -> int:
-    """Physical cores among ``cpus`` (default: the usable ones): hyper-thread siblings count once."""
+    """Physical cores among ``cpus`` (default: the usable ones): hyper-thread siblings count
+    once."""
     cpus = usable_cpus() if cpus is None else cpus
     cores: set[str] = set()
     for cpu in cpus:
@@ -68,7 +69,8 @@ def configure_cpu_threads() -> int:
 
 
 def warn_if_changed(run_path: Path, recorded: object, current: int, what: str = "resumed") -> bool:
-    """Warn when a run trained with ``recorded`` threads is ``what`` with ``current``; True if so."""
+    """Warn when a run trained with ``recorded`` threads is ``what`` with ``current``; True if
+    so."""
     if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded == current:
         return False
     log.warning(

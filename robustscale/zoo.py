@@ -201,7 +201,8 @@ def _row(run: RunDir) -> dict[str, Any]:
         "pgd40_acc": status.best_val_pgd_acc,
         "autoattack_acc": aa.robust_acc if aa is not None else None,
     }
-    # robust cross-entropy of the final PGD-40 evaluation (absent in evaluations before it was recorded)
+    # robust cross-entropy of the final PGD-40 evaluation (absent in evaluations before it was
+    # recorded)
     row["pgd40_loss"] = pgd.robust_ce_loss if pgd is not None and pgd.steps == 40 else None
     return {name: row.get(name) for name in COLUMN_NAMES}
 
@@ -256,7 +257,8 @@ def gather_zoo(root: str | Path) -> tuple[pd.DataFrame, list[SkippedRun]]:
 
 
 def _results(row: dict[str, Any]) -> int:
-    """How many of a row's result cells are filled (AutoAttack counted twice: it is the zoo's number)."""
+    """How many of a row's result cells are filled (AutoAttack counted twice: it is the zoo's
+    number)."""
     filled = sum(row.get(k) is not None for k in COLUMN_NAMES)
     return filled + (row.get("autoattack_acc") is not None)
 
@@ -390,7 +392,8 @@ def coerce_types(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
 
 
 def _where(df: pd.DataFrame, mask: pd.Series) -> str:
-    """``row N (run 'x')`` of the first True in ``mask``: N counts data rows from 1, as in the file."""
+    """``row N (run 'x')`` of the first True in ``mask``: N counts data rows from 1, as in the
+    file."""
     pos = int(mask.to_numpy().nonzero()[0][0])
     run = df["run_id"].iloc[pos] if "run_id" in df.columns else None
     return f"row {pos + 1}" + (f" (run {run!r})" if isinstance(run, str) else "")

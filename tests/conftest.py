@@ -75,7 +75,8 @@ def adversarial_run(tmp_path_factory) -> Path:
 
 
 def write_cifar10(root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Path:
-    """Write a small CIFAR-10 in its own on-disk format (python pickles of uint8 rows) under root."""
+    """Write a small CIFAR-10 in its own on-disk format (python pickles of uint8 rows) under
+    root."""
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""PGD: stays in the eps-ball and [0, 1], breaks a standard model, leaves BatchNorm and weights alone."""
+"""PGD: stays in the eps-ball and [0, 1], breaks a standard model, leaves BatchNorm and weights
+alone."""
 
 from __future__ import annotations
 

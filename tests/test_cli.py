@@ -8,8 +8,8 @@ import sys
 
 def _imports_after(code: str) -> set[str]:
     probe = (
-        code
-        + "\nimport sys\nprint(' '.join(m for m in ('torch', 'sklearn', 'pandas') if m in sys.modules))"
+        code + "\nimport sys\nprint(' '.join(m for m in ('torch', 'sklearn', "
+        "'pandas') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return set(out.stdout.split())

@@ -540,8 +540,8 @@ def test_cli_recipe_json_and_forecast(tmp_path, capsys):
     )
     lines = {line.strip().split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
     assert (
-        f"{_fl(out['train_flops_total'])} (paper {_fl(out['paper_convention']['train_flops_total'])})"
-        in lines["total training"]
+        f"{_fl(out['train_flops_total'])} (paper "
+        f"{_fl(out['paper_convention']['train_flops_total'])})" in lines["total training"]
     )
     assert f"{fc['device_hours']:.4g} (train" in lines["device-hours"]
     assert lines["power"].endswith("200.0 W (estimated)")
@@ -576,7 +576,8 @@ def test_toml_cost_defaults_and_precedence(tmp_path, monkeypatch, capsys):
         None,
     )
     (tmp_path / "robustscale.toml").write_text(
-        "[cost]\npue = 1.1\nusd_per_kwh = 0.3\ngco2_per_kwh = 50\npower_watts = 200\n\n[other]\nx = 1\n"
+        "[cost]\npue = 1.1\nusd_per_kwh = 0.3\ngco2_per_kwh = 50\npower_watts "
+        "= 200\n\n[other]\nx = 1\n"
     )
     # Recipe() itself does no I/O: only a loader that asks for the site's defaults reads the file
     assert Recipe().pue == 1.58

@@ -61,7 +61,8 @@ def exact_fp32():
 def _step(
     precision: str, channels_last: bool, compile: bool, loss: str
 ) -> tuple[float, list[torch.Tensor]]:
-    """One robustscale training step (lr 0, so the weight gradients can be read) on fixed weights."""
+    """One robustscale training step (lr 0, so the weight gradients can be read) on fixed
+    weights."""
     from benchmarks.train_step import make_robustscale_step
     from robustscale.train.setup import Forward
 

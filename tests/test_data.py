@@ -1,4 +1,5 @@
-"""Data: the CIFAR-10 loader on files in CIFAR-10's own format, digits, exact synthetic mixing, augmentation."""
+"""Data: the CIFAR-10 loader on files in CIFAR-10's own format, digits, exact synthetic mixing,
+augmentation."""
 
 from __future__ import annotations
 

@@ -407,13 +407,14 @@ def test_processes_of_a_ddp_run_stream_disjoint_halves_of_each_batch(tmp_path):
     halves = [BatchPlan(200, 400, 40, 0.5, seed=1, rank=r, world_size=2) for r in (0, 1)]
     streams = [BatchStream(p, real, source, augment=False, device=CPU) for p in halves]
     one = BatchStream(whole, real, source, augment=False, device=CPU)
-    for (_, x, y), (_, x0, y0), (_, x1, y1) in zip(
+    for (_, x, _y), (_, x0, y0), (_, x1, y1) in zip(
         one.epoch(1), streams[0].epoch(1), streams[1].epoch(1)
     ):
         assert len(y0) == len(y1) == 20
-        rows = lambda t: sorted(
-            map(bytes, (t[len(t) // 2 :] * 255).to(torch.uint8).flatten(1).numpy())
-        )
+
+        def rows(t):
+            return sorted(map(bytes, (t[len(t) // 2 :] * 255).to(torch.uint8).flatten(1).numpy()))
+
         assert rows(x) == sorted(rows(x0) + rows(x1))  # the extra halves make up the whole
 
 

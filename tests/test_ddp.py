@@ -48,7 +48,7 @@ def _grad_check(rank: int, world: int, init_file: str) -> None:
             bare = copy.deepcopy(model)
             ddp = DistributedDataParallel(model)
             calls = []
-            ddp.register_forward_pre_hook(lambda *a: calls.append(1))
+            ddp.register_forward_pre_hook(lambda *a, calls=calls: calls.append(1))
             fwd = Forward(model, "fp32", False, False, cpu, ddp=ddp)
             out = compute_loss(
                 loss,

@@ -190,7 +190,8 @@ def test_same_seed_same_numbers(adversarial_run, monkeypatch):
 
 def test_killed_autoattack_resumes_with_the_same_result(adv, aa_adv, tmp_path_factory):
     """A real kill: SIGKILL the CLI once APGD-CE is done and APGD-T has written partial progress
-    (or, failing that, once two attacks are done); the rerun resumes and matches the uninterrupted run."""
+    (or, failing that, once two attacks are done); the rerun resumes and matches the uninterrupted
+    run."""
     run = _copy(adv, tmp_path_factory)
     shutil.rmtree(run / "eval")
     state, snap = run / "eval" / STATE, run / "eval" / (STATE + ".progress.json")

@@ -100,7 +100,8 @@ def test_threads_are_recorded_and_a_rerun_under_another_count_warns(tmp_path):
 
 
 def _pty_run(args: list[str]) -> str:
-    """Run the CLI with stderr (and stdout) on a pseudo-terminal of 120 columns; return the output."""
+    """Run the CLI with stderr (and stdout) on a pseudo-terminal of 120 columns; return the
+    output."""
     import fcntl
     import pty
     import struct

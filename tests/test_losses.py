@@ -1,4 +1,5 @@
-"""Training objectives: TRADES equals CE + beta * KL computed by hand; PGD-AT is CE on the adversarial input."""
+"""Training objectives: TRADES equals CE + beta * KL computed by hand; PGD-AT is CE on the
+adversarial input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""WideResNets in timm's registry: the paper's parameter counts, activations, the [0, 1] input contract."""
+"""WideResNets in timm's registry: the paper's parameter counts, activations, the [0, 1] input
+contract."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def test_normalisation_is_inside_the_model():
 def test_any_timm_model_builds_for_the_dataset():
     model = build_model("resnet18", 10, 1, [0.3], [0.4], img_size=(32, 32))
     assert model(torch.rand(2, 1, 32, 32)).shape == (2, 10)
-    # a ViT gets the image size for its patch grid and position embeddings, as timm users pass img_size=32
+    # a ViT gets the image size for its patch grid and position embeddings, as timm users pass
+    # img_size=32
     vit = build_model("vit_tiny_patch16_224", 10, 3, [0.5] * 3, [0.25] * 3, img_size=(32, 32))
     assert vit.net.patch_embed.grid_size == (2, 2) and vit(torch.rand(2, 3, 32, 32)).shape == (
         2,

@@ -31,7 +31,8 @@ PER_EPOCH_SYNTHETIC = 1309 * 128
 
 
 def cost(model: str) -> tuple[float, int]:
-    """(training FLOPs per example, parameters) of a cifar10 PGD-10 model, straight from the cost module."""
+    """(training FLOPs per example, parameters) of a cifar10 PGD-10 model, straight from the cost
+    module."""
     r = Recipe(dataset="cifar10", model=model, loss="pgd", attack_steps=10)
     fl = forecast_recipe(r)
     return fl["train_flops_per_example"], fl["params"]
@@ -77,7 +78,8 @@ def test_planner_optimum_is_within_10_percent_of_the_analytic_one(zoo, budget):
     n_true, d_true = optimum(np.array(JOINT_THETA), budget, k)
     assert out["optimal"]["N"] == pytest.approx(n_true, rel=0.10)
     assert out["optimal"]["D"] == pytest.approx(d_true, rel=0.10)
-    # the chosen model is the table's nearest to N*, and whole epochs of the engine spend the budget on it
+    # the chosen model is the table's nearest to N*, and whole epochs of the engine spend the budget
+    # on it
     assert out["model"] == nearest_model(out["optimal"]["N"])
     assert out["examples_per_epoch"] == PER_EPOCH_REAL and not out["synthetic"]["in_recipe"]
     assert out["epochs"] == round(budget / per_example / PER_EPOCH_REAL)

@@ -338,7 +338,9 @@ def test_flops_work_for_the_dm_models(capsys):
     from robustscale.cost.flops import forward_flops, measure_step_flops
     from robustscale.models import build_model
 
-    mk = lambda name: build_model(name, 10, 3, [0.5] * 3, [0.25] * 3, activation="silu")
+    def mk(name):
+        return build_model(name, 10, 3, [0.5] * 3, [0.25] * 3, activation="silu")
+
     # the same convolutions as the classic WRN: "SAME" padding changes no output size
     assert forward_flops(mk("dm_wrn16_1"), (3, 32, 32)) == forward_flops(mk("wrn16_1"), (3, 32, 32))
     step = measure_step_flops(

@@ -35,7 +35,8 @@ def fake_slurm(tmp_path, monkeypatch):
     (bin_dir / "sbatch").write_text(
         '#!/bin/sh\necho "ARGS $@" >> "$FAKE_SBATCH_LOG"\n'
         'for a in "$@"; do f="$a"; done\ncat "$f" >> "$FAKE_SBATCH_LOG"\n'
-        'n=$(cat "$FAKE_SBATCH_N" 2>/dev/null || echo 1233); n=$((n + 1)); echo $n > "$FAKE_SBATCH_N"\n'
+        'n=$(cat "$FAKE_SBATCH_N" 2>/dev/null || echo 1233); n=$((n + 1)); '
+        'echo $n > "$FAKE_SBATCH_N"\n'
         'echo "Submitted batch job $n"\n'
     )
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
@@ -164,7 +165,8 @@ def test_cli_resubmits_runs_whose_job_is_gone_and_raises_the_requeue_limit(tmp_p
     assert set(_submitted_countdowns(out)) == {
         1000
     }  # submitit's default would stop after 3 time-outs
-    # task 0 timed out too often and was given back; task 1 was cancelled while queued; the rest wait
+    # task 0 timed out too often and was given back; task 1 was cancelled while queued; the rest
+    # wait
     fake_slurm["squeue"].write_text(
         "".join(f"1234_{i} PENDING 0 JobArrayTaskLimit\n" for i in range(2, 8))
     )

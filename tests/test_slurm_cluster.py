@@ -54,7 +54,7 @@ def cluster():
     assert res.returncode == 0, f".ci/slurm-up failed: {res.stderr}"
     ours = [ln.split() for ln in _started()[len(before) :] if ln.strip()]
     yield
-    for name, pid in reversed(ours):  # only what this fixture started, by its pid
+    for _name, pid in reversed(ours):  # only what this fixture started, by its pid
         try:
             os.kill(int(pid), 15)
         except ProcessLookupError:

@@ -1,4 +1,5 @@
-"""`robustscale study` on a CI-sized grid, and the shipped digits zoo through analyze/predict/plan."""
+"""`robustscale study` on a CI-sized grid, and the shipped digits zoo through
+analyze/predict/plan."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The training engine end to end on digits: a complete run directory, model selection, EMA, CIFAR, CLI."""
+"""The training engine end to end on digits: a complete run directory, model selection, EMA, CIFAR,
+CLI."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def test_ema_weights_are_validated_and_saved(tmp_path):
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     assert last["ema"] is not None
-    # no validation set: the last epoch is selected, and what is selected is the EMA, not the raw weights
+    # no validation set: the last epoch is selected, and what is selected is the EMA, not the raw
+    # weights
     assert all(torch.equal(best["model"][k], last["ema"][k]) for k in last["ema"])
     assert any(
         not torch.equal(last["model"][k], last["ema"][k]) for k in last["ema"] if "weight" in k

@@ -171,7 +171,8 @@ def _features(rng: np.random.Generator, n: int) -> pd.DataFrame:
 
 
 def planted_zoo(n: int = 600, seed: int = 0) -> pd.DataFrame:
-    """A zoo where AutoAttack accuracy depends strongly on attack_steps and weakly on synthetic data."""
+    """A zoo where AutoAttack accuracy depends strongly on attack_steps and weakly on synthetic
+    data."""
     rng = np.random.default_rng(seed)
     df = _features(rng, n)
     steps = df["attack_steps"].to_numpy()

@@ -291,7 +291,8 @@ def fig_3(
 
 def plain_log_ticks(ax: Any) -> None:
     """Plain numbers (30, 40, 60) on a log axis spanning less than about two decades, where
-    matplotlib by default labels only the odd tick as ``6 × 10^1``; wider axes keep powers of ten."""
+    matplotlib by default labels only the odd tick as ``6 × 10^1``; wider axes keep powers of
+    ten."""
     low, high = ax.get_ylim()  # (autoscales first)
     if not (low > 0 and high / low < 100):
         return

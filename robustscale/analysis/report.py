@@ -161,8 +161,8 @@ def _runs_section(a: Analysis, fits: dict[str, Any]) -> str:
     rows = a.collapsed[cols].astype(object).where(a.collapsed[cols].notna(), None).values.tolist()
     text = (
         f"<h2>Collapsed runs ({len(rows)})</h2><p>AutoAttack accuracy at or below "
-        f"{fits['collapse_threshold']:g}%: catastrophic overfitting or failed training; left out of the "
-        f"fits and the predictor.</p>"
+        f"{fits['collapse_threshold']:g}%: catastrophic overfitting or failed training; left out "
+        f"of the fits and the predictor.</p>"
     )
     return text + (_table(cols, rows, ident="collapsed") if rows else "<p>None.</p>")
 
@@ -173,7 +173,8 @@ FIGURE_CAPTIONS = {
     "(marker) and synthetic data (colour), collapsed runs as grey crosses, standard training and "
     "runs without AutoAttack (at their PGD-40 accuracy, hollow). FLOPs: every forward and backward "
     "of the attack and the update over all epochs, validation excluded.",
-    "1b": "Predicted against true AutoAttack accuracy on the held-out 30% of runs (seeded split); the "
+    "1b": "Predicted against true AutoAttack accuracy on the held-out 30% of "
+    "runs (seeded split); the "
     "gradient-boosting predictor (50 estimators, depth 5) was fitted on the other 70%. Points on "
     "the dashed diagonal are predicted exactly.",
     "1c": "Feature importance of the predictor: impurity importance (each feature's share of the "
@@ -186,12 +187,13 @@ FIGURE_CAPTIONS = {
     "log-scale bins, the best AutoAttack accuracy of each bin kept and a straight line fitted in "
     "log-log space (accuracy = C·FLOPs^α); the band is the bootstrap 95% interval. Standard "
     "training's clean-accuracy law, where the zoo has it, is drawn beside it for comparison.",
-    "3b": "Electricity cost (USD) of the envelope runs against training FLOPs in log-log space, with "
+    "3b": "Electricity cost (USD) of the envelope runs against training "
+    "FLOPs in log-log space, with "
     "its fitted power law and bootstrap 95% band. Cost = metered energy × PUE × price per kWh.",
     "3c": "CO2 (kg) of the envelope runs against training FLOPs in log-log space, with its fitted "
     "power law and bootstrap 95% band. CO2 = metered energy × PUE × grid carbon intensity.",
-    "4a": "Iso-FLOP curves of the joint law L(N, D): predicted robust accuracy along N·D = C/k for a "
-    "few compute levels, the optimum of each curve marked.",
+    "4a": "Iso-FLOP curves of the joint law L(N, D): predicted robust accuracy along N·D = C/k for "
+    "a few compute levels, the optimum of each curve marked.",
     "4b": "The compute-optimal frontier: the law's N*(C) and D*(C), with the best run of each FLOP "
     "bin and their fitted power laws.",
     "4c": "Best predicted robust accuracy per compute, the runs, and the asymptote (L = E) of the "
@@ -224,13 +226,15 @@ def _figures_section(fits: dict[str, Any], out_dir: Path) -> str:
         out.append(
             f'<figure id="fig{html.escape(name)}"><img alt="figure {html.escape(name)}" '
             f'src="data:image/png;base64,{data}"><figcaption><b>Figure {html.escape(name)}.</b> '
-            f'{html.escape(caption)} <a href="figures/{html.escape(svg)}">SVG</a></figcaption></figure>'
+            f"{html.escape(caption)} <a "
+            f'href="figures/{html.escape(svg)}">SVG</a></figcaption></figure>'
         )
     return "".join(out)
 
 
 STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:980px;margin:auto;padding:0 16px;line-height:1.45}"
+    "body{font-family:system-ui,sans-serif;max-width:980px;margin:auto;padding:0 "
+    "16px;line-height:1.45}"
     "table{border-collapse:collapse;margin:8px 0;display:block;overflow-x:auto;max-width:100%}"
     "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}th{background:#f3f3f3}"
     "img{max-width:100%;height:auto}figure{margin:24px 0}"
@@ -244,8 +248,8 @@ def write_report(a: Analysis, fits: dict[str, Any], out_dir: Path) -> Path:
     intro = (
         f"<h1>robustscale zoo analysis</h1><p>{fits['n_runs']} runs: {fits['n_fitted']} fitted, "
         f"{len(fits['collapsed_runs'])} collapsed, {fits['n_standard']} standard training, "
-        f"{fits['n_without_autoattack']} without AutoAttack or FLOPs. FLOPs in FLOPs, accuracies in "
-        f"percent.</p>"
+        f"{fits['n_without_autoattack']} without AutoAttack or FLOPs. FLOPs in FLOPs, "
+        "accuracies in percent.</p>"
     )
     parts = [_scaling_section(fits)]
     if "target" in fits:

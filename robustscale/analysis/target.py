@@ -68,7 +68,8 @@ def envelope_cost_of_target(target_acc: float, laws: dict[str, Any]) -> dict[str
         )
     if acc.alpha <= 0:
         out["error"] = (
-            f"accuracy does not grow with FLOPs in this zoo (alpha={acc.alpha:.3g}); no FLOPs reach it"
+            "accuracy does not grow with FLOPs in this zoo "
+            f"(alpha={acc.alpha:.3g}); no FLOPs reach it"
         )
         return out
     flops_point, flops_boot = _log10_flops(acc, target_acc)
@@ -122,7 +123,10 @@ def describe_target(result: dict[str, Any]) -> str:
     parts = [fmt("flops", "FLOPs"), fmt("kwh", "kWh"), fmt("usd", "USD"), fmt("kg_co2", "kg CO2")]
     line = f"target {result['target_acc']:g}% AutoAttack: " + "; ".join(parts)
     if result.get("law") == "joint":
-        line += f" (joint law L(N, D) of {result['family_name']}; 95% interval over its bootstrap draws)"
+        line += (
+            f" (joint law L(N, D) of {result['family_name']}; 95% interval "
+            "over its bootstrap draws)"
+        )
     elif result.get("law") == "envelope":
         line += (
             " (envelope law accuracy = C·FLOPs^α"

@@ -64,7 +64,8 @@ class AutoAttackOutcome:
 
 
 def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **settings: object) -> str:
-    """A digest of weights, examples and settings: a snapshot is only reused for the same evaluation."""
+    """A digest of weights, examples and settings: a snapshot is only reused for the same
+    evaluation."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         h.update(name.encode())
@@ -76,7 +77,8 @@ def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **settings: 
 
 
 class _Snapshots:
-    """Attack-boundary snapshots of one evaluation: ``<state>.progress.json`` beside the state file."""
+    """Attack-boundary snapshots of one evaluation: ``<state>.progress.json`` beside the state
+    file."""
 
     def __init__(self, state_path: Path, key: str, n: int, attacks: list[str]):
         self.state_path, self.key, self.n, self.attacks = state_path, key, n, attacks
@@ -330,7 +332,8 @@ def run_autoattack(
                 ", ".join(todo) or "nothing",
             )
         if todo and len(snaps.index):
-            # the attacks reseed torch's global RNG; fork it so the caller's stream is left as it was
+            # the attacks reseed torch's global RNG; fork it so the caller's stream is left as it
+            # was
             stack.enter_context(torch.random.fork_rng(devices=devices, device_type="cuda"))
             listener.progress = _Progress(todo, len(y), progress)
             stack.callback(listener.progress.close)

@@ -140,7 +140,7 @@ def pgd_worst_case(
     as not robust and are not attacked; pass their ``clean`` mask when it is already known."""
     x_adv = x.detach().clone().float()
     robust = _correct(model, x_adv, y) if clean is None else clean.clone()
-    for r in range(max(1, restarts)):
+    for _r in range(max(1, restarts)):
         idx = robust.nonzero().flatten()
         if idx.numel() == 0:
             break

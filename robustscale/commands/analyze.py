@@ -13,8 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "analyze",
         help="scaling laws, predictor, figures and report from a zoo table",
-        description="Check a zoo table (ours or anyone's), fit the predictor and the envelope power laws, "
-        "and write report.html, fits.json and the figures into REPORT_DIR.",
+        description="Check a zoo table (ours or anyone's), fit the predictor and the envelope "
+        "power laws, and write report.html, fits.json and the figures into REPORT_DIR.",
     )
     p.add_argument("zoo", help="zoo table, .csv or .parquet")
     p.add_argument("-o", "--output", default="report", help="report folder (default ./report)")
@@ -36,15 +36,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=values.number("--collapse-threshold", low=0, high=100),
         default=10.0,
         metavar="PCT",
-        help="runs with AutoAttack accuracy at or below this are collapsed and left out (default 10)",
+        help="runs with AutoAttack accuracy at or below this are collapsed "
+        "and left out (default 10)",
     )
     p.set_defaults(func=run_analyze)
 
     q = subparsers.add_parser(
         "predict",
         help="predict AutoAttack accuracy and cost of a recipe not yet trained",
-        description="Predict the AutoAttack accuracy of RECIPE (with an interval from repeated splits) "
-        "and forecast its FLOPs, kWh, USD and kg CO2 from the zoo's laws.",
+        description="Predict the AutoAttack accuracy of RECIPE (with an interval from repeated "
+        "splits) and forecast its FLOPs, kWh, USD and kg CO2 from the zoo's laws.",
     )
     q.add_argument("recipe", help="recipe YAML")
     q.add_argument("--zoo", required=True, help="zoo table, .csv or .parquet")
@@ -79,7 +80,8 @@ def run_analyze(args: argparse.Namespace) -> int:
             else "no CI: too few bins to bootstrap"
         )  # 2 bins: the line goes through both
         print(
-            f"accuracy = {acc['C']:.4g} * FLOPs^{acc['alpha']:.4g}  (R2 {acc['r2']:.3f}, {ci_text}, "
+            f"accuracy = {acc['C']:.4g} * FLOPs^{acc['alpha']:.4g}  (R2 "
+            f"{acc['r2']:.3f}, {ci_text}, "
             f"{acc['n_bins']} bins)"
         )
     elif acc.get("error"):
@@ -102,7 +104,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         else:
             law = joint["law"]
             print(
-                f"joint law L(N, D) ({joint['family_name']}, L = {joint['L']}): alpha {law['alpha']:.3g}, "
+                f"joint law L(N, D) ({joint['family_name']}, L = {joint['L']}): "
+                f"alpha {law['alpha']:.3g}, "
                 f"beta {law['beta']:.3g}, held-out R2 {joint['heldout_r2']:.3f}, asymptote "
                 f"{joint['asymptote_acc']:.1f}%"
             )
@@ -136,7 +139,8 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     lo, hi = out["autoattack_acc_ci"]
     print(
-        f"predicted AutoAttack accuracy: {out['autoattack_acc']:.1f}% (95% interval {lo:.1f}-{hi:.1f}%)"
+        f"predicted AutoAttack accuracy: {out['autoattack_acc']:.1f}% (95% "
+        f"interval {lo:.1f}-{hi:.1f}%)"
     )
     if out["flops"] is None:
         print(out["flops_source"])

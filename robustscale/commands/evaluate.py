@@ -20,12 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval",
         help="robust accuracy of a run or checkpoint under PGD-k or AutoAttack",
-        description="Evaluate a run's checkpoint (or a checkpoint file with --model) on the first N test "
-        "examples of its dataset, in a fixed order, and write RUN_DIR/eval/<attack>-<eps>.json (with -<version> "
-        "for a non-standard AutoAttack, -n<N> for a subset, -last for the last checkpoint; only the standard "
+        description="Evaluate a run's checkpoint (or a checkpoint file with "
+        "--model) on the first N test "
+        "examples of its dataset, in a fixed order, and write "
+        "RUN_DIR/eval/<attack>-<eps>.json (with -<version> "
+        "for a non-standard AutoAttack, -n<N> for a subset, -last for the last "
+        "checkpoint; only the standard "
         "AutoAttack of the best checkpoint on the whole test split is the zoo's autoattack_acc). "
-        "AutoAttack is the reference implementation (pyautoattack); a killed AutoAttack run resumes "
-        "from its state file at the attack it was in.",
+        "AutoAttack is the reference implementation (pyautoattack); a killed AutoAttack run "
+        "resumes from its state file at the attack it was in.",
     )
     p.add_argument(
         "target",
@@ -132,8 +135,8 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         if args.model is not None or args.activation is not None:
             raise RobustscaleError(
-                f"--model and --activation apply to a checkpoint file; {args.target!r} is not a file "
-                "(a run directory knows its model)"
+                f"--model and --activation apply to a checkpoint file; {args.target!r} is not a "
+                "file (a run directory knows its model)"
             )
         result = evaluate_run(target, checkpoint=args.checkpoint, eps=args.eps, **common)
         where = target / "eval"

@@ -15,11 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "flops",
         help="parameters and FLOPs of a model, or FLOPs and cost forecast of a recipe",
-        description="With a MODEL name: parameters and forward FLOPs of one example at the dataset's "
+        description="With a MODEL name: parameters and forward FLOPs of one "
+        "example at the dataset's "
         "input size. With a RECIPE.yaml: FLOPs per example, per epoch and in total (measured with "
         "torch.utils.flop_counter, and the paper's convention, backward = 2 x forward), before "
-        "training; with --throughput and --power-watts, or --calibrate, also device-hours, kWh, USD "
-        "and CO2. FLOPs count 2 per multiply-add. See docs/cost.md.",
+        "training; with --throughput and --power-watts, or --calibrate, also device-hours, kWh, "
+        "USD and CO2. FLOPs count 2 per multiply-add. See docs/cost.md.",
     )
     p.add_argument(
         "target", metavar="MODEL|RECIPE.yaml", help="a model name (e.g. wrn28_10) or a recipe file"
@@ -168,7 +169,8 @@ def _table(o: dict[str, Any], recipe: Any) -> str:
     steps = f"-{o['attack_steps']}" if o["attack_steps"] else ""
     syn = f", {recipe.synthetic_fraction:.0%} synthetic" if recipe.synthetic_data else ""
     lines = [
-        f"{o['dataset']} {o['model']} {o['loss']}{steps}: {o['epochs']} epochs x {o['examples_per_epoch']:,} "
+        f"{o['dataset']} {o['model']} {o['loss']}{steps}: {o['epochs']} epochs x "
+        f"{o['examples_per_epoch']:,} "
         f"examples ({o['steps_per_epoch']:,} batches of {recipe.batch_size}{syn})",
         f"  params                      {o['params'] / 1e6:.2f} M",
         f"  forward                     {_fl(f)} per example",
@@ -176,11 +178,13 @@ def _table(o: dict[str, Any], recipe: Any) -> str:
         f"({o['train_flops_per_example'] / f:.2f} forwards)",
         f"  training step, paper conv.  {_fl(pc['train_flops_per_example'])} per example "
         f"({pc['train_flops_per_example'] / f:.2f} forwards; backward = 2 x forward)",
-        f"  per epoch                   {_fl(o['train_flops_per_epoch'])} (paper {_fl(pc['train_flops_per_epoch'])})",
-        f"  total training              {_fl(o['train_flops_total'])} (paper {_fl(pc['train_flops_total'])})"
+        f"  per epoch                   {_fl(o['train_flops_per_epoch'])} (paper "
+        f"{_fl(pc['train_flops_per_epoch'])})",
+        f"  total training              {_fl(o['train_flops_total'])} (paper "
+        f"{_fl(pc['train_flops_total'])})"
         f" = {o['train_flops_total']:.3e}",
-        f"  validation (not training)   {_fl(o['val_flops_total'])} total: {recipe.val_size} examples x "
-        f"PGD-{recipe.val_attack_steps} x {o['epochs']} epochs"
+        f"  validation (not training)   {_fl(o['val_flops_total'])} total: {recipe.val_size} "
+        f"examples x PGD-{recipe.val_attack_steps} x {o['epochs']} epochs"
         + (
             f", + clean-accuracy samples {_fl(o['monitor_flops_per_epoch'])} per epoch"
             if o.get("monitor_flops_per_epoch")
@@ -196,26 +200,32 @@ def _table(o: dict[str, Any], recipe: Any) -> str:
     cal = o.get("calibration")
     if cal:
         lines.append(
-            f"  calibration                 {cal['steps']} steps of {cal['batch_size']} on {cal['device']} "
-            f"({', '.join(cal['device_names'])}) in {cal['seconds']:.2f} s; energy source {cal['energy_source']}"
+            f"  calibration                 {cal['steps']} steps of "
+            f"{cal['batch_size']} on {cal['device']} "
+            f"({', '.join(cal['device_names'])}) in {cal['seconds']:.2f} s; energy "
+            f"source {cal['energy_source']}"
         )
     lines.append(
-        f"  throughput                  {fc['throughput_examples_per_s']:,.1f} examples/s per device"
+        "  throughput                  "
+        f"{fc['throughput_examples_per_s']:,.1f} examples/s per device"
     )
     lines.append(
-        f"  device-hours                {fc['device_hours']:.4g} (train {fc['device_hours_train']:.4g}, "
+        f"  device-hours                {fc['device_hours']:.4g} (train "
+        f"{fc['device_hours_train']:.4g}, "
         f"validation {fc['device_hours_val']:.4g}, scaled by FLOPs)"
     )
     if fc["power_watts"] is None:
         lines.append(
-            "  energy, cost, CO2           unknown: no power measured; give --power-watts W for an estimate"
+            "  energy, cost, CO2           unknown: no power measured; give "
+            "--power-watts W for an estimate"
         )
     else:
         label = "estimated" if fc["energy_estimated"] else fc["power_source"]
         lines += [
             f"  power                       {fc['power_watts']:,.1f} W ({label})",
             f"  energy                      {fc['energy_kwh']:.4g} kWh (PUE {fc['pue']})",
-            f"  electricity                 ${fc['electricity_cost_usd']:.4g} (at ${fc['usd_per_kwh']}/kWh)",
+            f"  electricity                 ${fc['electricity_cost_usd']:.4g} (at "
+            f"${fc['usd_per_kwh']}/kWh)",
             f"  CO2                         {fc['co2_kg']:.4g} kg (at {fc['gco2_per_kwh']} g/kWh)",
         ]
     return "\n".join(lines)

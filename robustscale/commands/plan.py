@@ -12,10 +12,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plan",
         help="compute-optimal model size, data and bill for a budget or a target accuracy",
-        description="Fit L(N, D) = E + A/N^alpha + B/D^beta to the zoo's robust error and recommend the model "
-        "(the candidate nearest the optimal size: the paper's WideResNets, or --models), the epochs and synthetic "
-        "data that a budget should buy, with the predicted AutoAttack accuracy and the bill of the recipe it "
-        "writes; or, with --target-acc, the cheapest plan reaching it.",
+        description="Fit L(N, D) = E + A/N^alpha + B/D^beta to the zoo's robust error "
+        "and recommend the model "
+        "(the candidate nearest the optimal size: the paper's WideResNets, or --models), "
+        "the epochs and synthetic "
+        "data that a budget should buy, with the predicted AutoAttack accuracy and the bill of the "
+        "recipe it writes; or, with --target-acc, the cheapest plan reaching it.",
     )
     p.add_argument("--zoo", required=True, help="zoo table, .csv or .parquet")
     goal = p.add_mutually_exclusive_group(required=True)
@@ -91,12 +93,14 @@ def run(args: argparse.Namespace) -> int:
     law, opt = out["law"], out["optimal"]
     name = "pgd40_loss" if out["L"] == "pgd40_loss" else "robust error"
     print(
-        f"family: {out['family_name']} ({law['n_runs']} runs; {len(out['families'])} families fitted, "
-        f"{len(out['families_too_small'])} too small)"
+        f"family: {out['family_name']} ({law['n_runs']} runs; {len(out['families'])} families "
+        f"fitted, {len(out['families_too_small'])} too small)"
     )
     print(
-        f"law: {name} = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3g} + {law['B']:.3g}/D^{law['beta']:.3g}"
-        f"  (held-out R2 {law['r2_heldout']:.3f}; asymptote {out['asymptote_acc']:.1f}% robust accuracy)"
+        f"law: {name} = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3g} + "
+        f"{law['B']:.3g}/D^{law['beta']:.3g}"
+        f"  (held-out R2 {law['r2_heldout']:.3f}; asymptote "
+        f"{out['asymptote_acc']:.1f}% robust accuracy)"
     )
     for note in out["notes"]:
         print(f"note: {note}")
@@ -106,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         print(describe_target(out["target"]))
     zoo_k = f"; zoo median {out['k_zoo']:.3g}" if out.get("k_zoo") is not None else ""
     print(
-        f"k = {out['k_flops_per_param_example']:.3g} FLOPs per parameter per example ({out['k_source']}{zoo_k})"
+        f"k = {out['k_flops_per_param_example']:.3g} FLOPs per parameter per example "
+        f"({out['k_source']}{zoo_k})"
     )
     print(
         f"optimum: N* = {opt['N']:.3g} parameters, D* = {opt['D']:.3g} examples "
@@ -116,13 +121,15 @@ def run(args: argparse.Namespace) -> int:
     band = f" (95% interval {ci[0]:.1f}-{ci[1]:.1f}%)" if ci else ""
     print(
         f"plan: {out['model']} ({out['params'] / 1e6:.3g}M parameters), {out['epochs']} epochs of "
-        f"{out['examples_per_epoch']} examples = {out['examples']:.3g} examples; predicted AutoAttack accuracy "
+        f"{out['examples_per_epoch']} examples = {out['examples']:.3g} examples; "
+        "predicted AutoAttack accuracy "
         f"{out['predicted_acc']:.1f}%{band}"
     )
     syn = out["synthetic"]
     if syn["in_recipe"]:
         print(
-            f"synthetic data: {syn['fraction']:.0%} of each batch ({syn['examples']:.3g} synthetic examples seen, "
+            f"synthetic data: {syn['fraction']:.0%} of each batch ({syn['examples']:.3g} "
+            "synthetic examples seen, "
             f"from {syn['unique_images'] or 'unknown'} unique images in the zoo's runs)"
         )
     elif syn["recommended"]:

@@ -9,13 +9,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "study",
         help="the paper's study in small: a digits sweep, AutoAttack on every run, a zoo table",
-        description="Train every run of a sweep file (default recipes/sweeps/digits-study.yaml: 36 digits runs "
-        "over 3 model sizes, 3 amounts of unique data, both losses, 2/3/5 attack steps, EMA on and off), "
-        "evaluate each with standard AutoAttack on the whole test split, and write the zoo table that "
-        "analyze, predict and plan read, with <table>.about.txt (command, machine, time) beside it. Offline, on "
-        "a CPU, AutoAttack taking most of the time (what it took where examples/digits-zoo.csv was made: "
-        "examples/digits-zoo.csv.about.txt); started again on the same --out it skips finished runs and "
-        "resumes interrupted ones.",
+        description="Train every run of a sweep file (default "
+        "recipes/sweeps/digits-study.yaml: 36 digits runs "
+        "over 3 model sizes, 3 amounts of unique data, both losses, 2/3/5 attack "
+        "steps, EMA on and off), "
+        "evaluate each with standard AutoAttack on the whole test split, and "
+        "write the zoo table that "
+        "analyze, predict and plan read, with <table>.about.txt (command, machine, "
+        "time) beside it. Offline, on "
+        "a CPU, AutoAttack taking most of the time (what it took where "
+        "examples/digits-zoo.csv was made: "
+        "examples/digits-zoo.csv.about.txt); started again on the same --out it skips finished "
+        "runs and resumes interrupted ones.",
     )
     p.add_argument(
         "spec", nargs="?", metavar="SPEC.yaml", help="sweep file (default: the digits study)"
@@ -77,13 +82,15 @@ def run(args: argparse.Namespace) -> int:
     if left:
         print(f"study: {left} runs not finished yet; the table holds the {r.rows} done so far")
     print(
-        f"study: {r.rows} runs in {r.zoo_path} ({r.with_autoattack} with AutoAttack, {len(r.collapsed)} "
+        f"study: {r.rows} runs in {r.zoo_path} ({r.with_autoattack} with "
+        f"AutoAttack, {len(r.collapsed)} "
         f"collapsed at <= 10% AutoAttack, {failed} failed) in {r.seconds:.0f}s; about: {r.about}"
     )
     print("next:")
     print(f"  robustscale analyze {r.zoo_path} -o report --target-acc 40")
     print(f"  robustscale predict recipes/digits-trades.yaml --zoo {r.zoo_path}")
     print(
-        f"  robustscale plan --budget 1e13 --zoo {r.zoo_path} --models wrn10_1,wrn16_1,wrn22_1 -o planned.yaml"
+        f"  robustscale plan --budget 1e13 --zoo {r.zoo_path} --models "
+        "wrn10_1,wrn16_1,wrn22_1 -o planned.yaml"
     )
     return 1 if failed else 0

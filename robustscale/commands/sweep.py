@@ -11,10 +11,13 @@ from typing import Any
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
-        help="run a grid of recipes (local or Slurm), skipping done runs and resuming interrupted ones",
-        description="Expand a sweep file (a base recipe, axes and zipped axes) and work through it. The "
-        "ledger DIR/ledger.sqlite records every run's state, so starting the same command again skips "
-        "done runs, resumes interrupted ones from last.pt and retries failed ones; several launchers may "
+        help="run a grid of recipes (local or Slurm), skipping done runs and "
+        "resuming interrupted ones",
+        description="Expand a sweep file (a base recipe, axes and zipped axes) "
+        "and work through it. The "
+        "ledger DIR/ledger.sqlite records every run's state, so starting the same command again "
+        "skips done runs, resumes interrupted ones from last.pt and retries failed "
+        "ones; several launchers may "
         "share one DIR. See docs/sweeps.md.",
     )
     p.add_argument(
@@ -56,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--nproc-per-run",
         type=int,
         metavar="N",
-        help="processes (GPUs) per run; > 1 trains each run with DDP under torchrun (default 1; Slurm: "
-        "the sweep file's slurm.gpus_per_run)",
+        help="processes (GPUs) per run; > 1 trains each run with DDP under torchrun (default 1; "
+        "Slurm: the sweep file's slurm.gpus_per_run)",
     )
     p.add_argument(
         "--sync-bn",
@@ -117,8 +120,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-timeouts",
         type=int,
         metavar="N",
-        help="times a job is requeued after hitting --time-min (default 1000; submitit's own is 3); "
-        "pre-emptions are not counted",
+        help="times a job is requeued after hitting --time-min (default 1000; submitit's own is "
+        "3); pre-emptions are not counted",
     )
     slurm.add_argument(
         "--resubmit",
@@ -160,7 +163,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--watch",
         action="store_true",
-        help="with --html: rewrite the page every --refresh seconds until no run is pending or running",
+        help="with --html: rewrite the page every --refresh seconds until no "
+        "run is pending or running",
     )
     s.set_defaults(func=run_status)
 
@@ -227,7 +231,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     t0 = time.time()
     counts = launch_local(sweep, args.out, opts)
     print(
-        f"sweep {sweep.name}: {_counts(counts)} in {time.time() - t0:.0f}s; see: robustscale status {args.out}"
+        f"sweep {sweep.name}: {_counts(counts)} in {time.time() - t0:.0f}s; see: "
+        f"robustscale status {args.out}"
     )
     return 1 if counts["failed"] or counts["running"] else 0
 
@@ -344,8 +349,8 @@ def run_status(args: argparse.Namespace) -> int:
             f"  {r['job_id'] or '-':<{jw}}  {r['scheduler_state'] or '-':<{sw}}" if slurm else ""
         )
         print(
-            f"{r['idx'] + 1:>4}  {r['run_id']:<{width}}  {r['shown_state']:<15} {r['attempts']:>5}  "
-            f"{progress:>9}{extra}  {r['where']}"
+            f"{r['idx'] + 1:>4}  {r['run_id']:<{width}}  {r['shown_state']:<15} {r['attempts']:>5} "
+            f" {progress:>9}{extra}  {r['where']}"
         )
     counts: dict[str, int] = {}
     for r in rows:
@@ -356,7 +361,8 @@ def run_status(args: argparse.Namespace) -> int:
         print("failed:")
         for r in failed:
             print(
-                f"  {r['run_id']} (after {r['attempts']} attempt{'s' if r['attempts'] != 1 else ''}): "
+                f"  {r['run_id']} (after {r['attempts']} "
+                f"attempt{'s' if r['attempts'] != 1 else ''}): "
                 f"{r['last_error']}"
             )
     return 0

@@ -1,4 +1,5 @@
-"""`robustscale zoo DIR [-o zoo.csv|zoo.parquet]`: gather finished run directories into one table."""
+"""`robustscale zoo DIR [-o zoo.csv|zoo.parquet]`: gather finished run directories into one
+table."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Gather every finished run directory under DIR into one zoo table "
         "(columns: docs/zoo-schema.md). Unfinished runs are listed with the reason and left "
         "out; damaged runs (a file missing or unreadable, a missing or truncated best checkpoint) "
-        "are listed in a 'damaged runs' section and kept out of the table. With --import, read an external zoo table (CSV or Parquet) instead, check "
+        "are listed in a 'damaged runs' section and kept out of the table. With --import, read an "
+        "external zoo table (CSV or Parquet) instead, check "
         "it, and write it out in our format.",
     )
     p.add_argument(

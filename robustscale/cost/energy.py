@@ -109,7 +109,8 @@ class NoMeter(EnergyMeter):
 
 
 class EstimatedMeter(EnergyMeter):
-    """Configured power draw x elapsed time x number of devices; asked for, and labelled, as a guess."""
+    """Configured power draw x elapsed time x number of devices; asked for, and labelled, as a
+    guess."""
 
     source = "estimated"
 
@@ -357,7 +358,8 @@ def _open_nvml(nvml: Any, interval: float, devices: Sequence[int] | None) -> Ene
 
 
 def _rapl_zones(root: Path) -> list[Path]:
-    """Top-level package zones only (``intel-rapl:N`` named ``package-*``); sub-zones are inside them."""
+    """Top-level package zones only (``intel-rapl:N`` named ``package-*``); sub-zones are inside
+    them."""
     zones = []
     for d in sorted(glob.glob(str(root / "intel-rapl:*"))):
         z = Path(d)

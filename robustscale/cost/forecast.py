@@ -223,8 +223,8 @@ def _sync(device: torch.device) -> None:
 def calibrate(
     recipe: Any, *, steps: int = 3, warmup: int = 1, batch_size: int | None = None
 ) -> dict[str, Any]:
-    """Time ``steps`` real training steps (after ``warmup``) of the recipe's model and loss on random
-    data of the recipe's shape on the recipe's device, and measure the power drawn meanwhile.
+    """Time ``steps`` real training steps (after ``warmup``) of the recipe's model and loss on
+    random data of the recipe's shape on the recipe's device, and measure the power drawn meanwhile.
 
     Returns ``throughput_examples_per_s``, ``power_watts`` (None unless a meter measured it;
     the draw of every metered device together), ``energy_source``, ``device``,

@@ -55,8 +55,8 @@ class BatchPlan:
         self.real_per_batch = self.batch_size - self.syn_per_batch
         if self.real_per_batch < 1:
             raise RobustscaleError(
-                f"synthetic_fraction={self.synthetic_fraction} leaves no real example in a batch of "
-                f"{self.batch_size}; allowed: a fraction below {1 - 1 / self.batch_size:.4f}"
+                f"synthetic_fraction={self.synthetic_fraction} leaves no real example in a batch "
+                f"of {self.batch_size}; allowed: a fraction below {1 - 1 / self.batch_size:.4f}"
             )
         self.steps_per_epoch = self.n_real // self.real_per_batch
         if self.steps_per_epoch < 1:
@@ -66,8 +66,8 @@ class BatchPlan:
             )
         if self.batch_size % self.world_size:
             raise RobustscaleError(
-                f"batch_size={self.batch_size} (global) does not split over {self.world_size} processes; "
-                "allowed: a multiple of the number of processes"
+                f"batch_size={self.batch_size} (global) does not split over {self.world_size} "
+                "processes; allowed: a multiple of the number of processes"
             )
 
     @property
@@ -119,7 +119,8 @@ class BatchPlan:
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with ``pad`` zero-padding and random horizontal flip, per example, as tensor ops."""
+    """Random crop with ``pad`` zero-padding and random horizontal flip, per example, as tensor
+    ops."""
     b, c, h, w = x.shape
     dev = x.device
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))

@@ -167,8 +167,8 @@ def read_cifar(
             or not all(isinstance(v, int) for v in lab)
         ):
             raise RobustscaleError(
-                f"CIFAR file {str(path)!r} has no {label_key!r} list of {len(data)} ints (its keys: "
-                f"{sorted(map(str, entry))}); expected keys 'data' and {label_key!r}"
+                f"CIFAR file {str(path)!r} has no {label_key!r} list of {len(data)} ints (its "
+                f"keys: {sorted(map(str, entry))}); expected keys 'data' and {label_key!r}"
             )
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(np.asarray(lab, dtype=np.int64))

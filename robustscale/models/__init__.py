@@ -60,7 +60,8 @@ def build_model(
     drop_rate: float = 0.0,
     img_size: Sequence[int] | None = None,
 ) -> Normalized:
-    """Create ``name`` from timm's registry with the dataset's classes and channels, normalising inside.
+    """Create ``name`` from timm's registry with the dataset's classes and channels, normalising
+    inside.
 
     ``img_size`` (height, width) reaches models whose layers depend on it (ViTs' position
     embeddings, as ``timm.create_model(..., img_size=32)`` does for CIFAR); convolutional
@@ -106,7 +107,8 @@ def build_model(
 
 def build_model_for(recipe: Recipe, info: DatasetInfo) -> Normalized:
     """The recipe's model for the dataset ``info`` describes (classes, channels, image size,
-    normalisation): the one way a run's architecture is built, for training, loading and counting."""
+    normalisation): the one way a run's architecture is built, for training, loading and
+    counting."""
     return build_model(
         recipe.model,
         info.num_classes,

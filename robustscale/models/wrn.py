@@ -94,7 +94,8 @@ class BasicBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-depth-width for small images (CIFAR 32x32, digits 8x8). Inputs as the caller normalises them."""
+    """WRN-depth-width for small images (CIFAR 32x32, digits 8x8). Inputs as the caller normalises
+    them."""
 
     def __init__(
         self,

@@ -237,7 +237,8 @@ class LocalLauncher:
             except KeyboardInterrupt:
                 bar.close()
                 log.warning(
-                    "interrupted: stopping the runs of this launcher; their leases go back to pending"
+                    "interrupted: stopping the runs of this launcher; their "
+                    "leases go back to pending"
                 )
                 self.stop.set()
                 self._terminate_children()
@@ -365,7 +366,8 @@ class LocalLauncher:
 
 
 class _SweepBar:
-    """Runs done / running / failed of this launcher's sweep, read from the ledger about once a second."""
+    """Runs done / running / failed of this launcher's sweep, read from the ledger about once a
+    second."""
 
     def __init__(self, launcher: LocalLauncher):
         from robustscale.progress import bar

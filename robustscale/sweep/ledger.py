@@ -193,8 +193,10 @@ class Ledger:
         for row in rows:
             if row.get("state") not in STATES:
                 raise RobustscaleError(
-                    f"sweep ledger {str(self.path)!r}: run {row.get('run_id')!r} has state {row.get('state')!r}; "
-                    f"allowed: {', '.join(STATES)}; restore the ledger, or set the run's state to pending"
+                    f"sweep ledger {str(self.path)!r}: run {row.get('run_id')!r} has "
+                    f"state {row.get('state')!r}; "
+                    f"allowed: {', '.join(STATES)}; restore the ledger, or set "
+                    "the run's state to pending"
                 )
         return rows
 
@@ -240,7 +242,8 @@ class Ledger:
             token = uuid.uuid4().hex
             con.execute(
                 "UPDATE runs SET state = 'running', lease = ?, host = ?, pid = ?, heartbeat = ?, "
-                "started = ?, finished = NULL, attempts = attempts + 1, job_id = ? WHERE run_id = ?",
+                "started = ?, finished = NULL, attempts = attempts + 1, "
+                "job_id = ? WHERE run_id = ?",
                 (token, self.host, pid or os.getpid(), now, now, job_id, row["run_id"]),
             )
         took_over = f"{row['host']}:{row['pid']}" if row["state"] == "running" else None
@@ -250,7 +253,8 @@ class Ledger:
         """Renew the lease; False when it was lost (taken over by another launcher)."""
         with self._transaction() as con:
             cur = con.execute(
-                "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND lease = ? AND state = 'running'",
+                "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND lease "
+                "= ? AND state = 'running'",
                 (time.time(), claim.run_id, claim.token),
             )
             return cur.rowcount == 1

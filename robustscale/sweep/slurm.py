@@ -43,7 +43,8 @@ except ImportError:  # pragma: no cover
 
 
 class SweepJob(Checkpointable):  # type: ignore[misc,valid-type]
-    """What one array task runs: claim the run, train it (retrying up to ``max_attempts``), record."""
+    """What one array task runs: claim the run, train it (retrying up to ``max_attempts``),
+    record."""
 
     def __init__(
         self,
@@ -200,8 +201,8 @@ def runs_to_submit(
     jobs_over: Callable[[list[str]], set[str]] | None = None,
 ) -> list[str]:
     """Runs that need a job: pending ones not yet submitted, pending ones whose recorded job is
-    over (``jobs_over`` returns those among the recorded job ids; all pending runs with ``resubmit``),
-    failed ones with attempts left, and running ones whose lease went stale."""
+    over (``jobs_over`` returns those among the recorded job ids; all pending runs with
+    ``resubmit``), failed ones with attempts left, and running ones whose lease went stale."""
     now = time.time()
     rows = ledger.rows(run_ids)
     waiting = [r["job_id"] for r in rows if r["state"] == "pending" and r["job_id"]]

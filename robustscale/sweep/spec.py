@@ -126,7 +126,8 @@ def expand(
             if run.run_id in seen:
                 other = runs[seen[run.run_id]]
                 raise RobustscaleError(
-                    f"sweep {name!r}: runs {other.index + 1} ({other.label}) and {i + 1} ({run.label}) are the same "
+                    f"sweep {name!r}: runs {other.index + 1} ({other.label}) and {i + 1} "
+                    f"({run.label}) are the same "
                     f"recipe (run id {run.run_id}); vary keys that change the result"
                 )
             seen[run.run_id] = i
@@ -157,7 +158,8 @@ def _base(base: Any, base_dir: Path) -> dict[str, Any]:
         path = (base_dir / base) if not Path(base).is_absolute() else Path(base)
         if not path.is_file():
             raise RobustscaleError(
-                f"sweep base recipe {str(path)!r} does not exist (base is relative to the sweep file)"
+                f"sweep base recipe {str(path)!r} does not exist (base is "
+                "relative to the sweep file)"
             )
         return read_yaml_mapping(path, "sweep base recipe")
     raise RobustscaleError(

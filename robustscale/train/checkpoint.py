@@ -1,4 +1,5 @@
-"""Checkpoints: everything for an exact continuation, written atomically, loaded without pickle code.
+"""Checkpoints: everything for an exact continuation, written atomically, loaded without pickle
+code.
 
 ``last.pt`` holds model, EMA, optimizer, scheduler position, grad scaler, epoch and step, the
 partial-epoch accumulators, the cost totals and every RNG state. Before a new ``last.pt``
@@ -38,7 +39,8 @@ __all__ = [
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool = False) -> None:
-    """Write ``state`` atomically; with ``keep_previous`` the old file survives as ``<stem>-prev.pt``."""
+    """Write ``state`` atomically; with ``keep_previous`` the old file survives as
+    ``<stem>-prev.pt``."""
     path = Path(path)
     state = {"format_version": FORMAT_VERSION, **state}
     if keep_previous and path.exists():

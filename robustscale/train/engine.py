@@ -45,6 +45,7 @@ from robustscale.train.setup import (
 
 log = logging.getLogger(__name__)
 
+SINGLE_PROCESS = distributed.DistEnv()  # the default of _Engine: no DDP, rank 0 of 1
 LOG_EVERY = 25  # steps between host syncs (finite-loss check, progress-bar postfix)
 
 
@@ -162,7 +163,7 @@ class _Engine:
         recipe: Recipe,
         run: RunDir,
         show_progress: bool,
-        dist: distributed.DistEnv = distributed.DistEnv(),
+        dist: distributed.DistEnv = SINGLE_PROCESS,
     ):
         from robustscale.cost import measure_step_flops, open_meter
 
@@ -210,7 +211,8 @@ class _Engine:
             self.data.plan.steps_per_epoch,
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if recipe.precision == "fp16" else None
-        try:  # the first forward (on the meta device): a model that cannot take these images fails here
+        # the first forward (on the meta device): a model that cannot take these images fails here
+        try:
             self.flops = measure_step_flops(
                 plain,
                 recipe.loss,
@@ -298,7 +300,8 @@ class _Engine:
 
     def _kept_metrics(self) -> list[MetricsRow]:
         """The metrics rows up to the resumed checkpoint (later ones are replayed); rows that
-        do not reach the checkpoint's epoch mean a damaged metrics.csv: one line, nothing changed."""
+        do not reach the checkpoint's epoch mean a damaged metrics.csv: one line, nothing
+        changed."""
         rows = [row for row in self.run.read_metrics() if row.epoch <= self.p.epoch]
         epochs = [row.epoch for row in rows]
         if epochs != list(range(1, self.p.epoch + 1)):
@@ -445,12 +448,14 @@ class _Engine:
 
     @property
     def _num_devices(self) -> int:
-        """Devices the run occupies: each process's GPU under DDP; CPU processes share one machine."""
+        """Devices the run occupies: each process's GPU under DDP; CPU processes share one
+        machine."""
         return self.meter.num_devices * (self.dist.world_size if self.device.type == "cuda" else 1)
 
     @property
     def _metered(self) -> bool:
-        """Energy is known: measured, or estimated from power_watts because the user asked (labelled so)."""
+        """Energy is known: measured, or estimated from power_watts because the user asked (labelled
+        so)."""
         return self.meter.source != "none"
 
     def _joules(self) -> float | None:
@@ -632,7 +637,8 @@ def _status_or_none(run: RunDir) -> Any:
 
 
 def _note_threads(run: RunDir, device: str, what: str) -> None:
-    """Warn when a finished CPU run is used again under another thread count than it trained with."""
+    """Warn when a finished CPU run is used again under another thread count than it trained
+    with."""
     try:
         if resolve_device(device).type != "cpu":
             return

@@ -1,4 +1,5 @@
-"""What the engine writes besides checkpoints: the run directory's set-up, status.json, metrics columns.
+"""What the engine writes besides checkpoints: the run directory's set-up, status.json, metrics
+columns.
 
 See docs/run-directory.md for the contract these files keep.
 """
