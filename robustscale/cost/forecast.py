@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from robustscale.cost.accounting import bill
 from robustscale.cost.flops import StepFlops, measure_step_flops
 from robustscale.device import resolve_device
 from robustscale.errors import RobustscaleError
+
+if TYPE_CHECKING:
+    from robustscale.data.batches import BatchPlan
 
 __all__ = [
     "TRAIN_SPLIT_SIZES",
@@ -45,6 +48,17 @@ def train_examples(recipe: Any) -> int:
             )
         n -= recipe.val_size
     return recipe.train_subset_size(n)  # train_fraction of what is left
+
+
+def forecast_batch_plan(recipe: Any) -> BatchPlan:
+    """The engine's :class:`BatchPlan` of a recipe, known before any data is read: the real
+    examples from the split sizes (:func:`train_examples`), the extra set only as present or not
+    (its size does not change the shape of an epoch)."""
+    from robustscale.data.batches import BatchPlan
+
+    return BatchPlan.for_recipe(
+        recipe, n_real=train_examples(recipe), n_syn=1 if recipe.synthetic_data else 0
+    )
 
 
 def recipe_model(recipe: Any, device: torch.device | str = "meta") -> torch.nn.Module:
@@ -138,17 +152,10 @@ def forecast_recipe(
     ``power_watts`` too (average draw of that device; ``power_source`` says where it came
     from), energy, cost and CO2 with the recipe's PUE, price and carbon intensity.
     """
-    from robustscale.data.batches import BatchPlan
     from robustscale.losses import clean_monitor_steps
 
     params, sf = _recipe_key_flops(recipe)
-    plan = BatchPlan(
-        train_examples(recipe),
-        1 if recipe.synthetic_data else 0,
-        recipe.batch_size,
-        recipe.synthetic_fraction,
-        recipe.seed,
-    )
+    plan = forecast_batch_plan(recipe)
     per_epoch = plan.examples_per_epoch
     # validation, plus PGD-AT's sampled clean-accuracy forwards (robustscale.losses.CLEAN_ACC_EVERY)
     monitor_epoch = (

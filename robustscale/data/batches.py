@@ -17,6 +17,7 @@ training set) is gathered on the host by a background thread (``robustscale/data
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -47,6 +48,23 @@ class BatchPlan:
     seed: int
     rank: int = 0
     world_size: int = 1
+
+    @classmethod
+    def for_recipe(
+        cls, recipe: Any, *, n_real: int, n_syn: int, rank: int = 0, world_size: int = 1
+    ) -> BatchPlan:
+        """The plan of a recipe's run over ``n_real`` real and ``n_syn`` extra examples: the one
+        place the recipe's batch keys become a plan (training, forecasts, sweeps, the planner).
+        Only whether ``n_syn`` is 0 matters to the shape of an epoch."""
+        return cls(
+            n_real,
+            n_syn,
+            recipe.batch_size,
+            recipe.synthetic_fraction,
+            recipe.seed,
+            rank,
+            world_size,
+        )
 
     def __post_init__(self) -> None:
         self.syn_per_batch = (

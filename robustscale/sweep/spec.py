@@ -239,10 +239,9 @@ def forecast_flops(runs: list[SweepRun]) -> list[float | None] | None:
     320-run grid needs tens of measurements, not hundreds.
     """
     try:
-        from robustscale.cost.forecast import recipe_step_flops, train_examples
+        from robustscale.cost.forecast import forecast_batch_plan, recipe_step_flops
     except ImportError:
         return None
-    from robustscale.data.batches import BatchPlan
 
     cache: dict[tuple, tuple[float, float]] = {}
     out: list[float | None] = []
@@ -265,12 +264,6 @@ def forecast_flops(runs: list[SweepRun]) -> list[float | None] | None:
             cache[key] = (k1, k2 - k1)
         k1, per_step = cache[key]
         per_example = k1 + per_step * (r.attack_steps - 1) if r.adversarial else k1
-        plan = BatchPlan(
-            train_examples(r),
-            1 if r.synthetic_data else 0,
-            r.batch_size,
-            r.synthetic_fraction,
-            r.seed,
-        )
+        plan = forecast_batch_plan(r)
         out.append(per_example * plan.examples_per_epoch * r.epochs)
     return out

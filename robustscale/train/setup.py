@@ -82,14 +82,8 @@ def prepare_data(
             f"synthetic_data={recipe.synthetic_data!r} holds no images; expected at least one "
             f"with synthetic_fraction={recipe.synthetic_fraction}"
         )
-    plan = BatchPlan(
-        n_real,
-        len(syn) if syn else 0,
-        recipe.batch_size,
-        recipe.synthetic_fraction,
-        recipe.seed,
-        rank,
-        world_size,
+    plan = BatchPlan.for_recipe(
+        recipe, n_real=n_real, n_syn=len(syn) if syn else 0, rank=rank, world_size=world_size
     )
     stream = BatchStream(plan, train_set, syn, recipe.augment and info.crop_flip, device)
     if val is not None:

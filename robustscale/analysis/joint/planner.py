@@ -250,14 +250,10 @@ def batch_plan(recipe: dict[str, Any]) -> Any:
     ``steps_per_epoch`` batches over the real data (the train split less the validation hold-out),
     each with its synthetic share, so ``examples_per_epoch`` is real / (1 - fraction), not
     50,000."""
-    from robustscale.cost.forecast import train_examples
-    from robustscale.data.batches import BatchPlan
+    from robustscale.cost.forecast import forecast_batch_plan
     from robustscale.recipe import Recipe
 
-    r = Recipe.from_dict(recipe)
-    return BatchPlan(
-        train_examples(r), 1 if r.synthetic_data else 0, r.batch_size, r.synthetic_fraction, r.seed
-    )
+    return forecast_batch_plan(Recipe.from_dict(recipe))
 
 
 def _choose_for_budget(
