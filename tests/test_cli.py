@@ -7,12 +7,14 @@ import sys
 
 
 def _imports_after(code: str) -> set[str]:
+    """The heavy libraries imported once ``code`` has run in a fresh interpreter."""
     probe = (
-        code + "\nimport sys\nprint(' '.join(m for m in ('torch', 'sklearn', "
-        "'pandas') if m in sys.modules))"
+        code + "\nimport sys\nprint('HEAVY:', *(m for m in ('torch', 'sklearn', 'pandas') "
+        "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return set(out.stdout.split())
+    heavy = [line for line in out.stdout.splitlines() if line.startswith("HEAVY:")]
+    return set(heavy[-1].split()[1:])
 
 
 def test_help_never_imports_torch():
@@ -27,3 +29,14 @@ def test_package_import_is_light_and_train_evaluate_stay_callable():
 
     assert callable(train) and callable(evaluate) and robustscale.train is train
     assert train.train.__module__ == "robustscale.train.engine"
+
+
+def test_status_never_imports_torch(tmp_path):
+    code = (
+        "from robustscale.sweep.ledger import Ledger\n"
+        f"Ledger({str(tmp_path / 'ledger.sqlite')!r})"
+        ".add_runs([('digits-wrn10_1-pgd3-x', 0, 'x')])\n"
+        "from robustscale.cli import main\n"
+        f"assert main(['status', {str(tmp_path)!r}]) == 0\n"
+    )
+    assert _imports_after(code) == set(), "robustscale status imports torch"
