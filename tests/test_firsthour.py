@@ -206,14 +206,15 @@ def test_identical_duplicates_are_merged_silently(tmp_path):
 
 
 def test_old_status_name_is_still_read(tmp_path):
-    from robustscale.runs import read_status
+    from robustscale.runs import RunDir, read_status
     from robustscale.zoo import gather_zoo
 
     run = make_run(tmp_path, "r1", pgd40=41.0)
     status = json.loads((run / "status.json").read_text())
     status["best_val_pgd40_acc"] = status.pop("best_val_pgd_acc")  # as files before the rename say
     (run / "status.json").write_text(json.dumps(status))
-    assert read_status(run).best_val_pgd_acc == 41.0
+    assert RunDir(run).read_status().best_val_pgd_acc == 41.0
+    assert read_status(run)["best_val_pgd_acc"] == 41.0
     df, _ = gather_zoo(tmp_path)
     assert df["pgd40_acc"].iloc[0] == 41.0
 

@@ -222,8 +222,10 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_preempted_then_timed_out_job_is_requeued_and_resumes_to_the_local_weights(env, capsys):
     # A 1-minute limit with USR2 5 s before it: slurmctld checks limits every 30 s and signals up to
-    # a check early, so each start of the job gets USR2 25-55 s in. The run needs more than that.
-    epochs = 24
+    # a check early, so each start of the job gets USR2 25-55 s in. The run needs more than that
+    # after the pre-emption's restart, even on an idle machine: a tiny digits epoch takes about
+    # 0.6 s there (24 epochs finished before the time limit's signal once the machine was idle).
+    epochs = 120
     recipe = dict(
         attack_steps=3, step_size=0.1, val_attack_steps=2, val_size=64, epochs=epochs, seed=7
     )
@@ -259,7 +261,7 @@ def test_preempted_then_timed_out_job_is_requeued_and_resumes_to_the_local_weigh
     wait_for(lambda: "(requeued" in _status(out, capsys), 30, "status to show the requeue")
     # a later start runs into slurmctld's own USR2 before the 1-minute limit
     wait_for(lambda: job_logs(out).count("Requeued job") >= 2, 180, "the requeue at the time limit")
-    wait_for(lambda: states(out) == ["done"], 300, "the run to finish after its requeues")
+    wait_for(lambda: states(out) == ["done"], 900, "the run to finish after its requeues")
     reference.join()
     logs = job_logs(out)
     assert logs.count("resuming") >= 2 and logs.count("Caught signal SIGUSR2") >= 2  # we sent one
