@@ -257,15 +257,9 @@ class Recipe(BaseModel):
                 f"synthetic_fraction={self.synthetic_fraction!r} needs synthetic_data (a path to "
                 "an .npz); allowed: 0 when synthetic_data is null"
             )
+        # Whether synthetic_data exists is checked when a run starts (or a sweep is expanded),
+        # not here: a recipe is a pure value, valid on a machine that does not hold the file.
         if self.synthetic_data is not None:
-            path = Path(self.synthetic_data)
-            if not ((path.suffix == ".npz" and path.is_file()) or path.is_dir()):
-                raise ValueError(
-                    f"synthetic_data={self.synthetic_data!r} is not an existing .npz file "
-                    "or folder; allowed: null, "
-                    "a path to an .npz with 'image' (uint8 NxHxWxC) and 'label', or a folder "
-                    "of image.npy + label.npy"
-                )
             if self.synthetic_fraction <= 0:
                 raise ValueError(
                     "synthetic_fraction=0.0 with synthetic_data set; allowed: a number in (0, 1)"

@@ -146,3 +146,9 @@ def test_sync_bn_is_a_result_key_and_older_run_ids_stay():
     assert Recipe(dataset="digits", model="wrn10_1", sync_bn=False).run_id == plain.run_id
     assert Recipe(dataset="digits", model="wrn10_1", sync_bn=True).run_id != plain.run_id
     assert "sync_bn" not in plain.result_dict()  # at its default, as before the key existed
+
+
+def test_a_recipe_naming_a_file_this_machine_lacks_is_still_a_recipe():
+    # existence is checked when the run starts (train: the BAD case above), not by the Recipe
+    r = Recipe(synthetic_data="/nonexistent/extra.npz", synthetic_fraction=0.5)
+    assert r.synthetic_data == "/nonexistent/extra.npz" and r.run_id

@@ -135,6 +135,18 @@ def split_holdout(
     return (x[rest], y[rest]), (x[held], y[held])
 
 
+def check_synthetic_exists(path: str | Path) -> None:
+    """A recipe's ``synthetic_data`` must be an existing ``.npz`` or folder on this machine;
+    checked when a run starts or a sweep is expanded, never by the Recipe itself."""
+    p = Path(path)
+    if not ((p.suffix == ".npz" and p.is_file()) or p.is_dir()):
+        raise RobustscaleError(
+            f"synthetic_data={str(path)!r} is not an existing .npz file or folder; allowed: "
+            "null, a path to an .npz with 'image' (uint8 NxHxWxC) and 'label', or a folder of "
+            "image.npy + label.npy"
+        )
+
+
 def load_synthetic(path: str | Path, info: DatasetInfo) -> ImageSource:
     """Extra data for ``info``'s images: an ``.npz`` (held in memory), a folder with ``image.npy``
     and ``label.npy`` or a folder of shards (memory-mapped); see ``robustscale/data/arrays.py``."""

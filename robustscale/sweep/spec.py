@@ -18,7 +18,6 @@ order (the last one varies fastest). Keys given on the command line (``--set``) 
 from __future__ import annotations
 
 import itertools
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,45 +107,47 @@ def expand(
     varying_keys = [k for f in factors if len(f) > 1 for k in f[0]]
     runs: list[SweepRun] = []
     seen: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="robustscale-sweep-") as tmp:
-        placeholder = Path(tmp) / "placeholder.npz"
-        placeholder.touch()
-        for i, combo in enumerate(itertools.product(*factors)):
-            values = {k: v for part in combo for k, v in part.items()}
-            data = {**base, **values, **(overrides or {})}
-            label = " ".join(f"{k}={values[k]}" for k in varying_keys)
-            try:
-                recipe, unchecked = _validate(data, check_files, placeholder)
-            except RobustscaleError as exc:
-                raise RobustscaleError(
-                    f"sweep {name!r}, run {i + 1} ({label or 'base'}): {exc}"
-                ) from None
-            varying = {k: getattr(recipe, k) for k in varying_keys}
-            run = SweepRun(i, recipe, varying, unchecked)
-            if run.run_id in seen:
-                other = runs[seen[run.run_id]]
-                raise RobustscaleError(
-                    f"sweep {name!r}: runs {other.index + 1} ({other.label}) and {i + 1} "
-                    f"({run.label}) are the same "
-                    f"recipe (run id {run.run_id}); vary keys that change the result"
-                )
-            seen[run.run_id] = i
-            runs.append(run)
+    for i, combo in enumerate(itertools.product(*factors)):
+        values = {k: v for part in combo for k, v in part.items()}
+        data = {**base, **values, **(overrides or {})}
+        label = " ".join(f"{k}={values[k]}" for k in varying_keys)
+        try:
+            recipe, unchecked = _validate(data, check_files)
+        except RobustscaleError as exc:
+            raise RobustscaleError(
+                f"sweep {name!r}, run {i + 1} ({label or 'base'}): {exc}"
+            ) from None
+        varying = {k: getattr(recipe, k) for k in varying_keys}
+        run = SweepRun(i, recipe, varying, unchecked)
+        if run.run_id in seen:
+            other = runs[seen[run.run_id]]
+            raise RobustscaleError(
+                f"sweep {name!r}: runs {other.index + 1} ({other.label}) and {i + 1} "
+                f"({run.label}) are the same "
+                f"recipe (run id {run.run_id}); vary keys that change the result"
+            )
+        seen[run.run_id] = i
+        runs.append(run)
     return Sweep(
         name, path, runs, _mapping(spec.get("slurm"), "slurm"), _mapping(spec.get("local"), "local")
     )
 
 
-def _validate(
-    data: dict[str, Any], check_files: bool, placeholder: Path
-) -> tuple[Recipe, list[str]]:
-    syn = data.get("synthetic_data")
-    if check_files or not isinstance(syn, str) or Path(syn).is_file() or Path(syn).suffix != ".npz":
-        return Recipe.from_dict(data, site_defaults=True), []
-    # Every check runs, the file-existence one against an empty placeholder; the recipe then
-    # carries the real path (built from validated values, so nothing else is skipped).
-    checked = Recipe.from_dict({**data, "synthetic_data": str(placeholder)}, site_defaults=True)
-    return Recipe.model_construct(**{**checked.model_dump(), "synthetic_data": syn}), [syn]
+def _validate(data: dict[str, Any], check_files: bool) -> tuple[Recipe, list[str]]:
+    """The run's recipe, and the files it names that are not on this machine (allowed only in
+    a dry run, which lists them; a real sweep stops on the first, before anything is written)."""
+    from robustscale.data import check_synthetic_exists
+
+    recipe = Recipe.from_dict(data, site_defaults=True)
+    if recipe.synthetic_data is None:
+        return recipe, []
+    try:
+        check_synthetic_exists(recipe.synthetic_data)
+    except RobustscaleError:
+        if check_files:
+            raise
+        return recipe, [recipe.synthetic_data]
+    return recipe, []
 
 
 def _base(base: Any, base_dir: Path) -> dict[str, Any]:

@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustscale.data import DatasetInfo, dataset_info, load_split, load_synthetic, split_holdout
+from robustscale.data import (
+    DatasetInfo,
+    check_synthetic_exists,
+    dataset_info,
+    load_split,
+    load_synthetic,
+    split_holdout,
+)
 from robustscale.data.batches import BatchPlan, BatchStream
 from robustscale.device import resolve_device
 from robustscale.errors import RobustscaleError
@@ -76,6 +83,8 @@ def prepare_data(
         if recipe.train_fraction < 1:
             x, y = train_subset(x, y, recipe.train_subset_size(len(x)))
         train_set, n_real = (x, y), len(x)
+    if recipe.synthetic_data:
+        check_synthetic_exists(recipe.synthetic_data)
     syn = load_synthetic(recipe.synthetic_data, info) if recipe.synthetic_data else None
     if syn is not None and len(syn) == 0:
         raise RobustscaleError(
