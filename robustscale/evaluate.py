@@ -61,8 +61,7 @@ def _load_examples(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """:func:`load_split` plus the size of the whole split (an evaluation records it as
     ``split_size``)."""
-    from robustscale.data import DATASETS, to_float
-    from robustscale.data import load_split as load_all
+    from robustscale.data import DATASETS, read_split, to_float
 
     target = Path(run_dir_or_dataset)
     if RunDir(target).recipe.is_file():
@@ -75,7 +74,7 @@ def _load_examples(
             f"{str(run_dir_or_dataset)!r} is neither a run directory (no recipe.yaml) "
             f"nor a dataset; allowed datasets: {', '.join(DATASETS)}"
         )
-    x, y = load_all(name, split, folder)
+    x, y = read_split(name, split, folder)
     total = len(y)
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total:

@@ -9,7 +9,7 @@ from conftest import DIGITS_EPS
 
 from robustscale import load
 from robustscale.attacks import frozen_bn_stats, pgd, pgd_worst_case
-from robustscale.data import load_split
+from robustscale.data import read_split
 from robustscale.data.batches import seeded_generator
 from robustscale.losses import compute_loss
 from robustscale.models import build_model
@@ -41,7 +41,7 @@ def test_perturbation_never_leaves_the_ball_or_the_image_range(norm, eps):
 def test_pgd_breaks_a_standard_model_but_not_an_adversarially_trained_one(
     standard_run, adversarial_run
 ):
-    x, y = load_split("digits", "test")
+    x, y = read_split("digits", "test")
     results = {}
     for name, run in [("standard", standard_run), ("adversarial", adversarial_run)]:
         model = load(run)
@@ -96,10 +96,10 @@ def test_each_restart_draws_a_new_start_and_breaks_more_examples(adversarial_run
     360). Reusing one start for every restart, or keeping the last restart instead of the worst
     case, would leave it flat; a restart that undid an earlier success would make it rise."""
     from robustscale import load
-    from robustscale.data import load_split, to_float
+    from robustscale.data import read_split, to_float
 
     model = load(adversarial_run)
-    x, y = load_split("digits", "test")
+    x, y = read_split("digits", "test")
     x = to_float(x)
     counts = []
     for restarts in (1, 3, 5):

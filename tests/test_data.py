@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from robustscale import RobustscaleError
-from robustscale.data import DATASETS, load_split, load_synthetic, split_holdout
+from robustscale.data import DATASETS, load_synthetic, read_split, split_holdout
 from robustscale.data.batches import BatchPlan, BatchStream, random_crop_flip, seeded_generator
 
 
 def test_cifar10_loader_reads_files_in_the_official_format(cifar10_dir):
-    x, y = load_split("cifar10", "train", cifar10_dir)
+    x, y = read_split("cifar10", "train", cifar10_dir)
     assert x.shape == (50, 3, 32, 32) and x.dtype == torch.uint8
     assert y.dtype == torch.int64 and int(y.min()) >= 0 and int(y.max()) < 10
-    xt, _ = load_split("cifar10", "test", cifar10_dir)
+    xt, _ = read_split("cifar10", "test", cifar10_dir)
     assert xt.shape == (20, 3, 32, 32)
     # the pixels are the rows written to disk, reshaped channel-first as CIFAR-10 stores them
     import pickle
@@ -28,15 +28,15 @@ def test_cifar10_loader_reads_files_in_the_official_format(cifar10_dir):
 
 def test_missing_cifar_folder_says_where_to_put_it(tmp_path):
     with pytest.raises(RobustscaleError) as exc:
-        load_split("cifar10", "train", tmp_path / "nowhere")
+        read_split("cifar10", "train", tmp_path / "nowhere")
     msg = str(exc.value)
     assert "cifar-10-batches-py" in msg and "download=True" in msg and "\n" not in msg
 
 
 def test_digits_is_real_and_fixed():
-    x, y = load_split("digits", "train")
-    x2, y2 = load_split("digits", "train")
-    xt, _ = load_split("digits", "test")
+    x, y = read_split("digits", "train")
+    x2, y2 = read_split("digits", "train")
+    xt, _ = read_split("digits", "test")
     assert x.shape == (1437, 1, 8, 8) and xt.shape == (360, 1, 8, 8)
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0
     assert torch.equal(x, x2) and torch.equal(y, y2)
@@ -135,7 +135,7 @@ def test_a_cifar_file_that_would_run_code_is_refused_without_running_it(cifar10_
     entry["labels"] = _Payload(marker)
     batch.write_bytes(pickle.dumps(entry))
     with pytest.raises(RobustscaleError) as exc:
-        load_split("cifar10", "train", cifar10_dir)
+        read_split("cifar10", "train", cifar10_dir)
     assert not marker.exists(), "the pickle's code ran"
     msg = str(exc.value)
     assert (
@@ -161,7 +161,7 @@ def test_cifar_arrays_of_other_dtypes_or_classes_are_refused(cifar10_dir):
     entry["data"] = entry["data"].astype(object)  # an object array could smuggle anything
     batch.write_bytes(pickle.dumps(entry))
     with pytest.raises(RobustscaleError, match="test_batch.*dtype object"):
-        load_split("cifar10", "test", cifar10_dir)
+        read_split("cifar10", "test", cifar10_dir)
 
 
 def test_official_cifar_bytes_are_trusted_by_their_md5(tmp_path, monkeypatch):

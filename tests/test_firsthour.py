@@ -295,7 +295,7 @@ def test_small_cifar_set_says_every_misfit_at_once(tmp_path):
 
 
 def test_cifar_file_with_wrong_keys_names_the_file_and_the_keys(tmp_path):
-    from robustscale.data import load_split
+    from robustscale.data import read_split
 
     folder = write_cifar10(tmp_path, n_train=10, n_test=5) / "cifar-10-batches-py"
     with open(folder / "data_batch_2", "wb") as fh:
@@ -303,7 +303,7 @@ def test_cifar_file_with_wrong_keys_names_the_file_and_the_keys(tmp_path):
     with pytest.raises(
         RobustscaleError, match=r"data_batch_2.*'images', 'targets'.*expected.*'data' and 'labels'"
     ):
-        load_split("cifar10", "train", tmp_path)
+        read_split("cifar10", "train", tmp_path)
 
 
 def test_train_final_eval_prints_the_evaluation(tmp_path):

@@ -22,7 +22,7 @@ from benchmarks.baseline import baseline_step  # noqa: E402
 from benchmarks.train_step import make_robustscale_step  # noqa: E402
 from robustscale import Recipe, train  # noqa: E402
 from robustscale.attacks.pgd import pgd  # noqa: E402
-from robustscale.data import load_split  # noqa: E402
+from robustscale.data import read_split  # noqa: E402
 from robustscale.data.batches import seeded_generator  # noqa: E402
 from robustscale.losses import compute_loss  # noqa: E402
 from robustscale.models import build_model  # noqa: E402
@@ -266,7 +266,7 @@ def _robust_acc(
 
 def test_bf16_pgd_is_as_strong_as_fp32_on_the_same_weights(adversarial_run):
     model = load(adversarial_run)
-    x, y = load_split("digits", "test")
+    x, y = read_split("digits", "test")
     fp32 = Forward(model, "fp32", False, False, CPU).eval()
     acc32, fooled32 = _robust_acc(model, "fp32", x, y)
     acc16, fooled16 = _robust_acc(model, "bf16", x, y, judge=fp32)  # bf16 attack, fp32 verdict
@@ -285,7 +285,7 @@ def test_bf16_trained_model_is_as_robust_as_fp32_trained(adversarial_run, tmp_pa
     # docs/performance.md).
     recipe = Recipe(**{**read_recipe(adversarial_run).to_dict(), "precision": "bf16"})
     run16 = train(recipe, out_root=tmp_path, progress=False)
-    x, y = load_split("digits", "test")
+    x, y = read_split("digits", "test")
     acc32, _ = _robust_acc(load(adversarial_run), "fp32", x, y)
     acc16, _ = _robust_acc(load(run16), "fp32", x, y)
     acc16_bf16_attack, _ = _robust_acc(load(run16), "bf16", x, y)

@@ -22,7 +22,7 @@ from robustscale.errors import RobustscaleError
 if TYPE_CHECKING:
     from robustscale.data.arrays import ImageSource
 
-__all__ = ["DatasetInfo", "DATASETS", "load_split", "load_synthetic", "split_holdout", "to_float"]
+__all__ = ["DatasetInfo", "DATASETS", "read_split", "load_synthetic", "split_holdout", "to_float"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def load_split(
+def read_split(
     name: str, split: str = "train", data_dir: str | Path = "data"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All images and labels of one split, as CPU tensors (images N x C x H x W, labels int64)."""

@@ -19,8 +19,8 @@ from robustscale.data import (
     DatasetInfo,
     check_synthetic_exists,
     dataset_info,
-    load_split,
     load_synthetic,
+    read_split,
     split_holdout,
 )
 from robustscale.data.batches import BatchPlan, BatchStream
@@ -72,7 +72,7 @@ def prepare_data(
         train_set, val = _arrays_train(recipe, info)
         n_real = len(train_set)
     else:
-        x, y = load_split(recipe.dataset, "train", recipe.data_dir)
+        x, y = read_split(recipe.dataset, "train", recipe.data_dir)
         check_data_fit(recipe, len(x))
         val = None
         if recipe.val_size:
@@ -101,7 +101,7 @@ def prepare_data(
 
 
 def _test_head(recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
-    tx, ty = load_split(recipe.dataset, "test", recipe.data_dir)
+    tx, ty = read_split(recipe.dataset, "test", recipe.data_dir)
     if recipe.val_size > len(tx):
         raise RobustscaleError(f"val_size={recipe.val_size} exceeds the {len(tx)} test examples")
     return tx[: recipe.val_size], ty[: recipe.val_size]
