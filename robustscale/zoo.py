@@ -363,9 +363,7 @@ def coerce_types(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
                     f"value {value!r}; allowed: a number or an empty cell"
                 )
             num = num.astype("float64")
-            infinite = num.notna() & ~num.map(math.isfinite, na_action="ignore").fillna(
-                True
-            ).astype(bool)
+            infinite = num.abs() == math.inf  # NaN (an empty cell) compares unequal
             if infinite.any():
                 raise RobustscaleError(
                     f"zoo {source}: {_where(df, infinite)} column {name!r} has "
