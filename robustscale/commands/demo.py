@@ -1,4 +1,4 @@
-"""`robustscale demo`: the quick-start (digits, CPU, 13 s on 2 idle cores)."""
+"""`robustscale demo`: the quick-start (digits, CPU, under a minute on 2 cores)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="quick-start: standard vs adversarial training on digits, compared",
         description="Train a standard and a PGD-AT WRN-10-1 on scikit-learn's digits (offline, "
-        "CPU, 13 s on 2 idle cores with OMP_NUM_THREADS=1), evaluate both with PGD-40 "
+        "CPU; 25 s on 2 busy cores with OMP_NUM_THREADS=1), evaluate both with PGD-40 "
         "and print a table.",
     )
     p.add_argument(
