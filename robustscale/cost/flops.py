@@ -216,39 +216,30 @@ def measure_step_flops(
     """
     if loss not in ("standard", "pgd", "trades"):
         raise ValueError(f"unknown loss {loss!r}")
+
+    def count(clone: nn.Module, batch: int) -> StepFlops:
+        return _measure_steps(
+            clone,
+            loss,
+            tuple(input_shape),
+            num_classes,
+            batch,
+            eps,
+            step_size,
+            attack_steps,
+            trades_beta,
+            val_steps,
+            exact,
+        )
+
     with torch.random.fork_rng(devices=[]):
         try:
-            clone, batch = meta_clone(model), batch_size
-            return _measure_steps(
-                clone,
-                loss,
-                tuple(input_shape),
-                num_classes,
-                batch,
-                eps,
-                step_size,
-                attack_steps,
-                trades_beta,
-                val_steps,
-                exact,
-            )
+            return count(meta_clone(model), batch_size)
         except NotImplementedError as exc:  # an op without a meta kernel
             log.warning("FLOP counting on meta failed (%s); counting on a CPU copy instead", exc)
             clone = copy.deepcopy(_unwrap(model)).to("cpu")
             clone.zero_grad(set_to_none=True)
-            return _measure_steps(
-                clone,
-                loss,
-                tuple(input_shape),
-                num_classes,
-                2,
-                eps,
-                step_size,
-                attack_steps,
-                trades_beta,
-                val_steps,
-                exact,
-            )
+            return count(clone, 2)
 
 
 def _measure_steps(
