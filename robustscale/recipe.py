@@ -45,6 +45,10 @@ _LATER_KEYS = {"train_fraction": 1.0, "sync_bn": False}
 
 # Experiment trackers a run can log to (robustscale/trackers/; each an optional extra).
 TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
+# Split sizes of the built-in datasets (digits: the fixed 80/20 split of sklearn's 1797 images),
+# here rather than beside the loaders so that analysis and ``status`` know them without torch.
+TRAIN_SPLIT_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1437}
+TEST_SPLIT_SIZES = {"cifar10": 10_000, "cifar100": 10_000, "digits": 360}
 
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 

@@ -38,8 +38,6 @@ if TYPE_CHECKING:  # torch is imported where weights are loaded, so `status` sta
 FIX = "restore it from a backup, or delete the run directory and train the run again"
 MISSING = "does not exist"
 RUN_STATES = ("running", "done", "failed")
-# Test-split sizes, for eval JSONs written before evaluations recorded ``split_size``.
-TEST_SPLIT_SIZES = {"cifar10": 10_000, "cifar100": 10_000, "digits": 360}
 
 
 class RunFileError(RobustscaleError):
@@ -238,7 +236,14 @@ class MetricsRow:
 
 METRIC_COLUMNS: list[str] = [f.name for f in fields(MetricsRow)]
 
-_COST_INTS = ("params", "examples_seen", "synthetic_size", "unique_synthetic_seen", "num_devices")
+_COST_INTS = (
+    "params",
+    "examples_seen",
+    "synthetic_size",
+    "unique_synthetic_seen",
+    "unique_real_seen",
+    "num_devices",
+)
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,7 @@ class CostRecord:
     examples_seen: int | None = None
     synthetic_size: int | None = None
     unique_synthetic_seen: int | None = None  # distinct extra images trained on (data/batches.py)
+    unique_real_seen: int | None = None  # distinct real training examples trained on (same file)
     device_seconds: float | None = None
     device_hours: float | None = None
     energy_kwh: float | None = None

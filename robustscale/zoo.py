@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustscale.errors import RobustscaleError, first_line
-from robustscale.runs import MISSING, TEST_SPLIT_SIZES, EvalResult, RunDir, RunFileError
+from robustscale.recipe import TEST_SPLIT_SIZES
+from robustscale.runs import MISSING, EvalResult, RunDir, RunFileError
 
 if TYPE_CHECKING:  # pandas is imported lazily so that the CLI's --help stays fast
     import pandas as pd
@@ -52,11 +53,12 @@ ZOO_COLUMNS: list[tuple[str, str]] = [
     ("pgd40_acc", "pct"),
     ("autoattack_acc", "pct"),
     ("unique_synthetic_seen", "int"),
+    ("unique_real_seen", "int"),
     ("pgd40_loss", "float"),
 ]
 # columns a table made elsewhere (or before they were recorded) may lack (zoo_schema.md:
 # optional); read as empty
-OPTIONAL_COLUMNS: list[str] = ["unique_synthetic_seen", "pgd40_loss"]
+OPTIONAL_COLUMNS: list[str] = ["unique_synthetic_seen", "unique_real_seen", "pgd40_loss"]
 COLUMN_NAMES: list[str] = [name for name, _ in ZOO_COLUMNS]
 REQUIRED_COLUMNS: list[str] = [name for name in COLUMN_NAMES if name not in OPTIONAL_COLUMNS]
 ACCURACY_COLUMNS: list[str] = [name for name, kind in ZOO_COLUMNS if kind == "pct"]
@@ -72,6 +74,7 @@ NONNEGATIVE_COLUMNS: list[str] = [
     "electricity_cost_usd",
     "co2_kg",
     "unique_synthetic_seen",
+    "unique_real_seen",
 ]
 
 
@@ -190,6 +193,7 @@ def _row(run: RunDir) -> dict[str, Any]:
         "synthetic_size": cost.synthetic_size if recipe.synthetic_data else 0,
         # runs trained before it was counted have no value: empty, never a guess
         "unique_synthetic_seen": cost.unique_synthetic_seen if recipe.synthetic_data else 0,
+        "unique_real_seen": cost.unique_real_seen,
         "eps": recipe.eps,
         "seed": recipe.seed,
         "train_flops": cost.train_flops,

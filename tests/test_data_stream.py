@@ -210,6 +210,37 @@ def test_empty_synthetic_set_is_refused(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_unique_real_seen_is_the_union_of_the_epochs_draws(world_size):
+    plan = BatchPlan(130, 0, 40, 0.0, seed=4, world_size=world_size)  # 3 steps, 10 left over
+    for steps in (0, 1, 3, 4, 7, 30):
+        drawn: set[int] = set()
+        for e in range(-(-steps // 3)):
+            ranks = [
+                BatchPlan(130, 0, 40, 0.0, seed=4, rank=r, world_size=world_size).epoch_indices(e)
+                for r in range(world_size)
+            ]
+            for r in ranks:
+                drawn.update(r[0][: steps - 3 * e].flatten().tolist())
+        assert plan.unique_real_seen(steps) == len(drawn)
+    assert plan.unique_real_seen(1) == 40 and plan.unique_real_seen(3) == 120
+    assert plan.unique_real_seen(30) == 130  # the dropped remainders differ by epoch
+
+
+def test_unique_real_seen_counts_train_fraction_in_cost_json_and_the_zoo(tmp_path):
+    from robustscale.zoo import gather_zoo
+
+    recipe = tiny(epochs=2, batch_size=64, train_fraction=0.25, loss="standard", attack_steps=0)
+    run = train(recipe, out_root=tmp_path / "runs", progress=False)
+    cost = json.loads((run / "cost.json").read_text())
+    kept = round(0.25 * 1309)  # a quarter of the 1309 training digits after the 128 held out
+    steps = kept // 64
+    assert cost["examples_seen"] == 2 * steps * 64
+    assert steps * 64 < cost["unique_real_seen"] <= kept
+    df, _ = gather_zoo(tmp_path / "runs")
+    assert int(df["unique_real_seen"].iloc[0]) == cost["unique_real_seen"]
+
+
 def test_unique_synthetic_seen_is_in_cost_json_and_the_zoo(tmp_path):
     from robustscale.zoo import gather_zoo
 

@@ -241,6 +241,19 @@ def test_D_is_unique_examples_where_the_zoo_records_them():
     assert law_inputs(df).d_kind == "processed"
 
 
+def test_D_counts_the_distinct_real_examples_where_runs_record_them():
+    from robustscale.analysis.joint.inputs import law_inputs
+
+    df = joint_zoo(n=20, seed=0)
+    df["unique_synthetic_seen"] = np.where(df["synthetic_data"], 400_000, 0)
+    df["unique_real_seen"] = 12_500  # a quarter of CIFAR-10's train split (train_fraction)
+    df.loc[0, "unique_real_seen"] = np.nan  # one run made before it was recorded
+    inputs = law_inputs(df)
+    split = np.where(np.arange(20) == 0, 50_000, 12_500)
+    assert inputs.D == pytest.approx(np.where(df["synthetic_data"], 400_000, 0) + split)
+    assert any("unique_real_seen) for 19 of 20 runs" in n for n in inputs.notes)
+
+
 # ---- recipe families --------------------------------------------------------------------------
 
 

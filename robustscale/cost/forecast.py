@@ -19,6 +19,7 @@ from robustscale.cost.accounting import bill
 from robustscale.cost.flops import StepFlops, measure_step_flops
 from robustscale.device import resolve_device
 from robustscale.errors import RobustscaleError
+from robustscale.recipe import TRAIN_SPLIT_SIZES
 
 if TYPE_CHECKING:
     from robustscale.data.batches import BatchPlan
@@ -32,9 +33,6 @@ __all__ = [
     "recipe_step_flops",
     "recipe_params",
 ]
-
-# Size of each dataset's train split (digits: the fixed 80% split of sklearn's 1797 images).
-TRAIN_SPLIT_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1437}
 
 
 def train_examples(recipe: Any) -> int:

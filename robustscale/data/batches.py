@@ -135,6 +135,25 @@ class BatchPlan:
         """Distinct extra images in the first ``steps_done`` steps of the run (all processes)."""
         return min(self.n_syn, steps_done * self.syn_per_batch) if self.syn_per_batch else 0
 
+    def unique_real_seen(self, steps_done: int) -> int:
+        """Distinct real training examples in the first ``steps_done`` steps of the run (all
+        processes): each epoch drops a different remainder of the ``n_real``, so the count is
+        the union of the epochs' draws, walked until it covers every real example."""
+        if steps_done <= 0:
+            return 0
+        covered = self.__dict__.get("_real_covered_at")  # steps by which every one was seen
+        if covered is not None and steps_done >= covered:
+            return self.n_real
+        seen = torch.zeros(self.n_real, dtype=torch.bool)
+        for epoch in range(-(-steps_done // self.steps_per_epoch)):
+            g = seeded_generator(self.seed, epoch, 1)  # the real order of epoch_indices
+            steps = min(self.steps_per_epoch, steps_done - epoch * self.steps_per_epoch)
+            seen[torch.randperm(self.n_real, generator=g)[: steps * self.real_per_batch]] = True
+            if bool(seen.all()):
+                self.__dict__["_real_covered_at"] = epoch * self.steps_per_epoch + steps
+                break
+        return int(seen.sum())
+
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Random crop with ``pad`` zero-padding and random horizontal flip, per example, as tensor

@@ -602,6 +602,9 @@ class _Engine:
                 unique_synthetic_seen=self.data.plan.unique_synthetic_seen(
                     self.p.epoch * self.data.plan.steps_per_epoch + self.p.step
                 ),
+                unique_real_seen=self.data.plan.unique_real_seen(
+                    self.p.epoch * self.data.plan.steps_per_epoch + self.p.step
+                ),
                 device_seconds=c["device_seconds"],
                 device_hours=c["device_seconds"] / 3600.0,
                 energy_kwh=money["energy_kwh"],

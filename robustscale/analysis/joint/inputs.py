@@ -4,8 +4,10 @@
   et al. fit a continuous robust loss; where no run has it, robust error in percent
   (100 - AutoAttack accuracy, 100 - PGD-40 accuracy where AutoAttack is missing). A zoo with the
   loss for only some runs is fitted on those runs, and says how many.
-- **D**: unique examples (``unique_synthetic_seen`` + the real training split the run drew
-  from) where every fitted run records it; examples processed (``examples_seen``) otherwise.
+- **D**: unique examples (``unique_synthetic_seen`` + the distinct real examples,
+  ``unique_real_seen``, or the whole real training split where a run does not record it) where
+  every fitted run records ``unique_synthetic_seen``; examples processed (``examples_seen``)
+  otherwise.
 - **Family**: the recipe keys other than N and D (:data:`FAMILY_KEYS`). Runs that differ in
   loss, attack steps, EMA or activation do not lie on one L(N, D).
 """
@@ -20,6 +22,7 @@ import numpy as np
 FAMILY_KEYS = ("dataset", "loss", "attack_steps", "ema", "activation")
 LOSS_COLUMN = "pgd40_loss"
 UNIQUE_COLUMN = "unique_synthetic_seen"
+UNIQUE_REAL_COLUMN = "unique_real_seen"
 
 
 def robust_error(df: Any) -> np.ndarray:
@@ -90,10 +93,12 @@ class LawInputs:
     notes: list[str]
 
 
-def _real_split(dataset: Any) -> float:
-    from robustscale.cost.forecast import TRAIN_SPLIT_SIZES
+def _real_splits(datasets: Any) -> np.ndarray:
+    """The train-split size of each run's dataset (NaN for one robustscale does not know)."""
+    from robustscale.recipe import TRAIN_SPLIT_SIZES
 
-    return float(TRAIN_SPLIT_SIZES.get(str(dataset), np.nan))
+    sizes = datasets.astype("string").map(TRAIN_SPLIT_SIZES)
+    return sizes.to_numpy(float, na_value=np.nan)
 
 
 def law_inputs(runs: Any) -> LawInputs:
@@ -135,12 +140,29 @@ def law_inputs(runs: Any) -> LawInputs:
         unique_syn = np.where(no_syn & ~np.isfinite(unique_syn), 0.0, unique_syn)
         frac = runs["synthetic_fraction"].to_numpy(float, na_value=0.0)
         real_seen = processed * (1.0 - np.where(no_syn, 0.0, frac))
-        real = np.minimum(np.array([_real_split(d) for d in runs["dataset"]]), real_seen)
+        real = np.minimum(_real_splits(runs["dataset"]), real_seen)
+        recorded = (
+            runs[UNIQUE_REAL_COLUMN].to_numpy(float, na_value=np.nan)
+            if UNIQUE_REAL_COLUMN in runs
+            else np.full(len(runs), np.nan)
+        )
+        known_real = np.isfinite(recorded) & (recorded > 0)
+        real = np.where(known_real, recorded, real)
         unique = unique_syn + real
         if len(runs) and np.isfinite(unique).all():
             D, d_kind = unique, "unique"
     if d_kind == "unique":
-        notes.append("D is unique examples: unique_synthetic_seen + the real training split")
+        n_known = int(known_real.sum())
+        if n_known == len(runs):
+            real_text = "the distinct real examples each run trained on (unique_real_seen)"
+        elif n_known:
+            real_text = (
+                f"the distinct real examples (unique_real_seen) for {n_known} of {len(runs)} "
+                "runs, the whole real training split for the others"
+            )
+        else:
+            real_text = "the real training split"
+        notes.append(f"D is unique examples: unique_synthetic_seen + {real_text}")
     else:
         notes.append(
             "D is examples processed (examples_seen, repeats counted): the zoo does not record "
