@@ -3,7 +3,8 @@
 ``run_study`` works through a sweep file (default ``recipes/sweeps/digits-study.yaml``: 3
 model sizes x 3 amounts of unique training data x both losses, 2/3/5 attack steps, EMA on and
 off = 36 runs) with the local launcher, evaluates every run with standard AutoAttack on the
-whole digits test split, and gathers the sweep folder into a zoo table that ``analyze``,
+whole digits test split, then with PGD-40 (the zoo's ``pgd40_loss``, which the joint law is
+fitted on), and gathers the sweep folder into a zoo table that ``analyze``,
 ``predict`` and ``plan`` read. It is the same sweep, ledger and zoo machinery as a cluster
 study: started again on the same folder it skips finished runs and resumes interrupted ones.
 Beside the table it writes ``<table>.about.txt``: the command, the machine and the time taken.
@@ -44,6 +45,7 @@ class StudyResult:
     seconds: float = 0.0  # this invocation
     span: float | None = None  # first run started to last run finished, over every invocation
     about: Path | None = None
+    pgd40_evaluated: int = 0  # runs given their PGD-40 evaluation by this invocation
 
 
 def find_spec(spec: str | Path | None) -> Path:
@@ -139,10 +141,11 @@ def run_study(
         counts = _ledger_counts(out, [r.run_id for r in sweep.runs])
     seconds = time.time() - t0
     span = _sweep_span(out, [r.run_id for r in sweep.runs])
-    df, _ = gather_zoo(out)
     # the sweep's runs the ledger has settled as done (trained and evaluated): not one still in
     # its final AutoAttack, whose status.json already says done
     done = _ledger_done(out, [r.run_id for r in sweep.runs])
+    pgd40 = _pgd40_evals(out, done)
+    df, _ = gather_zoo(out)
     df = df[df["run_id"].isin(done)].reset_index(drop=True)
     if not len(df):
         raise RobustscaleError(
@@ -160,6 +163,7 @@ def run_study(
         collapsed=collapsed,
         seconds=seconds,
         span=span,
+        pgd40_evaluated=pgd40,
     )
     result.about = _write_about(
         result,
@@ -168,6 +172,29 @@ def run_study(
         parallel if train else None,
     )
     return result
+
+
+def _pgd40_evals(out: Path, run_ids: list[str]) -> int:
+    """PGD-40 on the whole test split of each run that lacks it: the zoo's ``pgd40_loss``, the
+    continuous robust loss the joint law is fitted on (Bartoldson et al.), a second or two a
+    run beside AutoAttack's minute. Returns how many were evaluated now."""
+    from robustscale.evaluate import evaluate_run
+    from robustscale.sweep.launch import SweepFolder
+
+    todo = []
+    for rid in run_ids:
+        run = SweepFolder(out).run(rid)
+        have = any(
+            r.attack == "pgd" and r.steps == 40 and r.checkpoint == "best" and r.n == r.split_size
+            for _, r in run.read_evals()
+        )
+        if not have:
+            todo.append(run)
+    if todo:
+        log.info("PGD-40 on the test split of %d run(s), for pgd40_loss", len(todo))
+    for run in todo:
+        evaluate_run(run.path, attack="pgd", steps=40, checkpoint="best")
+    return len(todo)
 
 
 def _ledger_done(out: Path, run_ids: list[str]) -> list[str]:

@@ -47,6 +47,13 @@ def test_ci_sized_study_trains_attacks_and_writes_the_zoo(tmp_path):
     zoo = read_zoo(tmp_path / "zoo.csv")
     assert len(zoo) == 2 and zoo["autoattack_acc"].notna().all()
     assert sorted(zoo["examples_seen"].tolist())[0] < sorted(zoo["examples_seen"].tolist())[1]
+    # a fifth and two fifths of the 1,421 training digits left after the 16 held out (284 and
+    # 568), of which one epoch of whole batches of 32 draws 256 and 544: the distinct real
+    # examples the joint law's D counts
+    kept = [round(0.2 * 1421), round(0.4 * 1421)]
+    assert sorted(zoo["unique_real_seen"].tolist()) == [k // 32 * 32 for k in kept] == [256, 544]
+    # PGD-40 after AutoAttack: the robust loss the joint law is fitted on
+    assert (zoo["pgd40_loss"] > 0).all()
     about = (tmp_path / "zoo.csv.about.txt").read_text()
     assert (
         "command: robustscale study ci.yaml" in about and "machine: " in about and "2 runs" in about
