@@ -139,12 +139,12 @@ def run_study(
         )
     else:
         counts = _ledger_counts(out, [r.run_id for r in sweep.runs])
-    seconds = time.time() - t0
     span = _sweep_span(out, [r.run_id for r in sweep.runs])
     # the sweep's runs the ledger has settled as done (trained and evaluated): not one still in
     # its final AutoAttack, whose status.json already says done
     done = _ledger_done(out, [r.run_id for r in sweep.runs])
     pgd40 = _pgd40_evals(out, done)
+    seconds = time.time() - t0
     df, _ = gather_zoo(out)
     df = df[df["run_id"].isin(done)].reset_index(drop=True)
     if not len(df):
@@ -264,6 +264,8 @@ def _write_about(result: StudyResult, name: str, command: str, parallel: int | N
             f"written: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
             f"machine: {machine_line()}",
             runs_line,
+            f"PGD-40 on the test split (pgd40_loss): {result.pgd40_evaluated} run(s) evaluated by "
+            "this invocation, the others earlier",
             f"wall time: {_span(result.span)} from the first run's start to the last run's end "
             f"(ledger); this invocation {result.seconds:.0f} s",
             f"ledger: {_counts(result.counts)}"
