@@ -264,8 +264,9 @@ def _write_about(result: StudyResult, name: str, command: str, parallel: int | N
             f"written: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
             f"machine: {machine_line()}",
             runs_line,
-            f"PGD-40 on the test split (pgd40_loss): {result.pgd40_evaluated} run(s) evaluated by "
-            "this invocation, the others earlier",
+            f"PGD-40 on the test split (pgd40_loss): {result.pgd40_evaluated} of {result.rows} "
+            "run(s) evaluated by this invocation"
+            + (", the others by an earlier one" if result.pgd40_evaluated < result.rows else ""),
             f"wall time: {_span(result.span)} from the first run's start to the last run's end "
             f"(ledger); this invocation {result.seconds:.0f} s",
             f"ledger: {_counts(result.counts)}"

@@ -12,6 +12,7 @@ from zoo_factory import JOINT_THETA, joint_zoo, planted_zoo, power_law_zoo
 
 from robustscale.analysis import analyze_zoo, fit_predictor
 from robustscale.cli import main
+from robustscale.errors import RobustscaleError
 from robustscale.zoo import write_zoo
 
 FIGURES = ["1a", "1b", "1c", "2", "3a", "3b", "3c"]
@@ -39,6 +40,14 @@ def test_predictor_learns_a_planted_dependence_and_ranks_it_first():
     pred = p.predict(pd.DataFrame([row]))
     assert pred["mean"][0] == pytest.approx(60, abs=1.5)
     assert pred["low"][0] < pred["mean"][0] < pred["high"][0]
+
+
+def test_predictor_refuses_an_infinite_value_in_one_line():
+    df = planted_zoo(n=60)
+    df["attack_steps"] = df["attack_steps"].astype(float)
+    df.loc[7, "attack_steps"] = np.inf
+    with pytest.raises(RobustscaleError, match="'attack_steps' has an infinite value"):
+        fit_predictor(df, n_splits=1)
 
 
 def test_report_and_every_figure_are_produced(tmp_path):
