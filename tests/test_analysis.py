@@ -34,6 +34,7 @@ def test_predictor_learns_a_planted_dependence_and_ranks_it_first():
         "loss": "pgd",
         "attack_steps": 10.0,
         "ema": 0.0,
+        "examples_seen": 100 * 50_000,
     }
     import pandas as pd
 

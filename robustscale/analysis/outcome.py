@@ -63,8 +63,16 @@ def recipe_features(recipe: Any, zoo: Any) -> tuple[dict[str, Any], str]:
         "loss": recipe.loss,
         "attack_steps": float(recipe.attack_steps if recipe.adversarial else 0),
         "ema": float(recipe.ema_decay is not None),
+        "examples_seen": float(_examples_per_epoch(recipe) * recipe.epochs),
     }
     return row, source
+
+
+def _examples_per_epoch(recipe: Any) -> int:
+    """The examples an epoch of the recipe processes, as its run would record them."""
+    from robustscale.cost.forecast import forecast_batch_plan
+
+    return forecast_batch_plan(recipe).examples_per_epoch
 
 
 def recipe_flops_forecast(recipe: Any) -> tuple[float | None, str]:

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="quick-start: standard vs adversarial training on digits, compared",
         description="Train a standard and a PGD-AT WRN-10-1 on scikit-learn's digits (offline, "
-        "CPU; 25 s on 2 busy cores with OMP_NUM_THREADS=1), evaluate both with PGD-40 "
+        "CPU; 25-30 s on 2 idle cores), evaluate both with PGD-40 "
         "and print a table.",
     )
     p.add_argument(
