@@ -8,7 +8,7 @@ import timm
 import torch
 
 from robustscale import RobustscaleError
-from robustscale.models import build_model, count_params
+from robustscale.models import WRN_VARIANTS, build_model, count_params
 
 # The paper's counts for CIFAR-10 (10 classes, 3 channels).
 PAPER_PARAMS = {"wrn28_10": 36.5e6, "wrn34_10": 46.2e6, "wrn34_20": 184.5e6, "wrn70_16": 266.8e6}
@@ -17,6 +17,19 @@ PAPER_PARAMS = {"wrn28_10": 36.5e6, "wrn34_10": 46.2e6, "wrn34_20": 184.5e6, "wr
 @pytest.mark.parametrize("name,expected", PAPER_PARAMS.items())
 def test_wrn_parameter_counts_match_the_paper(name, expected):
     assert abs(count_params(name, 10, 3) - expected) / expected < 0.01
+
+
+@pytest.mark.parametrize("name", sorted(WRN_VARIANTS))
+def test_every_registered_wrn_has_its_depth_and_width(name):
+    # WRN-d-k: d - 4 3x3 convolutions in the blocks plus the stem's, and 64k features at the end
+    depth, width = WRN_VARIANTS[name]
+    with torch.device("meta"):
+        model = build_model(name, 10, 3, [0.5] * 3, [0.5] * 3)
+    convs = [
+        m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert len(convs) == depth - 3 and head.in_features == 64 * width
 
 
 def test_wrns_are_ordinary_timm_models():

@@ -175,6 +175,7 @@ WRN_VARIANTS = {
     "wrn10_1": (10, 1),
     "wrn16_1": (16, 1),
     "wrn22_1": (22, 1),
+    "wrn16_2": (16, 2),
     "wrn16_4": (16, 4),
     "wrn28_10": (28, 10),
     "wrn34_10": (34, 10),
@@ -196,6 +197,11 @@ def wrn16_1(pretrained: bool = False, **kwargs: object) -> WideResNet:
 @register_model
 def wrn22_1(pretrained: bool = False, **kwargs: object) -> WideResNet:
     return _wrn(22, 1, pretrained, **kwargs)
+
+
+@register_model
+def wrn16_2(pretrained: bool = False, **kwargs: object) -> WideResNet:
+    return _wrn(16, 2, pretrained, **kwargs)
 
 
 @register_model
