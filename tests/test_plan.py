@@ -20,6 +20,7 @@ from robustscale.analysis.joint.planner import (
 from robustscale.cli import main
 from robustscale.cost.forecast import forecast_recipe
 from robustscale.errors import RobustscaleError
+from robustscale.models import count_params
 from robustscale.recipe import Recipe
 from robustscale.zoo import write_zoo
 
@@ -135,8 +136,11 @@ def test_target_gives_the_cheapest_table_model_reaching_it(zoo):
 
 
 def test_models_option_chooses_among_the_given_timm_models(zoo):
+    # a pattern takes every registered name it matches, counted like the table's (32x32, 10
+    # classes); wrn16_2 is registered but not a default candidate
     assert candidate_models("wrn1*") == {
-        m: MODEL_TABLE[m] for m in ("wrn10_1", "wrn16_1", "wrn16_4")
+        **{m: MODEL_TABLE[m] for m in ("wrn10_1", "wrn16_1", "wrn16_4")},
+        "wrn16_2": count_params("wrn16_2", 10, 3),
     }
     out = plan(zoo, budget=1e18, n_boot=0, models="resnet18")
     per_example, params = cost_flops_per_example("cifar10", "resnet18", "pgd", 10)
