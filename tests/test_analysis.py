@@ -43,6 +43,20 @@ def test_predictor_learns_a_planted_dependence_and_ranks_it_first():
     assert pred["low"][0] < pred["mean"][0] < pred["high"][0]
 
 
+def test_predictor_sees_the_amount_of_data_and_falls_back_without_it():
+    df = planted_zoo(n=300)
+    # accuracy rising with the examples a run processed, which the paper's six cannot see
+    df["examples_seen"] = np.random.default_rng(1).choice([1, 2, 4], len(df)) * 5_000_000
+    df["autoattack_acc"] = 20 + 5 * np.log2(df["examples_seen"] / 5_000_000) + df["attack_steps"]
+    seven = fit_predictor(df, n_splits=2)
+    assert seven.features[-1] == "examples_seen" and seven.r2 > 0.95
+    foreign = df.assign(examples_seen=np.nan)  # a zoo made elsewhere that did not record it
+    six = fit_predictor(foreign, n_splits=2)
+    assert "examples_seen" not in six.features and six.r2 < 0.8
+    row = foreign.iloc[[0]]
+    assert np.isfinite(six.predict(row)["mean"]).all()
+
+
 def test_predictor_refuses_an_infinite_value_in_one_line():
     df = planted_zoo(n=60)
     df["attack_steps"] = df["attack_steps"].astype(float)

@@ -6,6 +6,7 @@ a 70:30 split, plus a seventh, ``examples_seen`` (training examples processed: e
 per epoch). The six say nothing of how much a run trained, and a zoo that varies epochs or
 ``train_fraction`` (the digits study) is unpredictable without it: on
 examples/digits-zoo.csv the held-out R² was -2.30 with the six and is 0.96 with the seven.
+A zoo made elsewhere that leaves ``examples_seen`` empty for any run is fitted on the six.
 
 One split can be lucky, so the split is repeated with other seeds and the scores are
 given as mean ± std; the repeated models also give a new recipe's prediction interval.
@@ -25,15 +26,9 @@ from robustscale.errors import RobustscaleError
 
 log = logging.getLogger(__name__)
 
-FEATURES = [
-    "params",
-    "synthetic_data",
-    "activation",
-    "loss",
-    "attack_steps",
-    "ema",
-    "examples_seen",
-]
+PAPER_FEATURES = ["params", "synthetic_data", "activation", "loss", "attack_steps", "ema"]
+DATA_FEATURE = "examples_seen"  # left out when a zoo made elsewhere leaves it empty
+FEATURES = [*PAPER_FEATURES, DATA_FEATURE]
 CATEGORICAL = ["activation", "loss"]
 MIN_RUNS = 10
 
@@ -43,6 +38,7 @@ class Predictor:
     """A fitted predictor with its held-out scores and the models of the repeated splits."""
 
     categories: dict[str, list[str]]
+    features: list[str]  # FEATURES, or PAPER_FEATURES when the zoo's examples_seen is empty
     r2: float
     mae: float
     r2_mean: float
@@ -70,7 +66,7 @@ class Predictor:
             "n_splits": len(self.models),
             "n_train": self.n_train,
             "n_test": self.n_test,
-            "features": FEATURES,
+            "features": self.features,
             "importance": self.importance,
             "permutation_importance": self.permutation_importance,
         }
@@ -81,7 +77,7 @@ class Predictor:
         The interval's spread combines the disagreement between split models and their held-out
         error: ``mean ± 1.96 * sqrt(var(model predictions) + mean(held-out MSE))``.
         """
-        X = encode(rows, self.categories)
+        X = encode(rows, self.categories, self.features)
         preds = np.stack([m.predict(X) for m in self.models])
         mean = preds.mean(axis=0)
         spread = 1.96 * np.sqrt(preds.var(axis=0) + float(np.mean(np.square(self.rmses))))
@@ -93,10 +89,10 @@ def category_codes(df: Any) -> dict[str, list[str]]:
     return {c: sorted(str(v) for v in df[c].dropna().unique()) for c in CATEGORICAL}
 
 
-def encode(df: Any, categories: dict[str, list[str]]) -> np.ndarray:
-    """The feature matrix (float) of a frame with the FEATURES columns."""
+def encode(df: Any, categories: dict[str, list[str]], features: list[str] = FEATURES) -> np.ndarray:
+    """The feature matrix (float) of a frame with the ``features`` columns."""
     cols = []
-    for name in FEATURES:
+    for name in features:
         values = df[name]
         if name in CATEGORICAL:
             known = categories[name]
@@ -162,17 +158,26 @@ def fit_predictor(
     from sklearn.inspection import permutation_importance
     from sklearn.metrics import mean_absolute_error, r2_score
 
-    data = df.dropna(subset=FEATURES + [target])
+    data = df.dropna(subset=PAPER_FEATURES + [target])
+    features = FEATURES
+    if data[DATA_FEATURE].isna().any():  # a zoo made elsewhere that did not record it
+        features = PAPER_FEATURES
+        log.info(
+            "predictor: %d of %d runs have no %s; fitted on the paper's six features",
+            int(data[DATA_FEATURE].isna().sum()),
+            len(data),
+            DATA_FEATURE,
+        )
     if len(data) < MIN_RUNS:
         raise RobustscaleError(
             f"the predictor needs at least {MIN_RUNS} runs with {target} and all of "
-            f"{', '.join(FEATURES)}; the zoo has {len(data)}"
+            f"{', '.join(PAPER_FEATURES)}; the zoo has {len(data)}"
         )
     categories = category_codes(data)
-    X, y = encode(data, categories), data[target].to_numpy(dtype=float)
+    X, y = encode(data, categories, features), data[target].to_numpy(dtype=float)
     bad = [
         n
-        for n, c in zip(FEATURES + [target], np.column_stack([X, y]).T)
+        for n, c in zip(features + [target], np.column_stack([X, y]).T)
         if not np.isfinite(c).all()
     ]
     if bad:
@@ -192,14 +197,15 @@ def fit_predictor(
     maes = [mean_absolute_error(y[i], p) for _, i, p in fits]
     return Predictor(
         categories=categories,
+        features=features,
         r2=float(r2s[0]),
         mae=float(maes[0]),
         r2_mean=float(np.mean(r2s)),
         r2_std=float(np.std(r2s)),
         mae_mean=float(np.mean(maes)),
         mae_std=float(np.std(maes)),
-        importance=dict(zip(FEATURES, map(float, model.feature_importances_))),
-        permutation_importance=dict(zip(FEATURES, map(float, perm.importances_mean))),
+        importance=dict(zip(features, map(float, model.feature_importances_))),
+        permutation_importance=dict(zip(features, map(float, perm.importances_mean))),
         n_train=len(y) - len(idx_test),
         n_test=len(idx_test),
         test_true=y[idx_test],
