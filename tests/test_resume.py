@@ -119,6 +119,25 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     assert len(read_csv_rows(run / "metrics.csv")) == 2
 
 
+def test_last_checkpoint_exists_at_every_moment_of_its_replacement(tmp_path, monkeypatch):
+    # a reader (status, a tracker) must never find last.pt missing while a new one replaces it
+    last, prev = tmp_path / "last.pt", tmp_path / "last-prev.pt"
+    ckpt.save_checkpoint(last, {"model": {}, "progress": {"step": 1}}, keep_previous=True)
+    real_replace, present = os.replace, []
+
+    def watching(src, dst):
+        real_replace(src, dst)
+        present.append(last.exists())
+
+    monkeypatch.setattr(os, "replace", watching)
+    ckpt.save_checkpoint(last, {"model": {}, "progress": {"step": 2}}, keep_previous=True)
+    monkeypatch.undo()
+    assert present and all(present)
+    assert ckpt.load_checkpoint(last)["progress"]["step"] == 2
+    assert ckpt.load_checkpoint(prev)["progress"]["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last-prev.pt", "last.pt"]
+
+
 class _Payload:
     def __init__(self, marker: str):
         self.marker = marker

@@ -15,6 +15,7 @@ lists for that reason.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,18 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool
     if keep_previous and path.exists():
         tmp = path.with_name(f".{path.name}.next")
         torch_save(tmp, state)
-        replace_files((path, path.with_name(f"{path.stem}-prev{path.suffix}")), (tmp, path))
+        prev = path.with_name(f"{path.stem}-prev{path.suffix}")
+        # the old file gets its second name through a hard link, so ``path`` exists at every
+        # moment (renaming it away first left a gap in which a reader, e.g. `status` or a
+        # tracker test, found no checkpoint at all); without hard links, rename as before
+        link = path.with_name(f".{prev.name}.tmp")
+        try:
+            link.unlink(missing_ok=True)
+            os.link(path, link)
+        except OSError:
+            replace_files((path, prev), (tmp, path))
+        else:
+            replace_files((link, prev), (tmp, path))
     else:
         torch_save(path, state)
 
