@@ -104,6 +104,7 @@ def evaluate(
     device: str | torch.device = "auto",
     state_path: str | Path | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> EvalResult:
     """Clean and robust accuracy (percent) of ``model`` on (x, y) under ``attack``.
 
@@ -114,9 +115,14 @@ def evaluate(
     evaluated in eval mode with frozen parameters and put back as it was. With
     ``device="auto"`` the model stays where it is. ``progress``: a bar on a terminal, a line per
     stage elsewhere, nothing under ``--quiet`` (robustscale.progress). Returns the
-    :class:`EvalResult` (read like the dict written to eval JSONs).
+    :class:`EvalResult` (read like the dict written to eval JSONs). ``workers``: AutoAttack on a
+    CPU runs each attack's batches in that many processes side by side (default: one per
+    intra-op thread, at most 8; robustscale.attacks.autoattack.default_workers), the library's
+    own batches and seeds, so the same verdicts; recorded as the result's ``workers``.
     """
-    cfg = _check_settings(attack, eps, norm, steps, step_size, restarts, version, seed, batch_size)
+    cfg = _check_settings(
+        attack, eps, norm, steps, step_size, restarts, version, seed, batch_size, workers
+    )
     if attacks is not None and cfg["attack"] != "autoattack":
         raise RobustscaleError(
             "attacks= selects AutoAttack's attacks; it needs attack='autoattack'"
@@ -160,6 +166,7 @@ def _check_settings(
     version: str,
     seed: int,
     batch_size: int,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     if attack not in ATTACKS:
         raise RobustscaleError(f"attack={attack!r} is not known; allowed: {', '.join(ATTACKS)}")
@@ -180,6 +187,13 @@ def _check_settings(
     for key, value in (("steps", steps), ("restarts", restarts), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise RobustscaleError(f"{key}={value!r} is not allowed; allowed: an integer >= 1")
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise RobustscaleError(
+            f"workers={workers!r} is not allowed; allowed: an integer >= 1 (or None: one per CPU "
+            "thread)"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise RobustscaleError(f"seed={seed!r} is not allowed; allowed: an integer")
     if step_size is None:
@@ -202,6 +216,7 @@ def _check_settings(
         "version": None if pgd else version,
         "seed": seed,
         "batch_size": batch_size,
+        "workers": workers,
     }
 
 
@@ -304,8 +319,11 @@ def _evaluate_autoattack(
     progress: bool = True,
 ) -> tuple[EvalResult, float]:
     """The result, and the seconds spent before a resume (added to this attempt's own)."""
-    from robustscale.attacks.autoattack import run_autoattack
+    from robustscale.attacks.autoattack import default_workers, run_autoattack
 
+    workers = default_workers(dev) if cfg["workers"] is None else cfg["workers"]
+    if dev.type != "cpu":
+        workers = 1  # one device, one process
     out = run_autoattack(
         model,
         x,
@@ -319,11 +337,12 @@ def _evaluate_autoattack(
         device=dev,
         state_path=state_path,
         progress=progress,
+        workers=workers,
     )
     result = _result(cfg, len(y), out.clean_acc, out.robust_acc, out.per_attack, out.warnings)
     version = f"custom:{'+'.join(attacks)}" if attacks is not None else result.version
     return result.replace(
-        version=version, resumed_after=list(out.resumed_after)
+        version=version, resumed_after=list(out.resumed_after), workers=workers
     ), out.seconds_before
 
 
@@ -368,6 +387,7 @@ def evaluate_run(
     version: str = "standard",
     seed: int = 0,
     device: str = "auto",
+    workers: int | None = None,
 ) -> EvalResult:
     """Evaluate a run's ``checkpoint`` on the first ``n`` test examples (all when None) and write
     ``<run_dir>/eval/`` + :func:`eval_filename` (``-<version>``, ``-n<N>``, ``-last`` parts when
@@ -389,6 +409,7 @@ def evaluate_run(
         attacks=None,
         seed=seed,
         batch_size=batch_size,
+        workers=workers,
     )
     _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
     dev = resolve_device(device)
@@ -430,6 +451,7 @@ def evaluate_checkpoint(
     version: str = "standard",
     seed: int = 0,
     device: str = "auto",
+    workers: int | None = None,
     activation: str | None = None,
 ) -> EvalResult:
     """Evaluate weights trained elsewhere: ``path`` holds a state dict for ``model`` (a robustscale
@@ -449,6 +471,7 @@ def evaluate_checkpoint(
         attacks=None,
         seed=seed,
         batch_size=batch_size,
+        workers=workers,
     )
     _check_settings(**{k: v for k, v in settings.items() if k != "attacks"}, step_size=None)
     if not Path(path).is_file():

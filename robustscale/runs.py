@@ -325,6 +325,7 @@ class EvalResult(Mapping):
     batch_size: int | None = None
     warnings: list[str] = field(default_factory=list)
     resumed_after: list[str] | None = None  # AutoAttack only: attacks done before a resume
+    workers: int | None = None  # AutoAttack only: processes its batches ran in (1: the library's)
     seconds: float | None = None
     device: str | None = None
     checkpoint: str | None = None  # best | last | a checkpoint path; None from evaluate()
@@ -338,8 +339,9 @@ class EvalResult(Mapping):
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        if out["resumed_after"] is None:
-            del out["resumed_after"]
+        for key in ("resumed_after", "workers"):  # AutoAttack only
+            if out[key] is None:
+                del out[key]
         for key in ("robust_ce_loss", "robust_cw_loss"):  # absent from AutoAttack and older files
             if out[key] is None:
                 del out[key]
@@ -352,7 +354,7 @@ class EvalResult(Mapping):
         data = self.to_json()
         if key in data:
             return data[key]
-        if key in ("resumed_after",):
+        if key in ("resumed_after", "workers"):
             return None
         raise KeyError(key)
 
@@ -412,6 +414,7 @@ class EvalResult(Mapping):
             batch_size=_num(data, "batch_size", path, integer=True),
             warnings=list(warnings),
             resumed_after=resumed,
+            workers=_num(data, "workers", path, integer=True),
             seconds=_num(data, "seconds", path),
             device=_text(data, "device", path),
             checkpoint=_text(data, "checkpoint", path) or "best",

@@ -117,7 +117,9 @@ def test_standard_model_autoattack_near_zero(standard_run, tmp_path_factory):
     assert not any("gradient masking" in w for w in r["warnings"])
 
 
-def test_numbers_equal_pyautoattack_called_directly(adv, aa_adv):
+@pytest.fixture(scope="module")
+def plain_aa(adv) -> torch.Tensor:
+    """pyautoattack called directly on aa_adv's examples: its per-example verdicts."""
     from pyautoattack import AutoAttack
 
     model = load(adv, "best")
@@ -125,7 +127,13 @@ def test_numbers_equal_pyautoattack_called_directly(adv, aa_adv):
     _, y_adv = AutoAttack(
         model, eps=DIGITS_EPS, norm="Linf", version="standard", seed=0
     ).run_standard_evaluation(x, y, batch_size=BS)
-    assert 100.0 * (y_adv == y).sum().item() / N == aa_adv["robust_acc"]
+    return y_adv == y
+
+
+def test_numbers_equal_pyautoattack_called_directly(adv, aa_adv, plain_aa):
+    model = load(adv, "best")
+    x, y = robustscale.load_split(adv, n=N)
+    assert 100.0 * plain_aa.sum().item() / N == aa_adv["robust_acc"]
     assert 100.0 * (model(x).argmax(1) == y).sum().item() / N == aa_adv["clean_acc"]
 
 
@@ -231,6 +239,71 @@ def test_killed_autoattack_resumes_with_the_same_result(adv, aa_adv, tmp_path_fa
     )
     for key in ("clean_acc", "robust_acc", "per_attack"):
         assert resumed[key] == aa_adv[key], (key, partial)
+    assert not state.exists()
+
+
+def _children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_batches_in_parallel_processes_give_the_library_verdicts(adv, aa_adv, plain_aa):
+    """workers=2: each attack's batches run side by side in forked processes; every example's
+    verdict and each attack's accuracy equal those of the library called directly, and the work
+    was done in the workers."""
+    from robustscale.attacks.autoattack import run_autoattack
+
+    model = load(adv, "best")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y = robustscale.load_split(adv, n=N)
+    before = _children_cpu_seconds()
+    out = run_autoattack(model, x, y, eps=DIGITS_EPS, batch_size=BS, workers=2, progress=False)
+    assert _children_cpu_seconds() - before > 1.0  # the attacks ran in the worker processes
+    assert torch.equal(out.robust, plain_aa) and 0 < int(plain_aa.sum()) < N
+    assert out.per_attack == aa_adv["per_attack"] and out.clean_acc == aa_adv["clean_acc"]
+    assert out.robust_acc == aa_adv["robust_acc"]
+
+
+def test_parallel_evaluation_killed_after_an_attack_resumes_with_the_same_result(
+    adv, aa_adv, tmp_path, monkeypatch
+):
+    """The parallel path snapshots each attack boundary: an evaluation that dies after APGD-CE
+    resumes with APGD-T (again in two workers) and ends with the uninterrupted numbers (APGD-CE
+    and APGD-T alone, to stay fast: the same batches and seeds as the standard run's first two)."""
+    from robustscale.attacks import autoattack
+
+    model = load(adv, "best")
+    x, y = robustscale.load_split(adv, n=N)
+    record = autoattack._Snapshots.record
+
+    def dies_after_apgd_ce(self, attack, flags):
+        record(self, attack, flags)
+        if attack == "apgd-ce":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(autoattack._Snapshots, "record", dies_after_apgd_ce)
+    state = tmp_path / "aa.state"
+    kw = dict(
+        attack="autoattack",
+        attacks=["apgd-ce", "apgd-t"],
+        eps=DIGITS_EPS,
+        batch_size=BS,
+        device="cpu",
+        state_path=state,
+        workers=2,
+        progress=False,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, x, y, **kw)
+    monkeypatch.undo()
+    resumed = evaluate(model, x, y, **kw)
+    assert resumed["resumed_after"] == ["apgd-ce"] and resumed["workers"] == 2
+    assert resumed["clean_acc"] == aa_adv["clean_acc"]
+    assert resumed["per_attack"] == {a: aa_adv["per_attack"][a] for a in ("apgd-ce", "apgd-t")}
+    assert aa_adv["workers"] == 1  # one torch thread here: one process by default
     assert not state.exists()
 
 
@@ -365,6 +438,7 @@ def test_cli_checkpoint_file_and_json(standard_run, tmp_path, capsys):
         (["eval", "{run}", "--attack", "autoattack", "--norm", "l2"], "norm='l2'"),
         (["eval", "{run}", "--checkpoint", "middle"], "checkpoint='middle'"),
         (["eval", "{ckpt}"], "--model"),
+        (["eval", "{run}", "--attack", "autoattack", "--workers", "0"], "workers=0"),
     ],
 )
 def test_cli_bad_input_is_one_line(adversarial_run, tmp_path, capsys, args, says):

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -116,11 +117,22 @@ class _Snapshots:
             return  # a resumed session: clean accuracy on the subset means nothing
         flags = torch.zeros(self.n, dtype=torch.bool)
         flags[self.index] = EvaluationState.from_disk(self.state_path).robust_flags.bool()
-        self.flags = flags
         if attack is None:
             self.clean = int(flags.sum())
+            self.flags = flags
+            self._write()
         else:
-            self.done.append((attack, int(flags.sum())))
+            self.record(attack, flags)
+
+    def record(self, attack: str, flags: torch.Tensor) -> None:
+        """``attack`` has finished with ``flags`` (all n examples) robust: snapshot them."""
+        self.flags = flags.clone()
+        self.done.append((attack, int(flags.sum())))
+        self._write()
+
+    def _write(self) -> None:
+        flags = self.flags
+        assert flags is not None
         atomic_write_json(
             self.path,
             {
@@ -200,9 +212,7 @@ class _Listener(logging.Handler):
         msg = record.getMessage()
         snaps, prog = self.snapshots, self.progress
         if record.levelno >= logging.WARNING:
-            if msg not in self.warnings:
-                self.warnings.append(msg)
-                log.warning("warning (AutoAttack check): %s", msg)
+            self.warn(msg)
         elif snaps is not None and msg.startswith("initial accuracy:"):
             snaps.boundary(None)
         elif snaps is not None and (m := _AFTER.match(msg)) is not None:
@@ -216,6 +226,11 @@ class _Listener(logging.Handler):
             prog.batch(m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4)))
         else:
             log.debug("autoattack: %s", msg)
+
+    def warn(self, msg: str) -> None:
+        if msg not in self.warnings:
+            self.warnings.append(msg)
+            log.warning("warning (AutoAttack check): %s", msg)
 
     def handleError(
         self, record: logging.LogRecord
@@ -275,6 +290,7 @@ def run_autoattack(
     channels_last: bool = False,
     compile: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> AutoAttackOutcome:
     """Run pyautoattack on (x, y) (CPU tensors, x in [0, 1]) and read back per-attack accuracy.
 
@@ -286,9 +302,16 @@ def run_autoattack(
     off by default because they can move a near-tie verdict).
     ``progress`` shows a bar (attack, examples still robust, elapsed/ETA) on a terminal, or logs
     a line per attack elsewhere (robustscale.progress).
+    ``workers`` > 1 (CPU only; see :func:`default_workers`) runs each attack's batches side by
+    side in that many forked processes, each with its share of the threads: the library's own
+    batches with its own seeds, so the same verdicts (below, "batches in parallel").
     """
     from pyautoattack import AutoAttack
 
+    if workers < 1:
+        raise ValueError(f"workers={workers!r}; allowed: an integer >= 1")
+    if compile or torch.device(device).type != "cpu" or not _fork_pool_available():
+        workers = 1  # one GPU, one process; a compiled model would compile again in each worker
     listener = _Listener()
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     net = _Fast(model, channels_last, compile) if channels_last or compile else model
@@ -337,10 +360,145 @@ def run_autoattack(
             stack.enter_context(torch.random.fork_rng(devices=devices, device_type="cuda"))
             listener.progress = _Progress(todo, len(y), progress)
             stack.callback(listener.progress.close)
-            aa.run_standard_evaluation(
-                x[snaps.index], y[snaps.index], batch_size=batch_size, state_path=state_path
-            )
+            if workers > 1:
+                _run_batches_in_parallel(
+                    aa, x, y, todo, batch_size, state_path, snaps, listener, workers
+                )
+            else:
+                aa.run_standard_evaluation(
+                    x[snaps.index], y[snaps.index], batch_size=batch_size, state_path=state_path
+                )
         return _outcome(snaps, listener, resumed, order, len(y))
+
+
+# ---- batches of an attack in parallel processes (CPU) -------------------------------------------
+#
+# Each attack of the library reseeds torch's RNG at every batch (``perturb`` calls
+# ``manual_seed(seed)``) and starts from the clean images, and the library cuts the examples
+# still robust before an attack into consecutive batches of ``batch_size``. So a batch's verdicts
+# depend on that batch alone: running the library on each batch by itself, in another process,
+# gives the batches an uninterrupted call would have computed, and the same verdicts (up to the
+# last bits of a logit: each worker computes with its own thread count). A small tiny-model CPU
+# evaluation spends its time in the Python and dispatch overhead of many small operators, which
+# intra-op threads do not spread over the cores; whole batches side by side do. The snapshots,
+# resume and progress are those of the sequential path, updated here per batch and per attack.
+
+_JOB: dict = {}  # what the workers attack: set before the pool forks, inherited by the workers
+
+
+def _fork_pool_available() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux"
+
+
+def default_workers(device: torch.device | str) -> int:
+    """Processes for AutoAttack's batches: on a CPU the intra-op threads this process has (one
+    worker each, at most 8: each worker holds a batch's activations), else 1."""
+    if torch.device(device).type != "cpu" or not _fork_pool_available():
+        return 1
+    return max(1, min(8, torch.get_num_threads()))
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+    with contextlib.suppress(OSError, AttributeError):  # die with the evaluation (Linux)
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    logger = logging.getLogger(AA_LOGGER)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    for h in list(logger.handlers):  # the parent's listener came along with the fork
+        logger.removeHandler(h)
+    logger.addHandler(_JOB["warnings"])
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.found.append(record.getMessage())
+
+
+def _attack_one_batch(attack: str, index: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """In a worker: the library's run of ``attack`` on one batch; robust flags and warnings."""
+    aa, found = _JOB["aa"], _JOB["warnings"].found
+    found.clear()
+    aa.attacks_to_run = [attack]
+    xb, yb = _JOB["x"][index], _JOB["y"][index]
+    _, y_adv = aa.run_standard_evaluation(xb, yb, batch_size=len(index))
+    return y_adv.eq(yb), list(found)
+
+
+def _run_batches_in_parallel(
+    aa,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    todo: list[str],
+    batch_size: int,
+    state_path: Path,
+    snaps: _Snapshots,
+    listener: _Listener,
+    workers: int,
+) -> None:
+    """The library's loop over attacks, each attack's batches spread over ``workers`` processes
+    (an attack with one batch runs here, with all threads)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from pyautoattack import checks
+
+    prog = listener.progress
+    if snaps.flags is None:  # the library's checks and clean pass, exactly as it runs them
+        aa.attacks_to_run = []
+        aa.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
+    # from here on the library runs one attack on one batch at a time: its log lines speak of
+    # that batch, so only its warnings are listened to
+    listener.snapshots = listener.progress = None
+    flags = snaps.flags.clone()
+    accuracy = {"clean": snaps.clean / len(y), **{a: c / len(y) for a, c in snaps.done}}
+    _JOB.update(aa=aa, x=x, y=y, warnings=_Warnings())
+    threads = max(1, torch.get_num_threads() // workers)
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_worker_init,
+        initargs=(threads,),
+    )
+    try:
+        for attack in todo:
+            index = flags.nonzero().flatten()
+            if len(index) == 0:
+                break
+            batches = list(index.split(batch_size))
+            if prog is not None:
+                prog.running(attack, len(index))
+            if len(batches) == 1:  # nothing to spread: the library here, with every thread
+                aa.attacks_to_run = [attack]
+                _, y_adv = aa.run_standard_evaluation(x[index], y[index], batch_size=batch_size)
+                flags[index] = y_adv.eq(y[index])
+            else:
+                futures = {pool.submit(_attack_one_batch, attack, b): b for b in batches}
+                for done, future in enumerate(as_completed(futures), 1):
+                    robust, warnings = future.result()
+                    b = futures[future]
+                    for msg in warnings:
+                        listener.warn(msg)
+                    if prog is not None:
+                        prog.batch(attack, done, len(batches), int((~robust).sum()))
+                    flags[b] = robust
+            accuracy[attack] = int(flags.sum()) / len(y)
+            snaps.record(attack, flags)
+            if prog is not None:
+                prog.after(attack, int(flags.sum()))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _JOB.clear()
+    checks.check_square_sr(accuracy, logger=aa.logger)
 
 
 def _outcome(

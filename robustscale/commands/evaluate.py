@@ -64,6 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, default=256, help="examples per attack batch (default 256)"
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="AutoAttack on a CPU: processes that run each attack's batches side by side (default: "
+        "one per CPU thread, at most 8; same verdicts as one process)",
+    )
+    p.add_argument(
         "--seed",
         type=values.seed(),
         default=0,
@@ -113,6 +120,7 @@ def run_eval(args: argparse.Namespace) -> int:
         version=args.version,
         seed=args.seed,
         device=args.device,
+        workers=args.workers,
     )
     target = Path(args.target)
     if target.is_file() or (args.model is not None and not target.exists()):
