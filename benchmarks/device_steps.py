@@ -521,7 +521,7 @@ def compare_autoattack(run_dir: Path, device: str, n: int, batch_size: int) -> d
     out = {}
     for name, fn in (
         ("pyautoattack", plain_autoattack_flags),
-        ("robustscale", rs_autoattack_option()),
+        ("robustscale", rs_autoattack_option(workers="auto")),  # eval's default: 1 on a GPU
     ):
         model = load(run_dir, device=dev)
         if name == "pyautoattack":

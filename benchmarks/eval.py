@@ -215,30 +215,26 @@ def plain_autoattack_flags(model, x, y, eps, bs, device) -> dict:
 
 
 def rs_autoattack_option(**options) -> Callable:
-    """robustscale's adapter with one option: ``channels_last``, ``compile`` or a
-    ``batch_scale``."""
+    """robustscale's adapter with one option: ``channels_last``, ``compile``, a ``batch_scale``
+    or ``workers`` ("auto": evaluate's default, one process per CPU thread; 1 on a GPU)."""
 
     def fn(model, x, y, eps, bs, device) -> dict:
-        from robustscale.attacks.autoattack import run_autoattack
+        from robustscale.attacks.autoattack import default_workers, run_autoattack
 
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        scale = options.get("batch_scale", 1)
-        if options.get("workers") == "auto":
-            from robustscale.attacks.autoattack import default_workers
-
-            options["workers"] = default_workers(device)
+        kw = {k: v for k, v in options.items() if k != "batch_scale"}
+        if kw.get("workers") == "auto":
+            kw["workers"] = default_workers(device)
         out = run_autoattack(
-            model,
-            x,
-            y,
-            eps=eps,
-            batch_size=bs * scale,
-            device=device,
-            **{k: v for k, v in options.items() if k != "batch_scale"},
+            model, x, y, eps=eps, batch_size=bs * options.get("batch_scale", 1), device=device, **kw
         )
-        return {"robust_acc": out.robust_acc, "flags": out.robust.bool().cpu()}
+        return {
+            "robust_acc": out.robust_acc,
+            "flags": out.robust.bool().cpu(),
+            "workers": kw.get("workers", 1),
+        }
 
     return fn
 
@@ -378,6 +374,7 @@ def aa_options(
             "attack": "autoattack",
             "impl": name,
             "robust_acc": rs[0]["robust_acc"],
+            "workers": rs[0].get("workers", 1),
             "seconds": median(secs),
             "seconds_all": secs,
             "examples_per_s": len(y) / median(secs),

@@ -381,8 +381,15 @@ def test_eval_benchmark_writes_json_lines(adversarial_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_benchmark_compares_autoattack_options_example_by_example(adversarial_run, tmp_path):
+def test_eval_benchmark_compares_autoattack_options_example_by_example(
+    adversarial_run, tmp_path, monkeypatch
+):
     from benchmarks import eval as eval_bench
+
+    # two worker processes whatever this machine's thread count (the option's default)
+    monkeypatch.setitem(
+        eval_bench.AA_OPTIONS, "workers", eval_bench.rs_autoattack_option(workers=2)
+    )
 
     out = tmp_path / "aa.jsonl"
     eval_bench.main(
@@ -392,11 +399,11 @@ def test_eval_benchmark_compares_autoattack_options_example_by_example(adversari
             "--n",
             "8",
             "--batch-size",
-            "8",
+            "4",
             "--attacks",
             "autoattack-options",
             "--aa-options",
-            "robustscale,channels_last",
+            "robustscale,channels_last,workers",
             "--aa-repeats",
             "1",
             "--out",
@@ -404,8 +411,10 @@ def test_eval_benchmark_compares_autoattack_options_example_by_example(adversari
         ]
     )
     rows = {r["impl"]: r for r in map(json.loads, out.read_text().splitlines())}
-    assert set(rows) == {"pyautoattack", "robustscale", "channels_last"}
-    # the adapter runs the library itself: the same verdict on every example as the plain call
+    assert set(rows) == {"pyautoattack", "robustscale", "channels_last", "workers"}
+    # the adapter runs the library itself: the same verdict on every example as the plain call,
+    # also with two batches of 4 in two worker processes
     assert rows["robustscale"]["verdicts_identical_to_pyautoattack"]
+    assert rows["workers"]["verdicts_identical_to_pyautoattack"] and rows["workers"]["workers"] == 2
     assert rows["robustscale"]["robust_acc"] == pytest.approx(rows["pyautoattack"]["robust_acc"])
     assert all(r["cpu_seconds"] > 0 and r["speedup_cpu_time"] > 0 for r in rows.values())
