@@ -181,6 +181,8 @@ def format_table(result: dict[str, Any]) -> str:
         if result.get("resumed_after"):
             lines.append(f"  resumed after {', '.join(result['resumed_after'])}")
     lines += [f"  {label:<28} {value:6.2f}%" for label, value in rows]
-    lines.append(f"  {result['seconds']:.1f} s on {result['device']}")
+    workers = result.get("workers") or 1
+    side_by_side = f", batches in {workers} processes" if workers > 1 else ""
+    lines.append(f"  {result['seconds']:.1f} s on {result['device']}{side_by_side}")
     lines += [f"  warning: {w}" for w in result["warnings"]]
     return "\n".join(lines)
