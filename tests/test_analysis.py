@@ -11,6 +11,7 @@ import yaml
 from zoo_factory import JOINT_THETA, joint_zoo, planted_zoo, power_law_zoo
 
 from robustscale.analysis import analyze_zoo, fit_predictor
+from robustscale.analysis.predictor import _model, predict_rows, unique_rows
 from robustscale.cli import main
 from robustscale.errors import RobustscaleError
 from robustscale.zoo import write_zoo
@@ -55,6 +56,23 @@ def test_predictor_sees_the_amount_of_data_and_falls_back_without_it():
     assert "examples_seen" not in six.features and six.r2 < 0.8
     row = foreign.iloc[[0]]
     assert np.isfinite(six.predict(row)["mean"]).all()
+
+
+def test_unique_rows_is_numpys_unique_of_rows():
+    rng = np.random.default_rng(0)
+    for n, d in [(1, 1), (7, 3), (500, 7), (2000, 2)]:
+        X = rng.integers(0, 3, (n, d)).astype(float) * np.array([1e7, 1, -2, 0.5, 3, 1, 1])[:d]
+        rows, inverse = np.unique(X, axis=0, return_inverse=True)
+        mine_rows, mine_inverse = unique_rows(X)
+        assert np.array_equal(mine_rows, rows) and np.array_equal(mine_inverse, inverse.ravel())
+        assert np.array_equal(mine_rows[mine_inverse], X)
+
+
+def test_predicting_distinct_rows_gives_every_rows_prediction_bit_for_bit():
+    df = planted_zoo(n=300)
+    X = df[["params", "attack_steps", "epochs"]].to_numpy(float)
+    model = _model(0).fit(X, df["autoattack_acc"].to_numpy(float))
+    assert np.array_equal(predict_rows(model, X), model.predict(X))
 
 
 def test_predictor_refuses_an_infinite_value_in_one_line():
