@@ -3,8 +3,10 @@
 Layers, each importing only those before it: ``scaling`` (envelope power laws), ``predictor``,
 ``target`` (the envelope law's cost of a target), ``outcome`` (a recipe's forecast);
 ``joint/`` (the joint law L(N, D), its families, k, frontier, the one cost-of-target function
-and the planner); ``zoo_fit`` (all fits of one zoo, no files); ``report`` (figures and HTML);
-``analyze`` (the orchestrator, ``analyze_zoo``), which nothing in the package imports.
+and the planner); ``zoo_fit`` (all fits of one zoo, no files); ``report`` (figures and HTML;
+matplotlib is imported only where a figure is drawn); ``drawing`` (the figures drawn in a
+forked process beside the fits); ``analyze`` (the orchestrator, ``analyze_zoo``), which nothing
+in the package imports.
 
 Names are loaded on first use, so ``import robustscale.analysis`` costs nothing.
 """

@@ -14,12 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from robustscale.analysis.drawing import FigureDrawer
 from robustscale.analysis.groups import COLLAPSE_THRESHOLD
 from robustscale.analysis.joint.target import cost_of_target
 from robustscale.analysis.predictor import Predictor
-from robustscale.analysis.report import draw_figures, write_report
+from robustscale.analysis.report import (
+    joint_figure_jobs,
+    predictor_figure_jobs,
+    write_report,
+    zoo_figure_jobs,
+)
 from robustscale.analysis.scaling import PowerLaw
-from robustscale.analysis.zoo_fit import Analysis, fit_zoo, with_joint
+from robustscale.analysis.zoo_fit import Analysis, fit_zoo, with_fitted_predictor, with_joint
 from robustscale.errors import RobustscaleError
 from robustscale.files import atomic_write_json, fs_error
 
@@ -93,35 +99,54 @@ def analyze_zoo(
     n_boot: int = 1000,
     n_splits: int = 10,
     joint: bool = True,
+    parallel: bool | None = None,
 ) -> dict[str, Any]:
     """Fit everything, draw the figures, write ``report.html`` and ``fits.json`` into ``out_dir``.
 
     Returns the fits.json content. ``joint`` adds the joint law L(N, D) per recipe family, with
     whether the zoo identifies it; ``target_acc`` the cost of that robust accuracy, answered by
     :func:`~robustscale.analysis.joint.target.cost_of_target` exactly as ``plan`` answers it.
+
+    The figures are drawn by a forked second process while this one fits the predictor and the
+    joint law (:class:`~robustscale.analysis.drawing.FigureDrawer`; ``parallel=False``, or a
+    machine where forking is not available, draws them here afterwards: the same files).
+    ``timings`` in the result (wall seconds): ``fits`` (run groups, envelope laws, predictor),
+    ``joint``, ``figures`` (from the start of drawing to the last figure written, side by side
+    with the fits) and ``figures_after_fits`` (the part of it after the joint law).
     """
     t0 = time.perf_counter()
     if target_acc is not None and not 0 < target_acc < 100:
         raise RobustscaleError(
             f"--target-acc {target_acc:g} is not a percentage; allowed: 0 < X < 100"
         )
-    a = fit_zoo(
-        df, seed=seed, collapse_threshold=collapse_threshold, n_boot=n_boot, n_splits=n_splits
-    )
-    timings = {"fits": time.perf_counter() - t0}
-    if joint:
-        a = with_joint(a, seed)
-        timings["joint"] = time.perf_counter() - t0 - sum(timings.values())
     out_dir = Path(out_dir)
+    a = fit_zoo(
+        df,
+        seed=seed,
+        collapse_threshold=collapse_threshold,
+        n_boot=n_boot,
+        n_splits=n_splits,
+        with_predictor=False,
+    )
+    figures = out_dir / "figures"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        figures.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise fs_error(out_dir, exc) from None
-    fits = fits_dict(a, target_acc)
-    fits["figures"] = {
-        name: path.name for name, path in draw_figures(a, out_dir / "figures").items()
-    }
-    timings["figures"] = time.perf_counter() - t0 - sum(timings.values())
+    t_draw = time.perf_counter()
+    with FigureDrawer(zoo_figure_jobs(a, figures), parallel) as drawer:
+        a = with_fitted_predictor(a, seed, n_splits)
+        drawer.submit(predictor_figure_jobs(a, figures))
+        timings = {"fits": time.perf_counter() - t0}
+        if joint:
+            a = with_joint(a, seed)
+            drawer.submit(joint_figure_jobs(a, figures))
+            timings["joint"] = time.perf_counter() - t0 - timings["fits"]
+        fits = fits_dict(a, target_acc)
+        t_fitted = time.perf_counter()
+        fits["figures"] = {name: path.name for name, path in drawer.finish().items()}
+    timings["figures"] = time.perf_counter() - t_draw
+    timings["figures_after_fits"] = time.perf_counter() - t_fitted
     fits["timings"] = timings
     fits = clean_json(fits)
     atomic_write_json(out_dir / "fits.json", fits)

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from robustscale.analysis.joint.figures import draw_joint_figures
 from robustscale.analysis.joint.report import joint_section
 from robustscale.analysis.predictor import Predictor
 from robustscale.analysis.scaling import PowerLaw
@@ -35,18 +34,23 @@ LAW_FIGURES = [
 ]
 
 
-def draw_figures(a: Analysis, out_dir: Path) -> dict[str, Path]:
-    """Draw every figure the analysis supports; return figure name -> PNG path."""
-    from robustscale.analysis import figures as F
+# A figure to draw: (figure name, "module:function" drawing it, the function's arguments). The
+# function is named, not imported, so that building a job imports no matplotlib: a forked
+# process draws the figures (robustscale.analysis.drawing) while this one fits.
+Job = tuple[str, str, tuple]
+_F = "robustscale.analysis.figures:"
+_J = "robustscale.analysis.joint.figures:"
+# the order of fits.json's "figures" and of the report, whichever figure is drawn first
+FIGURE_ORDER = ["1a", "1b", "1c", "2", "3a", "3b", "3c", "4a", "4b", "4c", "4d"]
 
-    out: dict[str, Path] = {
-        "1a": F.fig_1a(a.kept, a.collapsed, out_dir, a.standard, a.no_autoattack)
-    }
-    if isinstance(a.predictor, Predictor):
-        p = a.predictor
-        out["1b"] = F.fig_1b(p.test_true, p.test_pred, p.r2, out_dir)
-        out["1c"] = F.fig_1c(p.importance, p.permutation_importance, out_dir)
-    out["2"] = F.fig_2(a.kept, out_dir)
+
+def zoo_figure_jobs(a: Analysis, out_dir: Path) -> list[Job]:
+    """The figures of the run groups and the envelope laws (1a, 2, 3a-c): the ones that need
+    neither the predictor nor the joint law."""
+    jobs: list[Job] = [
+        ("1a", _F + "fig_1a", (a.kept, a.collapsed, out_dir, a.standard, a.no_autoattack)),
+        ("2", _F + "fig_2", (a.kept, out_dir)),
+    ]
     env = a.envelope
     for letter, (name, col, ylabel, title) in zip("abc", LAW_FIGURES):
         law = a.laws.get(name)
@@ -61,7 +65,7 @@ def draw_figures(a: Analysis, out_dir: Path) -> dict[str, Path]:
                 se["clean_acc"].to_numpy(float),
                 "standard training, clean accuracy",
             )
-        out[f"3{letter}"] = F.fig_3(
+        args = (
             law,
             env["train_flops"].to_numpy(float, na_value=np.nan),
             env[col].to_numpy(float, na_value=np.nan),
@@ -71,9 +75,54 @@ def draw_figures(a: Analysis, out_dir: Path) -> dict[str, Path]:
             out_dir,
             extra,
         )
-    if a.joint_fit is not None:
-        out.update(draw_joint_figures(a.joint_fit, out_dir))
-    return out
+        jobs.append((f"3{letter}", _F + "fig_3", args))
+    return jobs
+
+
+def predictor_figure_jobs(a: Analysis, out_dir: Path) -> list[Job]:
+    """Figures 1b and 1c of a fitted predictor (none when it was not fitted)."""
+    if not isinstance(a.predictor, Predictor):
+        return []
+    p = a.predictor
+    return [
+        ("1b", _F + "fig_1b", (p.test_true, p.test_pred, p.r2, out_dir)),
+        ("1c", _F + "fig_1c", (p.importance, p.permutation_importance, out_dir)),
+    ]
+
+
+def joint_figure_jobs(a: Analysis, out_dir: Path) -> list[Job]:
+    """The joint-law figures of the headline family (4a-c, or 4d when not identifiable)."""
+    jf = a.joint_fit
+    if jf is None:
+        return []
+    if not jf.identifiable:
+        return [("4d", _J + "fig_coverage", (jf, out_dir))]
+    return [
+        ("4a", _J + "fig_iso_flop", (jf, out_dir)),
+        ("4b", _J + "fig_frontier", (jf, out_dir)),
+        ("4c", _J + "fig_asymptote", (jf, out_dir)),
+    ]
+
+
+def draw_job(job: Job) -> Path:
+    """Draw one figure; return its PNG's path."""
+    import importlib
+
+    _, target, args = job
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)(*args)
+
+
+def in_figure_order(paths: dict[str, Path]) -> dict[str, Path]:
+    """Figure name -> path in :data:`FIGURE_ORDER`."""
+    return {name: paths[name] for name in FIGURE_ORDER if name in paths}
+
+
+def draw_figures(a: Analysis, out_dir: Path) -> dict[str, Path]:
+    """Draw every figure the analysis supports in this process; return figure name -> PNG path."""
+    jobs = zoo_figure_jobs(a, out_dir) + predictor_figure_jobs(a, out_dir)
+    jobs += joint_figure_jobs(a, out_dir)
+    return in_figure_order({job[0]: draw_job(job) for job in jobs})
 
 
 def _table(header: list[str], rows: list[list[Any]], ident: str | None = None) -> str:

@@ -72,12 +72,17 @@ def fit_zoo(
         collapse_threshold=collapse_threshold,
     )
     _fit_standard(out, n_boot, seed)
-    if with_predictor:
-        try:
-            out.predictor = fit_predictor(kept, seed=seed, n_splits=n_splits)
-        except RobustscaleError as exc:
-            out.predictor = f"not fitted: {exc}"
-    return out
+    return with_fitted_predictor(out, seed, n_splits) if with_predictor else out
+
+
+def with_fitted_predictor(a: Analysis, seed: int = 0, n_splits: int = 10) -> Analysis:
+    """``a`` with the predictor fitted on its kept runs (a "not fitted: ..." reason when the
+    runs cannot carry one)."""
+    try:
+        predictor: Predictor | str = fit_predictor(a.kept, seed=seed, n_splits=n_splits)
+    except RobustscaleError as exc:
+        predictor = f"not fitted: {exc}"
+    return replace(a, predictor=predictor)
 
 
 def with_joint(a: Analysis, seed: int = 0) -> Analysis:

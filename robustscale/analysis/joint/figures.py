@@ -1,6 +1,7 @@
 """Figures of the joint law: iso-FLOP curves (4a), the compute-optimal frontier N*(C), D*(C)
 (4b) and the robust-accuracy asymptote (4c), drawn only for an identifiable law; otherwise the
-data coverage (4d: which (N, D) the zoo has), which shows why the law is not pinned down."""
+data coverage (4d: which (N, D) the zoo has), which shows why the law is not pinned down
+(``report.joint_figure_jobs`` chooses)."""
 
 from __future__ import annotations
 
@@ -126,15 +127,3 @@ def fig_coverage(jf: JointFit, out_dir: Path) -> Path:
     )
     ax.title.set_fontsize(9)
     return save(fig, out_dir, "fig4d_data_coverage")
-
-
-def draw_joint_figures(jf: JointFit, out_dir: Path) -> dict[str, Path]:
-    """The joint-law figures of an identifiable law (4a-c); for a law the zoo does not pin down,
-    only the data-coverage figure (4d). Name -> PNG path."""
-    if not jf.identifiable:
-        return {"4d": fig_coverage(jf, out_dir)}
-    return {
-        "4a": fig_iso_flop(jf, out_dir),
-        "4b": fig_frontier(jf, out_dir),
-        "4c": fig_asymptote(jf, out_dir),
-    }
