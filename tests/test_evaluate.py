@@ -267,6 +267,43 @@ def test_batches_in_parallel_processes_give_the_library_verdicts(adv, aa_adv, pl
     assert out.robust_acc == aa_adv["robust_acc"]
 
 
+def test_pipeline_cuts_the_librarys_batches_whatever_order_they_finish_in():
+    """_Pipeline forms each attack's batches from the examples still robust after the previous
+    attack, as the library's loop does, while batches finish in any order (random outcomes,
+    random completion order, batch sizes that do and do not divide the counts)."""
+    import random
+
+    from robustscale.attacks.autoattack import _Pipeline
+
+    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        n, bs, n_attacks = rng.randint(1, 60), rng.randint(1, 9), rng.randint(1, 4)
+        flags = torch.rand(n, generator=gen) < rng.random()
+        keeps = [torch.rand(n, generator=gen) < rng.random() for _ in range(n_attacks)]
+        expected, still = [], flags.clone()
+        for keep in keeps:  # the library: consecutive batches of the examples still robust
+            robust = still.nonzero().flatten()
+            expected.append([b.tolist() for b in robust.split(bs)] if len(robust) else [])
+            still &= keep
+        line = _Pipeline(flags, [f"attack{i}" for i in range(n_attacks)], bs)
+        handed, running = [0] * n_attacks, []
+        while True:
+            while line.finished < n_attacks and line.done(line.finished):
+                line.finished += 1
+            if line.finished == n_attacks:
+                break
+            for a in range(line.finished, n_attacks):
+                running += [(a, j) for j in range(handed[a], len(line.formed[a]))]
+                handed[a] = len(line.formed[a])
+            assert running, "no batch to run before the last attack is done"
+            a, j = running.pop(rng.randrange(len(running)))
+            index = line.formed[a][j]
+            line.record(a, index, keeps[a][index])
+        assert [[b.tolist() for b in line.formed[a]] for a in range(n_attacks)] == expected
+        assert torch.equal(line.out[-1], still)
+
+
 def test_parallel_evaluation_killed_after_an_attack_resumes_with_the_same_result(
     adv, aa_adv, tmp_path, monkeypatch
 ):

@@ -434,6 +434,61 @@ def _attack_one_batch(attack: str, index: torch.Tensor) -> tuple[torch.Tensor, l
     return y_adv.eq(yb), list(found)
 
 
+class _Pipeline:
+    """Which batches of which attacks are known, in the library's order.
+
+    Attack ``a``'s batches are consecutive runs of ``batch_size`` among the examples still robust
+    after attack ``a - 1``. Its batch ``j`` is therefore fixed as soon as attack ``a - 1`` has
+    settled every example up to the ``(j + 1) * batch_size``-th one still robust: the next attack
+    can start on the first examples while the last batches of this one still run, so no core
+    idles at the end of an attack with fewer batches than workers."""
+
+    def __init__(self, flags: torch.Tensor, attacks: list[str], batch_size: int):
+        n = len(flags)
+        self.attacks, self.batch_size, self.n = attacks, batch_size, n
+        self.inputs = [flags.clone()] + [torch.zeros(n, dtype=torch.bool) for _ in attacks[1:]]
+        self.known = [n] + [0] * (len(attacks) - 1)  # examples [0, known) of each input are known
+        self.out = [torch.zeros(n, dtype=torch.bool) for _ in attacks]  # robust after the attack
+        self.settled = [torch.zeros(n, dtype=torch.bool) for _ in attacks]
+        self.formed: list[list[torch.Tensor]] = [[] for _ in attacks]
+        self.complete = [False] * len(attacks)  # every batch of the attack formed
+        self.finished = 0  # attacks whose output is known for every example
+        self._form(0)
+        self._pass_on(0)
+
+    def _form(self, a: int) -> None:
+        """Cut attack ``a``'s batches from the known part of its input; settle the rest."""
+        k = self.known[a]
+        self.settled[a][:k] |= ~self.inputs[a][:k]  # not robust before: not robust after
+        robust = self.inputs[a][:k].nonzero().flatten()
+        used = sum(len(b) for b in self.formed[a])
+        while len(robust) - used >= self.batch_size or (
+            k == self.n and used < len(robust) and not self.complete[a]
+        ):
+            batch = robust[used : used + self.batch_size]
+            self.formed[a].append(batch)
+            used += len(batch)
+        self.complete[a] = k == self.n and used == len(robust)
+
+    def record(self, a: int, index: torch.Tensor, robust: torch.Tensor) -> None:
+        """Attack ``a`` has settled ``index``: pass the newly known prefix to the next attack."""
+        self.out[a][index], self.settled[a][index] = robust, True
+        self._pass_on(a)
+
+    def _pass_on(self, a: int) -> None:
+        for b in range(a, len(self.attacks) - 1):
+            unsettled = (~self.settled[b]).nonzero()
+            prefix = int(unsettled[0]) if len(unsettled) else self.n
+            if prefix == self.known[b + 1]:
+                break
+            self.inputs[b + 1][:prefix] = self.out[b][:prefix]
+            self.known[b + 1] = prefix
+            self._form(b + 1)
+
+    def done(self, a: int) -> bool:
+        return self.complete[a] and bool(self.settled[a].all())
+
+
 def _run_batches_in_parallel(
     aa,
     x: torch.Tensor,
@@ -445,10 +500,11 @@ def _run_batches_in_parallel(
     listener: _Listener,
     workers: int,
 ) -> None:
-    """The library's loop over attacks, each attack's batches spread over ``workers`` processes
-    (an attack with one batch runs here, with all threads)."""
+    """The library's loop over attacks, the batches spread over ``workers`` processes as soon as
+    each is fixed (:class:`_Pipeline`); a batch that nothing else can run beside runs here, with
+    every thread. Snapshots at each attack boundary, as in the sequential path."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from pyautoattack import checks
 
@@ -459,8 +515,8 @@ def _run_batches_in_parallel(
     # from here on the library runs one attack on one batch at a time: its log lines speak of
     # that batch, so only its warnings are listened to
     listener.snapshots = listener.progress = None
-    flags = snaps.flags.clone()
     accuracy = {"clean": snaps.clean / len(y), **{a: c / len(y) for a, c in snaps.done}}
+    line = _Pipeline(snaps.flags, todo, batch_size)
     _JOB.update(aa=aa, x=x, y=y, warnings=_Warnings())
     threads = max(1, torch.get_num_threads() // workers)
     pool = ProcessPoolExecutor(
@@ -469,32 +525,51 @@ def _run_batches_in_parallel(
         initializer=_worker_init,
         initargs=(threads,),
     )
+    submitted = [0] * len(todo)  # batches of each attack handed out
+    running: dict = {}  # future -> (attack number, batch index)
     try:
-        for attack in todo:
-            index = flags.nonzero().flatten()
-            if len(index) == 0:
-                break
-            batches = list(index.split(batch_size))
-            if prog is not None:
-                prog.running(attack, len(index))
-            if len(batches) == 1:  # nothing to spread: the library here, with every thread
-                aa.attacks_to_run = [attack]
+        if prog is not None:
+            prog.running(todo[0], int(snaps.flags.sum()))
+        while line.finished < len(todo):
+            ready = [
+                (a, j)
+                for a in range(line.finished, len(todo))
+                for j in range(submitted[a], len(line.formed[a]))
+            ]
+            if not running and not ready:  # pragma: no cover - _Pipeline forms every batch
+                raise RuntimeError(f"AutoAttack's batches stalled at {todo[line.finished]}")
+            if not running and len(ready) == 1:  # nothing can run beside it: here, all threads
+                (a, j), index = ready[0], line.formed[ready[0][0]][ready[0][1]]
+                submitted[a] += 1
+                aa.attacks_to_run = [todo[a]]
                 _, y_adv = aa.run_standard_evaluation(x[index], y[index], batch_size=batch_size)
-                flags[index] = y_adv.eq(y[index])
+                line.record(a, index, y_adv.eq(y[index]))
             else:
-                futures = {pool.submit(_attack_one_batch, attack, b): b for b in batches}
-                for done, future in enumerate(as_completed(futures), 1):
+                for a, j in ready[: max(0, workers - len(running))]:
+                    future = pool.submit(_attack_one_batch, todo[a], line.formed[a][j])
+                    running[future] = (a, j)
+                    submitted[a] += 1
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    a, j = running.pop(future)
                     robust, warnings = future.result()
-                    b = futures[future]
                     for msg in warnings:
                         listener.warn(msg)
-                    if prog is not None:
-                        prog.batch(attack, done, len(batches), int((~robust).sum()))
-                    flags[b] = robust
-            accuracy[attack] = int(flags.sum()) / len(y)
-            snaps.record(attack, flags)
-            if prog is not None:
-                prog.after(attack, int(flags.sum()))
+                    line.record(a, line.formed[a][j], robust)
+                    if prog is not None and a == line.finished:
+                        prog.batch(todo[a], j + 1, len(line.formed[a]), int((~robust).sum()))
+            while line.finished < len(todo) and line.done(line.finished):
+                a = line.finished
+                robust_left = int(line.out[a].sum())
+                accuracy[todo[a]] = robust_left / len(y)
+                snaps.record(todo[a], line.out[a])
+                line.finished += 1
+                if prog is not None:
+                    prog.after(todo[a], robust_left)
+                    if line.finished < len(todo):
+                        prog.running(todo[line.finished], robust_left)
+                if robust_left == 0:  # as the library: nothing left to attack
+                    line.finished = len(todo)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _JOB.clear()
