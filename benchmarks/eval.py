@@ -233,7 +233,7 @@ def rs_autoattack_option(**options) -> Callable:
         return {
             "robust_acc": out.robust_acc,
             "flags": out.robust.bool().cpu(),
-            "workers": kw.get("workers", 1),
+            "workers": out.workers,
         }
 
     return fn

@@ -321,9 +321,6 @@ def _evaluate_autoattack(
     """The result, and the seconds spent before a resume (added to this attempt's own)."""
     from robustscale.attacks.autoattack import default_workers, run_autoattack
 
-    workers = default_workers(dev) if cfg["workers"] is None else cfg["workers"]
-    if dev.type != "cpu":
-        workers = 1  # one device, one process
     out = run_autoattack(
         model,
         x,
@@ -337,12 +334,12 @@ def _evaluate_autoattack(
         device=dev,
         state_path=state_path,
         progress=progress,
-        workers=workers,
+        workers=default_workers(dev) if cfg["workers"] is None else cfg["workers"],
     )
     result = _result(cfg, len(y), out.clean_acc, out.robust_acc, out.per_attack, out.warnings)
     version = f"custom:{'+'.join(attacks)}" if attacks is not None else result.version
     return result.replace(
-        version=version, resumed_after=list(out.resumed_after), workers=workers
+        version=version, resumed_after=list(out.resumed_after), workers=out.workers
     ), out.seconds_before
 
 

@@ -62,6 +62,7 @@ class AutoAttackOutcome:
     warnings: list[str] = field(default_factory=list)
     resumed_after: list[str] = field(default_factory=list)  # attacks finished by earlier sessions
     seconds_before: float = 0.0  # time spent by earlier sessions
+    workers: int = 1  # processes the batches ran in (1 where the request could not be met)
 
 
 def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **settings: object) -> str:
@@ -368,7 +369,7 @@ def run_autoattack(
                 aa.run_standard_evaluation(
                     x[snaps.index], y[snaps.index], batch_size=batch_size, state_path=state_path
                 )
-        return _outcome(snaps, listener, resumed, order, len(y))
+        return _outcome(snaps, listener, resumed, order, len(y), workers)
 
 
 # ---- batches of an attack in parallel processes (CPU) -------------------------------------------
@@ -577,7 +578,12 @@ def _run_batches_in_parallel(
 
 
 def _outcome(
-    snaps: _Snapshots, listener: _Listener, resumed: list[str], order: list[str], n: int
+    snaps: _Snapshots,
+    listener: _Listener,
+    resumed: list[str],
+    order: list[str],
+    n: int,
+    workers: int,
 ) -> AutoAttackOutcome:
     if (
         snaps.flags is None or snaps.clean is None
@@ -597,6 +603,7 @@ def _outcome(
         warnings=listener.warnings,
         resumed_after=resumed,
         seconds_before=snaps.seconds_before,
+        workers=workers,
     )
     snaps.clear()
     return outcome
