@@ -93,6 +93,38 @@ def test_figures_a_dead_child_did_not_draw_are_drawn_here(caplog):
     assert "exit code 3" in caplog.text
 
 
+def _die_leaving_the_pipe_open(pid: int, name: str) -> Path:
+    if os.getpid() != pid:  # in the drawing process: a grandchild keeps its pipe ends open
+        if os.fork() == 0:
+            import time
+
+            time.sleep(60)
+            os._exit(0)
+        os._exit(4)
+    return Path(name)
+
+
+@needs_fork
+def test_a_dead_child_whose_pipe_outlives_it_does_not_leave_this_process_waiting(caplog):
+    import time
+
+    first = [("2", f"{__name__}:_die_leaving_the_pipe_open", (os.getpid(), "2"))]
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="robustscale.analysis.drawing"):
+        with FigureDrawer(first, parallel=True) as drawer:
+            drawer.helps = False
+            paths = drawer.finish()
+    assert paths == {"2": Path("2")} and "exit code 4" in caplog.text
+    assert time.monotonic() - start < 30  # not the grandchild's 60 s
+
+
+def test_by_default_a_process_with_torch_draws_its_figures_itself():
+    import torch  # noqa: F401  (loaded, as in a notebook that also trains)
+
+    with FigureDrawer([("2", f"{__name__}:_path", ("2",))]) as drawer:
+        assert drawer.proc is None and drawer.finish() == {"2": Path("2")}
+
+
 @needs_fork
 @pytest.mark.parametrize("helps", [True, False])
 def test_every_job_is_drawn_once_whoever_draws_it(helps):

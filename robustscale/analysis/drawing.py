@@ -9,8 +9,9 @@ has matplotlib loaded already (a second analysis in one process), it draws its l
 itself and, once its fits are done, shares the first ones with the child. The child draws with
 the same code and the same data as this process would, so the files are the same.
 
-Where forking is not available (not Linux, one usable core, ``parallel=False``), or when the
-child cannot be started or dies, the figures are drawn in this process: slower, the same files.
+Where forking is not available (not Linux, one usable core, ``parallel=False``; by default
+also in a process that has loaded torch), or when the child cannot be started or dies, the
+figures are drawn in this process: slower, the same files.
 """
 
 from __future__ import annotations
@@ -105,7 +106,10 @@ class FigureDrawer:
         # matplotlib already loaded here: drawing here costs no import, so share the work
         self.helps = FIGURES_MODULE in sys.modules
         if parallel is None:
-            parallel = fork_available()
+            # analysis never imports torch; a process that did (a notebook that also trains, a
+            # test session) holds torch's native thread pools, whose state a fork would copy
+            # mid-flight: there the figures are drawn here unless parallel=True asks otherwise
+            parallel = fork_available() and "torch" not in sys.modules
         if parallel:
             self._start()
         if self.proc is None:
@@ -169,6 +173,11 @@ class FigureDrawer:
     def _collect(self) -> None:
         try:
             while self._unanswered():
+                # a child that died without closing its end (or whose end another fork holds)
+                # must not leave this process waiting for ever
+                while not self.results.poll(1.0):
+                    if not self.proc.is_alive():
+                        raise EOFError
                 msg = self.results.recv()
                 if msg[0] == "error":
                     _, name, exc, text = msg
