@@ -245,6 +245,52 @@ def test_plan_refuses_a_law_that_is_not_identifiable(zoo, zoo_file, tmp_path, ca
         plan(two, target_acc=50, n_boot=10)
 
 
+def _two_sizes(zoo):
+    two = zoo.copy()
+    two["params"] = np.where(np.arange(len(two)) % 2 == 0, 1_000_000, 30_000_000)
+    return two
+
+
+def test_the_frontier_plan_trains_the_best_runs_recipe_on_the_data_a_budget_buys(
+    zoo, tmp_path, capsys
+):
+    from robustscale.analysis.groups import zoo_envelope_laws
+    from robustscale.analysis.joint.frontier import config_frontier
+    from robustscale.analysis.joint.inputs import joint_runs
+
+    two = _two_sizes(zoo)  # the joint law cannot plan from it (the test above)
+    path = write_zoo(two, tmp_path / "two.csv")
+    out = tmp_path / "r.yaml"
+    assert main(["plan", "--zoo", str(path), "--budget", "1e19", "--method", "frontier",
+                 "-o", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "law: envelope" in printed and "only 2 distinct model sizes" in printed
+    recipe = Recipe.from_yaml(out)
+    planned = plan(two, budget=1e19, n_boot=10, method="frontier")
+    best = config_frontier(joint_runs(two)).nearest(1e19)
+    assert planned["frontier_run"] == best["run_id"] and recipe.model == best["model"]
+    assert (recipe.loss, recipe.attack_steps) == (best["loss"], best["attack_steps"])
+    assert spent(planned["recipe"]) == pytest.approx(1e19, rel=0.10)  # the data a budget buys
+    law = zoo_envelope_laws(two)["accuracy"]
+    assert planned["predicted_acc"] == pytest.approx(float(law.predict(spent(planned["recipe"]))))
+    lo, hi = planned["predicted_acc_ci"]
+    assert lo < planned["predicted_acc"] < hi
+    # beside it, what `robustscale predict` says of the written recipe
+    pred = planned["predictor"]
+    assert pred["ci"][0] <= pred["acc"] <= pred["ci"][1] and "r2_mean" in pred
+    # a target: the compute is the one answer analyze gives (here the envelope law's)
+    from robustscale.analysis.joint.target import cost_of_target
+
+    target = plan(two, target_acc=55.0, n_boot=10, method="frontier")
+    assert target["target"]["law"] == "envelope"
+    assert target["ideal_flops"] == pytest.approx(
+        cost_of_target(55.0, zoo_envelope_laws(two), None)["flops"]
+    )
+    assert spent(target["recipe"]) >= target["ideal_flops"] * 0.999  # whole epochs reach it
+    with pytest.raises(RobustscaleError, match="--method 'chinchilla' is not known"):
+        plan(two, budget=1e19, method="chinchilla")
+
+
 def test_plan_uses_the_family_whose_law_predicts_more(k_ref):
     import pandas as pd
 

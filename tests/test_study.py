@@ -124,3 +124,15 @@ def test_shipped_zoo_goes_through_analyze_predict_and_plan(tmp_path):
     assert fits["joint"]["identifiable"] is False
     assert plan.returncode == 2 and len(plan.stderr.strip().splitlines()) == 1, plan.stderr
     assert "not identifiable" in plan.stderr and not (tmp_path / "planned.yaml").exists()
+    assert "--method frontier" in plan.stderr
+    # from the measured frontier instead: the best run's recipe near the budget, data scaled
+    frontier = _cli(
+        "plan", "--budget", "1e12", "--zoo", str(SHIPPED), "--method", "frontier",
+        "-o", "planned.yaml", cwd=tmp_path,
+    )  # fmt: skip
+    assert frontier.returncode == 0, frontier.stderr
+    assert "law: envelope" in frontier.stdout and "frontier run digits-" in frontier.stdout
+    from robustscale.recipe import Recipe
+
+    recipe = Recipe.from_yaml(tmp_path / "planned.yaml")
+    assert recipe.dataset == "digits" and recipe.model in set(zoo["model"])

@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(the candidate nearest the optimal size: the paper's WideResNets, or --models), "
         "the epochs and synthetic "
         "data that a budget should buy, with the predicted AutoAttack accuracy and the bill of the "
-        "recipe it writes; or, with --target-acc, the cheapest plan reaching it.",
+        "recipe it writes; or, with --target-acc, the cheapest plan reaching it. Where no recipe "
+        "family's joint law is identifiable it refuses with the reason; --method frontier then "
+        "plans from the best measured runs instead.",
     )
     p.add_argument("--zoo", required=True, help="zoo table, .csv or .parquet")
     goal = p.add_mutually_exclusive_group(required=True)
@@ -55,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="candidate models, comma-separated timm names or patterns (e.g. 'wrn28_10,resnet18,"
         "resnet*'; at most 50 models per pattern); default: the WideResNets wrn10_1 ... wrn70_16",
     )
+    p.add_argument(
+        "--method",
+        default="joint",
+        choices=["joint", "frontier"],
+        help="what the plan comes from: the joint law (default; refused where no recipe "
+        "family's law is identifiable) or the zoo's measured compute frontier (the best run's "
+        "configuration near the compute, its data scaled to it; accuracy from the envelope law)",
+    )
     p.add_argument("--seed", type=values.seed(), default=0)
     p.add_argument(
         "-o", "--output", default=None, metavar="RECIPE.yaml", help="write the recipe here"
@@ -89,19 +99,33 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         synthetic_data=args.synthetic_data,
         models=args.models,
+        method=args.method,
     )
     law, opt = out["law"], out["optimal"]
-    name = "pgd40_loss" if out["L"] == "pgd40_loss" else "robust error"
-    print(
-        f"family: {out['family_name']} ({law['n_runs']} runs; {len(out['families'])} families "
-        f"fitted, {len(out['families_too_small'])} too small)"
-    )
-    print(
-        f"law: {name} = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3g} + "
-        f"{law['B']:.3g}/D^{law['beta']:.3g}"
-        f"  (held-out R2 {law['r2_heldout']:.3f}; asymptote "
-        f"{out['asymptote_acc']:.1f}% robust accuracy)"
-    )
+    frontier = out["method"] == "frontier"
+    if frontier:
+        env = law["envelope"]
+        print(
+            f"from: {out['family_name']} (frontier run {out['frontier_run']}, "
+            f"{out['frontier_acc']:.1f}% AutoAttack at {out['frontier_flops']:.3g} FLOPs)"
+        )
+        print(
+            f"law: envelope, AutoAttack accuracy = {env['C']:.3g} * FLOPs^{env['alpha']:.3g} "
+            f"(alpha 95% interval {env['alpha_ci'][0]:.3g}-{env['alpha_ci'][1]:.3g}; "
+            f"R2 {env['r2']:.3f})"
+        )
+    else:
+        name = "pgd40_loss" if out["L"] == "pgd40_loss" else "robust error"
+        print(
+            f"family: {out['family_name']} ({law['n_runs']} runs; {len(out['families'])} "
+            f"families fitted, {len(out['families_too_small'])} too small)"
+        )
+        print(
+            f"law: {name} = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3g} + "
+            f"{law['B']:.3g}/D^{law['beta']:.3g}"
+            f"  (held-out R2 {law['r2_heldout']:.3f}; asymptote "
+            f"{out['asymptote_acc']:.1f}% robust accuracy)"
+        )
     for note in out["notes"]:
         print(f"note: {note}")
     if out["mode"] == "target":
@@ -113,10 +137,11 @@ def run(args: argparse.Namespace) -> int:
         f"k = {out['k_flops_per_param_example']:.3g} FLOPs per parameter per example "
         f"({out['k_source']}{zoo_k})"
     )
-    print(
-        f"optimum: N* = {opt['N']:.3g} parameters, D* = {opt['D']:.3g} examples "
-        f"(predicted {opt['predicted_acc']:.1f}%)"
-    )
+    if not frontier:
+        print(
+            f"optimum: N* = {opt['N']:.3g} parameters, D* = {opt['D']:.3g} examples "
+            f"(predicted {opt['predicted_acc']:.1f}%)"
+        )
     ci = out["predicted_acc_ci"]
     band = f" (95% interval {ci[0]:.1f}-{ci[1]:.1f}%)" if ci else ""
     print(
@@ -124,7 +149,17 @@ def run(args: argparse.Namespace) -> int:
         f"{out['examples_per_epoch']} examples = {out['examples']:.3g} examples; "
         "predicted AutoAttack accuracy "
         f"{out['predicted_acc']:.1f}%{band}"
+        + (" from the envelope law (the best run's at this compute)" if frontier else "")
     )
+    pred = out.get("predictor")
+    if pred and "error" in pred:
+        print(f"predictor: {pred['error']}")
+    elif pred:
+        print(
+            f"predictor (robustscale predict on this recipe; held-out R2 {pred['r2_mean']:.2f} "
+            f"+/- {pred['r2_std']:.2f}): {pred['acc']:.1f}% "
+            f"(95% interval {pred['ci'][0]:.1f}-{pred['ci'][1]:.1f}%)"
+        )
     syn = out["synthetic"]
     if syn["in_recipe"]:
         print(

@@ -21,15 +21,21 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from robustscale.analysis.groups import COLLAPSE_THRESHOLD, zoo_envelope_laws
-from robustscale.analysis.joint.frontier import N_BOOT, FamilyFits, JointFit, fit_families
-from robustscale.analysis.joint.inputs import family_name
-from robustscale.analysis.joint.k import cost_flops_per_example
+from robustscale.analysis.joint.frontier import (
+    N_BOOT,
+    FamilyFits,
+    JointFit,
+    config_frontier,
+    fit_families,
+)
+from robustscale.analysis.joint.inputs import family_name, joint_runs
+from robustscale.analysis.joint.k import cost_flops_per_example, flops_per_param_example
 from robustscale.analysis.joint.target import cost_of_target
 from robustscale.analysis.scaling import PowerLaw
 from robustscale.errors import RobustscaleError, first_line
@@ -55,6 +61,20 @@ UNITS = {
     "kwh": ("energy", "energy_kwh"),
     "kgco2": ("co2", "co2_kg"),
 }
+# Where the CIFAR set-up above does not fit: the 1,309 training digits make 10 batches of 128
+# an epoch, too few steps for an EMA of 0.995, and PGD-40 validation of 256 held-out examples
+# would cost more than the training; the digits study's own base (recipes/sweeps/
+# digits-study.yaml) trains them.
+SMALL_DATASET_TRAINING: dict[str, dict[str, Any]] = {
+    "digits": {
+        "batch_size": 32,
+        "lr": 0.05,
+        "val_size": 128,
+        "val_attack_steps": 10,
+        "ema_decay": 0.9,
+    },
+}
+METHODS = ("joint", "frontier")  # what plan() plans from
 BUDGET_TOLERANCE = 0.10  # warn when whole epochs make the recipe miss the budget by more than this
 
 
@@ -182,13 +202,13 @@ class _Spec:
 
     def __init__(
         self,
-        jf: JointFit,
+        runs: Any,
+        fam: dict[str, Any],
         config: dict[str, Any],
         loss: str | None,
         attack_steps: int | None,
         synthetic_path: str | None,
     ):
-        runs, fam = jf.runs, jf.family
         self.config = config
         self.dataset = str(runs["dataset"].mode().iloc[0])
         self.loss = str(loss or fam.get("loss") or config.get("loss") or "pgd")
@@ -242,6 +262,9 @@ class _Spec:
             "schedule": "cosine",
             "seed": 0,
         }
+        recipe.update(SMALL_DATASET_TRAINING.get(self.dataset, {}))
+        if not self.ema:
+            recipe["ema_decay"] = None
         return Recipe.from_dict(recipe).to_dict()
 
 
@@ -337,8 +360,12 @@ def plan(
     collapse_threshold: float = COLLAPSE_THRESHOLD,
     synthetic_data: str | None = None,
     models: str | Sequence[str] | None = None,
+    method: str = "joint",
 ) -> dict[str, Any]:
     """A compute-optimal plan for a budget (``budget`` in ``unit``) or for ``target_acc``.
+
+    ``method`` "joint" plans from the joint law (below); "frontier" from the zoo's measured
+    compute frontier (:func:`_frontier_plan`), for a zoo whose joint law is not identifiable.
 
     ``models`` are the candidate architectures (see :func:`candidate_models`; default the
     WideResNets of :data:`MODEL_TABLE`). Returns a dict: the family whose law was used and the
@@ -352,7 +379,6 @@ def plan(
     identifiable (with the reasons), for a budget below the smallest run of the zoo, or a target
     beyond every law's asymptote.
     """
-    from robustscale.data import DATASETS
     from robustscale.zoo import coerce_types, validate_zoo
 
     if (budget is None) == (target_acc is None):
@@ -363,22 +389,21 @@ def plan(
         )
     if budget is not None and budget <= 0:
         raise RobustscaleError(f"--budget {budget:g} must be > 0")
+    if method not in METHODS:
+        raise RobustscaleError(f"--method {method!r} is not known; allowed: {', '.join(METHODS)}")
     df = coerce_types(df)
     validate_zoo(df)
     ff = fit_families(
         df, collapse_threshold, seed=seed, n_boot=n_boot, loss=loss, attack_steps=attack_steps
     )
-    if not ff.identifiable:
-        raise RobustscaleError(f"no plan: {ff.why_none()}")
-    laws = zoo_envelope_laws(df, collapse_threshold, seed=seed)
-    dataset = str(ff.identifiable[0].runs["dataset"].mode().iloc[0])
-    if dataset not in DATASETS:
+    if method == "joint" and not ff.identifiable:
         raise RobustscaleError(
-            f"the zoo's runs are on {dataset!r}; plan writes recipes for {', '.join(DATASETS)} only"
+            f"no plan: {ff.why_none()}; --method frontier plans from the zoo's measured "
+            "compute frontier instead"
         )
-    candidates = candidate_models(models, dataset)
+    laws = zoo_envelope_laws(df, collapse_threshold, seed=seed)
     out: dict[str, Any] = {
-        "candidates": len(candidates),
+        "method": method,
         "warnings": [],
         "families": [
             {
@@ -393,16 +418,19 @@ def plan(
             {"family_name": family_name(fam), "n_runs": n} for fam, n in ff.too_small
         ],
     }
+    if method == "frontier":
+        args = (df, laws, ff, budget, unit, target_acc, loss, attack_steps, collapse_threshold)
+        return _frontier_plan(out, *args, seed=seed, synthetic_data=synthetic_data, models=models)
+    dataset = _plan_dataset(ff.identifiable[0].runs)
+    candidates = candidate_models(models, dataset)
+    out["candidates"] = len(candidates)
     if budget is not None:
         flops = to_flops(budget, unit, laws, df)
         jf = _budget_family(ff, flops)
-        min_flops = float(jf.runs["train_flops"].min())
-        if flops < min_flops:
-            raise RobustscaleError(
-                f"budget {budget:g} {unit} (= {flops:.3g} FLOPs) is below the smallest run in "
-                f"the zoo ({min_flops:.3g} FLOPs); the laws say nothing there"
-            )
-        spec = _Spec(jf, jf.frontier.nearest(flops), loss, attack_steps, synthetic_data)
+        _check_budget(budget, unit, flops, jf.runs)
+        spec = _Spec(
+            jf.runs, jf.family, jf.frontier.nearest(flops), loss, attack_steps, synthetic_data
+        )
         model, k, params, per_example = _choose_for_budget(jf, flops, candidates, spec)
         n_opt, d_opt = (float(v) for v in jf.law.optimum(flops, k))
         examples_wanted = flops / per_example
@@ -414,7 +442,9 @@ def plan(
         jf = next(f for f in ff.identifiable if f.family == target["family"])
         flops = float(target["flops"]) if target.get("flops") is not None else math.inf
         n_opt, d_opt = float(target["N_star"]), float(target["D_star"])
-        spec = _Spec(jf, jf.frontier.nearest(flops), loss, attack_steps, synthetic_data)
+        spec = _Spec(
+            jf.runs, jf.family, jf.frontier.nearest(flops), loss, attack_steps, synthetic_data
+        )
         cheapest = _cheapest_for_target(jf, target_acc, candidates, spec)
         if cheapest is None:
             largest = max(candidates, key=candidates.get)
@@ -448,13 +478,183 @@ def plan(
     for note in spec.skipped:
         out["warnings"].append(f"left out: {note}")
     flops_range = (float(jf.runs["train_flops"].min()), float(jf.runs["train_flops"].max()))
-    _finish(out, jf, laws, df, spec, (n_opt, d_opt), model, k, params, examples_wanted, flops_range)
+    _finish(
+        out,
+        lambda n, d, _flops: _acc_with_interval(jf, n, d),
+        (jf.k_zoo, jf.k_zoo_source),
+        laws,
+        df,
+        spec,
+        (n_opt, d_opt),
+        model,
+        k,
+        params,
+        examples_wanted,
+        flops_range,
+    )
     return out
+
+
+def _plan_dataset(runs: Any) -> str:
+    from robustscale.data import DATASETS
+
+    dataset = str(runs["dataset"].mode().iloc[0])
+    if dataset not in DATASETS:
+        raise RobustscaleError(
+            f"the zoo's runs are on {dataset!r}; plan writes recipes for {', '.join(DATASETS)} only"
+        )
+    return dataset
+
+
+def _check_budget(budget: float, unit: str, flops: float, runs: Any) -> None:
+    min_flops = float(runs["train_flops"].min())
+    if flops < min_flops:
+        raise RobustscaleError(
+            f"budget {budget:g} {unit} (= {flops:.3g} FLOPs) is below the smallest run in "
+            f"the zoo ({min_flops:.3g} FLOPs); the laws say nothing there"
+        )
+
+
+def _frontier_plan(
+    out: dict[str, Any],
+    df: Any,
+    laws: dict[str, Any],
+    ff: FamilyFits,
+    budget: float | None,
+    unit: str,
+    target_acc: float | None,
+    loss: str | None,
+    attack_steps: int | None,
+    collapse_threshold: float,
+    seed: int,
+    synthetic_data: str | None,
+    models: str | Sequence[str] | None,
+) -> dict[str, Any]:
+    """The plan the zoo's measurements give without a joint law (Chinchilla's approach 1): the
+    compute is the budget, or what :func:`cost_of_target` says the target costs (the answer
+    ``analyze --target-acc`` gives); the recipe is the configuration of the best run at the
+    frontier bin nearest that compute (its model, loss, steps, EMA, synthetic data), trained
+    on as many examples as the compute buys; its accuracy is the envelope law's at the recipe's
+    FLOPs, with the envelope's bootstrap interval. With ``models`` the candidate nearest the
+    frontier model's size is trained instead."""
+    acc_law = laws.get("accuracy")
+    if not isinstance(acc_law, PowerLaw):
+        raise RobustscaleError(f"no plan: the envelope law is {acc_law}")
+    if acc_law.alpha <= 0:
+        raise RobustscaleError(
+            f"no plan: robust accuracy does not grow with FLOPs in this zoo (envelope alpha "
+            f"{acc_law.alpha:.3g}); no budget buys more of it"
+        )
+    wanted = {k: v for k, v in (("loss", loss), ("attack_steps", attack_steps)) if v is not None}
+    runs = joint_runs(df, collapse_threshold, wanted)  # fit_families checked it is not empty
+    frontier = config_frontier(runs, seed=seed)
+    if budget is not None:
+        flops = to_flops(budget, unit, laws, df)
+        _check_budget(budget, unit, flops, runs)
+        out.update(mode="budget", budget=budget, unit=unit, budget_flops=flops)
+    else:
+        target = cost_of_target(target_acc, laws, ff)
+        if target.get("error") or target.get("flops") is None:
+            why = (
+                target.get("error") or f"it costs 1e{target.get('flops_log10', math.inf):.3g} FLOPs"
+            )
+            raise RobustscaleError(f"no plan for {target_acc:g}%: {why}")
+        flops = float(target["flops"])
+        out.update(mode="target", target_acc=target_acc, target=target, ideal_flops=flops)
+    config = frontier.nearest(flops)
+    dataset = _plan_dataset(runs)
+    spec = _Spec(runs, wanted, config, loss, attack_steps, synthetic_data)
+    if models is None:
+        model = str(config["model"])
+    else:
+        candidates = candidate_models(models, dataset)
+        model = nearest_model(float(config["params"]), candidates)
+        out["candidates"] = len(candidates)
+    cost = spec.cost(model)
+    if cost is None:
+        raise RobustscaleError(f"no plan: {'; '.join(spec.skipped)}")
+    per_example, params = cost
+    k_zoo = flops_per_param_example(runs, spec.loss, spec.attack_steps)
+    joint_note = (
+        ff.why_none() if not ff.identifiable else "the joint law was not asked (--method frontier)"
+    )
+    out.update(
+        family={},
+        family_name="the whole zoo's compute frontier",
+        frontier_run=str(config["run_id"]),
+        frontier_acc=float(config["robust_acc"]),
+        frontier_flops=float(config["train_flops"]),
+        joint_note=joint_note,
+        k_zoo=k_zoo[0],
+        k_zoo_source=k_zoo[1],
+        law={"envelope": acc_law.to_dict()},
+        L="autoattack_acc",
+        notes=[
+            joint_note,
+            f"the recipe copies frontier run {config['run_id']} ({config['model']}, "
+            f"{config['loss']}-{config['attack_steps']}, {config['train_flops']:.3g} FLOPs, "
+            f"{config['robust_acc']:.1f}% AutoAttack) and scales its data to the compute",
+        ],
+        asymptote_acc=None,
+    )
+    for name, law in (("N", frontier.n_law), ("D", frontier.d_law)):
+        if isinstance(law, PowerLaw):
+            out["notes"].append(
+                f"frontier {name}*(C) ~ C^{law.alpha:.3g} [{law.alpha_ci[0]:.3g}, "
+                f"{law.alpha_ci[1]:.3g}] (R2 {law.r2:.2f}, {law.n_bins} bins)"
+            )
+
+    def predict(_n: float, _d: float, run_flops: float) -> tuple[float, list[float] | None]:
+        lo, hi = acc_law.band([run_flops])
+        ci = None if len(acc_law.boot) == 0 else [float(lo[0]), float(hi[0])]
+        return float(acc_law.predict(run_flops)), ci
+
+    flops_range = (float(runs["train_flops"].min()), float(runs["train_flops"].max()))
+    examples_wanted = flops / per_example
+    _finish(
+        out,
+        predict,
+        k_zoo,
+        laws,
+        df,
+        spec,
+        (float(params), examples_wanted),
+        model,
+        per_example / params,
+        params,
+        examples_wanted,
+        flops_range,
+    )
+    out["predictor"] = _predictor_outcome(out["recipe"], df, laws, collapse_threshold, seed)
+    return out
+
+
+def _predictor_outcome(
+    recipe: dict[str, Any], df: Any, laws: dict[str, Any], threshold: float, seed: int
+) -> dict[str, Any]:
+    """What ``robustscale predict`` says of the written recipe: a second opinion beside the
+    envelope law (which gives the best run's accuracy at that compute, not this recipe's)."""
+    from robustscale.analysis.groups import split_runs
+    from robustscale.analysis.outcome import forecast_recipe_outcome
+    from robustscale.analysis.predictor import fit_predictor
+
+    try:
+        predictor = fit_predictor(split_runs(df, threshold)["kept"].reset_index(drop=True), seed)
+    except RobustscaleError as exc:
+        return {"error": f"not fitted: {exc}"}
+    outcome = forecast_recipe_outcome(recipe, df, predictor, laws)
+    return {
+        "acc": outcome["autoattack_acc"],
+        "ci": outcome["autoattack_acc_ci"],
+        "r2_mean": predictor.r2_mean,
+        "r2_std": predictor.r2_std,
+    }
 
 
 def _finish(
     out: dict[str, Any],
-    jf: JointFit,
+    predict: Callable[[float, float, float], tuple[float, list[float] | None]],
+    k_zoo: tuple[float | None, str],
     laws: dict[str, Any],
     df: Any,
     spec: _Spec,
@@ -465,7 +665,10 @@ def _finish(
     examples_wanted: float,
     flops_range: tuple[float, float],
 ) -> None:
-    """Whole epochs for the recipe to write, its bill from the cost module, prediction, warnings."""
+    """Whole epochs for the recipe to write, its bill from the cost module, prediction, warnings.
+
+    ``predict(params, examples, flops)`` is the robust accuracy the plan's law gives a run, with
+    its 95% interval (None: no bootstrap); ``k_zoo`` the zoo's own k and where it comes from."""
     from robustscale.cost.forecast import forecast_recipe
     from robustscale.recipe import Recipe
 
@@ -479,8 +682,8 @@ def _finish(
     forecast = forecast_recipe(Recipe.from_dict(recipe))
     run_flops = float(forecast["train_flops_total"])
     examples = float(forecast["examples_per_epoch"] * epochs)
-    acc, ci = _acc_with_interval(jf, params, examples)
-    opt_acc, _ = _acc_with_interval(jf, *optimal)
+    acc, ci = predict(params, examples, run_flops)
+    opt_acc, _ = predict(*optimal, run_flops)
     used = spec.synthetic_path is not None
     synthetic = {
         "recommended": spec.synthetic_recommended,
@@ -507,9 +710,9 @@ def _finish(
         recipe=recipe,
         frontier_config=spec.config,
     )
-    if jf.k_zoo is not None and not 0.8 <= jf.k_zoo / k <= 1.25:
+    if k_zoo[0] is not None and not 0.8 <= k_zoo[0] / k <= 1.25:
         out["warnings"].append(
-            f"the zoo's own FLOPs per parameter per example ({jf.k_zoo:.3g}, {jf.k_zoo_source}) "
+            f"the zoo's own FLOPs per parameter per example ({k_zoo[0]:.3g}, {k_zoo[1]}) "
             f"differ from the cost module's {k:.3g} for {model}: the zoo counted FLOPs "
             "another way or trained other models, so its compute axis and this bill disagree"
         )
