@@ -101,6 +101,7 @@ def test_shipped_zoo_goes_through_analyze_predict_and_plan(tmp_path):
     assert pred["r2_mean"] > 0.5, pred
     assert max(pred["importance"], key=pred["importance"].get) == "examples_seen"
     assert fits["joint"]["L"] == "pgd40_loss" and fits["joint"]["D"] == "unique"
+    assert "plan --method frontier" in analyze.stdout  # what to do about a loose joint law
     predict = _cli(
         "predict", str(REPO / "recipes" / "digits-trades.yaml"), "--zoo", str(SHIPPED), cwd=tmp_path
     )

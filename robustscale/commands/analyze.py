@@ -100,6 +100,7 @@ def run_analyze(args: argparse.Namespace) -> int:
             print(
                 f"joint law L(N, D) ({joint['family_name']}): not identifiable: "
                 + "; ".join(joint["reasons"])
+                + " (plan --method frontier plans from the best measured runs instead)"
             )
         else:
             law = joint["law"]

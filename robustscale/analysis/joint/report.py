@@ -78,7 +78,8 @@ def _not_identifiable(joint: dict[str, Any]) -> str:
         f"({html.escape(joint.get('family_name', ''))}, {joint['law']['n_runs']} runs). "
         f"{html.escape(reasons)} The coefficients below are where the optimiser stopped, "
         "not a finding; "
-        "no iso-FLOP or frontier figure is drawn, and <code>plan</code> refuses to plan from it. "
+        "no iso-FLOP or frontier figure is drawn, and <code>plan</code> refuses to plan from it "
+        "(<code>plan --method frontier</code> plans from the zoo's best measured runs instead). "
         "Figure 4d shows which (N, D) the zoo covers.</p>"
     )
 
