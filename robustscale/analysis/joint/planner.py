@@ -555,9 +555,8 @@ def _frontier_plan(
     else:
         target = cost_of_target(target_acc, laws, ff)
         if target.get("error") or target.get("flops") is None:
-            why = (
-                target.get("error") or f"it costs 1e{target.get('flops_log10', math.inf):.3g} FLOPs"
-            )
+            log10 = target.get("flops_log10", math.inf)
+            why = target.get("error") or f"it costs 1e{log10:.3g} FLOPs, beyond any budget"
             raise RobustscaleError(f"no plan for {target_acc:g}%: {why}")
         flops = float(target["flops"])
         out.update(mode="target", target_acc=target_acc, target=target, ideal_flops=flops)
