@@ -82,12 +82,21 @@ def flops_per_param_example(
 
 @functools.lru_cache(maxsize=512)
 def cost_flops_per_example(
-    dataset: str, model: str, loss: str, attack_steps: int, activation: str = "relu"
+    dataset: str,
+    model: str,
+    loss: str,
+    attack_steps: int,
+    activation: str = "relu",
+    val_attack_steps: int | None = None,
 ) -> tuple[float, int]:
     """(training FLOPs per example, trainable parameters) of ``model`` trained with ``loss`` and
     ``attack_steps`` on ``dataset``, measured by the cost module (``robustscale.cost``) on a meta
     model, as the engine counts them. Raises :class:`RobustscaleError` when it cannot be counted
-    (a model timm does not know, one that does not run at the dataset's image size, ...)."""
+    (a model timm does not know, one that does not run at the dataset's image size, ...).
+
+    ``val_attack_steps`` changes no training FLOP, but the cost module measures training and
+    validation together: give the recipe's own (default: the Recipe's) so that forecasting that
+    recipe afterwards reuses this measurement instead of making a second one."""
     try:
         from robustscale.cost.forecast import recipe_params, recipe_step_flops
         from robustscale.recipe import Recipe
@@ -102,6 +111,7 @@ def cost_flops_per_example(
             activation=activation,
             loss=loss,
             attack_steps=int(attack_steps) if loss != "standard" else 0,
+            **({} if val_attack_steps is None else {"val_attack_steps": int(val_attack_steps)}),
         )
         per_example, params = float(recipe_step_flops(recipe).train), int(recipe_params(recipe))
     except RobustscaleError as exc:

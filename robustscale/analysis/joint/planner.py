@@ -231,7 +231,15 @@ class _Spec:
         """(training FLOPs per example, parameters) of ``model`` in this spec, or None (noted)."""
         try:
             return cost_flops_per_example(
-                self.dataset, model, self.loss, self.attack_steps, self.activation
+                self.dataset,
+                model,
+                self.loss,
+                self.attack_steps,
+                self.activation,
+                # the written recipe's: its forecast in _finish then reuses this measurement
+                val_attack_steps=SMALL_DATASET_TRAINING.get(self.dataset, {}).get(
+                    "val_attack_steps"
+                ),
             )
         except RobustscaleError as exc:
             self.skipped.append(str(exc))
