@@ -25,7 +25,7 @@ from robustscale.analysis.joint.inputs import (
     robust_error,
 )
 from robustscale.analysis.joint.k import choose_k, flops_per_param_example
-from robustscale.analysis.joint.law import MIN_RUNS, JointLaw, assess, fit_joint
+from robustscale.analysis.joint.law import MIN_RUNS, JointLaw, assess, fit_joint, one_blas_thread
 from robustscale.analysis.scaling import N_BINS, PowerLaw, envelope_index, fit_power_law
 from robustscale.errors import RobustscaleError
 
@@ -257,14 +257,15 @@ def fit_families(
             f"losses in the zoo: {', '.join(sorted(df['loss'].dropna().astype(str).unique()))}"
         )
     out = FamilyFits(fits=[], failed=[], too_small=[])
-    for family, part in families(runs):
-        if len(part) < MIN_RUNS:
-            out.too_small.append((family, len(part)))
-            continue
-        try:
-            out.fits.append(_fit_runs(df, part, family, seed, n_boot))
-        except RobustscaleError as exc:
-            out.failed.append((family, len(part), str(exc)))
+    with one_blas_thread():
+        for family, part in families(runs):
+            if len(part) < MIN_RUNS:
+                out.too_small.append((family, len(part)))
+                continue
+            try:
+                out.fits.append(_fit_runs(df, part, family, seed, n_boot))
+            except RobustscaleError as exc:
+                out.failed.append((family, len(part), str(exc)))
     return out
 
 

@@ -97,8 +97,10 @@ def _real_splits(datasets: Any) -> np.ndarray:
     """The train-split size of each run's dataset (NaN for one robustscale does not know)."""
     from robustscale.recipe import TRAIN_SPLIT_SIZES
 
-    sizes = datasets.astype("string").map(TRAIN_SPLIT_SIZES)
-    return sizes.to_numpy(float, na_value=np.nan)
+    # a dict lookup per distinct name: pandas' string-dtype map took 3.5 ms a family
+    names, where = np.unique(datasets.astype(str).to_numpy(), return_inverse=True)
+    sizes = np.array([TRAIN_SPLIT_SIZES.get(n, np.nan) for n in names], dtype=float)
+    return sizes[where.reshape(-1)]
 
 
 def law_inputs(runs: Any) -> LawInputs:
