@@ -88,12 +88,19 @@ def test_report_and_every_figure_are_produced(tmp_path):
     df.loc[4:30, "loss"] = (
         "standard"  # standard training: fitted on clean accuracy, beside the robust law
     )
-    fits = analyze_zoo(df, tmp_path / "rep", target_acc=40.0, n_boot=200, n_splits=3)
+    fits = analyze_zoo(
+        df, tmp_path / "rep", target_acc=40.0, n_boot=200, n_splits=3, vector=("svg", "pdf")
+    )
     rep = tmp_path / "rep"
+    html = (rep / "report.html").read_text()
     for name in FIGURES:
         png = rep / "figures" / fits["figures"][name]
-        assert png.stat().st_size > 1000 and png.with_suffix(".svg").stat().st_size > 1000
-    html = (rep / "report.html").read_text()
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+        assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
+        assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+        for fmt in ("svg", "pdf"):  # the report links each vector copy
+            assert f'href="figures/{png.stem}.{fmt}">{fmt.upper()}</a>' in html
+    assert fits["vector_formats"] == ["svg", "pdf"]
     assert html.count("data:image/png;base64,") >= len(FIGURES)
     assert "Collapsed runs (4)" in html and "run00000" in html and "standard training" in html
     assert "Compute-optimal robustness" in html
@@ -111,6 +118,27 @@ def test_report_and_every_figure_are_produced(tmp_path):
     assert saved["joint"]["identifiable"] is False and saved["target"]["law"] == "envelope"
     assert "not identifiable" in saved["target"]["joint_note"]
     assert not set(JOINT_FIGURES) & set(saved["figures"])
+
+
+def test_figures_are_png_only_unless_a_vector_format_is_asked_for(tmp_path):
+    fits = analyze_zoo(power_law_zoo(n=120), tmp_path / "rep", n_boot=20, n_splits=2, joint=False)
+    written = sorted(p.suffix for p in (tmp_path / "rep" / "figures").iterdir())
+    assert written == [".png"] * len(fits["figures"]) and fits["vector_formats"] == []
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert ".svg" not in html and ".pdf" not in html  # no link to a file that is not there
+
+
+def test_an_unknown_vector_format_is_one_line_naming_the_allowed_ones(tmp_path, capsys):
+    allowed = "vector format 'eps' is not known; allowed: svg, pdf"
+    with pytest.raises(RobustscaleError, match=allowed):
+        analyze_zoo(power_law_zoo(n=60), tmp_path / "rep", vector=("svg", "eps"))
+    assert not (tmp_path / "rep").exists()  # refused before any fit or file
+    zoo = tmp_path / "zoo.csv"
+    write_zoo(power_law_zoo(n=60), zoo)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", str(zoo), "-o", str(tmp_path / "r2"), "--vector", "eps"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'eps' (choose from 'svg', 'pdf')" in capsys.readouterr().err
 
 
 def test_joint_figures_drawn_for_an_identifiable_law(tmp_path):

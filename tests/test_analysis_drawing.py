@@ -35,13 +35,19 @@ def test_forked_figures_are_the_files_drawn_in_this_process(tmp_path, monkeypatc
 
     if not helps:  # as in a process without matplotlib: later jobs go through the queue
         monkeypatch.setattr(drawing, "FIGURES_MODULE", "robustscale.not_loaded")
-    # SVGs carry the date and random clip ids unless these are fixed
+    # SVGs and PDFs carry the date, SVGs random clip ids, unless these are fixed
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
     monkeypatch.setitem(matplotlib.rcParams, "svg.hashsalt", "test")
     df, joint = make(n=300), make is joint_zoo
     fits = {
         mode: analyze_zoo(
-            df, tmp_path / str(mode), n_boot=100, n_splits=2, joint=joint, parallel=mode
+            df,
+            tmp_path / str(mode),
+            n_boot=100,
+            n_splits=2,
+            joint=joint,
+            parallel=mode,
+            vector=("svg", "pdf"),
         )
         for mode in (True, False)
     }
@@ -52,7 +58,7 @@ def test_forked_figures_are_the_files_drawn_in_this_process(tmp_path, monkeypatc
     assert fits[True] == fits[False]
     assert list(fits[True]["figures"]) == list(fits[False]["figures"])  # the report's order
     forked, here = _files(tmp_path / "True"), _files(tmp_path / "False")
-    assert len(forked) == 2 * len(fits[True]["figures"]) and forked == here
+    assert len(forked) == 3 * len(fits[True]["figures"]) and forked == here
     if joint:
         assert {"4a", "4b", "4c"} <= set(fits[True]["figures"])
     saved = json.loads((tmp_path / "True" / "fits.json").read_text())

@@ -19,6 +19,7 @@ from robustscale.analysis.groups import COLLAPSE_THRESHOLD
 from robustscale.analysis.joint.target import cost_of_target
 from robustscale.analysis.predictor import Predictor
 from robustscale.analysis.report import (
+    check_vector_formats,
     joint_figure_jobs,
     predictor_figure_jobs,
     write_report,
@@ -100,6 +101,7 @@ def analyze_zoo(
     n_splits: int = 10,
     joint: bool = True,
     parallel: bool | None = None,
+    vector: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Fit everything, draw the figures, write ``report.html`` and ``fits.json`` into ``out_dir``.
 
@@ -119,6 +121,7 @@ def analyze_zoo(
         raise RobustscaleError(
             f"--target-acc {target_acc:g} is not a percentage; allowed: 0 < X < 100"
         )
+    vector = check_vector_formats(vector)
     out_dir = Path(out_dir)
     a = fit_zoo(
         df,
@@ -134,17 +137,18 @@ def analyze_zoo(
     except OSError as exc:
         raise fs_error(out_dir, exc) from None
     t_draw = time.perf_counter()
-    with FigureDrawer(zoo_figure_jobs(a, figures), parallel) as drawer:
+    with FigureDrawer(zoo_figure_jobs(a, figures, vector), parallel) as drawer:
         a = with_fitted_predictor(a, seed, n_splits)
-        drawer.submit(predictor_figure_jobs(a, figures))
+        drawer.submit(predictor_figure_jobs(a, figures, vector))
         timings = {"fits": time.perf_counter() - t0}
         if joint:
             a = with_joint(a, seed)
-            drawer.submit(joint_figure_jobs(a, figures))
+            drawer.submit(joint_figure_jobs(a, figures, vector))
             timings["joint"] = time.perf_counter() - t0 - timings["fits"]
         fits = fits_dict(a, target_acc)
         t_fitted = time.perf_counter()
         fits["figures"] = {name: path.name for name, path in drawer.finish().items()}
+    fits["vector_formats"] = list(vector)
     timings["figures"] = time.perf_counter() - t_draw
     timings["figures_after_fits"] = time.perf_counter() - t_fitted
     fits["timings"] = timings

@@ -15,22 +15,20 @@ from robustscale.analysis.predictor import Predictor
 from robustscale.analysis.scaling import PowerLaw
 from robustscale.analysis.target import describe_target
 from robustscale.analysis.zoo_fit import Analysis
+from robustscale.errors import RobustscaleError
 from robustscale.files import atomic_write_text
 
+# plain Unicode, not mathtext: matplotlib parses a "$...$" title with its TeX parser once per
+# output format (measured: 0.3 s CPU of the figures of a 10,000-run zoo)
 LAW_FIGURES = [
-    (
-        "accuracy",
-        "autoattack_acc",
-        "AutoAttack accuracy (%)",
-        r"3a  accuracy = $C \cdot \mathrm{FLOPs}^{\alpha}$",
-    ),
+    ("accuracy", "autoattack_acc", "AutoAttack accuracy (%)", "3a  accuracy = C · FLOPsᵅ"),
     (
         "electricity",
         "electricity_cost_usd",
         "electricity cost (USD)",
-        r"3b  electricity cost = $C \cdot \mathrm{FLOPs}^{\alpha}$",
+        "3b  electricity cost = C · FLOPsᵅ",
     ),
-    ("co2", "co2_kg", "CO$_2$ (kg)", r"3c  CO$_2$ = $C \cdot \mathrm{FLOPs}^{\alpha}$"),
+    ("co2", "co2_kg", "CO₂ (kg)", "3c  CO₂ = C · FLOPsᵅ"),
 ]
 
 
@@ -42,14 +40,35 @@ _F = "robustscale.analysis.figures:"
 _J = "robustscale.analysis.joint.figures:"
 # the order of fits.json's "figures" and of the report, whichever figure is drawn first
 FIGURE_ORDER = ["1a", "1b", "1c", "2", "3a", "3b", "3c", "4a", "4b", "4c", "4d"]
+# the vector copies ``analyze --vector`` may ask for beside each PNG
+VECTOR_FORMATS = ("svg", "pdf")
 
 
-def zoo_figure_jobs(a: Analysis, out_dir: Path) -> list[Job]:
+def check_vector_formats(vector: Any) -> tuple[str, ...]:
+    """``vector`` (a format or several) as a tuple of :data:`VECTOR_FORMATS`, each once, or a
+    one-line error."""
+    out: list[str] = []
+    for fmt in (vector,) if isinstance(vector, str) else vector:
+        if fmt not in VECTOR_FORMATS:
+            raise RobustscaleError(
+                f"vector format {fmt!r} is not known; allowed: {', '.join(VECTOR_FORMATS)}"
+            )
+        if fmt not in out:
+            out.append(fmt)
+    return tuple(out)
+
+
+def zoo_figure_jobs(a: Analysis, out_dir: Path, vector: tuple[str, ...] = ()) -> list[Job]:
     """The figures of the run groups and the envelope laws (1a, 2, 3a-c): the ones that need
-    neither the predictor nor the joint law."""
+    neither the predictor nor the joint law. ``vector``: the vector copies to write beside
+    each PNG (see :data:`VECTOR_FORMATS`)."""
     jobs: list[Job] = [
-        ("1a", _F + "fig_1a", (a.kept, a.collapsed, out_dir, a.standard, a.no_autoattack)),
-        ("2", _F + "fig_2", (a.kept, out_dir)),
+        (
+            "1a",
+            _F + "fig_1a",
+            (a.kept, a.collapsed, out_dir, a.standard, a.no_autoattack, vector),
+        ),
+        ("2", _F + "fig_2", (a.kept, out_dir, vector)),
     ]
     env = a.envelope
     for letter, (name, col, ylabel, title) in zip("abc", LAW_FIGURES):
@@ -74,33 +93,34 @@ def zoo_figure_jobs(a: Analysis, out_dir: Path) -> list[Job]:
             title,
             out_dir,
             extra,
+            vector,
         )
         jobs.append((f"3{letter}", _F + "fig_3", args))
     return jobs
 
 
-def predictor_figure_jobs(a: Analysis, out_dir: Path) -> list[Job]:
+def predictor_figure_jobs(a: Analysis, out_dir: Path, vector: tuple[str, ...] = ()) -> list[Job]:
     """Figures 1b and 1c of a fitted predictor (none when it was not fitted)."""
     if not isinstance(a.predictor, Predictor):
         return []
     p = a.predictor
     return [
-        ("1b", _F + "fig_1b", (p.test_true, p.test_pred, p.r2, out_dir)),
-        ("1c", _F + "fig_1c", (p.importance, p.permutation_importance, out_dir)),
+        ("1b", _F + "fig_1b", (p.test_true, p.test_pred, p.r2, out_dir, vector)),
+        ("1c", _F + "fig_1c", (p.importance, p.permutation_importance, out_dir, vector)),
     ]
 
 
-def joint_figure_jobs(a: Analysis, out_dir: Path) -> list[Job]:
+def joint_figure_jobs(a: Analysis, out_dir: Path, vector: tuple[str, ...] = ()) -> list[Job]:
     """The joint-law figures of the headline family (4a-c, or 4d when not identifiable)."""
     jf = a.joint_fit
     if jf is None:
         return []
     if not jf.identifiable:
-        return [("4d", _J + "fig_coverage", (jf, out_dir))]
+        return [("4d", _J + "fig_coverage", (jf, out_dir, vector))]
     return [
-        ("4a", _J + "fig_iso_flop", (jf, out_dir)),
-        ("4b", _J + "fig_frontier", (jf, out_dir)),
-        ("4c", _J + "fig_asymptote", (jf, out_dir)),
+        ("4a", _J + "fig_iso_flop", (jf, out_dir, vector)),
+        ("4b", _J + "fig_frontier", (jf, out_dir, vector)),
+        ("4c", _J + "fig_asymptote", (jf, out_dir, vector)),
     ]
 
 
@@ -118,10 +138,10 @@ def in_figure_order(paths: dict[str, Path]) -> dict[str, Path]:
     return {name: paths[name] for name in FIGURE_ORDER if name in paths}
 
 
-def draw_figures(a: Analysis, out_dir: Path) -> dict[str, Path]:
+def draw_figures(a: Analysis, out_dir: Path, vector: tuple[str, ...] = ()) -> dict[str, Path]:
     """Draw every figure the analysis supports in this process; return figure name -> PNG path."""
-    jobs = zoo_figure_jobs(a, out_dir) + predictor_figure_jobs(a, out_dir)
-    jobs += joint_figure_jobs(a, out_dir)
+    jobs = zoo_figure_jobs(a, out_dir, vector) + predictor_figure_jobs(a, out_dir, vector)
+    jobs += joint_figure_jobs(a, out_dir, vector)
     return in_figure_order({job[0]: draw_job(job) for job in jobs})
 
 
@@ -271,12 +291,15 @@ def _figures_section(fits: dict[str, Any], out_dir: Path) -> str:
     for name, filename in fits["figures"].items():
         data = base64.b64encode((out_dir / "figures" / filename).read_bytes()).decode()
         caption = FIGURE_CAPTIONS.get(name, "")
-        svg = Path(filename).with_suffix(".svg").name
+        links = "".join(
+            f' <a href="figures/{html.escape(Path(filename).with_suffix("." + fmt).name)}">'
+            f"{fmt.upper()}</a>"
+            for fmt in fits.get("vector_formats", [])
+        )
         out.append(
             f'<figure id="fig{html.escape(name)}"><img alt="figure {html.escape(name)}" '
             f'src="data:image/png;base64,{data}"><figcaption><b>Figure {html.escape(name)}.</b> '
-            f"{html.escape(caption)} <a "
-            f'href="figures/{html.escape(svg)}">SVG</a></figcaption></figure>'
+            f"{html.escape(caption)}{links}</figcaption></figure>"
         )
     return "".join(out)
 

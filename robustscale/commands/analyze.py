@@ -39,6 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="runs with AutoAttack accuracy at or below this are collapsed "
         "and left out (default 10)",
     )
+    p.add_argument(
+        "--vector",
+        action="append",
+        choices=["svg", "pdf"],  # report.VECTOR_FORMATS (not imported: the CLI loads lazily)
+        default=[],
+        metavar="FORMAT",
+        help="also write each figure as svg or pdf (vector, for papers) beside its PNG; "
+        "repeat for both (default: PNG only, each vector copy adds a drawing pass)",
+    )
     p.set_defaults(func=run_analyze)
 
     q = subparsers.add_parser(
@@ -67,6 +76,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         target_acc=args.target_acc,
         seed=args.seed,
         collapse_threshold=args.collapse_threshold,
+        vector=tuple(args.vector),
     )
     acc = fits["scaling"]["accuracy"]
     print(

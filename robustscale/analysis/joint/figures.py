@@ -20,7 +20,7 @@ def _compute_grid(jf: JointFit, n: int = 60) -> np.ndarray:
     return np.logspace(np.log10(flops.min()), np.log10(flops.max()) + 1, n)
 
 
-def fig_iso_flop(jf: JointFit, out_dir: Path) -> Path:
+def fig_iso_flop(jf: JointFit, out_dir: Path, vector: tuple[str, ...] = ()) -> Path:
     """Predicted robust accuracy along N * D = C / k for a few compute levels, optimum marked."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
     params = jf.runs["params"].to_numpy(float)
@@ -48,10 +48,10 @@ def fig_iso_flop(jf: JointFit, out_dir: Path) -> Path:
     )
     ax.set_ylim(max(0, ax.get_ylim()[0]), None)
     ax.legend(fontsize=7)
-    return save(fig, out_dir, "fig4a_iso_flop")
+    return save(fig, out_dir, "fig4a_iso_flop", vector)
 
 
-def fig_frontier(jf: JointFit, out_dir: Path) -> Path:
+def fig_frontier(jf: JointFit, out_dir: Path, vector: tuple[str, ...] = ()) -> Path:
     """N*(C) and D*(C) from the law, with the frontier runs and their empirical power laws."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
     grid = _compute_grid(jf)
@@ -80,10 +80,10 @@ def fig_frontier(jf: JointFit, out_dir: Path) -> Path:
         title="4b  compute-optimal frontier",
     )
     ax.legend(fontsize=7)
-    return save(fig, out_dir, "fig4b_frontier")
+    return save(fig, out_dir, "fig4b_frontier", vector)
 
 
-def fig_asymptote(jf: JointFit, out_dir: Path) -> Path:
+def fig_asymptote(jf: JointFit, out_dir: Path, vector: tuple[str, ...] = ()) -> Path:
     """Best predicted robust accuracy per compute, the runs, and the asymptote 100 - E."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
     grid = _compute_grid(jf)
@@ -108,10 +108,10 @@ def fig_asymptote(jf: JointFit, out_dir: Path) -> Path:
         title="4c  compute-optimal robust accuracy and its asymptote",
     )
     ax.legend(fontsize=7)
-    return save(fig, out_dir, "fig4c_asymptote")
+    return save(fig, out_dir, "fig4c_asymptote", vector)
 
 
-def fig_coverage(jf: JointFit, out_dir: Path) -> Path:
+def fig_coverage(jf: JointFit, out_dir: Path, vector: tuple[str, ...] = ()) -> Path:
     """The (N, D) points the runs cover, sized by run count: the data the law would need."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
     pts, counts = np.unique(np.column_stack([jf.N, jf.D]), axis=0, return_counts=True)
@@ -126,4 +126,4 @@ def fig_coverage(jf: JointFit, out_dir: Path) -> Path:
         f"{family_name(jf.family)}",
     )
     ax.title.set_fontsize(9)
-    return save(fig, out_dir, "fig4d_data_coverage")
+    return save(fig, out_dir, "fig4d_data_coverage", vector)
