@@ -5,9 +5,10 @@ analysis, from importing ``robustscale.analysis.analyze`` (so the imports of sci
 matplotlib are included) to the last file written, with the CPU of the process that draws the
 figures beside the fits counted in; then each stage's wall time (the figures are drawn side by
 side with the fits: see ``analyze_zoo``); then the same analysis once more in the same process
-with every import done (warm); then the CPU seconds of one joint-law fit (grid of starts,
-L-BFGS-B, 5 held-out splits, 50 bootstrap refits) on N_RUNS runs that follow a joint law, the
-work each identifiable recipe family costs.
+with every import done (warm); then warm again with SVG copies of the figures
+(``analyze --vector svg``), and the ratio to the warm run; then the CPU seconds of one
+joint-law fit (grid of starts, L-BFGS-B, 5 held-out splits, 50 bootstrap refits) on N_RUNS
+runs that follow a joint law, the work each identifiable recipe family costs.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ def cpu_seconds() -> tuple[float, float]:
     return t.user + t.system, t.children_user + t.children_system
 
 
-def timed_analysis(df: pd.DataFrame) -> tuple[dict, float, float, float]:
+def timed_analysis(
+    df: pd.DataFrame, vector: tuple[str, ...] = ()
+) -> tuple[dict, float, float, float]:
     """fits.json of one ``analyze_zoo`` run, its wall seconds and the CPU seconds of this
     process and of the figure process (the import of ``robustscale.analysis.analyze``
     included, where not done yet)."""
@@ -92,7 +95,7 @@ def timed_analysis(df: pd.DataFrame) -> tuple[dict, float, float, float]:
     from robustscale.analysis import analyze_zoo
 
     with tempfile.TemporaryDirectory() as tmp:
-        fits = analyze_zoo(df, Path(tmp) / "report", target_acc=60.0)
+        fits = analyze_zoo(df, Path(tmp) / "report", target_acc=60.0, vector=vector)
         wall, (c1, k1) = time.perf_counter() - t0, cpu_seconds()
     return fits, wall, c1 - c0, k1 - k0
 
@@ -115,7 +118,14 @@ def main() -> None:
     report("analysis (imports of scikit-learn and matplotlib included)", *timed_analysis(df))
     import robustscale.analysis.figures  # noqa: F401  (matplotlib, for the warm run)
 
-    report("warm (same process, imports done)", *timed_analysis(df))
+    warm = timed_analysis(df)
+    report("warm (same process, imports done)", *warm)
+    svg = timed_analysis(df, vector=("svg",))
+    report("warm, with SVG copies (--vector svg)", *svg)
+    print(
+        f"SVG copies: {svg[1] / warm[1]:.2f}x the warm wall time, "
+        f"{(svg[2] + svg[3]) / (warm[2] + warm[3]):.2f}x its CPU"
+    )
     joint_fit_seconds(n)
 
 
