@@ -241,10 +241,14 @@ def fig_2(runs: Any, out_dir: Path, vector: tuple[str, ...] = ()) -> Path:
         2, len(losses), figsize=(3.6 * len(losses) + 1, 6), squeeze=False, sharey=True
     )
     x = np.arange(len(models))
+    # the columns drawn from, once: each cell's row selection then copies 5 columns, not 30
+    runs = runs[["loss", "ema", "synthetic_data", "model", "autoattack_acc"]].assign(
+        loss=runs["loss"].astype(str), ema=runs["ema"].fillna(False)
+    )
     for col, loss in enumerate(losses):
         for row, ema in enumerate([False, True]):
             ax = axes[row][col]
-            part = runs[(runs["loss"].astype(str) == loss) & (runs["ema"].fillna(False) == ema)]
+            part = runs[(runs["loss"] == loss) & (runs["ema"] == ema)]
             for k, synth in enumerate([False, True]):
                 sel = part[part["synthetic_data"].fillna(False) == synth]
                 stats = sel.groupby("model")["autoattack_acc"].agg(["mean", "std"]).reindex(models)
