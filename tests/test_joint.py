@@ -48,6 +48,33 @@ def test_fit_ignores_outliers_huber():
     assert law.E == pytest.approx(JOINT_THETA[0], abs=1.5)
 
 
+def test_fits_run_blas_on_one_thread_set_once_for_nested_blocks_and_restored_after(monkeypatch):
+    import scipy.optimize  # noqa: F401  (its BLAS loaded, as fit_joint loads it)
+    import threadpoolctl
+
+    from robustscale.analysis.joint.law import one_blas_thread
+
+    def blas_threads() -> list[int]:
+        info = threadpoolctl.threadpool_info()
+        return [i["num_threads"] for i in info if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert before, "no BLAS library loaded: nothing to limit"
+    calls = []
+    real = threadpoolctl.threadpool_limits
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", counted)
+    with one_blas_thread():
+        with one_blas_thread():  # a fit inside a loop over families: the outer limit holds
+            assert set(blas_threads()) == {1}
+        assert set(blas_threads()) == {1}
+    assert len(calls) == 1 and blas_threads() == before
+
+
 def test_analytic_optimum_is_the_minimum_on_the_iso_flop_line():
     theta = np.array(JOINT_THETA)
     for c in (1e15, 1e17, 1e19):
