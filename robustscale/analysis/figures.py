@@ -243,14 +243,16 @@ def fig_2(runs: Any, out_dir: Path, vector: tuple[str, ...] = ()) -> Path:
     x = np.arange(len(models))
     # the columns drawn from, once: each cell's row selection then copies 5 columns, not 30
     runs = runs[["loss", "ema", "synthetic_data", "model", "autoattack_acc"]].assign(
-        loss=runs["loss"].astype(str), ema=runs["ema"].fillna(False)
+        loss=runs["loss"].astype(str),
+        ema=runs["ema"].fillna(False),
+        synthetic_data=runs["synthetic_data"].fillna(False),
     )
     for col, loss in enumerate(losses):
         for row, ema in enumerate([False, True]):
             ax = axes[row][col]
             part = runs[(runs["loss"] == loss) & (runs["ema"] == ema)]
             for k, synth in enumerate([False, True]):
-                sel = part[part["synthetic_data"].fillna(False) == synth]
+                sel = part[part["synthetic_data"] == synth]
                 stats = sel.groupby("model")["autoattack_acc"].agg(["mean", "std"]).reindex(models)
                 pos = x + (k - 0.5) * 0.4
                 ax.bar(
