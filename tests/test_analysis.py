@@ -139,6 +139,13 @@ def test_an_unknown_vector_format_is_one_line_naming_the_allowed_ones(tmp_path, 
         main(["analyze", str(zoo), "-o", str(tmp_path / "r2"), "--vector", "eps"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'eps' (choose from 'svg', 'pdf')" in capsys.readouterr().err
+    # the CLI spells its choices out (it imports no analysis code to parse): the same formats
+    from robustscale.analysis.report import VECTOR_FORMATS
+    from robustscale.cli import build_parser
+
+    analyze = build_parser()._subparsers._group_actions[0].choices["analyze"]
+    [action] = [a for a in analyze._actions if a.dest == "vector"]
+    assert tuple(action.choices) == VECTOR_FORMATS
 
 
 def test_joint_figures_drawn_for_an_identifiable_law(tmp_path):
