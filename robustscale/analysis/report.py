@@ -138,13 +138,6 @@ def in_figure_order(paths: dict[str, Path]) -> dict[str, Path]:
     return {name: paths[name] for name in FIGURE_ORDER if name in paths}
 
 
-def draw_figures(a: Analysis, out_dir: Path, vector: tuple[str, ...] = ()) -> dict[str, Path]:
-    """Draw every figure the analysis supports in this process; return figure name -> PNG path."""
-    jobs = zoo_figure_jobs(a, out_dir, vector) + predictor_figure_jobs(a, out_dir, vector)
-    jobs += joint_figure_jobs(a, out_dir, vector)
-    return in_figure_order({job[0]: draw_job(job) for job in jobs})
-
-
 def _table(header: list[str], rows: list[list[Any]], ident: str | None = None) -> str:
     def cell(v: Any) -> str:
         if isinstance(v, float):
